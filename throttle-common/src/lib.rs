@@ -1,0 +1,298 @@
+//! Types shared by throttle's XDP program and its daemon, and the pure
+//! rate-limit arithmetic both of them rely on.
+//!
+//! Every map key and value is `#[repr(C)]`, `Pod` (the derive rejects hidden
+//! padding) and of a size pinned by a `const` assertion: the kernel and user
+//! space read the same bytes. No `bool`, enum or `Option` crosses a map.
+#![no_std]
+
+pub mod gcra;
+
+use bytemuck::{Pod, Zeroable};
+pub use gcra::{admit, Limit, UNIT_BYTES, UNIT_PACKETS};
+
+/// Version of the layout of every map below. A daemon refuses pinned maps of
+/// another layout version; bump it whenever a key, a value or a map changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Names of the maps in the XDP object (at most 15 bytes each: the kernel's
+/// `BPF_OBJ_NAME_LEN` less the NUL).
+pub mod map_name {
+    pub const CONFIG: &str = "CONFIG";
+    pub const RULES_V4: &str = "RULES_V4";
+    pub const RULES_V6: &str = "RULES_V6";
+    pub const SCOPE: &str = "SCOPE";
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const NEW_SOURCES: &str = "NEW_SOURCES";
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Every map, in the order the daemon pins and adopts them.
+    pub const ALL: [&str; 7] = [CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS];
+}
+
+/// Name of the XDP program.
+pub const PROGRAM_NAME: &str = "throttle";
+
+/// Default number of sources the bucket map tracks.
+pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
+/// Entries the rule tries hold, per family.
+pub const MAX_RULES: u32 = 16_384;
+/// Entries the scope set holds.
+pub const MAX_SCOPE: u32 = 1_024;
+/// IPv6 extension headers walked before giving up on finding L4.
+pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
+/// Compare-and-swap attempts on a contended bucket before the packet is
+/// dropped as `contended`.
+pub const CAS_ATTEMPTS: u32 = 4;
+
+/// Address families as stored in [`BucketKey::family`].
+pub const FAMILY_V4: u32 = 4;
+pub const FAMILY_V6: u32 = 6;
+
+/// IP protocol numbers the scope knows.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Bits of [`Config::flags`].
+pub mod flags {
+    /// Pass what would be dropped, and count it as `dry_run_pass`.
+    pub const DRY_RUN: u32 = 1 << 0;
+    /// The scope set is not empty: only what it names is metered.
+    pub const SCOPE: u32 = 1 << 1;
+    /// The scope names TCP: a TCP packet whose port cannot be read (a
+    /// non-first fragment, a truncated header) is in scope.
+    pub const SCOPE_TCP: u32 = 1 << 2;
+    /// The same for UDP.
+    pub const SCOPE_UDP: u32 = 1 << 3;
+    /// The IPv4 rule trie is not empty.
+    pub const RULES_V4: u32 = 1 << 4;
+    /// The IPv6 rule trie is not empty.
+    pub const RULES_V6: u32 = 1 << 5;
+    /// First-seen sources draw on the global budget of
+    /// [`super::Config::new_source_limit`].
+    pub const NEW_SOURCE_LIMIT: u32 = 1 << 6;
+}
+
+/// Global settings: the single entry of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Bumped by the daemon at every change.
+    pub version: u64,
+    /// [`LAYOUT_VERSION`] of the daemon that wrote it.
+    pub layout: u32,
+    /// [`flags`].
+    pub flags: u32,
+    /// The limit of a source that no `limit` rule selects.
+    pub default_limit: Limit,
+    /// The global budget of first-seen sources (cost: one per source).
+    pub new_source_limit: Limit,
+    /// IPv4 aggregation mask, in packet byte order.
+    pub ipv4_mask: u32,
+    pub _pad: u32,
+    /// IPv6 aggregation mask, in packet byte order.
+    pub ipv6_mask: [u32; 4],
+}
+
+const _: () = assert!(size_of::<Config>() == 88);
+
+/// Actions of a rule.
+pub const ACTION_ALLOW: u32 = 1;
+pub const ACTION_DENY: u32 = 2;
+pub const ACTION_LIMIT: u32 = 3;
+
+/// Value of the rule tries (keyed by prefix length and address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Rule {
+    /// For [`ACTION_LIMIT`]: the rate and burst of every source it selects.
+    pub limit: Limit,
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_LIMIT`].
+    pub action: u32,
+    /// The rule's id, never 0 (0 is the default limit in a [`BucketKey`]).
+    pub id: u32,
+}
+
+const _: () = assert!(size_of::<Rule>() == 32);
+
+/// Key of the scope set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ScopeKey {
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<ScopeKey>() == 4);
+
+/// Value of the scope set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ScopeEntry {
+    /// 1: only TCP segments with SYN set and ACK clear are in scope.
+    pub syn_only: u32,
+}
+
+const _: () = assert!(size_of::<ScopeEntry>() == 4);
+
+/// Key of the bucket map: a source masked to the aggregation prefix, and the
+/// rule that selected its limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct BucketKey {
+    /// The masked source address in packet byte order; IPv4 uses `addr[0]`.
+    pub addr: [u32; 4],
+    /// Id of the `limit` rule, 0 for the default limit.
+    pub rule: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+}
+
+const _: () = assert!(size_of::<BucketKey>() == 24);
+
+/// Value of the bucket map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Bucket {
+    /// The GCRA theoretical arrival time, in ticks ([`gcra`]).
+    pub tat: u64,
+    /// Packets admitted.
+    pub passed: u64,
+    /// Packets over the limit (dropped, or passed in dry-run).
+    pub dropped: u64,
+}
+
+const _: () = assert!(size_of::<Bucket>() == 24);
+
+/// Verdict reasons: the slots of the per-CPU `COUNTERS` array. Each packet
+/// counts in exactly one slot, and in [`reason::DRY_RUN_PASS`] as well when
+/// dry-run let a drop through.
+pub mod reason {
+    /// Neither IPv4 nor IPv6: passed.
+    pub const NON_IP: u32 = 0;
+    /// A header truncated or malformed before the source could be read: passed.
+    pub const MALFORMED: u32 = 1;
+    /// Not in the scope set: passed.
+    pub const OUT_OF_SCOPE: u32 = 2;
+    /// An `allow` rule matched: passed.
+    pub const ALLOW_RULE: u32 = 3;
+    /// A `deny` rule matched: dropped.
+    pub const DENY_RULE: u32 = 4;
+    /// Within its source's budget: passed.
+    pub const PASSED: u32 = 5;
+    /// Over its source's budget: dropped.
+    pub const OVER_LIMIT: u32 = 6;
+    /// The first packet of a source not tracked yet: passed.
+    pub const NEW_SOURCE: u32 = 7;
+    /// A source not tracked yet, with the first-seen budget spent: dropped.
+    pub const NEW_SOURCE_LIMIT: u32 = 8;
+    /// A bucket so contended that [`super::CAS_ATTEMPTS`] compare-and-swaps
+    /// failed: dropped (its source is sending from several CPUs at once).
+    pub const CONTENDED: u32 = 9;
+    /// Dry-run: a packet that one of the dropping reasons above would have
+    /// dropped, passed.
+    pub const DRY_RUN_PASS: u32 = 10;
+    /// An internal error (a map update failed): passed.
+    pub const ERROR: u32 = 11;
+    /// Number of slots.
+    pub const COUNT: u32 = 12;
+
+    /// Names of the slots, as the API and the metrics show them.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "non_ip",
+        "malformed",
+        "out_of_scope",
+        "allow_rule",
+        "deny_rule",
+        "passed",
+        "over_limit",
+        "new_source",
+        "new_source_limit",
+        "contended",
+        "dry_run_pass",
+        "error",
+    ];
+
+    /// Whether a reason drops the packet (unless dry-run is on).
+    #[inline(always)]
+    #[must_use]
+    pub const fn drops(reason: u32) -> bool {
+        matches!(reason, DENY_RULE | OVER_LIMIT | NEW_SOURCE_LIMIT | CONTENDED)
+    }
+}
+
+/// The IPv4 aggregation mask for a prefix length (clamped to 32), in packet
+/// byte order as [`Config::ipv4_mask`] stores it.
+#[must_use]
+pub const fn ipv4_mask(prefix: u8) -> u32 {
+    let bits: u32 = if prefix == 0 {
+        0
+    } else if prefix >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - prefix as u32)
+    };
+    u32::from_ne_bytes(bits.to_be_bytes())
+}
+
+/// The IPv6 aggregation mask for a prefix length (clamped to 128), in packet
+/// byte order as [`Config::ipv6_mask`] stores it.
+#[must_use]
+pub const fn ipv6_mask(prefix: u8) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let start = (i * 32) as u8;
+        let word_prefix = if prefix <= start {
+            0
+        } else if prefix - start >= 32 {
+            32
+        } else {
+            prefix - start
+        };
+        out[i] = ipv4_mask(word_prefix);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: every type is `#[repr(C)]` and `bytemuck::Pod`, so any bit
+    // pattern is valid and there is no padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::ScopeKey {}
+    unsafe impl aya::Pod for super::ScopeEntry {}
+    unsafe impl aya::Pod for super::BucketKey {}
+    unsafe impl aya::Pod for super::Bucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_in_packet_byte_order() {
+        assert_eq!(ipv4_mask(24).to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(ipv4_mask(32), u32::MAX);
+        assert_eq!(ipv4_mask(0), 0);
+        assert_eq!(ipv4_mask(9).to_ne_bytes(), [255, 128, 0, 0]);
+        let m = ipv6_mask(64);
+        assert_eq!(m, [u32::MAX, u32::MAX, 0, 0]);
+        let m = ipv6_mask(56);
+        assert_eq!(m[1].to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(ipv6_mask(128), [u32::MAX; 4]);
+        assert_eq!(ipv6_mask(0), [0; 4]);
+    }
+
+    #[test]
+    fn reason_names_cover_every_slot() {
+        assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
+        assert_eq!(reason::NAMES[reason::DRY_RUN_PASS as usize], "dry_run_pass");
+        assert!(reason::drops(reason::OVER_LIMIT));
+        assert!(!reason::drops(reason::PASSED));
+    }
+}

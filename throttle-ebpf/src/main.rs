@@ -1,0 +1,76 @@
+//! throttle's XDP program: meters every packet against a per-source token
+//! bucket and drops what is over budget.
+//!
+//! Per packet: L2 (up to two VLAN tags), L3 (IPv4 with options, IPv6 with a
+//! bounded walk over extension headers), the rules (longest prefix of the
+//! source: allow, deny or limit), the scope, the source's bucket, the
+//! verdict. Every verdict reason has a per-CPU counter. The program fails
+//! open: whatever a packet contains, it returns `XDP_PASS` or `XDP_DROP`,
+//! never `XDP_ABORTED`.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_cxchg is the one way to a BPF cmpxchg")]
+
+mod bucket;
+mod maps;
+mod parse;
+mod rules;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use throttle_common::{flags, reason, Config, UNIT_BYTES};
+
+use crate::{maps::CONFIG, rules::Selected, stats::count};
+
+#[xdp]
+pub fn throttle(ctx: XdpContext) -> u32 {
+    let Some(config) = CONFIG.get(0) else {
+        count(reason::ERROR);
+        return XDP_PASS;
+    };
+    let verdict = judge(&ctx, config);
+    count(verdict);
+    if !reason::drops(verdict) {
+        return XDP_PASS;
+    }
+    if config.flags & flags::DRY_RUN != 0 {
+        count(reason::DRY_RUN_PASS);
+        return XDP_PASS;
+    }
+    XDP_DROP
+}
+
+/// The verdict reason for one packet.
+#[inline(always)]
+fn judge(ctx: &XdpContext, config: &Config) -> u32 {
+    let packet = match parse::packet(ctx) {
+        Ok(packet) => packet,
+        Err(verdict) => return verdict,
+    };
+    let (limit, rule) = match rules::select(&packet, config) {
+        Selected::Allow => return reason::ALLOW_RULE,
+        Selected::Deny => return reason::DENY_RULE,
+        Selected::Limit(limit, rule) => (limit, rule),
+    };
+    if config.flags & flags::SCOPE != 0 && !rules::in_scope(ctx, &packet, config.flags) {
+        return reason::OUT_OF_SCOPE;
+    }
+    let key = bucket::key(packet.family, &packet.src, rule, config);
+    let cost = if limit.unit == UNIT_BYTES { (ctx.data_end() - ctx.data()) as u64 } else { 1 };
+    bucket::meter(ctx, &key, limit, cost, config)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

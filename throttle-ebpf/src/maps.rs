@@ -1,0 +1,37 @@
+//! The maps: configuration (written by the daemon), state and counters.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
+};
+use throttle_common::{
+    reason, Bucket, BucketKey, Config, Rule, ScopeEntry, ScopeKey, DEFAULT_MAX_SOURCES, MAX_RULES, MAX_SCOPE,
+};
+
+/// Global settings, one entry.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Rules by source prefix; the value says allow, deny or limit.
+#[map(name = "RULES_V4")]
+pub static RULES_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "RULES_V6")]
+pub static RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+/// (protocol, destination port) pairs the limits apply to.
+#[map(name = "SCOPE")]
+pub static SCOPE: HashMap<ScopeKey, ScopeEntry> = HashMap::with_max_entries(MAX_SCOPE, 0);
+
+/// Per-source GCRA state. The daemon sizes it at load time.
+#[map(name = "BUCKETS")]
+pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
+/// The GCRA state of the global first-seen budget, one entry shared by
+/// every CPU.
+#[map(name = "NEW_SOURCES")]
+pub static NEW_SOURCES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Packets by verdict reason, per CPU.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);

@@ -1,0 +1,76 @@
+//! Rules (longest-prefix match on the source) and the scope set.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use throttle_common::{
+    flags, Config, Limit, Rule, ScopeKey, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    maps::{RULES_V4, RULES_V6, SCOPE},
+    parse::{self, Packet},
+};
+
+/// What the rules say of a source.
+pub enum Selected<'a> {
+    Allow,
+    Deny,
+    /// Meter it against this limit, in the bucket of this rule id (0: the
+    /// default limit).
+    Limit(&'a Limit, u32),
+}
+
+/// The rule whose prefix is the longest match of the source, or the default
+/// limit. An empty trie is not looked up at all.
+#[inline(always)]
+pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
+    let rule: Option<&Rule> = if packet.family == FAMILY_V4 {
+        if config.flags & flags::RULES_V4 == 0 {
+            None
+        } else {
+            RULES_V4.get(Key::new(32, packet.src[0].to_ne_bytes()))
+        }
+    } else if config.flags & flags::RULES_V6 == 0 {
+        None
+    } else {
+        let s = packet.src;
+        let mut data = [0u8; 16];
+        data[0..4].copy_from_slice(&s[0].to_ne_bytes());
+        data[4..8].copy_from_slice(&s[1].to_ne_bytes());
+        data[8..12].copy_from_slice(&s[2].to_ne_bytes());
+        data[12..16].copy_from_slice(&s[3].to_ne_bytes());
+        RULES_V6.get(Key::new(128, data))
+    };
+    match rule {
+        None => Selected::Limit(&config.default_limit, 0),
+        Some(rule) => match rule.action {
+            ACTION_ALLOW => Selected::Allow,
+            ACTION_DENY => Selected::Deny,
+            _ => Selected::Limit(&rule.limit, rule.id),
+        },
+    }
+}
+
+/// Whether the scope set names this packet. Only called when the set is not
+/// empty.
+///
+/// A TCP or UDP packet whose destination port cannot be read (a non-first
+/// fragment, a truncated L4 header) is in scope when the set names its
+/// protocol at all: fragments must not be a way around the limit.
+#[inline(always)]
+pub fn in_scope(ctx: &XdpContext, packet: &Packet, config_flags: u32) -> bool {
+    let proto_flag = match packet.proto {
+        PROTO_TCP => flags::SCOPE_TCP,
+        PROTO_UDP => flags::SCOPE_UDP,
+        _ => return false,
+    };
+    let Some(ports) = parse::ports(ctx, packet) else {
+        return config_flags & proto_flag != 0;
+    };
+    let key = ScopeKey { port: ports.dst, proto: packet.proto, _pad: 0 };
+    // SAFETY: the value is read at once, while the RCU read lock of the
+    // program run holds it.
+    match unsafe { SCOPE.get(&key) } {
+        None => false,
+        Some(entry) => entry.syn_only == 0 || ports.syn,
+    }
+}

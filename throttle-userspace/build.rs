@@ -1,0 +1,76 @@
+//! Builds the XDP program (throttle-ebpf) for the BPF target and leaves the
+//! object in `OUT_DIR/throttle-ebpf`, where `src/ebpf.rs` embeds it.
+//!
+//! This is what `aya-build` does, with one difference: the program needs
+//! `-C target-cpu=v3` for the `BPF_CMPXCHG` of its buckets, and aya-build
+//! 0.2.0 replaces every rustflag. The build needs the `nightly` toolchain
+//! with `rust-src` and a `bpf-linker` on PATH: `cargo xtask setup` installs
+//! them.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// The toolchain of the BPF build. Not a dated nightly: automatic toolchain
+/// installation is not available everywhere this builds.
+const TOOLCHAIN: &str = "nightly";
+const PACKAGE: &str = "throttle-ebpf";
+const TARGET: &str = "bpfel-unknown-none";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir.parent().expect("the workspace root").to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    for dir in ["throttle-ebpf", "throttle-common"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    println!("cargo:rerun-if-env-changed=PATH");
+
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("CARGO_CFG_TARGET_ARCH");
+    let target_dir = out_dir.join("ebpf-target");
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+        // BPF ISA v3: atomic compare-and-swap and fetch-add.
+        "-Ctarget-cpu=v3".to_owned(),
+    ]
+    .join("\x1f");
+
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", TOOLCHAIN, "cargo", "build", "--package", PACKAGE, "--bins", "--release"])
+        .args(["--target", TARGET, "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(&workspace)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    // The outer cargo's settings would pick the host toolchain or flags.
+    for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(key);
+    }
+    let status = cmd.status().unwrap_or_else(|err| {
+        fail(&format!("cannot run `rustup run {TOOLCHAIN} cargo`: {err}"));
+    });
+    if !status.success() {
+        fail(&format!("building {PACKAGE} for {TARGET} failed ({status})"));
+    }
+    let object = target_dir.join(TARGET).join("release").join(PACKAGE);
+    copy(&object, &out_dir.join(PACKAGE));
+}
+
+fn copy(from: &Path, to: &Path) {
+    if let Err(err) = std::fs::copy(from, to) {
+        fail(&format!("copying {} to {}: {err}", from.display(), to.display()));
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    eprintln!(
+        "The XDP program needs the `{TOOLCHAIN}` toolchain with rust-src and bpf-linker: \
+         run `cargo xtask setup`."
+    );
+    std::process::exit(1);
+}

@@ -1,0 +1,526 @@
+//! Packet tests: the loaded XDP program run on crafted frames through
+//! `BPF_PROG_TEST_RUN`, with verdicts and counters checked for every path.
+//!
+//! Loading a program needs root (or CAP_BPF). Without it these tests say so
+//! and return, unless `THROTTLE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask
+//! test` in CI), where they fail.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use throttle::{
+    config::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
+    daemon::RuleIds,
+    dataplane::{bucket_key, Dataplane},
+    frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
+};
+use throttle_common::reason;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const ETH_HLEN: usize = 14;
+
+fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("THROTTLE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test} needs root and THROTTLE_REQUIRE_PRIVILEGED=1 forbids skipping it"
+    );
+    eprintln!("SKIPPED {test}: loading an XDP program needs root");
+    false
+}
+
+macro_rules! require_root {
+    () => {
+        if !privileged(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// A loaded program with `policy` applied, and its counters before a step.
+struct Harness {
+    dataplane: Dataplane,
+    ids: RuleIds,
+    before: [u64; reason::COUNT as usize],
+}
+
+impl Harness {
+    fn new(policy: &Policy) -> Self {
+        let mut dataplane = Dataplane::load(4_096).expect("loading the program");
+        let mut ids = RuleIds::default();
+        let rules = ids.resolve(policy).expect("a valid policy");
+        dataplane.apply(policy, &rules).expect("applying the policy");
+        let before = dataplane.counters().expect("counters");
+        Self { dataplane, ids, before }
+    }
+
+    fn apply(&mut self, policy: &Policy) {
+        let rules = self.ids.resolve(policy).expect("a valid policy");
+        self.dataplane.apply(policy, &rules).expect("applying the policy");
+    }
+
+    fn run(&self, frame: &[u8]) -> u32 {
+        let options = TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() };
+        let result = self.dataplane.program().test_run(options).expect("BPF_PROG_TEST_RUN");
+        assert!(
+            result.return_value == XDP_PASS || result.return_value == XDP_DROP,
+            "verdict {} for {frame:02x?}",
+            result.return_value
+        );
+        result.return_value
+    }
+
+    /// Runs a frame and checks its verdict and the one reason it counted.
+    #[track_caller]
+    fn expect(&mut self, frame: &[u8], verdict: u32, why: u32) {
+        let got = self.run(frame);
+        let delta = self.delta();
+        let name = reason::NAMES[why as usize];
+        assert_eq!(got, verdict, "verdict for {frame:02x?} (expected reason {name}), counted {delta:?}");
+        let mut expected = vec![(name, 1)];
+        if verdict == XDP_PASS && reason::drops(why) {
+            expected.push(("dry_run_pass", 1));
+        }
+        expected.sort_unstable();
+        assert_eq!(delta, expected, "counters for {frame:02x?}");
+    }
+
+    /// The counters that moved since the last call, by name.
+    fn delta(&mut self) -> Vec<(&'static str, u64)> {
+        let now = self.dataplane.counters().expect("counters");
+        let mut moved: Vec<_> = (0..reason::COUNT as usize)
+            .filter(|&i| now[i] != self.before[i])
+            .map(|i| (reason::NAMES[i], now[i] - self.before[i]))
+            .collect();
+        moved.sort_unstable();
+        self.before = now;
+        moved
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("an address")
+}
+
+fn policy(rate: u64, burst: u64) -> Policy {
+    Policy {
+        limits: Limits { rate, burst, new_source_rate: 0, ..Limits::default() },
+        scope: Scope::default(),
+        rules: Vec::new(),
+    }
+}
+
+fn udp_scope(port: u64) -> Scope {
+    Scope { ports: vec![ScopePort { proto: Proto::Udp, port, syn_only: false }] }
+}
+
+#[test]
+fn non_ip_passes() {
+    require_root!();
+    let mut h = Harness::new(&policy(1, 1));
+    h.expect(&arp(), XDP_PASS, reason::NON_IP);
+    // An unknown ethertype inside a VLAN tag.
+    let mut tagged = arp();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+    h.expect(&tagged, XDP_PASS, reason::NON_IP);
+}
+
+#[test]
+fn every_truncated_header_passes_as_malformed() {
+    require_root!();
+    let mut h = Harness::new(&policy(1, 1));
+    let frames = [
+        Frame::udp(ip("10.0.0.1"), 53),
+        Frame::udp(ip("10.0.0.1"), 53).vlan(7),
+        Frame::udp(ip("10.0.0.1"), 53).vlan(7).vlan(8),
+        Frame::udp(ip("10.0.0.1"), 53).options(&[0x94, 0x04, 0, 0, 1, 1, 1, 0]),
+        Frame::udp(ip("2001:db8::1"), 53),
+        Frame::udp(ip("2001:db8::1"), 53).vlan(9).vlan(10),
+        Frame::udp(ip("2001:db8::1"), 53)
+            .ext(Ext::HopByHop)
+            .ext(Ext::Routing)
+            .ext(Ext::Fragment { offset: 0 })
+            .ext(Ext::Ah)
+            .ext(Ext::DestOpts),
+    ];
+    for frame in frames {
+        let bytes = frame.build();
+        let l3_end = *frame.header_ends().last().expect("headers");
+        // Every cut before the end of L3, at and between header boundaries.
+        // (BPF_PROG_TEST_RUN, like every driver, runs nothing shorter than
+        // an Ethernet header.)
+        for len in ETH_HLEN..l3_end {
+            h.expect(&bytes[..len], XDP_PASS, reason::MALFORMED);
+        }
+    }
+    // A wrong IP version and an IHL under 5.
+    let mut bad = Frame::udp(ip("10.0.0.1"), 53).build();
+    bad[14] = 0x65;
+    h.expect(&bad, XDP_PASS, reason::MALFORMED);
+    bad[14] = 0x44;
+    h.expect(&bad, XDP_PASS, reason::MALFORMED);
+    // IHL claiming options that are not there.
+    let mut short = Frame::udp(ip("10.0.0.1"), 53).payload(0).build();
+    short[14] = 0x4F;
+    h.expect(&short, XDP_PASS, reason::MALFORMED);
+    let mut bad6 = Frame::udp(ip("2001:db8::1"), 53).build();
+    bad6[14] = 0x45;
+    h.expect(&bad6, XDP_PASS, reason::MALFORMED);
+}
+
+#[test]
+fn a_truncated_l4_header_is_metered_by_protocol() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = udp_scope(53);
+    let mut h = Harness::new(&p);
+    let frame = Frame::udp(ip("10.0.0.1"), 53);
+    let bytes = frame.build();
+    let l3_end = *frame.header_ends().last().expect("headers");
+    // The source is known, the port is not: in scope, since the scope names UDP.
+    h.expect(&bytes[..l3_end + 2], XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&bytes[..l3_end + 3], XDP_DROP, reason::OVER_LIMIT);
+    // A truncated TCP header, with only UDP in scope: out of scope.
+    let tcp = Frame::tcp(ip("10.0.0.2"), 53, TCP_SYN);
+    let end = *tcp.header_ends().last().expect("headers");
+    h.expect(&tcp.build()[..end + 5], XDP_PASS, reason::OUT_OF_SCOPE);
+}
+
+#[test]
+fn ipv4_options_are_skipped_to_reach_the_port() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = udp_scope(53);
+    let mut h = Harness::new(&p);
+    let options = [0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00, 0x07, 0x03, 0x04, 0x00];
+    let frame = |port| Frame::udp(ip("10.1.1.1"), port).options(&options).build();
+    h.expect(&frame(54), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&frame(53), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&frame(53), XDP_DROP, reason::OVER_LIMIT);
+    // Maximum IHL: 40 bytes of options.
+    let full = Frame::udp(ip("10.1.1.2"), 53).options(&[1; 40]).build();
+    h.expect(&full, XDP_PASS, reason::NEW_SOURCE);
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = udp_scope(53);
+    let mut h = Harness::new(&p);
+    let chains: [&[Ext]; 6] = [
+        &[Ext::HopByHop],
+        &[Ext::Routing],
+        &[Ext::DestOpts],
+        &[Ext::Fragment { offset: 0 }],
+        &[Ext::Ah],
+        &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Fragment { offset: 0 }, Ext::Ah, Ext::DestOpts],
+    ];
+    for (i, chain) in chains.iter().enumerate() {
+        let src = ip(&format!("2001:db8:{i}::1"));
+        let build = |port| chain.iter().fold(Frame::udp(src, port), |f, e| f.ext(*e)).build();
+        h.expect(&build(54), XDP_PASS, reason::OUT_OF_SCOPE);
+        h.expect(&build(53), XDP_PASS, reason::NEW_SOURCE);
+        h.expect(&build(53), XDP_DROP, reason::OVER_LIMIT);
+    }
+    // More headers than the walk follows: source known, port not; in scope
+    // because the scope names... nothing for an unknown protocol.
+    let long = (0..9).fold(Frame::udp(ip("2001:db8:99::1"), 53), |f, _| f.ext(Ext::DestOpts)).build();
+    h.expect(&long, XDP_PASS, reason::OUT_OF_SCOPE);
+}
+
+#[test]
+fn non_first_fragments_are_in_scope_by_protocol() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = udp_scope(53);
+    let mut h = Harness::new(&p);
+    // IPv4: a non-first fragment has no ports; the scope names UDP.
+    let frag = Frame::udp(ip("10.2.0.1"), 9999).fragment(100).build();
+    h.expect(&frag, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&frag, XDP_DROP, reason::OVER_LIMIT);
+    // A first fragment (offset 0, more fragments) carries the port.
+    let mut first = Frame::udp(ip("10.2.0.2"), 9999).build();
+    first[20] = 0x20; // MF
+    h.expect(&first, XDP_PASS, reason::OUT_OF_SCOPE);
+    // IPv6.
+    let frag6 = Frame::udp(ip("2001:db8:f::1"), 9999).ext(Ext::Fragment { offset: 3 }).build();
+    h.expect(&frag6, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&frag6, XDP_DROP, reason::OVER_LIMIT);
+    // A TCP fragment when only UDP is in scope.
+    let tcp_frag = Frame::tcp(ip("10.2.0.3"), 53, TCP_SYN).fragment(8).build();
+    h.expect(&tcp_frag, XDP_PASS, reason::OUT_OF_SCOPE);
+}
+
+#[test]
+fn one_and_two_vlan_tags() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = udp_scope(53);
+    let mut h = Harness::new(&p);
+    for (src, frame) in [
+        ("10.3.0.1", Frame::udp(ip("10.3.0.1"), 53).vlan(100)),
+        ("10.3.0.2", Frame::udp(ip("10.3.0.2"), 53).vlan(100).vlan(200)),
+        ("2001:db8:3::1", Frame::udp(ip("2001:db8:3::1"), 53).vlan(100)),
+        ("2001:db8:4::1", Frame::udp(ip("2001:db8:4::1"), 53).vlan(100).vlan(200)),
+    ] {
+        let bytes = frame.build();
+        h.expect(&bytes, XDP_PASS, reason::NEW_SOURCE);
+        h.expect(&bytes, XDP_DROP, reason::OVER_LIMIT);
+        let out = frame.clone().l4(L4::Udp { dport: 54 }).build();
+        h.expect(&out, XDP_PASS, reason::OUT_OF_SCOPE);
+        assert!(src.parse::<IpAddr>().is_ok());
+    }
+    // Three tags: the third is not followed, so its ethertype is a tag.
+    let three = Frame::udp(ip("10.3.0.3"), 53).vlan(1).vlan(2).vlan(3).build();
+    h.expect(&three, XDP_PASS, reason::NON_IP);
+}
+
+fn rule(cidr: &str, action: Action, rate: Option<u64>, burst: Option<u64>) -> RuleSpec {
+    RuleSpec { cidr: cidr.to_owned(), action, rate, burst, unit: None }
+}
+
+#[test]
+fn rules_longest_prefix_wins_for_both_families() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.rules = vec![
+        rule("10.0.0.0/8", Action::Limit, Some(1), Some(3)),
+        rule("10.1.0.0/16", Action::Deny, None, None),
+        rule("10.1.2.0/24", Action::Allow, None, None),
+        rule("2001:db8::/32", Action::Limit, Some(1), Some(3)),
+        rule("2001:db8:1::/48", Action::Deny, None, None),
+        rule("2001:db8:1:2::/64", Action::Allow, None, None),
+    ];
+    let mut h = Harness::new(&p);
+    for (allowed, denied, limited, default) in [
+        ("10.1.2.3", "10.1.9.9", "10.9.9.9", "192.0.2.9"),
+        ("2001:db8:1:2::5", "2001:db8:1:3::5", "2001:db8:7::5", "2001:db9::5"),
+    ] {
+        for _ in 0..5 {
+            h.expect(&Frame::udp(ip(allowed), 1).build(), XDP_PASS, reason::ALLOW_RULE);
+            h.expect(&Frame::udp(ip(denied), 1).build(), XDP_DROP, reason::DENY_RULE);
+        }
+        // The limit rule's own burst of 3.
+        let limited = Frame::udp(ip(limited), 1).build();
+        h.expect(&limited, XDP_PASS, reason::NEW_SOURCE);
+        h.expect(&limited, XDP_PASS, reason::PASSED);
+        h.expect(&limited, XDP_PASS, reason::PASSED);
+        h.expect(&limited, XDP_DROP, reason::OVER_LIMIT);
+        // The default limit's burst of 1.
+        let default = Frame::udp(ip(default), 1).build();
+        h.expect(&default, XDP_PASS, reason::NEW_SOURCE);
+        h.expect(&default, XDP_DROP, reason::OVER_LIMIT);
+    }
+    // The rule's bucket is keyed by its id.
+    let key = bucket_key(ip("10.9.9.9"), 1, 32, 64);
+    let bucket = h.dataplane.bucket(&key).unwrap().expect("tracked under the rule");
+    assert_eq!((bucket.passed, bucket.dropped), (3, 1));
+}
+
+#[test]
+fn deny_rules_apply_outside_the_scope_and_limits_only_inside() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = udp_scope(53);
+    p.rules = vec![rule("10.6.0.0/16", Action::Deny, None, None)];
+    let mut h = Harness::new(&p);
+    h.expect(&Frame::udp(ip("10.6.0.1"), 9).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("10.7.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+}
+
+#[test]
+fn scope_in_and_out_and_syn_only() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.scope = Scope {
+        ports: vec![
+            ScopePort { proto: Proto::Tcp, port: 443, syn_only: true },
+            ScopePort { proto: Proto::Tcp, port: 80, syn_only: false },
+            ScopePort { proto: Proto::Udp, port: 53, syn_only: false },
+        ],
+    };
+    let mut h = Harness::new(&p);
+    let src = ip("10.4.0.1");
+    h.expect(&Frame::tcp(src, 443, TCP_SYN | TCP_ACK).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::tcp(src, 443, TCP_ACK).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(src, 443).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::tcp(src, 22, TCP_SYN).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(src, 80).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(src, 9).l4(L4::Other(1)).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::tcp(src, 443, TCP_SYN).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::tcp(src, 443, TCP_SYN).build(), XDP_DROP, reason::OVER_LIMIT);
+    // Same source, same bucket, whichever port in scope.
+    h.expect(&Frame::tcp(src, 80, TCP_ACK).build(), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("10.4.0.2"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+    // An empty scope meters everything, ICMP included.
+    let mut h = Harness::new(&policy(1, 1));
+    h.expect(&Frame::udp(src, 9).l4(L4::Other(1)).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::tcp(src, 22, TCP_ACK).build(), XDP_DROP, reason::OVER_LIMIT);
+}
+
+#[test]
+fn dry_run_passes_and_counts_what_it_would_drop() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.limits.dry_run = true;
+    p.rules = vec![rule("10.5.0.0/16", Action::Deny, None, None)];
+    let mut h = Harness::new(&p);
+    let frame = Frame::udp(ip("10.8.0.1"), 1).build();
+    h.expect(&frame, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&frame, XDP_PASS, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("10.5.0.1"), 1).build(), XDP_PASS, reason::DENY_RULE);
+    // Turning dry-run off keeps the bucket: the next packet drops.
+    p.limits.dry_run = false;
+    h.apply(&p);
+    h.expect(&frame, XDP_DROP, reason::OVER_LIMIT);
+}
+
+#[test]
+fn sources_are_aggregated_to_the_prefix() {
+    require_root!();
+    let mut p = policy(1, 2);
+    p.limits.ipv4_prefix = 24;
+    let mut h = Harness::new(&p);
+    h.expect(&Frame::udp(ip("10.0.0.1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("10.0.0.2"), 1).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::udp(ip("10.0.0.3"), 1).build(), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("10.0.1.1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    // IPv6 defaults to /64: one host rotating inside its /64 has one bucket.
+    h.expect(&Frame::udp(ip("2001:db8:5:6::1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("2001:db8:5:6:ffff::9"), 1).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::udp(ip("2001:db8:5:6:1234:5678:9abc:def0"), 1).build(), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("2001:db8:5:7::1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    let key = bucket_key(ip("10.0.0.77"), 0, 24, 64);
+    let bucket = h.dataplane.bucket(&key).unwrap().expect("the /24's bucket");
+    assert_eq!((bucket.passed, bucket.dropped), (2, 1));
+}
+
+#[test]
+fn the_first_seen_budget_caps_new_sources() {
+    require_root!();
+    let mut p = policy(1, 1);
+    p.limits.new_source_rate = 1;
+    p.limits.new_source_burst = 3;
+    let mut h = Harness::new(&p);
+    for i in 1..=3 {
+        h.expect(&Frame::udp(ip(&format!("10.10.0.{i}")), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    }
+    for i in 4..=8 {
+        h.expect(&Frame::udp(ip(&format!("10.10.0.{i}")), 1).build(), XDP_DROP, reason::NEW_SOURCE_LIMIT);
+        // Not tracked: a spoofed flood does not push real sources out.
+        let key = bucket_key(ip(&format!("10.10.0.{i}")), 0, 32, 64);
+        assert_eq!(h.dataplane.bucket(&key).unwrap(), None);
+    }
+    // Tracked sources are not affected by the spent budget.
+    h.expect(&Frame::udp(ip("10.10.0.1"), 1).build(), XDP_DROP, reason::OVER_LIMIT);
+    let mut p2 = p.clone();
+    p2.limits.burst = 5;
+    h.apply(&p2);
+    h.expect(&Frame::udp(ip("10.10.0.1"), 1).build(), XDP_PASS, reason::PASSED);
+}
+
+#[test]
+fn bytes_mode_costs_the_frame_length() {
+    require_root!();
+    let mut p = policy(1, 300);
+    p.limits.unit = Unit::Bytes;
+    let mut h = Harness::new(&p);
+    let frame = Frame::udp(ip("10.11.0.1"), 1).payload(58).build();
+    assert_eq!(frame.len(), 100);
+    h.expect(&frame, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&frame, XDP_PASS, reason::PASSED);
+    h.expect(&frame, XDP_PASS, reason::PASSED);
+    h.expect(&frame, XDP_DROP, reason::OVER_LIMIT);
+    // A smaller frame still fits nowhere: the bucket is spent.
+    h.expect(&Frame::udp(ip("10.11.0.1"), 1).payload(0).build(), XDP_DROP, reason::OVER_LIMIT);
+    // Per rule: a packet-counted rule beside the byte-counted default.
+    p.rules =
+        vec![RuleSpec { unit: Some(Unit::Packets), ..rule("10.12.0.0/16", Action::Limit, Some(1), Some(2)) }];
+    h.apply(&p);
+    let big = Frame::udp(ip("10.12.0.1"), 1).payload(1000).build();
+    h.expect(&big, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&big, XDP_PASS, reason::PASSED);
+    h.expect(&big, XDP_DROP, reason::OVER_LIMIT);
+    // A frame larger than a byte burst never passes, and is tracked.
+    let huge = Frame::udp(ip("10.11.0.2"), 1).payload(400).build();
+    h.expect(&huge, XDP_DROP, reason::OVER_LIMIT);
+}
+
+#[test]
+fn a_change_of_limit_keeps_every_bucket() {
+    require_root!();
+    let mut p = policy(1, 2);
+    p.rules = vec![rule("10.13.0.0/16", Action::Limit, Some(1), Some(2))];
+    let mut h = Harness::new(&p);
+    for src in ["10.14.0.1", "10.13.0.1"] {
+        let frame = Frame::udp(ip(src), 1).build();
+        h.expect(&frame, XDP_PASS, reason::NEW_SOURCE);
+        h.expect(&frame, XDP_PASS, reason::PASSED);
+        h.expect(&frame, XDP_DROP, reason::OVER_LIMIT);
+    }
+    // A higher rate, the same burst, for the default and the rule: the
+    // spent sources stay spent (a reset would give them 2 more at once).
+    p.limits.rate = 2;
+    p.rules[0].rate = Some(2);
+    p.scope = udp_scope(1);
+    h.apply(&p);
+    for src in ["10.14.0.1", "10.13.0.1"] {
+        h.expect(&Frame::udp(ip(src), 1).build(), XDP_DROP, reason::OVER_LIMIT);
+    }
+    let bucket = h.dataplane.bucket(&bucket_key(ip("10.13.0.1"), 1, 32, 64)).unwrap().unwrap();
+    assert_eq!((bucket.passed, bucket.dropped), (2, 2));
+}
+
+#[test]
+fn no_frame_aborts() {
+    require_root!();
+    let mut p = policy(1_000_000, 1_000_000);
+    p.scope = Scope {
+        ports: vec![
+            ScopePort { proto: Proto::Tcp, port: 80, syn_only: true },
+            ScopePort { proto: Proto::Udp, port: 53, syn_only: false },
+        ],
+    };
+    p.rules = vec![
+        rule("10.0.0.0/8", Action::Limit, Some(5), Some(5)),
+        rule("2001:db8::/32", Action::Deny, None, None),
+    ];
+    let h = Harness::new(&p);
+    // A deterministic stream of frames: valid headers with random bytes
+    // spliced in, and random garbage, of every length up to 256.
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let templates = [
+        Frame::udp(ip("10.0.0.1"), 53).options(&[1; 8]).build(),
+        Frame::tcp(ip("2001:db8::1"), 80, TCP_SYN)
+            .ext(Ext::HopByHop)
+            .ext(Ext::Fragment { offset: 0 })
+            .build(),
+        Frame::udp(ip("192.0.2.1"), 53).vlan(1).vlan(2).build(),
+    ];
+    for i in 0..3_000 {
+        let mut frame = if i % 4 == 0 {
+            (0..(next() % 257)).map(|_| next() as u8).collect::<Vec<u8>>()
+        } else {
+            let mut f = templates[i % templates.len()].clone();
+            for _ in 0..(next() % 4) {
+                let at = (next() as usize) % f.len();
+                f[at] = next() as u8;
+            }
+            f
+        };
+        frame.truncate((next() as usize) % 300);
+        frame.resize(frame.len().max(ETH_HLEN), 0);
+        h.run(&frame);
+    }
+}
