@@ -5,11 +5,16 @@
 //! padding) and of a size pinned by a `const` assertion: the kernel and user
 //! space read the same bytes. No `bool`, enum or `Option` crosses a map.
 #![no_std]
+#![allow(
+    clippy::inline_always,
+    reason = "the XDP program needs these inlined: BPF calls cost and limit the verifier"
+)]
+#![allow(clippy::pub_underscore_fields, reason = "explicit padding of map types, always zero")]
 
 pub mod gcra;
 
 use bytemuck::{Pod, Zeroable};
-pub use gcra::{admit, Limit, UNIT_BYTES, UNIT_PACKETS};
+pub use gcra::{admit, ceiling, Limit, UNIT_BYTES, UNIT_PACKETS};
 
 /// Version of the layout of every map below. A daemon refuses pinned maps of
 /// another layout version; bump it whenever a key, a value or a map changes.

@@ -9,7 +9,7 @@ use core::{
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use aya_log_ebpf::error;
 use throttle_common::{
-    admit, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, Config, Limit, CAS_ATTEMPTS,
+    admit, ceiling, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, Config, Limit, CAS_ATTEMPTS,
 };
 
 use crate::maps::{BUCKETS, NEW_SOURCES};
@@ -59,6 +59,11 @@ unsafe fn charge(bucket: *mut Bucket, now: u64, cost: u64, limit: &Limit) -> u32
     for _ in 0..CAS_ATTEMPTS {
         let seen = unsafe { load(tat) };
         let Some(next) = admit(seen, now, cost, limit) else {
+            if let Some(top) = ceiling(seen, now, limit) {
+                // The limit shrank under this source: keep it exactly empty
+                // under the new one. Losing this race is harmless.
+                unsafe { compare_and_swap(tat, seen, top) };
+            }
             unsafe { add(addr_of_mut!((*bucket).dropped), 1) };
             return reason::OVER_LIMIT;
         };
@@ -85,7 +90,7 @@ fn first_seen(ctx: &XdpContext, key: &BucketKey, limit: &Limit, cost: u64, now: 
         // Larger than the whole burst (a byte limit below the frame size).
         None => (Bucket { tat: 0, passed: 0, dropped: 1 }, reason::OVER_LIMIT),
     };
-    match BUCKETS.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
+    match BUCKETS.insert(key, fresh, u64::from(BPF_NOEXIST)) {
         Ok(()) => verdict,
         // Another CPU inserted it first: meter against that bucket.
         Err(err) if err == -EEXIST => match BUCKETS.get_ptr_mut(key) {
@@ -110,6 +115,10 @@ fn take_new_source(now: u64, limit: &Limit) -> bool {
         // SAFETY: `state` points into the array's only value.
         let seen = unsafe { load(state) };
         let Some(next) = admit(seen, now, 1, limit) else {
+            if let Some(top) = ceiling(seen, now, limit) {
+                // SAFETY: as above.
+                unsafe { compare_and_swap(state, seen, top) };
+            }
             return false;
         };
         // SAFETY: as above.

@@ -11,6 +11,7 @@
 #![no_main]
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_cxchg is the one way to a BPF cmpxchg")]
+#![allow(clippy::inline_always, reason = "BPF-to-BPF calls cost on every packet and weigh on the verifier")]
 
 mod bucket;
 mod maps;
@@ -28,6 +29,7 @@ use throttle_common::{flags, reason, Config, UNIT_BYTES};
 use crate::{maps::CONFIG, rules::Selected, stats::count};
 
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro's signature")]
 pub fn throttle(ctx: XdpContext) -> u32 {
     let Some(config) = CONFIG.get(0) else {
         count(reason::ERROR);

@@ -11,7 +11,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-/// VLAN tags followed: 802.1ad outer and 802.1Q inner (QinQ).
+/// VLAN tags followed: 802.1ad outer and 802.1Q inner (`QinQ`).
 const MAX_VLAN_TAGS: usize = 2;
 const VLAN_HLEN: usize = 4;
 
@@ -21,7 +21,7 @@ const IPV4_OFFSET_MASK: u16 = 0x1FFF;
 const IPV6_HLEN: usize = 40;
 
 /// IPv6 extension headers that may precede L4
-/// (https://www.rfc-editor.org/rfc/rfc8200#section-4.1).
+/// (<https://www.rfc-editor.org/rfc/rfc8200#section-4.1>).
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -152,7 +152,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, u32> {
             }
             IPPROTO_AH => {
                 // The length is in 4-octet units, less 2
-                // (https://www.rfc-editor.org/rfc/rfc4302#section-2.2).
+                // (<https://www.rfc-editor.org/rfc/rfc4302#section-2.2>).
                 let e: [u8; 2] = read(ctx, offset).ok_or(reason::MALFORMED)?;
                 next = e[0];
                 offset += (usize::from(e[1]) + 2) * 4;

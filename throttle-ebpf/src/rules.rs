@@ -69,7 +69,7 @@ pub fn in_scope(ctx: &XdpContext, packet: &Packet, config_flags: u32) -> bool {
     let key = ScopeKey { port: ports.dst, proto: packet.proto, _pad: 0 };
     // SAFETY: the value is read at once, while the RCU read lock of the
     // program run holds it.
-    match unsafe { SCOPE.get(&key) } {
+    match unsafe { SCOPE.get(key) } {
         None => false,
         Some(entry) => entry.syn_only == 0 || ports.syn,
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context as _};
 use ipnet::IpNet;
+use throttle_common::Limit;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -40,7 +41,7 @@ impl RuleIds {
                     id,
                     net,
                     action: rule.action,
-                    limit: if rule.action == Action::Limit { rule.limit() } else { Default::default() },
+                    limit: if rule.action == Action::Limit { rule.limit() } else { Limit::default() },
                 }
             })
             .collect())

@@ -121,6 +121,7 @@ impl Dataplane {
     }
 
     /// The XDP program, for `test_run`.
+    #[must_use]
     pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(PROGRAM_NAME)

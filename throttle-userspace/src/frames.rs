@@ -171,7 +171,7 @@ impl Frame {
     #[must_use]
     pub fn options(mut self, options: &[u8]) -> Self {
         self.options = options.to_vec();
-        while self.options.len() % 4 != 0 {
+        while !self.options.len().is_multiple_of(4) {
             self.options.push(0);
         }
         self

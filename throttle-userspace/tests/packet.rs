@@ -1,7 +1,7 @@
 //! Packet tests: the loaded XDP program run on crafted frames through
 //! `BPF_PROG_TEST_RUN`, with verdicts and counters checked for every path.
 //!
-//! Loading a program needs root (or CAP_BPF). Without it these tests say so
+//! Loading a program needs root (or `CAP_BPF`). Without it these tests say so
 //! and return, unless `THROTTLE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask
 //! test` in CI), where they fail.
 

@@ -1,0 +1,408 @@
+//! The real `throttle daemon`, run in a namespace behind a guard.
+
+use std::{
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Stdio},
+    thread,
+    time::Duration,
+};
+
+use crate::{mono_ns, poll_until, unique_id, Netns};
+
+/// Absolute path of the `throttle` binary under test.
+pub const THROTTLE_BIN_ENV: &str = "THROTTLE_BIN";
+/// The line the daemon logs once every interface is attached.
+pub const READY_LINE: &str = "throttle is ready";
+/// The line the daemon logs once a SIGHUP's configuration is in force.
+pub const RELOADED_LINE: &str = "configuration reloaded";
+/// The daemon's log filter (`tracing_subscriber::EnvFilter` syntax).
+const LOG_FILTER_ENV: &str = "THROTTLE_LOG";
+/// Where the host's bpffs lives; pin directories go under it.
+const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Serialises the bpffs check-and-mount among concurrent test processes.
+const BPFFS_LOCK: &str = "/run/throttle-tests-bpffs.lock";
+/// Default admin port; every daemon has its own namespace, hence loopback.
+const ADMIN_PORT: u16 = 9840;
+/// How long a daemon gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The `throttle` binary: `$THROTTLE_BIN`, else `target/debug/throttle` of
+/// this workspace (or of `$CARGO_TARGET_DIR`). Panics when it is missing.
+#[must_use]
+pub fn throttle_bin() -> PathBuf {
+    let path = std::env::var_os(THROTTLE_BIN_ENV).map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+            target.join("debug/throttle")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "the throttle binary is not at {} : build it (`cargo build -p throttle-userspace`) \
+         or point {THROTTLE_BIN_ENV} at it; `cargo xtask test` does both",
+        path.display()
+    );
+    path
+}
+
+/// Makes sure a bpffs is mounted at `/sys/fs/bpf` in this mount namespace,
+/// mounting one if not (many minimal machines have none). Safe to call from
+/// concurrent tests and processes.
+pub fn ensure_bpffs() {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(BPFFS_LOCK)
+        .unwrap_or_else(|e| panic!("open {BPFFS_LOCK}: {e}"));
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {BPFFS_LOCK}: {}", io::Error::last_os_error());
+    if fs_magic(BPFFS) == Some(BPF_FS_MAGIC) {
+        return;
+    }
+    let (src, dir, fstype) = (c"bpf", CString::new(BPFFS).expect("no NUL"), c"bpf");
+    // SAFETY: NUL-terminated strings alive for the call; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(rc, 0, "mount -t bpf bpf {BPFFS}: {}", io::Error::last_os_error());
+}
+
+/// The file system type magic of `path`.
+fn fs_magic(path: &str) -> Option<i64> {
+    let path = CString::new(path).ok()?;
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a writable statfs.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &raw mut st) };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on x86_64 and aarch64 glibc, narrower elsewhere"
+    )]
+    (rc == 0).then(|| i64::from(st.f_type))
+}
+
+/// Builds a [`Daemon`].
+#[derive(Debug)]
+pub struct DaemonBuilder<'a> {
+    ns: &'a Netns,
+    ifaces: Vec<String>,
+    config: Option<String>,
+    args: Vec<String>,
+    admin_port: u16,
+}
+
+impl DaemonBuilder<'_> {
+    /// Adds another `--iface`.
+    #[must_use]
+    pub fn iface(mut self, iface: &str) -> Self {
+        self.ifaces.push(iface.to_owned());
+        self
+    }
+
+    /// Writes `toml` to a file and passes it as `--config` (and SIGHUP
+    /// re-reads it: see [`Daemon::write_config`]).
+    #[must_use]
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// Adds arguments after the harness's own.
+    #[must_use]
+    pub fn args<'s>(mut self, args: impl IntoIterator<Item = &'s str>) -> Self {
+        self.args.extend(args.into_iter().map(str::to_owned));
+        self
+    }
+
+    /// The admin API port on the namespace's loopback (9840 by default).
+    #[must_use]
+    pub fn admin_port(mut self, port: u16) -> Self {
+        self.admin_port = port;
+        self
+    }
+
+    /// Starts the daemon (it is not ready yet: see [`Daemon::wait_ready`]).
+    #[must_use]
+    pub fn start(self) -> Daemon {
+        ensure_bpffs();
+        let id = unique_id();
+        let workdir = std::env::temp_dir().join(format!("throttle-tests/{id}"));
+        let state_dir = workdir.join("state");
+        fs::create_dir_all(&state_dir).unwrap_or_else(|e| panic!("create {}: {e}", state_dir.display()));
+        let config_path = self.config.as_ref().map(|toml| {
+            let path = workdir.join("throttle.toml");
+            write_atomically(&path, toml);
+            path
+        });
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port));
+        let mut args = vec!["daemon".to_owned()];
+        for iface in &self.ifaces {
+            args.extend(["--iface".to_owned(), iface.clone()]);
+        }
+        let pin_dir = PathBuf::from(BPFFS).join(format!("thr-test-{id}"));
+        args.extend([
+            "--pin-dir".to_owned(),
+            pin_dir.display().to_string(),
+            "--state-dir".to_owned(),
+            state_dir.display().to_string(),
+            "--admin".to_owned(),
+            admin.to_string(),
+        ]);
+        if let Some(path) = &config_path {
+            args.extend(["--config".to_owned(), path.display().to_string()]);
+        }
+        args.extend(self.args);
+        let mut daemon = Daemon {
+            ns_name: self.ns.name().to_owned(),
+            bin: throttle_bin(),
+            args,
+            log_path: workdir.join("daemon.log"),
+            workdir,
+            pin_dir,
+            config_path,
+            admin,
+            child: None,
+            started_at: 0,
+        };
+        daemon.spawn(self.ns);
+        daemon
+    }
+}
+
+/// A running `throttle daemon` in a namespace. Its stdout and stderr go to a
+/// log file, printed when a test fails. On drop: SIGTERM, SIGKILL after
+/// 10 s, then its pin directory and work directory are removed.
+#[derive(Debug)]
+pub struct Daemon {
+    ns_name: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    workdir: PathBuf,
+    log_path: PathBuf,
+    pin_dir: PathBuf,
+    config_path: Option<PathBuf>,
+    admin: SocketAddr,
+    child: Option<Child>,
+    /// Length of the log when the current process was spawned.
+    started_at: usize,
+}
+
+impl Daemon {
+    /// A builder for a daemon in `ns` on interface `iface`.
+    #[must_use]
+    pub fn builder<'a>(ns: &'a Netns, iface: &str) -> DaemonBuilder<'a> {
+        DaemonBuilder {
+            ns,
+            ifaces: vec![iface.to_owned()],
+            config: None,
+            args: Vec::new(),
+            admin_port: ADMIN_PORT,
+        }
+    }
+
+    fn spawn(&mut self, ns: &Netns) {
+        assert_eq!(ns.name(), self.ns_name, "a daemon stays in its namespace");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
+        let log2 = log.try_clone().expect("dup the log descriptor");
+        let mut cmd = ns.command(&self.bin);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log2);
+        // The ready and reload lines are at info; keep a caller's own filter.
+        if std::env::var_os(LOG_FILTER_ENV).is_none() {
+            cmd.env(LOG_FILTER_ENV, "info");
+        }
+        // Plain text in the log file, not terminal colours.
+        cmd.env("NO_COLOR", "1");
+        // SAFETY: one async-signal-safe syscall between fork and exec.
+        // PDEATHSIG fires when the spawning *thread* exits: the test's own
+        // thread, which outlives this guard, so it only acts when the test
+        // process dies without dropping it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        self.started_at = self.log_len();
+        eprintln!("starting in {}: {} {}", self.ns_name, self.bin.display(), self.args.join(" "));
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display())));
+    }
+
+    /// Waits until the daemon logs [`READY_LINE`] (after the last start);
+    /// panics with its log when it exits first or `timeout` passes. Returns
+    /// the monotonic instant it was seen.
+    pub fn wait_ready(&mut self, timeout: Duration) -> u64 {
+        self.wait_for_log(READY_LINE, self.started_at, timeout)
+    }
+
+    /// Waits for a log line containing `needle` at or after byte `since` of
+    /// the log (see [`Daemon::log_len`]); returns the monotonic instant it was
+    /// seen. Panics with the log when the daemon exits first or `timeout`
+    /// passes.
+    pub fn wait_for_log(&mut self, needle: &str, since: usize, timeout: Duration) -> u64 {
+        let found = poll_until(timeout, Duration::from_millis(5), || {
+            let log = self.log();
+            if log.get(since..).is_some_and(|tail| tail.contains(needle)) {
+                return Some(Ok(mono_ns()));
+            }
+            self.exit_status().map(Err)
+        });
+        match found {
+            Some(Ok(at)) => at,
+            Some(Err(status)) => {
+                panic!("the daemon exited ({status}) before logging {needle:?}; its log:\n{}", self.log())
+            }
+            None => panic!("the daemon did not log {needle:?} within {timeout:?}; its log:\n{}", self.log()),
+        }
+    }
+
+    /// Everything the daemon has written so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// The log's length now, a mark for [`Daemon::wait_for_log`].
+    #[must_use]
+    pub fn log_len(&self) -> usize {
+        self.log().len()
+    }
+
+    /// Replaces the `--config` file (atomically, as an editor would).
+    pub fn write_config(&self, toml: &str) {
+        let path = self.config_path.as_ref().expect("the daemon was started with a config file");
+        write_atomically(path, toml);
+    }
+
+    /// Sends SIGHUP: the daemon re-reads its config file and then logs
+    /// [`RELOADED_LINE`]. Returns the monotonic instant just before the
+    /// signal: taken after it, the instant could come after the whole reload,
+    /// since `kill` may switch to the woken daemon before it returns.
+    #[must_use = "the instant of the signal marks when the change began"]
+    pub fn reload(&self) -> u64 {
+        let at = mono_ns();
+        self.signal(libc::SIGHUP);
+        at
+    }
+
+    /// The admin API's address (on the namespace's loopback).
+    #[must_use]
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The directory the daemon pins its maps and links under.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The daemon's `--state-dir`.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.workdir.join("state")
+    }
+
+    /// The daemon's process id, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().expect("waitpid"))
+    }
+
+    /// Stops the daemon (SIGTERM, SIGKILL after a grace period) and returns
+    /// how it exited. The pin and state directories stay, for a restart.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        send_signal(&child, libc::SIGTERM);
+        let status = poll_until(STOP_GRACE, Duration::from_millis(10), || child.try_wait().expect("waitpid"));
+        Some(status.unwrap_or_else(|| {
+            eprintln!("warning: the daemon ignored SIGTERM for {STOP_GRACE:?}; killing it");
+            let _ = child.kill();
+            child.wait().expect("waitpid")
+        }))
+    }
+
+    /// Stops the daemon and starts it again with the same arguments, pin
+    /// directory and state directory (not ready yet: [`Daemon::wait_ready`]).
+    pub fn restart(&mut self, ns: &Netns) -> Option<ExitStatus> {
+        let status = self.stop();
+        self.spawn(ns);
+        status
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("the daemon is running");
+        send_signal(child, sig);
+    }
+}
+
+fn send_signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill has no memory effects; the pid is our unreaped child, so
+    // it cannot have been reused.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let crashed = self.exit_status();
+        let status = self.stop();
+        if thread::panicking() || crashed.is_some() {
+            eprintln!(
+                "----- throttle daemon log ({}; {}) -----\n{}\n----- end of daemon log -----",
+                self.log_path.display(),
+                match (crashed, status) {
+                    (Some(s), _) => format!("it had exited on its own: {s}"),
+                    (None, Some(s)) => format!("stopped: {s}"),
+                    (None, None) => "never started".to_owned(),
+                },
+                self.log()
+            );
+        }
+        if self.pin_dir.exists() {
+            if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
+                eprintln!("warning: remove {}: {e}", self.pin_dir.display());
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.workdir) {
+            eprintln!("warning: remove {}: {e}", self.workdir.display());
+        }
+    }
+}
+
+/// Writes `contents` to a temporary file beside `path` and renames it over
+/// `path`, so a reader never sees half a file.
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+        io::Write::write_all(&mut file, contents.as_bytes())
+            .and_then(|()| file.sync_all())
+            .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    }
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}

@@ -1,0 +1,280 @@
+//! `cargo xtask run`: the daemon, as root, by default on a sandbox veth pair.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, ExitStatus},
+};
+
+use anyhow::{bail, Context as _, Result};
+use signal_hook::{
+    consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM},
+    iterator::Signals,
+};
+
+use crate::{
+    build,
+    cmd::{self, Privilege},
+};
+
+/// The daemon's admin API when no `--admin` says otherwise.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9840";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Build and run with the release profile.
+    #[arg(long)]
+    pub release: bool,
+    /// Arguments for `throttle daemon`. Without `--iface` the daemon gets the
+    /// root-namespace end of a sandbox veth pair.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let Options { release, args } = options;
+    build::build(&build::Options { release })?;
+    let privilege = Privilege::require("running the daemon (it loads an XDP program)")?;
+    let binary = build::daemon_binary(release)?;
+
+    // From here on a termination signal must not kill us before the sandbox
+    // is gone: it is caught, and forwarded to the daemon once that runs.
+    // SIGCHLD tells us when the daemon has exited.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD]).context("installing the signal handlers")?;
+
+    let sandbox =
+        if has_flag(&args, "--iface") { None } else { Some(Sandbox::create(privilege, std::process::id())?) };
+    let mut daemon = privilege.command(&binary);
+    daemon.arg("daemon");
+    if let Some(sandbox) = &sandbox {
+        daemon.args(["--iface", &sandbox.host_if]);
+    }
+    daemon.args(&args);
+
+    let admin = flag_value(&args, "--admin").unwrap_or(DEFAULT_ADMIN);
+    println!("admin API: http://{admin} (try: curl http://{admin}/v1/status)");
+    if let Some(sandbox) = &sandbox {
+        sandbox.describe();
+    }
+
+    if signals.pending().any(|signal| signal != SIGCHLD) {
+        println!("interrupted before the daemon started");
+        return Ok(());
+    }
+    if privilege == Privilege::Sudo {
+        // sudo cannot ask for a password from the daemon's background process
+        // group: ask now, in the foreground.
+        cmd::run(Command::new("sudo").arg("-v"))?;
+    }
+    let shown = cmd::display(&daemon);
+    eprintln!("$ {shown}");
+    // A process group of its own: a Ctrl-C at the terminal reaches only us,
+    // and the daemon gets it forwarded exactly once.
+    let mut child = daemon.process_group(0).spawn().with_context(|| format!("running `{shown}`"))?;
+    let (status, signalled) = match wait_forwarding_signals(&mut child, &mut signals) {
+        Ok(exit) => exit,
+        Err(e) => {
+            // Best effort: the daemon must not outlive its sandbox.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    drop(sandbox);
+    if status.success() || signalled {
+        println!("daemon exited: {status}");
+        Ok(())
+    } else {
+        bail!("`{shown}` failed: {status}")
+    }
+}
+
+/// Waits for the daemon, forwarding the termination signals we get to it.
+/// Returns its exit status and whether it was sent a signal.
+fn wait_forwarding_signals(child: &mut Child, signals: &mut Signals) -> Result<(ExitStatus, bool)> {
+    let pid = libc::pid_t::try_from(child.id()).context("the daemon's pid is out of range")?;
+    let mut signalled = false;
+    // The daemon may have exited before this loop first asks.
+    if let Some(status) = child.try_wait().context("waiting for the daemon")? {
+        return Ok((status, signalled));
+    }
+    for signal in signals.forever() {
+        if signal == SIGCHLD {
+            if let Some(status) = child.try_wait().context("waiting for the daemon")? {
+                return Ok((status, signalled));
+            }
+            continue;
+        }
+        println!("forwarding signal {signal} to the daemon");
+        signalled = true;
+        // SAFETY: kill has no memory-safety preconditions. The pid is our own
+        // child's, not yet reaped, so it cannot have been reused.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            let e = std::io::Error::last_os_error();
+            eprintln!("warning: forwarding signal {signal} to the daemon: {e}");
+        }
+    }
+    bail!("the signal iterator ended before the daemon exited")
+}
+
+/// Whether `args` has `flag`, as `--flag VALUE` or `--flag=VALUE`.
+fn has_flag(args: &[String], flag: &str) -> bool {
+    args.iter().any(|arg| arg == flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
+}
+
+/// The (last) value of `flag` in `args`, given as `--flag VALUE` or
+/// `--flag=VALUE`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut value = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == flag {
+            value = args.next().map(String::as_str);
+        } else if let Some(v) = arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix('=')) {
+            value = Some(v);
+        }
+    }
+    value
+}
+
+/// A veth pair with one end in a private network namespace, removed on drop.
+struct Sandbox {
+    privilege: Privilege,
+    netns: String,
+    /// The end in the root namespace, for the daemon.
+    host_if: String,
+    /// The end in `netns`, where traffic comes from.
+    peer_if: String,
+}
+
+impl Sandbox {
+    const HOST_V4: &'static str = "10.203.0.1/24";
+    const PEER_V4: &'static str = "10.203.0.2/24";
+    const HOST_V6: &'static str = "fd00:203::1/64";
+    const PEER_V6: &'static str = "fd00:203::2/64";
+
+    /// The sandbox's names for a process id. Interface names have at most 15
+    /// bytes; a pid at most 7 digits (`pid_max` is at most 2^22).
+    fn named(privilege: Privilege, pid: u32) -> Self {
+        Self {
+            privilege,
+            netns: format!("throttle-sandbox-{pid}"),
+            host_if: format!("tsbx{pid}"),
+            peer_if: format!("tsbx{pid}-ns"),
+        }
+    }
+
+    fn create(privilege: Privilege, pid: u32) -> Result<Self> {
+        let sandbox = Self::named(privilege, pid);
+        // What a killed run with the same pid left behind.
+        sandbox.remove();
+        // Dropped, and so removed, from here on if a step fails.
+        for args in sandbox.setup_commands() {
+            cmd::run(privilege.command("ip").args(&args))
+                .context("creating the sandbox network namespace and veth pair")?;
+        }
+        Ok(sandbox)
+    }
+
+    fn setup_commands(&self) -> Vec<Vec<&str>> {
+        let Self { netns, host_if, peer_if, .. } = self;
+        let (netns, host, peer) = (netns.as_str(), host_if.as_str(), peer_if.as_str());
+        vec![
+            vec!["netns", "add", netns],
+            vec!["link", "add", host, "type", "veth", "peer", "name", peer, "netns", netns],
+            vec!["addr", "add", Self::HOST_V4, "dev", host],
+            vec!["addr", "add", Self::HOST_V6, "dev", host, "nodad"],
+            vec!["link", "set", host, "up"],
+            vec!["-n", netns, "addr", "add", Self::PEER_V4, "dev", peer],
+            vec!["-n", netns, "addr", "add", Self::PEER_V6, "dev", peer, "nodad"],
+            vec!["-n", netns, "link", "set", peer, "up"],
+            vec!["-n", netns, "link", "set", "lo", "up"],
+        ]
+    }
+
+    /// Prints the sandbox and how to send traffic at the daemon from it.
+    fn describe(&self) {
+        let Self { netns, host_if, peer_if, privilege } = self;
+        let host_v4 = address(Self::HOST_V4);
+        let sudo = privilege.prefix();
+        println!(
+            "sandbox: {host_if} ({}, {}) <-> {peer_if} ({}, {}) in network namespace {netns}",
+            Self::HOST_V4,
+            Self::HOST_V6,
+            Self::PEER_V4,
+            Self::PEER_V6,
+        );
+        println!(
+            "send UDP at it: {sudo}ip netns exec {netns} bash -c \
+             'while :; do echo x >/dev/udp/{host_v4}/9; done'"
+        );
+        if let Ok(mac) = fs::read_to_string(format!("/sys/class/net/{host_if}/address")) {
+            println!(
+                "flood it:       {sudo}ip netns exec {netns} trafgen --dev {peer_if} --cpus 1 \
+                 '{{ eth(da={}), ipv4(daddr={host_v4}), udp(dp=9), fill(0, 18) }}'",
+                mac.trim()
+            );
+        }
+    }
+
+    /// Removes the veth pair (deleting one end deletes both) and the
+    /// namespace. Best effort: warns about what fails.
+    fn remove(&self) {
+        let mut steps = Vec::new();
+        if Path::new("/sys/class/net").join(&self.host_if).exists() {
+            steps.push(vec!["link", "del", self.host_if.as_str()]);
+        }
+        if Path::new("/run/netns").join(&self.netns).exists() {
+            steps.push(vec!["netns", "del", self.netns.as_str()]);
+        }
+        for args in steps {
+            if let Err(e) = cmd::run(self.privilege.command("ip").args(&args)) {
+                eprintln!("warning: removing the sandbox: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The address of a CIDR.
+fn address(cidr: &str) -> &str {
+    cidr.split_once('/').map_or(cidr, |(address, _)| address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|&arg| arg.to_owned()).collect()
+    }
+
+    #[test]
+    fn flags_in_both_spellings() {
+        let args = strings(&["--rate", "100", "--admin", "0.0.0.0:1", "--iface=eth0"]);
+        assert!(has_flag(&args, "--iface"));
+        assert!(has_flag(&args, "--admin"));
+        assert!(!has_flag(&args, "--ifac"));
+        assert!(!has_flag(&strings(&["--iface-mode=x"]), "--iface"));
+        assert_eq!(flag_value(&args, "--admin"), Some("0.0.0.0:1"));
+        assert_eq!(flag_value(&args, "--iface"), Some("eth0"));
+        assert_eq!(flag_value(&args, "--burst"), None);
+    }
+
+    #[test]
+    fn sandbox_interface_names_fit_ifnamsiz() {
+        // PID_MAX_LIMIT on 64-bit Linux is 2^22.
+        let sandbox = Sandbox::named(Privilege::Root, 1 << 22);
+        assert!(sandbox.host_if.len() <= 15, "{}", sandbox.host_if);
+        assert!(sandbox.peer_if.len() <= 15, "{}", sandbox.peer_if);
+        // Never created, so nothing to remove.
+        std::mem::forget(sandbox);
+    }
+}
