@@ -18,9 +18,6 @@ use crate::{
     cmd::{self, Privilege},
 };
 
-/// The daemon's admin API when no `--admin` says otherwise.
-const DEFAULT_ADMIN: &str = "127.0.0.1:9840";
-
 #[derive(clap::Args)]
 pub struct Options {
     /// Build and run with the release profile.
@@ -53,8 +50,7 @@ pub fn run(options: Options) -> Result<()> {
     }
     daemon.args(&args);
 
-    let admin = flag_value(&args, "--admin").unwrap_or(DEFAULT_ADMIN);
-    println!("admin API: http://{admin} (try: curl http://{admin}/v1/status)");
+    println!("the daemon logs what it attached to; stop it with Ctrl-C");
     if let Some(sandbox) = &sandbox {
         sandbox.describe();
     }
@@ -122,21 +118,6 @@ fn wait_forwarding_signals(child: &mut Child, signals: &mut Signals) -> Result<(
 /// Whether `args` has `flag`, as `--flag VALUE` or `--flag=VALUE`.
 fn has_flag(args: &[String], flag: &str) -> bool {
     args.iter().any(|arg| arg == flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
-}
-
-/// The (last) value of `flag` in `args`, given as `--flag VALUE` or
-/// `--flag=VALUE`.
-fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    let mut value = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if arg == flag {
-            value = args.next().map(String::as_str);
-        } else if let Some(v) = arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix('=')) {
-            value = Some(v);
-        }
-    }
-    value
 }
 
 /// A veth pair with one end in a private network namespace, removed on drop.
@@ -263,9 +244,6 @@ mod tests {
         assert!(has_flag(&args, "--admin"));
         assert!(!has_flag(&args, "--ifac"));
         assert!(!has_flag(&strings(&["--iface-mode=x"]), "--iface"));
-        assert_eq!(flag_value(&args, "--admin"), Some("0.0.0.0:1"));
-        assert_eq!(flag_value(&args, "--iface"), Some("eth0"));
-        assert_eq!(flag_value(&args, "--burst"), None);
     }
 
     #[test]
