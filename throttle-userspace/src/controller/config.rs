@@ -86,10 +86,10 @@ pub struct VegasParams {
     /// again now and then. Default 300.
     pub baseline_window: u32,
     /// Queueing share under which the scale grows (0 <= alpha < beta).
-    /// Default 0.2.
+    /// Default 0.3.
     pub alpha: f64,
     /// Queueing share over which the scale is cut (alpha < beta < 1).
-    /// Default 0.5.
+    /// Default 0.6.
     pub beta: f64,
     /// Growth per evaluation, as a fraction of the scale (0 < x <= 1).
     /// Default 0.1.
@@ -101,7 +101,7 @@ pub struct VegasParams {
 
 impl Default for VegasParams {
     fn default() -> Self {
-        Self { percentile: 50.0, baseline_window: 300, alpha: 0.2, beta: 0.5, increase: 0.1, decrease: 0.2 }
+        Self { percentile: 50.0, baseline_window: 300, alpha: 0.3, beta: 0.6, increase: 0.1, decrease: 0.2 }
     }
 }
 
@@ -147,7 +147,7 @@ pub enum HistogramUnit {
 }
 
 /// Where latency samples come from (`[adaptive.source]`, tagged by `kind`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// An HTTP GET at an interval. A timeout, a 5xx or a failed connection is
@@ -160,13 +160,8 @@ pub enum SourceConfig {
     /// computed from the bucket counts' increase.
     Prometheus(PrometheusSource),
     /// Samples pushed by the service to `POST /v1/latency`; nothing runs.
+    #[default]
     Push,
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        Self::Push
-    }
 }
 
 /// An HTTP probe.
@@ -290,7 +285,7 @@ pub struct AdaptiveConfig {
     /// Default 99.
     pub target_percentile: f64,
     /// Largest growth per evaluation, as a fraction of the scale (0 < x <= 1).
-    /// Default 0.1.
+    /// Default 0.05.
     pub max_increase: f64,
     /// Largest cut per evaluation, as a fraction of the scale (0 < x < 1).
     /// Default 0.3.
@@ -319,7 +314,7 @@ impl Default for AdaptiveConfig {
             min_samples: None,
             target_ms: None,
             target_percentile: 99.0,
-            max_increase: 0.1,
+            max_increase: 0.05,
             max_decrease: 0.3,
             app_limit_headroom: 0.25,
             history: 32,
@@ -477,7 +472,7 @@ impl SourceConfig {
                         "name the histogram without its `_bucket` suffix",
                     ));
                 }
-                for (name, _) in &prom.labels {
+                for name in prom.labels.keys() {
                     if !valid_label_name(name) || name == "le" {
                         return Err(Invalid::new(
                             key(prefix, &format!("labels.{name}")),
@@ -558,6 +553,7 @@ impl AdaptiveConfig {
 
 /// `Some(value)` for a present field, `null` included: tells "absent" from
 /// "set to null" for an optional parameter.
+#[expect(clippy::option_option, reason = "absent, null and a value are three different things here")]
 fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
@@ -749,7 +745,7 @@ mod tests {
             ("[gradient]\nsmoothing = 0.0", "`adaptive.gradient.smoothing` = 0"),
             ("[gradient]\npercentile = 0.0", "`adaptive.gradient.percentile` = 0"),
             ("[gradient]\nlong_window = 0", "`adaptive.gradient.long_window` = 0"),
-            ("[vegas]\nalpha = 0.6", "`adaptive.vegas.beta` = 0.5"),
+            ("[vegas]\nalpha = 0.7", "`adaptive.vegas.beta` = 0.6"),
             ("[vegas]\ndecrease = 1.0", "`adaptive.vegas.decrease` = 1"),
             ("[aimd]\nbackoff = 1.0", "`adaptive.aimd.backoff` = 1"),
             ("[aimd]\nincrease = 2.0", "`adaptive.aimd.increase` = 2"),

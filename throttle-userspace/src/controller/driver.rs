@@ -297,8 +297,10 @@ mod tests {
         // Fast again, but the sink refuses: the scale stays.
         sink.fail.store(true, Ordering::Relaxed);
         let before = handle.scale();
-        handle.push_samples(&[1.0; 20]).unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        for _ in 0..8 {
+            handle.push_samples(&[1.0; 20]).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!((handle.scale() - before).abs() < f64::EPSILON);
         let error = handle.status().apply_error.unwrap_or_default();
         assert!(error.contains("map update refused"), "{error:?}");

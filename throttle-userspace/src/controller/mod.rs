@@ -13,8 +13,9 @@
 //! 2. The algorithm (`gradient`, `vegas` or `aimd`) proposes a scale from
 //!    the samples gathered since the previous evaluation.
 //! 3. With a target, a percentile over it cuts the scale in proportion
-//!    (`target / observed`, at most by half), and one near it (over 80 %)
-//!    stops any growth.
+//!    (`sqrt(target / observed)`, at most by half), one near it (over 80 %) stops
+//!    any growth, and under that growth tapers off as the percentile nears
+//!    80 % of the target (growth goes by the worst of the last 5 windows).
 //! 4. App-limited guard: while no source reaches its limit the scale grows
 //!    only up to what the busiest source uses (plus `app_limit_headroom`),
 //!    and a cut starts from that use rather than from an idle scale.
@@ -57,6 +58,8 @@ pub const MIN_CHANGE: f64 = 0.001;
 const MIN_TARGET_GRADIENT: f64 = 0.5;
 /// Above this share of the target the scale does not grow.
 const NEAR_TARGET: f64 = 0.8;
+/// Growth towards the target goes by the worst of this many last windows.
+const TARGET_MEMORY: usize = 5;
 
 /// What the traffic did during the last interval, from the data path.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -170,6 +173,8 @@ pub struct Controller {
     latest: Option<(Duration, Percentiles)>,
     decisions: VecDeque<Decision>,
     apply_error: Option<String>,
+    /// The target percentile of the last windows.
+    recent: VecDeque<f64>,
     epoch: Option<SystemTime>,
 }
 
@@ -208,6 +213,7 @@ impl Controller {
             latest: None,
             decisions: VecDeque::new(),
             apply_error: None,
+            recent: VecDeque::new(),
             epoch: None,
         })
     }
@@ -302,7 +308,7 @@ impl Controller {
                 self.latest = window.summary().map(|p| (now, p));
             }
             self.state = State::Disabled;
-            self.reason = "turned off".to_owned();
+            "turned off".clone_into(&mut self.reason);
             return None;
         }
         if !enough {
@@ -337,16 +343,36 @@ impl Controller {
         if let Some(target) = config.target_ms {
             let tp = config.target_percentile;
             if let Some(observed) = window.percentile(tp) {
+                if self.recent.len() >= TARGET_MEMORY {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(observed);
+                // Growth goes by the worst of the last few windows: one good
+                // window in a noisy series is no reason to grow.
+                let worst = self.recent.iter().copied().fold(observed, f64::max);
                 if observed > target {
-                    let cut = scale * (target / observed).max(MIN_TARGET_GRADIENT);
+                    let cut = scale * (target / observed).sqrt().max(MIN_TARGET_GRADIENT);
                     if cut < desired {
                         desired = cut;
                         reason = format!("p{tp} {observed:.1} ms over the {target} ms target");
                     }
-                } else if observed > target * NEAR_TARGET && desired > scale {
+                } else if worst > target * NEAR_TARGET && desired > scale {
                     desired = scale;
-                    reason =
-                        format!("{reason}; p{tp} {observed:.1} ms near the {target} ms target: not growing");
+                    reason = format!(
+                        "{reason}; p{tp} {worst:.1} ms in the last windows, near the {target} ms target: not growing"
+                    );
+                } else if desired > scale {
+                    // Growth tapers off on the way to the target, so that it
+                    // does not overshoot it.
+                    let room = 1.0 - worst / (target * NEAR_TARGET);
+                    let cap = scale * (1.0 + config.max_increase * room);
+                    if desired > cap {
+                        desired = cap;
+                        reason = format!(
+                            "{reason}; p{tp} {observed:.1} ms is {:.0} % of the {target} ms target",
+                            observed / target * 100.0
+                        );
+                    }
                 }
             }
         }
@@ -413,7 +439,7 @@ impl Controller {
         }
         if !self.config.enabled {
             self.state = State::Disabled;
-            self.reason = "turned off".to_owned();
+            "turned off".clone_into(&mut self.reason);
             if (self.scale - CEILING).abs() > 0.0 {
                 return Ok(Some(self.decide(
                     now,

@@ -70,6 +70,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Starts the task of `source` (none for `push`), sending samples to `tx`.
 /// The task ends when `tx`'s receiver is gone.
+#[must_use = "the task stops when its handle is aborted"]
 pub fn spawn_source(source: &SourceConfig, tx: mpsc::Sender<f64>) -> Option<tokio::task::JoinHandle<()>> {
     match source {
         SourceConfig::Http(http) => Some(tokio::spawn(run_http(http.clone(), tx))),
@@ -293,8 +294,11 @@ fn parse_value(text: &str) -> Option<f64> {
     }
 }
 
+/// The labels of a series, as written.
+type Labels = Vec<(String, String)>;
+
 /// `name{k="v",...} value [timestamp]`.
-fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_line(line: &str) -> Option<(&str, Labels, f64)> {
     let end = line.find(|c: char| c == '{' || c.is_whitespace())?;
     let (name, mut rest) = line.split_at(end);
     let mut labels = Vec::new();

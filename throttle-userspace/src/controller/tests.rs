@@ -124,15 +124,20 @@ fn a_cut_starts_from_what_the_busiest_source_uses() {
 fn the_target_cuts_in_proportion_and_stops_growth_near_it() {
     let mut c = controller(AdaptiveConfig { target_ms: Some(100.0), ..AdaptiveConfig::default() });
     step(&mut c, 1, 120.0, BINDING);
-    // 1.0 * 100 / 120.
-    assert!((c.scale() - 100.0 / 120.0).abs() < 1e-9, "{}", c.scale());
+    // sqrt(100 / 120).
+    assert!((c.scale() - (100.0_f64 / 120.0).sqrt()).abs() < 1e-9, "{}", c.scale());
     assert!(c.status(secs(1)).decisions[0].reason.contains("over the 100 ms target"));
     // 90 ms: under the target but near it; the gradient would grow, the
     // target says no.
     assert_eq!(step(&mut c, 2, 90.0, BINDING), None);
     assert!(c.reason().contains("near the 100 ms target"), "{}", c.reason());
-    // 50 ms: well under, it grows.
-    assert!(step(&mut c, 3, 50.0, BINDING).is_some());
+    // 50 ms: well under, but growth waits until the last 5 windows are.
+    for t in 3..7 {
+        assert_eq!(step(&mut c, t, 50.0, BINDING), None, "{t}");
+    }
+    let d = step(&mut c, 7, 50.0, BINDING).unwrap();
+    // Growth tapers: 50 ms is 62.5 % of the way to 80 ms.
+    assert!(d.to <= d.from * (1.0 + 0.05 * (1.0 - 50.0 / 80.0)) + 1e-9, "{d:?}");
 }
 
 #[test]

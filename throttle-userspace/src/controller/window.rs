@@ -44,16 +44,25 @@ impl Pending {
     }
 
     /// How many samples wait.
+    #[must_use]
     pub fn len(&self) -> usize {
         self.samples.len()
     }
 
+    /// Whether none waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     /// When the latest sample arrived.
+    #[must_use]
     pub fn last_at(&self) -> Option<Duration> {
         self.last_at
     }
 
     /// Samples received since start.
+    #[must_use]
     pub fn total(&self) -> u64 {
         self.total
     }
@@ -65,6 +74,7 @@ impl Pending {
     }
 
     /// The waiting samples, sorted, left in place.
+    #[must_use]
     pub fn peek_sorted(&self) -> Sorted {
         Sorted::new(self.samples.iter().map(|&(_, ms)| ms).collect())
     }
@@ -124,6 +134,7 @@ impl Sorted {
 
 /// A count as a float; exact below 2^53.
 #[expect(clippy::cast_precision_loss, reason = "sample counts are far below 2^53")]
+#[must_use]
 pub fn count_f64(n: usize) -> f64 {
     n as f64
 }
@@ -198,6 +209,7 @@ impl WindowedMin {
 }
 
 #[cfg(test)]
+#[expect(clippy::float_cmp, reason = "the values compared are exact")]
 mod tests {
     use super::*;
 
