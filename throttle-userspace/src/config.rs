@@ -15,6 +15,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use throttle_common::gcra::{MAX_BURST, MAX_RATE, MIN_BURST, MIN_RATE};
 
+use crate::controller::AdaptiveConfig;
+
 /// Where the admin API listens unless told otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9840";
 /// Where runtime changes are persisted.
@@ -45,7 +47,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(key: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> Self {
         Self { key: key.into(), value: value.to_string(), reason: reason.into() }
     }
 }
@@ -372,13 +374,16 @@ pub struct DaemonSection {
 }
 
 /// The configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub daemon: DaemonSection,
     pub limits: Limits,
     pub scope: Scope,
     pub rules: Vec<RuleSpec>,
+    /// The `[adaptive]` section: absent, the controller is not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 impl FileConfig {
@@ -452,7 +457,7 @@ pub struct DaemonArgs {
 }
 
 /// Everything the daemon runs with, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
@@ -462,6 +467,8 @@ pub struct Settings {
     pub token_file: Option<PathBuf>,
     pub max_sources: u32,
     pub policy: Policy,
+    /// The adaptive controller's settings, when the file has `[adaptive]`.
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 impl Settings {
@@ -479,7 +486,7 @@ impl Settings {
 
     /// The file's values under the flags'.
     pub fn merge(file: FileConfig, args: &DaemonArgs) -> Result<Self, Invalid> {
-        let FileConfig { daemon, mut limits, scope, rules } = file;
+        let FileConfig { daemon, mut limits, scope, rules, adaptive } = file;
         if let Some(rate) = args.rate {
             limits.rate = rate;
         }
@@ -495,6 +502,9 @@ impl Settings {
         limits.dry_run |= args.dry_run;
         let policy = Policy { limits, scope, rules };
         policy.validate()?;
+        if let Some(adaptive) = &adaptive {
+            adaptive.validate("adaptive")?;
+        }
 
         let interfaces = if args.interfaces.is_empty() { daemon.interfaces } else { args.interfaces.clone() };
         for (i, name) in interfaces.iter().enumerate() {
@@ -535,6 +545,7 @@ impl Settings {
             token_file: args.token_file.clone().or(daemon.token_file),
             max_sources: max_sources as u32,
             policy,
+            adaptive,
         })
     }
 }
@@ -595,6 +606,31 @@ mod tests {
     }
 
     #[test]
+    fn the_adaptive_section() {
+        assert_eq!(parse("").unwrap().adaptive, None);
+        let settings = parse(
+            r#"
+            [adaptive]
+            algorithm = "vegas"
+            floor = 0.2
+            target_ms = 50.0
+            [adaptive.vegas]
+            beta = 0.6
+            [adaptive.source]
+            kind = "http"
+            url = "http://127.0.0.1:8080/health"
+            "#,
+        )
+        .unwrap();
+        let adaptive = settings.adaptive.unwrap();
+        assert_eq!(adaptive.algorithm, crate::controller::Algorithm::Vegas);
+        assert_eq!(adaptive.target_ms, Some(50.0));
+        assert!((adaptive.vegas.beta - 0.6).abs() < f64::EPSILON);
+        let err = parse("[adaptive]\nflor = 0.5").unwrap_err();
+        assert!(err.contains("unknown field `flor`"), "{err}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file: FileConfig = toml::from_str("[limits]\nrate = 5\nburst = 9\n").unwrap();
         let args = DaemonArgs { rate: Some(7), interfaces: vec!["veth1".into()], ..DaemonArgs::default() };
@@ -627,6 +663,9 @@ mod tests {
             ("[daemon]\nadmin = \"nowhere\"", "`daemon.admin` = \"nowhere\""),
             ("[daemon]\ninterfaces = [\"a-name-far-too-long\"]", "`daemon.interfaces[0]`"),
             ("[daemon]\nmax_sources = 10", "`daemon.max_sources` = 10"),
+            ("[adaptive]\nfloor = 0.0", "`adaptive.floor` = 0"),
+            ("[adaptive.gradient]\ntolerance = 0.1", "`adaptive.gradient.tolerance` = 0.1"),
+            ("[adaptive.source]\nkind = \"tcp\"\naddress = \"nowhere\"", "`adaptive.source.address`"),
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");

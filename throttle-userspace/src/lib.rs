@@ -2,6 +2,7 @@
 //! configuration, the loader and map access, and the daemon.
 
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod frames;

@@ -1,0 +1,511 @@
+//! The adaptive controller: it watches the protected service's latency and
+//! moves one scale factor, between a floor and 1.0, that the daemon applies to
+//! every limit. Since only heavy sources ever reach their bucket's limit,
+//! shrinking the per-source rate sheds the heaviest sources first.
+//!
+//! [`Controller`] is a plain struct: the caller feeds it latency samples and
+//! calls [`Controller::tick`] with the time since start and the [`Usage`] of
+//! the last interval; it knows nothing of sockets or tasks. [`driver`] runs it
+//! in the daemon with a latency source from [`probe`].
+//!
+//! Each evaluation, in order:
+//! 1. With fewer than `min_samples` samples newer than `window_ms`, hold.
+//! 2. The algorithm (`gradient`, `vegas` or `aimd`) proposes a scale from
+//!    the samples gathered since the previous evaluation.
+//! 3. With a target, a percentile over it cuts the scale in proportion
+//!    (`sqrt(target / observed)`, at most by half), one near it (over 80 %) stops
+//!    any growth, and under that growth tapers off as the percentile nears
+//!    80 % of the target (growth goes by the worst of the last 5 windows).
+//! 4. App-limited guard: while no source reaches its limit the scale grows
+//!    only up to what the busiest source uses (plus `app_limit_headroom`),
+//!    and a cut starts from that use rather than from an idle scale.
+//! 5. The step is clamped to `max_increase` / `max_decrease`, the scale to
+//!    `floor..=1`.
+
+pub mod aimd;
+pub mod config;
+pub mod driver;
+pub mod gradient;
+pub mod probe;
+pub mod vegas;
+pub mod window;
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use self::{
+    aimd::Aimd,
+    gradient::Gradient,
+    vegas::Vegas,
+    window::{Pending, Percentiles, Sorted},
+};
+pub use self::{
+    config::{AdaptiveConfig, Algorithm, ParamsUpdate, SourceConfig},
+    driver::{spawn, ControllerHandle, ScaleSink},
+};
+use crate::config::Invalid;
+
+/// The largest scale: every limit at its configured value.
+pub const CEILING: f64 = 1.0;
+/// Changes of the scale smaller than this are not made (they would only
+/// rewrite the kernel's configuration).
+pub const MIN_CHANGE: f64 = 0.001;
+/// Over the target, one evaluation cuts the scale by at most half.
+const MIN_TARGET_GRADIENT: f64 = 0.5;
+/// Above this share of the target the scale does not grow.
+const NEAR_TARGET: f64 = 0.8;
+/// Growth towards the target goes by the worst of this many last windows.
+const TARGET_MEMORY: usize = 5;
+
+/// What the traffic did during the last interval, from the data path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Packets dropped over their source's limit during the interval: more
+    /// than zero means the limits bind.
+    pub over_limit_drops: u64,
+    /// The highest rate one source was admitted at during the interval, as a
+    /// fraction of its base (unscaled) limit; None when not measured, in
+    /// which case the guard goes by the drops alone.
+    pub peak_ratio: Option<f64>,
+}
+
+/// A proposal of one algorithm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// The scale the algorithm would move to (before the target, the guard,
+    /// the clamps).
+    pub desired: f64,
+    /// Why, for the status and the log.
+    pub reason: String,
+}
+
+/// What the controller is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// It evaluates the latency and moves the scale.
+    Adjusting,
+    /// Too few latency samples: the scale stays where it is.
+    Holding,
+    /// Turned off: the scale is 1.0.
+    Disabled,
+}
+
+/// One change of the scale.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Milliseconds since the controller started.
+    pub at_ms: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch, when the
+    /// controller knows its start time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_ms: Option<u64>,
+    /// The scale before.
+    pub from: f64,
+    /// The scale after.
+    pub to: f64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Latency of the latest evaluated window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencyReport {
+    #[serde(flatten)]
+    pub percentiles: Percentiles,
+    /// Milliseconds since that window was evaluated.
+    pub age_ms: u64,
+}
+
+/// Sample counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SampleCounts {
+    /// Received since start.
+    pub total: u64,
+    /// Waiting for the next evaluation.
+    pub pending: u64,
+    /// Samples an evaluation needs.
+    pub min_samples: u32,
+    /// Milliseconds since the latest sample; None before the first.
+    pub last_ms_ago: Option<u64>,
+}
+
+/// What `GET /v1/controller` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub enabled: bool,
+    pub algorithm: Algorithm,
+    /// The factor applied to every limit.
+    pub scale: f64,
+    pub floor: f64,
+    pub state: State,
+    /// Why it is in that state / what the latest evaluation found.
+    pub reason: String,
+    /// p50, p90, p99 of the latest evaluated window.
+    pub latency: Option<LatencyReport>,
+    /// The active algorithm's baseline latency, in milliseconds.
+    pub baseline_ms: Option<f64>,
+    pub samples: SampleCounts,
+    /// The latest decisions, oldest first.
+    pub decisions: Vec<Decision>,
+    /// Why the latest change of the scale could not be applied, until one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
+    /// Every parameter in force.
+    pub params: AdaptiveConfig,
+}
+
+/// The controller.
+#[derive(Debug)]
+pub struct Controller {
+    config: AdaptiveConfig,
+    scale: f64,
+    pending: Pending,
+    gradient: Gradient,
+    vegas: Vegas,
+    aimd: Aimd,
+    state: State,
+    reason: String,
+    latest: Option<(Duration, Percentiles)>,
+    decisions: VecDeque<Decision>,
+    apply_error: Option<String>,
+    /// The target percentile of the last windows.
+    recent: VecDeque<f64>,
+    epoch: Option<SystemTime>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `x` within `lo..=hi`; a NaN gives `fallback`.
+fn bounded(x: f64, lo: f64, hi: f64, fallback: f64) -> f64 {
+    if x.is_nan() {
+        fallback
+    } else {
+        x.max(lo).min(hi)
+    }
+}
+
+impl Controller {
+    /// A controller at scale 1.0; `config` is validated (keys under
+    /// `adaptive`).
+    pub fn new(config: AdaptiveConfig) -> Result<Self, Invalid> {
+        config.validate("adaptive")?;
+        let (state, reason) = if config.enabled {
+            (State::Holding, "no latency sample yet".to_owned())
+        } else {
+            (State::Disabled, "turned off".to_owned())
+        };
+        Ok(Self {
+            config,
+            scale: CEILING,
+            pending: Pending::default(),
+            gradient: Gradient::default(),
+            vegas: Vegas::default(),
+            aimd: Aimd::default(),
+            state,
+            reason,
+            latest: None,
+            decisions: VecDeque::new(),
+            apply_error: None,
+            recent: VecDeque::new(),
+            epoch: None,
+        })
+    }
+
+    /// Stamps decisions with wall-clock time too, `start` being the instant
+    /// that the `now` of every call counts from.
+    #[must_use]
+    pub fn with_epoch(mut self, start: SystemTime) -> Self {
+        self.epoch = Some(start);
+        self
+    }
+
+    /// The parameters in force.
+    #[must_use]
+    pub fn config(&self) -> &AdaptiveConfig {
+        &self.config
+    }
+
+    /// The current scale.
+    #[must_use]
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The current state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Why it is in its state.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// One latency sample in milliseconds, received at `now` (time since
+    /// start). Not finite or negative: ignored.
+    pub fn record(&mut self, now: Duration, ms: f64) {
+        self.pending.record(now, ms);
+    }
+
+    /// Several samples received at `now`.
+    pub fn record_all(&mut self, now: Duration, samples: &[f64]) {
+        for &ms in samples {
+            self.pending.record(now, ms);
+        }
+    }
+
+    fn decide(&mut self, now: Duration, to: f64, reason: String) -> Decision {
+        let decision = Decision {
+            at_ms: millis(now),
+            unix_ms: self.epoch.and_then(|start| (start + now).duration_since(UNIX_EPOCH).ok()).map(millis),
+            from: self.scale,
+            to,
+            reason,
+        };
+        self.scale = to;
+        self.apply_error = None;
+        self.decisions.push_back(decision.clone());
+        while self.decisions.len() > self.config.history as usize {
+            self.decisions.pop_front();
+        }
+        decision
+    }
+
+    fn hold(&mut self, now: Duration) {
+        let window = Duration::from_millis(self.config.window_ms);
+        let need = self.config.min_samples();
+        self.state = State::Holding;
+        self.reason = match self.pending.last_at() {
+            None => "no latency sample yet".to_owned(),
+            Some(at) if now.saturating_sub(at) > window => {
+                format!("no latency sample for {:.1} s", now.saturating_sub(at).as_secs_f64())
+            }
+            Some(_) => format!(
+                "{} latency samples in the last {} ms, {need} needed",
+                self.pending.len(),
+                self.config.window_ms
+            ),
+        };
+    }
+
+    /// One evaluation at `now` (time since start) with the traffic's `usage`
+    /// of the last interval. Returns a decision when the scale changed.
+    pub fn tick(&mut self, now: Duration, usage: Usage) -> Option<Decision> {
+        self.pending.expire(now, Duration::from_millis(self.config.window_ms));
+        let enough = self.pending.len() >= self.config.min_samples() as usize;
+        if !self.config.enabled {
+            if enough {
+                let window = self.pending.take_sorted();
+                self.latest = window.summary().map(|p| (now, p));
+            }
+            self.state = State::Disabled;
+            "turned off".clone_into(&mut self.reason);
+            return None;
+        }
+        if !enough {
+            self.hold(now);
+            return None;
+        }
+        let window = self.pending.take_sorted();
+        self.latest = window.summary().map(|p| (now, p));
+        self.evaluate(now, &window, usage)
+    }
+
+    fn evaluate(&mut self, now: Duration, window: &Sorted, usage: Usage) -> Option<Decision> {
+        let config = &self.config;
+        let scale = self.scale;
+        // Every algorithm learns, so that switching keeps the baselines.
+        let gradient = self.gradient.evaluate(&config.gradient, window, scale);
+        let vegas = self.vegas.evaluate(&config.vegas, window, scale);
+        let aimd = self.aimd.evaluate(&config.aimd, window, scale);
+        let Some(proposal) = (match config.algorithm {
+            Algorithm::Gradient => gradient,
+            Algorithm::Vegas => vegas,
+            Algorithm::Aimd => aimd,
+        }) else {
+            self.hold(now);
+            return None;
+        };
+        let Proposal { mut desired, mut reason } = proposal;
+        if desired.is_nan() {
+            desired = scale;
+        }
+
+        if let Some(target) = config.target_ms {
+            let tp = config.target_percentile;
+            if let Some(observed) = window.percentile(tp) {
+                if self.recent.len() >= TARGET_MEMORY {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(observed);
+                // Growth goes by the worst of the last few windows: one good
+                // window in a noisy series is no reason to grow.
+                let worst = self.recent.iter().copied().fold(observed, f64::max);
+                if observed > target {
+                    let cut = scale * (target / observed).sqrt().max(MIN_TARGET_GRADIENT);
+                    if cut < desired {
+                        desired = cut;
+                        reason = format!("p{tp} {observed:.1} ms over the {target} ms target");
+                    }
+                } else if worst > target * NEAR_TARGET && desired > scale {
+                    desired = scale;
+                    reason = format!(
+                        "{reason}; p{tp} {worst:.1} ms in the last windows, near the {target} ms target: not growing"
+                    );
+                } else if desired > scale {
+                    // Growth tapers off on the way to the target, so that it
+                    // does not overshoot it.
+                    let room = 1.0 - worst / (target * NEAR_TARGET);
+                    let cap = scale * (1.0 + config.max_increase * room);
+                    if desired > cap {
+                        desired = cap;
+                        reason = format!(
+                            "{reason}; p{tp} {observed:.1} ms is {:.0} % of the {target} ms target",
+                            observed / target * 100.0
+                        );
+                    }
+                }
+            }
+        }
+
+        let binding = usage.over_limit_drops > 0;
+        let peak = usage.peak_ratio.filter(|r| r.is_finite() && *r >= 0.0);
+        let mut from = scale;
+        if !binding && desired > scale {
+            match peak.map(|r| r * (1.0 + config.app_limit_headroom)) {
+                Some(cap) if cap > scale => {
+                    if desired > cap {
+                        desired = cap;
+                        reason = format!(
+                            "{reason}; app-limited: the busiest source uses {:.2} of its base limit",
+                            peak.unwrap_or(0.0)
+                        );
+                    }
+                }
+                _ => {
+                    desired = scale;
+                    reason = match peak {
+                        Some(r) => format!(
+                            "{reason}; app-limited: no source at its limit (the busiest uses {r:.2} of its base limit), not growing"
+                        ),
+                        None => format!("{reason}; app-limited: no source at its limit, not growing"),
+                    };
+                }
+            }
+        }
+        if !binding && desired < scale {
+            if let Some(r) = peak.filter(|r| *r < scale) {
+                // The cut bites only under what the busiest source uses.
+                from = r.max(config.floor);
+                desired = from * desired / scale;
+                reason = format!("{reason} (from the busiest source's use, {r:.2})");
+            }
+        }
+
+        let high = scale * (1.0 + config.max_increase);
+        let low = from * (1.0 - config.max_decrease);
+        let desired = bounded(desired, low, high, scale);
+        let desired = bounded(desired, config.floor, CEILING, scale);
+        self.state = State::Adjusting;
+        let at_bound = |x: f64| (x - CEILING).abs() < f64::EPSILON || (x - config.floor).abs() < f64::EPSILON;
+        let changed =
+            (desired - scale).abs() >= MIN_CHANGE || (at_bound(desired) && (desired - scale).abs() > 0.0);
+        if changed {
+            self.reason.clone_from(&reason);
+            Some(self.decide(now, desired, reason))
+        } else {
+            self.reason = format!("{reason}; scale stays at {scale:.3}");
+            None
+        }
+    }
+
+    /// Applies a `PUT /v1/controller` body at `now`. Returns the decision when
+    /// the scale changed (turned off: back to 1.0; a floor raised over it).
+    pub fn update(&mut self, now: Duration, update: &ParamsUpdate) -> Result<Option<Decision>, Invalid> {
+        let next = update.apply_to(&self.config)?;
+        let was_enabled = self.config.enabled;
+        self.config = next;
+        while self.decisions.len() > self.config.history as usize {
+            self.decisions.pop_front();
+        }
+        if !self.config.enabled {
+            self.state = State::Disabled;
+            "turned off".clone_into(&mut self.reason);
+            if (self.scale - CEILING).abs() > 0.0 {
+                return Ok(Some(self.decide(
+                    now,
+                    CEILING,
+                    "turned off: every limit back to its base".to_owned(),
+                )));
+            }
+            return Ok(None);
+        }
+        if !was_enabled {
+            self.hold(now);
+            self.reason = format!("turned on; {}", self.reason);
+        }
+        if self.scale < self.config.floor {
+            let floor = self.config.floor;
+            return Ok(Some(self.decide(now, floor, format!("floor raised to {floor}"))));
+        }
+        Ok(None)
+    }
+
+    /// Undoes `decision` (the latest), which could not be applied: the scale
+    /// goes back to what it was.
+    pub fn revert(&mut self, decision: &Decision, error: &str) {
+        self.scale = decision.from;
+        if self.decisions.back() == Some(decision) {
+            self.decisions.pop_back();
+        }
+        self.reason = format!(
+            "scale {:.3} could not be applied, staying at {:.3}: {error}",
+            decision.to, decision.from
+        );
+        self.apply_error = Some(format!("scale {:.3}: {error}", decision.to));
+    }
+
+    /// The status at `now`.
+    #[must_use]
+    pub fn status(&self, now: Duration) -> Status {
+        let config = &self.config;
+        Status {
+            enabled: config.enabled,
+            algorithm: config.algorithm,
+            scale: self.scale,
+            floor: config.floor,
+            state: self.state,
+            reason: self.reason.clone(),
+            latency: self.latest.map(|(at, percentiles)| LatencyReport {
+                percentiles,
+                age_ms: millis(now.saturating_sub(at)),
+            }),
+            baseline_ms: match config.algorithm {
+                Algorithm::Gradient => self.gradient.baseline(),
+                Algorithm::Vegas => self.vegas.baseline(),
+                Algorithm::Aimd => self.aimd.baseline(),
+            },
+            samples: SampleCounts {
+                total: self.pending.total(),
+                pending: self.pending.len() as u64,
+                min_samples: config.min_samples(),
+                last_ms_ago: self.pending.last_at().map(|at| millis(now.saturating_sub(at))),
+            },
+            decisions: self.decisions.iter().cloned().collect(),
+            apply_error: self.apply_error.clone(),
+            params: config.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

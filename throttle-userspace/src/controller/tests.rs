@@ -1,0 +1,224 @@
+//! Unit tests of the controller's evaluation: holding, clamps, the floor and
+//! the ceiling, the target, the app-limited guard, updates.
+
+use std::time::Duration;
+
+use super::*;
+
+const BINDING: Usage = Usage { over_limit_drops: 100, peak_ratio: Some(1.0) };
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn controller(config: AdaptiveConfig) -> Controller {
+    Controller::new(config).unwrap()
+}
+
+/// Feeds 20 samples of `ms` at `t` seconds and evaluates.
+fn step(c: &mut Controller, t: u64, ms: f64, usage: Usage) -> Option<Decision> {
+    c.record_all(secs(t), &[ms; 20]);
+    c.tick(secs(t), usage)
+}
+
+#[test]
+fn it_holds_without_samples_and_says_why() {
+    let mut c = controller(AdaptiveConfig::default());
+    assert_eq!(c.tick(secs(1), BINDING), None);
+    assert_eq!(c.state(), State::Holding);
+    assert_eq!(c.reason(), "no latency sample yet");
+    c.record_all(secs(2), &[5.0; 4]);
+    assert_eq!(c.tick(secs(2), BINDING), None);
+    assert!(c.reason().contains("4 latency samples in the last 5000 ms, 10 needed"), "{}", c.reason());
+    assert_eq!(c.tick(secs(9), BINDING), None);
+    assert!(c.reason().contains("no latency sample for 7.0 s"), "{}", c.reason());
+    assert!((c.scale() - 1.0).abs() < f64::EPSILON);
+    let json = serde_json::to_value(c.status(secs(9))).unwrap();
+    assert_eq!(json["state"], "holding");
+    assert_eq!(json["samples"]["total"], 4);
+    assert_eq!(json["samples"]["pending"], 0, "the samples expired");
+}
+
+#[test]
+fn slow_latency_cuts_within_the_clamp_down_to_the_floor() {
+    let mut c = controller(AdaptiveConfig::default());
+    assert_eq!(step(&mut c, 1, 10.0, BINDING), None, "healthy at the ceiling: nothing to do");
+    assert_eq!(c.state(), State::Adjusting);
+    let mut scale = 1.0;
+    for t in 2..40 {
+        if let Some(d) = step(&mut c, t, 1_000.0, BINDING) {
+            assert!((d.from - scale).abs() < f64::EPSILON);
+            assert!(d.to >= scale * (1.0 - 0.3) - 1e-9, "{d:?}");
+            assert!(d.to < scale);
+            assert!(d.reason.contains("gradient"), "{}", d.reason);
+            scale = d.to;
+        }
+    }
+    assert!((c.scale() - 0.1).abs() < f64::EPSILON, "{}", c.scale());
+    assert_eq!(step(&mut c, 41, 1_000.0, BINDING), None, "not under the floor");
+    let status = c.status(secs(41));
+    assert!(status.decisions.len() <= 32);
+    assert!(status.decisions.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+    assert!((status.latency.unwrap().percentiles.p99 - 1_000.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn growth_is_clamped_and_stops_at_the_ceiling() {
+    let config = AdaptiveConfig { max_increase: 0.05, ..AdaptiveConfig::default() };
+    let mut c = controller(config);
+    step(&mut c, 1, 10.0, BINDING);
+    for t in 2..6 {
+        step(&mut c, t, 1_000.0, BINDING);
+    }
+    let mut scale = c.scale();
+    assert!(scale < 0.5);
+    for t in 6..100 {
+        if let Some(d) = step(&mut c, t, 10.0, BINDING) {
+            assert!(d.to <= scale * 1.05 + 1e-9, "{d:?}");
+            scale = d.to;
+        }
+    }
+    assert!((c.scale() - 1.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn the_app_limited_guard_grows_only_to_what_is_used() {
+    let mut c = controller(AdaptiveConfig::default());
+    step(&mut c, 1, 10.0, BINDING);
+    for t in 2..10 {
+        step(&mut c, t, 1_000.0, BINDING);
+    }
+    let low = c.scale();
+    assert!(low < 0.2, "{low}");
+    // Nothing binds and use is unknown: no growth however good the latency.
+    let idle = Usage { over_limit_drops: 0, peak_ratio: None };
+    for t in 10..20 {
+        assert_eq!(step(&mut c, t, 10.0, idle), None);
+    }
+    assert!(c.reason().contains("app-limited"), "{}", c.reason());
+    // The busiest source uses 0.2 of its base limit: up to 0.25, no further.
+    let light = Usage { over_limit_drops: 0, peak_ratio: Some(0.2) };
+    for t in 20..60 {
+        step(&mut c, t, 10.0, light);
+    }
+    assert!((c.scale() - 0.25).abs() < 1e-9, "{}", c.scale());
+    // Binding again: it grows back to the ceiling.
+    for t in 60..120 {
+        step(&mut c, t, 10.0, BINDING);
+    }
+    assert!((c.scale() - 1.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn a_cut_starts_from_what_the_busiest_source_uses() {
+    let mut c = controller(AdaptiveConfig::default());
+    step(&mut c, 1, 10.0, BINDING);
+    let quiet = Usage { over_limit_drops: 0, peak_ratio: Some(0.4) };
+    let d = step(&mut c, 2, 1_000.0, quiet).unwrap();
+    // gradient 0.5 smoothed by half: 0.75 of the use (0.4), not of 1.0.
+    assert!((d.to - 0.3).abs() < 1e-9, "{d:?}");
+    assert!(d.reason.contains("busiest source"), "{}", d.reason);
+}
+
+#[test]
+fn the_target_cuts_in_proportion_and_stops_growth_near_it() {
+    let mut c = controller(AdaptiveConfig { target_ms: Some(100.0), ..AdaptiveConfig::default() });
+    step(&mut c, 1, 120.0, BINDING);
+    // sqrt(100 / 120).
+    assert!((c.scale() - (100.0_f64 / 120.0).sqrt()).abs() < 1e-9, "{}", c.scale());
+    assert!(c.status(secs(1)).decisions[0].reason.contains("over the 100 ms target"));
+    // 90 ms: under the target but near it; the gradient would grow, the
+    // target says no.
+    assert_eq!(step(&mut c, 2, 90.0, BINDING), None);
+    assert!(c.reason().contains("near the 100 ms target"), "{}", c.reason());
+    // 50 ms: well under, but growth waits until the last 5 windows are.
+    for t in 3..7 {
+        assert_eq!(step(&mut c, t, 50.0, BINDING), None, "{t}");
+    }
+    let d = step(&mut c, 7, 50.0, BINDING).unwrap();
+    // Growth tapers: 50 ms is 62.5 % of the way to 80 ms.
+    assert!(d.to <= d.from * (1.0 + 0.05 * (1.0 - 50.0 / 80.0)) + 1e-9, "{d:?}");
+}
+
+#[test]
+fn every_algorithm_cuts_on_slow_latency_and_grows_back() {
+    for algorithm in [Algorithm::Gradient, Algorithm::Vegas, Algorithm::Aimd] {
+        let mut c = controller(AdaptiveConfig { algorithm, ..AdaptiveConfig::default() });
+        for t in 1..5 {
+            step(&mut c, t, 10.0, BINDING);
+        }
+        for t in 5..10 {
+            step(&mut c, t, 100.0, BINDING);
+        }
+        let low = c.scale();
+        assert!(low < 0.8, "{algorithm}: {low}");
+        for t in 10..200 {
+            step(&mut c, t, 10.0, BINDING);
+        }
+        assert!((c.scale() - 1.0).abs() < f64::EPSILON, "{algorithm}: {}", c.scale());
+    }
+}
+
+#[test]
+fn updates_turn_it_off_and_on_and_move_the_floor() {
+    let mut c = controller(AdaptiveConfig::default());
+    step(&mut c, 1, 10.0, BINDING);
+    step(&mut c, 2, 1_000.0, BINDING);
+    let cut = c.scale();
+    assert!(cut < 1.0);
+
+    let floor: ParamsUpdate = serde_json::from_str(r#"{"floor": 0.9}"#).unwrap();
+    let d = c.update(secs(3), &floor).unwrap().unwrap();
+    assert!((d.to - 0.9).abs() < f64::EPSILON && d.reason.contains("floor raised"), "{d:?}");
+
+    let off: ParamsUpdate = serde_json::from_str(r#"{"enabled": false}"#).unwrap();
+    let d = c.update(secs(4), &off).unwrap().unwrap();
+    assert!((d.to - 1.0).abs() < f64::EPSILON);
+    assert_eq!(c.state(), State::Disabled);
+    // Off, latency is still shown, and the scale does not move.
+    assert_eq!(step(&mut c, 5, 1_000.0, BINDING), None);
+    assert_eq!(c.status(secs(5)).latency.unwrap().percentiles.samples, 20);
+    assert_eq!(c.state(), State::Disabled);
+
+    let on: ParamsUpdate = serde_json::from_str(r#"{"enabled": true, "algorithm": "aimd"}"#).unwrap();
+    assert_eq!(c.update(secs(6), &on).unwrap(), None);
+    assert_eq!(c.state(), State::Holding);
+    assert!(c.reason().starts_with("turned on"), "{}", c.reason());
+    assert_eq!(c.config().algorithm, Algorithm::Aimd);
+
+    let bad: ParamsUpdate = serde_json::from_str(r#"{"aimd": {"backoff": 1.5}}"#).unwrap();
+    let err = c.update(secs(7), &bad).unwrap_err();
+    assert_eq!(err.key, "aimd.backoff");
+    assert!((c.config().aimd.backoff - 0.8).abs() < f64::EPSILON, "refused: nothing changed");
+}
+
+#[test]
+fn a_decision_that_could_not_be_applied_is_reverted() {
+    let mut c = controller(AdaptiveConfig::default());
+    step(&mut c, 1, 10.0, BINDING);
+    let d = step(&mut c, 2, 1_000.0, BINDING).unwrap();
+    c.revert(&d, "map update refused");
+    assert!((c.scale() - 1.0).abs() < f64::EPSILON);
+    assert!(c.status(secs(2)).decisions.is_empty());
+    assert!(c.reason().contains("map update refused"));
+    assert!(c.status(secs(2)).apply_error.unwrap().contains("map update refused"));
+}
+
+#[test]
+fn garbage_in_never_panics() {
+    let mut c = controller(AdaptiveConfig { min_samples: Some(1), ..AdaptiveConfig::default() });
+    for (t, ms) in
+        [(1, f64::NAN), (2, f64::INFINITY), (3, -5.0), (4, 0.0), (5, 0.0), (6, f64::MAX), (7, 1e-300)]
+    {
+        c.record(secs(t), ms);
+        c.tick(secs(t), Usage { over_limit_drops: u64::MAX, peak_ratio: Some(f64::NAN) });
+        c.tick(secs(t), Usage { over_limit_drops: 0, peak_ratio: Some(-1.0) });
+        c.tick(secs(t), Usage { over_limit_drops: 0, peak_ratio: Some(f64::INFINITY) });
+        let scale = c.scale();
+        assert!(scale.is_finite() && (0.1..=1.0).contains(&scale), "{scale}");
+    }
+    // Time going backwards is no trouble either.
+    c.record(secs(1), 5.0);
+    c.tick(Duration::ZERO, BINDING);
+    assert!(Controller::new(AdaptiveConfig { floor: f64::NAN, ..AdaptiveConfig::default() }).is_err());
+}
