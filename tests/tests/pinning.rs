@@ -78,20 +78,20 @@ impl PinDirGuard {
         out.sort();
         out
     }
+}
 
-    /// The names that the pinned maps and these links (interface, mode)
-    /// make, with the directories `modes` (which stay once made).
-    fn expected(&self, links: &[(&str, &str)], modes: &[&str]) -> Vec<String> {
-        let mut names = vec!["maps".to_owned()];
-        names.extend(map_name::ALL.iter().map(|name| format!("maps/{name}")));
-        if !modes.is_empty() {
-            names.push("links".to_owned());
-        }
-        names.extend(modes.iter().map(|mode| format!("links/{mode}")));
-        names.extend(links.iter().map(|(iface, mode)| format!("links/{mode}/{iface}")));
-        names.sort();
-        names
+/// The names that the pinned maps and these links (interface, mode)
+/// make, with the directories `modes` (which stay once made).
+fn pinned_names(links: &[(&str, &str)], modes: &[&str]) -> Vec<String> {
+    let mut names = vec!["maps".to_owned()];
+    names.extend(map_name::ALL.iter().map(|name| format!("maps/{name}")));
+    if !modes.is_empty() {
+        names.push("links".to_owned());
     }
+    names.extend(modes.iter().map(|mode| format!("links/{mode}")));
+    names.extend(links.iter().map(|(iface, mode)| format!("links/{mode}/{iface}")));
+    names.sort();
+    names
 }
 
 impl Drop for PinDirGuard {
@@ -197,7 +197,7 @@ fn a_killed_daemon_leaves_enforcement_running_and_the_next_adopts_it() {
 
     let (running, old_program) = lab.xdp("a0").expect("the program stays attached after its process is gone");
     assert_eq!(running, mode);
-    assert_eq!(pins.list(), pins.expected(&[("a0", mode)], &[mode]), "the pins are all there");
+    assert_eq!(pins.list(), pinned_names(&[("a0", mode)], &[mode]), "the pins are all there");
 
     // The next daemon adopts the maps, then the link.
     lab.ns.run(|| {
@@ -216,7 +216,7 @@ fn a_killed_daemon_leaves_enforcement_running_and_the_next_adopts_it() {
         let (running, new_program) = lab.xdp("a0").expect("still attached");
         assert_eq!(running, mode);
         assert_ne!(new_program, old_program, "the program on the link was replaced");
-        assert_eq!(pins.list(), pins.expected(&[("a0", mode)], &[mode]), "the same pins");
+        assert_eq!(pins.list(), pinned_names(&[("a0", mode)], &[mode]), "the same pins");
 
         // The source's bucket kept its count: one more packet adds to it.
         let verdict = run(&dataplane, &frame());
@@ -254,7 +254,7 @@ fn keep_pins_leaves_everything_for_the_next_daemon_in_the_mode_it_had() {
         dataplane.shutdown(true).expect("stop, keeping the pins");
     });
     assert_eq!(lab.xdp("a0").map(|(mode, _)| mode), Some("generic"), "still attached");
-    assert_eq!(pins.list(), pins.expected(&[("a0", "generic")], &["generic"]));
+    assert_eq!(pins.list(), pinned_names(&[("a0", "generic")], &["generic"]));
 
     lab.ns.run(|| {
         // Another capacity is asked for: the pinned bucket map wins.
@@ -295,7 +295,7 @@ fn release_others_detaches_the_interfaces_no_longer_named() {
         assert_eq!(released, ["a1"]);
         assert_eq!(lab.xdp("a1"), None, "a1 is detached");
         assert!(lab.xdp("a0").is_some(), "a0 stays");
-        assert_eq!(pins.list(), pins.expected(&[("a0", "generic")], &["generic"]), "a1's pin is gone");
+        assert_eq!(pins.list(), pinned_names(&[("a0", "generic")], &["generic"]), "a1's pin is gone");
         assert!(dataplane.release_others(&["a0".to_owned()]).expect("again").is_empty());
         // Dropped: a0 stays attached for the guard to clean up.
     });
@@ -338,7 +338,7 @@ fn pinned_maps_of_another_layout_are_refused_with_a_way_out() {
     ] {
         assert!(message.contains(part), "{part:?} missing from: {message}");
     }
-    assert_eq!(pins.list(), pins.expected(&[], &[]), "a refusal touches nothing");
+    assert_eq!(pins.list(), pinned_names(&[], &[]), "a refusal touches nothing");
 
     // The right layout, but a map of another type under a name.
     set_layout(LAYOUT_VERSION);
@@ -372,13 +372,13 @@ fn partial_pins_are_refused() {
     let dir = pins.path.display().to_string();
     assert!(message.contains("missing: BUCKETS"), "{message}");
     assert!(message.contains(&format!("rm -r {dir}")), "{message}");
-    let mut left = pins.expected(&[], &[]);
+    let mut left = pinned_names(&[], &[]);
     left.retain(|name| name != "maps/BUCKETS");
     assert_eq!(pins.list(), left, "a refusal touches nothing");
 }
 
 #[test]
-fn a_pin_dir_outside_bpffs_is_refused_and_left_as_it_was() {
+fn a_pin_dir_outside_bpffs_or_with_a_dot_is_refused_and_left_as_it_was() {
     require_root!();
     let dir = std::env::temp_dir().join(format!("throttle-test-{}", unique_id())).join("pins");
     let options = Options { max_sources: MAX_SOURCES, pin_dir: Some(dir.clone()) };
@@ -386,4 +386,43 @@ fn a_pin_dir_outside_bpffs_is_refused_and_left_as_it_was() {
     assert!(matches!(&err, DataplaneError::NotBpffs { dir: d } if *d == dir), "{err:?}");
     assert!(err.to_string().contains("bpffs"), "{err}");
     assert!(!dir.parent().expect("a parent").exists(), "the directories made for it are removed");
+
+    // bpffs refuses dots in names.
+    let pins = PinDirGuard::new();
+    let dotted = pins.path.join("v1.2");
+    let options = Options { max_sources: MAX_SOURCES, pin_dir: Some(dotted.clone()) };
+    let err = Dataplane::open(&options).err().expect("a dotted name is refused");
+    assert!(matches!(&err, DataplaneError::DottedName { dir } if *dir == dotted), "{err:?}");
+    assert!(!pins.path.exists(), "the directories made for it are removed");
+}
+
+#[test]
+fn a_link_left_on_a_deleted_interface_is_replaced_by_a_new_one() {
+    require_root!();
+    let lab = Lab::new(1);
+    let pins = PinDirGuard::new();
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
+        dataplane.attach("a0", XdpMode::Generic).expect("attach");
+    });
+    // The interface goes and comes back: the pinned link outlives its device.
+    lab.ns.ip(["link", "del", "a0"]);
+    lab.ns.ip(["link", "add", "a0", "type", "veth", "peer", "name", "b0"]);
+    lab.ns.ip(["link", "set", "a0", "up"]);
+    assert!(pins.link("a0", "generic").exists(), "the pin stays");
+    assert_eq!(lab.xdp("a0"), None, "nothing runs on the new interface");
+
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open again");
+        assert!(dataplane.adopted(), "the maps are adopted");
+        let attachment = dataplane.attach("a0", XdpMode::Native).expect("attach").clone();
+        assert!(!attachment.adopted, "a defunct link is not adopted: {attachment:?}");
+        assert_eq!(attachment.mode, "native", "the new link gets the mode asked for");
+        assert_eq!(lab.xdp("a0").map(|(mode, _)| mode), Some("native"));
+        assert!(!pins.link("a0", "generic").exists(), "the defunct link's pin is gone");
+        assert!(pins.link("a0", "native").exists(), "the new link is pinned");
+        dataplane.shutdown(false).expect("a clean stop");
+    });
+    assert_eq!(lab.xdp("a0"), None);
+    assert!(!pins.path.exists(), "left behind: {:?}", pins.list());
 }

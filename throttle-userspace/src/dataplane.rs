@@ -108,7 +108,7 @@ pub enum DataplaneError {
     LayoutMismatch { dir: PathBuf, found: Option<u32>, expected: u32 },
     #[error(
         "map {map} pinned in {} has {property} {found} where this daemon (layout version {LAYOUT_VERSION}) \
-         expects {expected}: it cannot be adopted. {}",
+         expects {expected}, so the maps there cannot be adopted. {}",
         dir.display(), replace_hint(dir)
     )]
     Incompatible { dir: PathBuf, map: &'static str, property: &'static str, found: String, expected: String },
@@ -878,14 +878,20 @@ impl PinDir {
             self.dir.clone(),
         ];
         dirs.extend(self.created.iter().rev().filter(|d| **d != self.dir).cloned());
+        // Each one is tried, whatever happened to the others.
+        let mut result = Ok(());
         for dir in dirs {
             match fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DataplaneError::PinDir { dir, source }),
+                Err(source) => {
+                    if result.is_ok() {
+                        result = Err(DataplaneError::PinDir { dir, source });
+                    }
+                }
             }
         }
-        Ok(())
+        result
     }
 }
 
