@@ -13,8 +13,14 @@
 
 use std::{
     fs,
+    io::{BufRead as _, BufReader, Write as _},
     net::IpAddr,
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
 };
 
 use aya::{
@@ -36,6 +42,10 @@ const XDP_PASS: u32 = 2;
 const RATE: u64 = 1;
 const BURST: u64 = 5;
 const MAX_SOURCES: u32 = 4_096;
+/// Set for [`sigkill_child`] to the pin directory it is to use.
+const CHILD_ENV: &str = "THROTTLE_PINNING_CHILD_DIR";
+/// What [`sigkill_child`] prints once it is attached.
+const CHILD_READY: &str = "pinning-child: attached";
 
 /// A pin directory unique to one test (`/sys/fs/bpf/throttle-test-<pid>-<n>`),
 /// removed with everything in it when the guard drops. Removing a link's pin
@@ -425,4 +435,90 @@ fn a_link_left_on_a_deleted_interface_is_replaced_by_a_new_one() {
     });
     assert_eq!(lab.xdp("a0"), None);
     assert!(!pins.path.exists(), "left behind: {:?}", pins.list());
+}
+
+/// A child process, killed with SIGKILL and reaped when the guard drops.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_process_killed_with_sigkill_leaves_the_program_enforcing() {
+    require_root!();
+    let lab = Lab::new(1);
+    let pins = PinDirGuard::new();
+    // This test binary again, running only `sigkill_child`, in the lab's
+    // namespace and this mount namespace (where the bpffs is).
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut child = ChildGuard(
+        lab.ns
+            .command(&exe)
+            .args(["--exact", "sigkill_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &pins.path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the child"),
+    );
+    let stdout = child.0.stdout.take().expect("the child's stdout");
+    let (ready_tx, ready) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest prints the test's name and no newline before the test runs.
+            if line.ends_with(CHILD_READY) {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready.recv_timeout(Duration::from_secs(60)).expect("the child attached and said so");
+    let (mode, _) = lab.xdp("a0").expect("attached by the child");
+
+    child.0.kill().expect("SIGKILL the child");
+    let status = child.0.wait().expect("reap the child");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert_eq!(lab.xdp("a0").map(|(mode, _)| mode), Some(mode), "the program stays attached");
+    assert_eq!(pinned_names(&[("a0", mode)], &[mode]), pins.list());
+
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open after the kill");
+        assert!(dataplane.adopted());
+        assert_eq!(dataplane.version(), 1, "the child applied its policy once");
+        let bucket =
+            dataplane.bucket(&bucket_key(source(), 0, 32, 64)).expect("bucket").expect("still tracked");
+        assert_eq!((bucket.passed, bucket.dropped), (BURST, 1), "the child's packets are on the bucket");
+        assert_eq!(metered(&dataplane), [1, BURST - 1, 1], "and on the counters");
+        let attachment = dataplane.attach("a0", XdpMode::Auto).expect("attach").clone();
+        assert!(attachment.adopted);
+        assert_eq!(attachment.mode, mode);
+        dataplane.shutdown(false).expect("a clean stop");
+    });
+    assert_eq!(lab.xdp("a0"), None);
+    assert!(!pins.path.exists(), "left behind: {:?}", pins.list());
+}
+
+/// The process that the test above kills: attaches with pins, meters a
+/// source past its burst, says so, and waits to be killed. On its own (no
+/// [`CHILD_ENV`]) it does nothing.
+#[test]
+#[ignore = "the child process of a_process_killed_with_sigkill_leaves_the_program_enforcing"]
+fn sigkill_child() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let mut dataplane =
+        Dataplane::open(&Options { max_sources: MAX_SOURCES, pin_dir: Some(dir.into()) }).expect("open");
+    dataplane.apply(&policy(), &[]).expect("apply");
+    dataplane.attach("a0", XdpMode::Auto).expect("attach");
+    for _ in 0..=BURST {
+        run(&dataplane, &frame());
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{CHILD_READY}").and_then(|()| stdout.flush()).expect("write to stdout");
+    loop {
+        thread::sleep(Duration::from_secs(3_600));
+    }
 }

@@ -282,7 +282,11 @@ impl Dataplane {
                      starts over"
                 );
             }
-            return Self::from_object(options.max_sources, Origin::Created(pins));
+            let made = pins.clone();
+            return Self::from_object(options.max_sources, Origin::Created(pins)).inspect_err(|_| {
+                // Nothing was pinned: leave no empty directory behind either.
+                let _ = made.remove_dirs();
+            });
         }
         if !missing.is_empty() {
             return Err(DataplaneError::PartialPins { dir: dir.to_path_buf(), present, missing });
@@ -756,7 +760,7 @@ pub fn bucket_key(addr: IpAddr, rule: u32, ipv4_prefix: u8, ipv6_prefix: u8) -> 
 }
 
 /// A pin directory, and the directories this process made to have it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PinDir {
     dir: PathBuf,
     /// Made by this process, outermost first.
