@@ -78,6 +78,10 @@ pub mod flags {
 }
 
 /// Global settings: the single entry of the `CONFIG` array.
+///
+/// `version` and `layout` lead the entry in every layout, so that a daemon
+/// can read the layout version of pinned maps of any other layout and name
+/// it when it refuses them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {
