@@ -89,7 +89,7 @@ impl fmt::Display for XdpMode {
 }
 
 /// What a limit counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Unit {
     #[default]
@@ -109,7 +109,7 @@ impl Unit {
 }
 
 /// The action of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Pass everything from the prefix, unmetered.
@@ -121,7 +121,7 @@ pub enum Action {
 }
 
 /// A transport protocol of the scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -139,7 +139,7 @@ impl Proto {
 }
 
 /// The default limit and the settings every source shares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Per source, per second.
@@ -214,7 +214,7 @@ impl Limits {
 }
 
 /// One entry of the scope: a protocol and destination port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopePort {
     pub proto: Proto,
@@ -225,7 +225,7 @@ pub struct ScopePort {
 }
 
 /// What the limits apply to. Empty: everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scope {
     pub ports: Vec<ScopePort>,
@@ -262,7 +262,7 @@ impl Scope {
 }
 
 /// A rule: what to do with the sources of a prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub cidr: String,
@@ -454,6 +454,10 @@ pub struct DaemonArgs {
     /// Capacity of the bucket map: sources tracked at once [default: 1048576].
     #[arg(long, value_name = "N")]
     pub max_sources: Option<u64>,
+    /// On SIGTERM, leave the program attached and its maps pinned, for the
+    /// next daemon (an upgrade) to adopt.
+    #[arg(long)]
+    pub keep_on_exit: bool,
 }
 
 /// Everything the daemon runs with, validated.

@@ -1,52 +1,29 @@
-//! `throttle daemon`: load, attach, enforce, reload on SIGHUP, detach on
-//! SIGINT/SIGTERM.
+//! `throttle daemon`: load (or adopt) the program, attach, enforce, serve the
+//! admin API, run the controller, reload on SIGHUP, and on SIGINT/SIGTERM
+//! detach (or, with `--keep-on-exit`, leave everything for the next daemon).
 
-use std::collections::HashMap;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _};
-use ipnet::IpNet;
-use throttle_common::Limit;
 use tokio::{
     io::unix::AsyncFd,
+    net::TcpListener,
     signal::unix::{signal, SignalKind},
+    sync::watch,
 };
 
 use crate::{
-    config::{Action, DaemonArgs, Invalid, Policy, Settings},
-    dataplane::{Dataplane, KernelRule, ProgramLogger},
+    api::{self, AppState, Token},
+    config::{DaemonArgs, Settings},
+    control::Control,
+    controller::{self, AdaptiveConfig},
+    dataplane::{Dataplane, Options, ProgramLogger},
+    store::Store,
 };
 
-/// Stable ids for rules: a prefix keeps its id (and so its sources keep their
-/// buckets) across reloads.
-#[derive(Debug, Default)]
-pub struct RuleIds {
-    next: u32,
-    by_net: HashMap<IpNet, u32>,
-}
-
-impl RuleIds {
-    /// The kernel form of the rules of a validated `policy`.
-    pub fn resolve(&mut self, policy: &Policy) -> Result<Vec<KernelRule>, Invalid> {
-        let nets = policy.validate()?;
-        Ok(policy
-            .rules
-            .iter()
-            .zip(nets)
-            .map(|(rule, net)| {
-                let id = *self.by_net.entry(net).or_insert_with(|| {
-                    self.next += 1;
-                    self.next
-                });
-                KernelRule {
-                    id,
-                    net,
-                    action: rule.action,
-                    limit: if rule.action == Action::Limit { rule.limit() } else { Limit::default() },
-                }
-            })
-            .collect())
-    }
-}
+/// Shortest pause between two walks over the buckets (they are counted for
+/// the status and measured for the controller).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -54,27 +31,82 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if settings.interfaces.is_empty() {
         bail!("no interface to attach to: pass --iface IF or set `daemon.interfaces` in the config file");
     }
-    let mut dataplane = Dataplane::load(settings.max_sources).context("loading the XDP program")?;
+    let token = settings.token_file.as_deref().map(Token::read).transpose()?;
+    api::check_exposure(settings.admin, token.as_ref()).map_err(anyhow::Error::msg)?;
+    // Listen first: a port in use is found before anything is attached.
+    let listener = TcpListener::bind(settings.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin API (--admin)", settings.admin))?;
+    let store = Store::open(&settings.state_dir)?;
+
+    let mut dataplane = Dataplane::open(&Options {
+        max_sources: settings.max_sources,
+        pin_dir: Some(settings.pin_dir.clone()),
+    })
+    .context("loading the XDP program")?;
+    if dataplane.adopted() {
+        tracing::info!(
+            pin_dir = %settings.pin_dir.display(),
+            version = dataplane.version(),
+            max_sources = dataplane.max_sources(),
+            "adopted the pinned maps: buckets and counters carry on"
+        );
+    }
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
-    let mut ids = RuleIds::default();
-    let rules = ids.resolve(&settings.policy)?;
-    dataplane.apply(&settings.policy, &rules).context("writing the configuration to the maps")?;
+    // The policy goes to the maps before the new program is attached: until
+    // then a previous daemon's program keeps enforcing on the same maps.
+    let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
+    let saved_controller = control.saved_controller().cloned();
+    let state = AppState::new(control, token);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn({
+        let router = api::router(state.clone());
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        }
+    });
+    tracing::info!("admin API on http://{}", settings.admin);
+
     for iface in &settings.interfaces {
-        let attachment = dataplane.attach(iface, settings.xdp_mode)?;
-        tracing::info!(iface, mode = attachment.mode, "attached");
+        let iface = iface.clone();
+        let mode = settings.xdp_mode;
+        let attachment = state.with_control(move |c| c.kernel_mut().attach(&iface, mode)).await?;
+        tracing::info!(iface = attachment.iface, mode = attachment.mode, adopted = attachment.adopted, "attached");
     }
-    let limits = &settings.policy.limits;
+    let keep = settings.interfaces.clone();
+    let released = state.with_control(move |c| c.kernel_mut().release_others(&keep)).await?;
+    for iface in released {
+        tracing::info!(iface, "detached: no longer configured");
+    }
+
+    let adaptive = saved_controller.or_else(|| settings.adaptive.clone()).unwrap_or_else(|| AdaptiveConfig {
+        // Without `[adaptive]` the controller is off; it can be turned on
+        // through the API, with samples pushed to /v1/latency.
+        enabled: false,
+        ..AdaptiveConfig::default()
+    });
+    let controller = controller::spawn(adaptive, Arc::new(state.clone()))?;
+    state.set_controller(controller);
+    let sampler = tokio::spawn(sample_forever(state.clone()));
+
+    state.set_ready();
+    let policy = state.control(|c| c.policy().clone());
     tracing::info!(
-        rate = limits.rate,
-        burst = limits.burst,
-        unit = ?limits.unit,
-        ipv4_prefix = limits.ipv4_prefix,
-        ipv6_prefix = limits.ipv6_prefix,
-        dry_run = limits.dry_run,
-        rules = rules.len(),
-        scope = settings.policy.scope.ports.len(),
+        rate = policy.limits.rate,
+        burst = policy.limits.burst,
+        unit = ?policy.limits.unit,
+        ipv4_prefix = policy.limits.ipv4_prefix,
+        ipv6_prefix = policy.limits.ipv6_prefix,
+        dry_run = policy.limits.dry_run,
+        rules = policy.rules.len(),
+        scope = policy.scope.ports.len(),
         "throttle is ready"
     );
 
@@ -83,36 +115,64 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&args, &mut dataplane, &mut ids),
+            _ = hup.recv() => reload(&args, &state).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    tracing::info!("detaching");
-    drop(dataplane);
+
+    sampler.abort();
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(err))) => tracing::warn!("admin API: {err}"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("admin API connections still open after 5 s; closing"),
+    }
+    let keep = args.keep_on_exit;
+    if keep {
+        tracing::info!(pin_dir = %settings.pin_dir.display(), "leaving the program attached and pinned (--keep-on-exit)");
+    } else {
+        tracing::info!("detaching");
+    }
+    state.with_control(move |c| c.kernel_mut().release(keep)).await.context("detaching")?;
     Ok(())
 }
 
-/// SIGHUP: re-reads the file and applies it whole, or keeps the running
-/// configuration when it is refused.
-fn reload(args: &DaemonArgs, dataplane: &mut Dataplane, ids: &mut RuleIds) {
+/// SIGHUP: re-reads the file and applies its policy under the saved state,
+/// or keeps the running one when it is refused.
+async fn reload(args: &DaemonArgs, state: &AppState) {
     if args.config.is_none() {
         tracing::warn!("SIGHUP without --config: nothing to reload");
         return;
     }
-    let result = Settings::load(args).map_err(anyhow::Error::from).and_then(|settings| {
-        let rules = ids.resolve(&settings.policy)?;
-        dataplane.apply(&settings.policy, &rules)?;
-        Ok(settings)
-    });
+    let settings = match Settings::load(args) {
+        Ok(settings) => settings,
+        Err(err) => {
+            tracing::error!("configuration not reloaded, the running one stays: {err}");
+            return;
+        }
+    };
+    let result = state
+        .with_control(move |c| c.reload(settings.policy).map(|()| (c.kernel().version(), c.limits().clone())))
+        .await;
     match result {
-        Ok(settings) => tracing::info!(
-            version = dataplane.version(),
-            rate = settings.policy.limits.rate,
-            burst = settings.policy.limits.burst,
-            "configuration reloaded"
-        ),
-        Err(err) => tracing::error!("configuration not reloaded, the running one stays: {err:#}"),
+        Ok((version, limits)) => {
+            tracing::info!(version, rate = limits.rate, burst = limits.burst, "configuration reloaded");
+        }
+        Err(err) => tracing::error!("configuration not reloaded, the running one stays: {err}"),
+    }
+}
+
+/// Counts the buckets and measures the sources' rates, again and again; a
+/// walk over a big map takes a while, so the pause grows with it.
+async fn sample_forever(state: AppState) {
+    loop {
+        let started = tokio::time::Instant::now();
+        let walker = state.clone();
+        if tokio::task::spawn_blocking(move || walker.sample()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(SAMPLE_EVERY.max(started.elapsed() * 2)).await;
     }
 }
 

@@ -557,6 +557,12 @@ impl Dataplane {
     /// directories are removed. Without a pin directory, the program is
     /// detached either way.
     pub fn shutdown(mut self, keep_pins: bool) -> Result<(), DataplaneError> {
+        self.release(keep_pins)
+    }
+
+    /// What [`Dataplane::shutdown`] does, for an owner that cannot give the
+    /// dataplane up: afterwards it holds no pins, and its links go with it.
+    pub fn release(&mut self, keep_pins: bool) -> Result<(), DataplaneError> {
         let Some(pins) = self.pins.take() else {
             return Ok(());
         };

@@ -1,0 +1,175 @@
+//! Errors of the admin API: a status and `{"error": {"code", "message"}}`,
+//! with `field` when one value is to blame. Every rejection of axum's
+//! extractors is turned into that shape too.
+
+use axum::{
+    extract::{
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+        FromRequest, FromRequestParts, Request,
+    },
+    http::{request::Parts, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{config::Invalid, control::ChangeError};
+
+/// The body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for scripts: `invalid_value`, `malformed_json`, `invalid_body`,
+    /// `unsupported_media_type`, `payload_too_large`, `invalid_path`,
+    /// `invalid_query`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `unauthorized`, `kernel_error`, `store_error`.
+    pub code: String,
+    /// For people: what was wrong, naming the value.
+    pub message: String,
+    /// The field to blame, as a dotted path (`limits.rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None }
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_value",
+            field: Some(invalid.key.clone()),
+            message: invalid.to_string(),
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(err: ChangeError) -> Self {
+        match err {
+            ChangeError::Invalid(invalid) => invalid.into(),
+            ChangeError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ChangeError::NotFound(message) => Self::not_found("not_found", message),
+            err @ ChangeError::Kernel(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", err.to_string())
+            }
+            err @ ChangeError::Store(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", err.to_string())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let (code, message) = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                ("unsupported_media_type", "the body must be JSON, sent with `Content-Type: application/json`".into())
+            }
+            JsonRejection::JsonSyntaxError(_) => ("malformed_json", rejection.body_text()),
+            JsonRejection::JsonDataError(_) => ("invalid_body", rejection.body_text()),
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", format!("the body is larger than {} bytes", super::MAX_BODY))
+            }
+            _ => ("invalid_body", rejection.body_text()),
+        };
+        Self::new(rejection.status(), code, message)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+/// A JSON body, refused in the API's error shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Query parameters, refused in the API's error shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A path parameter, refused in the API's error shape.
+#[derive(Debug, Clone)]
+pub struct PathParam(pub String);
+
+impl<S> FromRequestParts<S> for PathParam
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) = axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}

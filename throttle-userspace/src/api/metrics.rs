@@ -1,0 +1,107 @@
+//! `/metrics`: the verdict counters, the bucket map's fill, the rules, the
+//! configuration version, the controller and the API's own requests, in the
+//! Prometheus text format. The kernel's values are read at each scrape.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use throttle_common::reason;
+
+use super::AppState;
+use crate::{config::Action, controller::State};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
+    let metric = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    metric.set(value);
+    registry.register(name, help, metric);
+}
+
+fn int_gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Gauge::<i64>::default();
+    metric.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, metric);
+}
+
+/// The metrics text of one scrape.
+pub async fn render(state: &AppState) -> String {
+    let mut registry = Registry::with_prefix("throttle");
+    let sources = state.sources_tracked();
+    let snapshot = state
+        .with_control(|c| {
+            let kernel = c.kernel();
+            let mut rules = [0u64; 3];
+            for rule in &c.policy().rules {
+                rules[match rule.action {
+                    Action::Allow => 0,
+                    Action::Deny => 1,
+                    Action::Limit => 2,
+                }] += 1;
+            }
+            (kernel.counters().ok(), kernel.attachments(), kernel.max_sources(), kernel.version(), rules, c.scale())
+        })
+        .await;
+    let (counters, attachments, capacity, version, rules, scale) = snapshot;
+
+    if let Some(counters) = counters {
+        let packets = Family::<Labels, Counter>::default();
+        for (slot, (&name, &count)) in reason::NAMES.iter().zip(&counters).enumerate() {
+            let verdict = if reason::drops(slot as u32) { "drop" } else { "pass" };
+            packets.get_or_create(&vec![("reason", name.to_owned()), ("verdict", verdict.to_owned())]).inc_by(count);
+        }
+        registry.register("packets", "Packets seen by the XDP program, by verdict reason", packets);
+    }
+    let interfaces = Family::<Labels, Gauge>::default();
+    for attachment in &attachments {
+        interfaces.get_or_create(&vec![("interface", attachment.iface.clone()), ("mode", attachment.mode.to_owned())]).set(1);
+    }
+    registry.register("interface_attached", "Interfaces the program is attached to, with the XDP mode", interfaces);
+    int_gauge(&mut registry, "sources_tracked", "Sources with a bucket, at the last count", sources);
+    int_gauge(&mut registry, "sources_capacity", "Capacity of the bucket map (an LRU map)", u64::from(capacity));
+    #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+    gauge(
+        &mut registry,
+        "sources_fill_ratio",
+        "Sources tracked over the bucket map's capacity",
+        sources as f64 / f64::from(capacity.max(1)),
+    );
+    let rule_family = Family::<Labels, Gauge>::default();
+    for (action, count) in ["allow", "deny", "limit"].into_iter().zip(rules) {
+        rule_family.get_or_create(&vec![("action", action.to_owned())]).set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    registry.register("rules", "Rules in force, by action", rule_family);
+    int_gauge(&mut registry, "config_version", "Writes of the configuration to the maps", version);
+    int_gauge(&mut registry, "ready", "1 once the program is attached to every interface", u64::from(state.is_ready()));
+    int_gauge(&mut registry, "uptime_seconds", "Seconds since the daemon started", state.uptime().as_secs());
+    gauge(&mut registry, "controller_scale", "The controller's factor on every rate (floor..1)", scale);
+    if let Some(handle) = state.controller() {
+        let status = handle.status();
+        int_gauge(&mut registry, "controller_enabled", "1 when the controller moves the scale", u64::from(status.enabled));
+        int_gauge(
+            &mut registry,
+            "controller_holding",
+            "1 when the controller holds the scale for want of latency samples",
+            u64::from(status.state == State::Holding),
+        );
+        gauge(&mut registry, "controller_floor", "Lowest scale the controller may set", status.floor);
+        if let Some(latency) = &status.latency {
+            let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+            for (quantile, value) in [
+                ("0.5", latency.percentiles.p50),
+                ("0.9", latency.percentiles.p90),
+                ("0.99", latency.percentiles.p99),
+            ] {
+                family.get_or_create(&vec![("quantile", quantile.to_owned())]).set(value);
+            }
+            registry.register("latency_ms", "The protected service's latency over the short window", family);
+        }
+    }
+    registry.register("api_requests", "Admin API requests by route, method and status", state.0.requests.clone());
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}

@@ -1,0 +1,414 @@
+//! The handlers, each with the annotation its part of the OpenAPI document
+//! is generated from.
+
+use std::net::IpAddr;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use throttle_common::reason;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    error::{ApiError, Body, PathParam, Query},
+    metrics, AppState, ErrorBody,
+};
+use crate::{
+    config::{Action, Limits, RuleSpec, Scope},
+    control::{RankBy, RuleView, SourceView},
+    controller::ParamsUpdate,
+    store::LimitsPatch,
+};
+
+/// Most sources `GET /v1/sources` returns.
+pub const MAX_TOP: usize = 10_000;
+/// Sources `GET /v1/sources` returns unless told.
+pub const DEFAULT_TOP: usize = 10;
+
+pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    router
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(status))
+        .routes(routes!(get_limits, put_limits, patch_limits))
+        .routes(routes!(get_scope, put_scope))
+        .routes(routes!(list_rules, add_rule))
+        .routes(routes!(remove_rule))
+        .routes(routes!(top_sources))
+        .routes(routes!(get_source, reset_source))
+        .routes(routes!(stats))
+        .routes(routes!(get_controller, put_controller))
+        .routes(routes!(push_latency))
+}
+
+/// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: the program is attached to every interface.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health", security(()),
+    responses((status = 200, body = String), (status = 503, body = String))
+)]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "attaching\n")
+    }
+}
+
+/// Prometheus metrics, text format.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, body = String)))]
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let text = metrics::render(&state).await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// An interface the program is attached to.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InterfaceView {
+    pub name: String,
+    /// `native` or `generic`.
+    pub mode: String,
+}
+
+/// The daemon at a glance.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    /// The daemon's version.
+    pub version: String,
+    /// Bumped at every write of the configuration to the maps.
+    pub config_version: u64,
+    pub uptime_seconds: u64,
+    pub ready: bool,
+    pub interfaces: Vec<InterfaceView>,
+    /// Sources with a bucket, at the last count (every few seconds).
+    pub sources_tracked: u64,
+    /// Capacity of the bucket map.
+    pub max_sources: u32,
+    pub rules: usize,
+    pub dry_run: bool,
+    /// The controller's factor on every rate.
+    pub scale: f64,
+}
+
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusView)))]
+async fn status(State(state): State<AppState>) -> Json<StatusView> {
+    let sources_tracked = state.sources_tracked();
+    let ready = state.is_ready();
+    let uptime_seconds = state.uptime().as_secs();
+    Json(state.control(|c| StatusView {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_version: c.kernel().version(),
+        uptime_seconds,
+        ready,
+        interfaces: c
+            .kernel()
+            .attachments()
+            .into_iter()
+            .map(|a| InterfaceView { name: a.iface, mode: a.mode.to_owned() })
+            .collect(),
+        sources_tracked,
+        max_sources: c.kernel().max_sources(),
+        rules: c.policy().rules.len(),
+        dry_run: c.limits().dry_run,
+        scale: c.scale(),
+    }))
+}
+
+/// The default limit and the settings every source shares.
+#[utoipa::path(get, path = "/v1/limits", tag = "limits", responses((status = 200, body = Limits)))]
+async fn get_limits(State(state): State<AppState>) -> Json<Limits> {
+    Json(state.control(|c| c.limits().clone()))
+}
+
+/// Replaces every limit setting; a field left out takes its default.
+#[utoipa::path(
+    put, path = "/v1/limits", tag = "limits", request_body = Limits,
+    responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
+)]
+async fn put_limits(State(state): State<AppState>, Body(limits): Body<Limits>) -> Result<Json<Limits>, ApiError> {
+    state.with_control(move |c| c.set_limits(&limits).map(|()| Json(c.limits().clone()))).await.map_err(Into::into)
+}
+
+/// Changes the fields given.
+#[utoipa::path(
+    patch, path = "/v1/limits", tag = "limits", request_body = LimitsPatch,
+    responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
+)]
+async fn patch_limits(
+    State(state): State<AppState>,
+    Body(patch): Body<LimitsPatch>,
+) -> Result<Json<Limits>, ApiError> {
+    state.with_control(move |c| c.patch_limits(&patch).map(|()| Json(c.limits().clone()))).await.map_err(Into::into)
+}
+
+/// The ports the limits apply to; none: all traffic.
+#[utoipa::path(get, path = "/v1/scope", tag = "scope", responses((status = 200, body = Scope)))]
+async fn get_scope(State(state): State<AppState>) -> Json<Scope> {
+    Json(state.control(|c| c.scope().clone()))
+}
+
+#[utoipa::path(
+    put, path = "/v1/scope", tag = "scope", request_body = Scope,
+    responses((status = 200, body = Scope), (status = 400, body = ErrorBody))
+)]
+async fn put_scope(State(state): State<AppState>, Body(scope): Body<Scope>) -> Result<Json<Scope>, ApiError> {
+    state.with_control(move |c| c.set_scope(scope).map(|()| Json(c.scope().clone()))).await.map_err(Into::into)
+}
+
+/// The rules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RulesView {
+    pub rules: Vec<RuleView>,
+}
+
+#[utoipa::path(get, path = "/v1/rules", tag = "rules", responses((status = 200, body = RulesView)))]
+async fn list_rules(State(state): State<AppState>) -> Json<RulesView> {
+    Json(RulesView { rules: state.control(|c| c.rules()) })
+}
+
+/// Adds a rule; its id comes back.
+#[utoipa::path(
+    post, path = "/v1/rules", tag = "rules", request_body = RuleSpec,
+    responses((status = 201, body = RuleView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+async fn add_rule(State(state): State<AppState>, Body(rule): Body<RuleSpec>) -> Result<Response, ApiError> {
+    let view = state
+        .with_control(move |c| {
+            let id = c.add_rule(rule)?;
+            Ok::<_, crate::control::ChangeError>(c.rules().into_iter().find(|r| r.id == id).expect("just added"))
+        })
+        .await?;
+    let location = format!("/v1/rules/{}", view.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+fn rule_id(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request("invalid_path", format!("rule id {text:?} is not a number: ids are listed by GET /v1/rules"))
+    })
+}
+
+/// Removes a rule.
+#[utoipa::path(
+    delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = u32, Path, description = "The rule's id")),
+    responses((status = 204), (status = 404, body = ErrorBody))
+)]
+async fn remove_rule(State(state): State<AppState>, PathParam(id): PathParam) -> Result<StatusCode, ApiError> {
+    let id = rule_id(&id)?;
+    state.with_control(move |c| c.remove_rule(id)).await.map_err(|e| not_found_as(e, "rule_not_found"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found_as(err: crate::control::ChangeError, code: &'static str) -> ApiError {
+    let mut err = ApiError::from(err);
+    if err.status == StatusCode::NOT_FOUND {
+        err.code = code;
+    }
+    err
+}
+
+/// Which sources `GET /v1/sources` returns.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TopQuery {
+    /// How many (1..=10000, default 10).
+    pub top: Option<usize>,
+    /// `dropped` (default) or `passed`.
+    pub by: Option<RankBy>,
+}
+
+/// Sources, heaviest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourcesView {
+    pub by: &'static str,
+    pub sources: Vec<SourceView>,
+}
+
+/// The tracked sources with the most packets dropped (or passed).
+#[utoipa::path(
+    get, path = "/v1/sources", tag = "sources", params(TopQuery),
+    responses((status = 200, body = SourcesView), (status = 400, body = ErrorBody))
+)]
+async fn top_sources(State(state): State<AppState>, Query(query): Query<TopQuery>) -> Result<Json<SourcesView>, ApiError> {
+    let n = query.top.unwrap_or(DEFAULT_TOP);
+    if !(1..=MAX_TOP).contains(&n) {
+        let mut err = ApiError::bad_request("invalid_query", format!("invalid `top` = {n}: must be between 1 and {MAX_TOP}"));
+        err.field = Some("top".into());
+        return Err(err);
+    }
+    let by = query.by.unwrap_or_default();
+    let sources = state.with_control(move |c| c.top(n, by)).await;
+    Ok(Json(SourcesView {
+        by: match by {
+            RankBy::Dropped => "dropped",
+            RankBy::Passed => "passed",
+        },
+        sources,
+    }))
+}
+
+fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
+    text.parse().map_err(|_| {
+        let mut err = ApiError::bad_request(
+            "invalid_path",
+            format!("{text:?} is not an IP address (a source is named by one address, like 192.0.2.7 or 2001:db8::7)"),
+        );
+        err.field = Some("addr".into());
+        err
+    })
+}
+
+/// One source's bucket.
+#[utoipa::path(
+    get, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
+    responses((status = 200, body = SourceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn get_source(State(state): State<AppState>, PathParam(addr): PathParam) -> Result<Json<SourceView>, ApiError> {
+    let addr = source_addr(&addr)?;
+    state.with_control(move |c| c.source(addr)).await.map(Json).map_err(|e| not_found_as(e, "source_not_tracked"))
+}
+
+/// Forgets one source's bucket: it starts afresh, with a full burst.
+#[utoipa::path(
+    delete, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn reset_source(State(state): State<AppState>, PathParam(addr): PathParam) -> Result<StatusCode, ApiError> {
+    let addr = source_addr(&addr)?;
+    state.with_control(move |c| c.reset_source(addr)).await.map_err(|e| not_found_as(e, "source_not_tracked"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The verdict counters since the program was first loaded.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsView {
+    /// Packets by verdict reason.
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Every packet passed, whatever the reason.
+    pub passed: u64,
+    /// Every packet dropped.
+    pub dropped: u64,
+}
+
+#[utoipa::path(
+    get, path = "/v1/stats", tag = "stats",
+    responses((status = 200, body = StatsView), (status = 500, body = ErrorBody))
+)]
+async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
+    let counters = state.control(|c| c.kernel().counters()).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", format!("reading the counters: {e}"))
+    })?;
+    let mut view = StatsView { counters: Default::default(), passed: 0, dropped: 0 };
+    for (slot, (&name, &count)) in reason::NAMES.iter().zip(&counters).enumerate() {
+        view.counters.insert(name.to_owned(), count);
+        if reason::drops(slot as u32) {
+            view.dropped += count;
+        } else {
+            view.passed += count;
+        }
+    }
+    Ok(Json(view))
+}
+
+/// The configured and the effective (scaled) rate of a limit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateView {
+    /// `default`, or the id of a limit rule.
+    pub limit: String,
+    pub configured: u64,
+    pub effective: u64,
+}
+
+fn controller_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let handle = state.controller().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "controller_unavailable", "the controller is not running yet")
+    })?;
+    let status = handle.status();
+    let rates: Vec<RateView> = state.control(|c| {
+        c.effective_rates()
+            .into_iter()
+            .map(|(id, configured, effective)| RateView {
+                limit: if id == 0 { "default".to_owned() } else { id.to_string() },
+                configured,
+                effective,
+            })
+            .collect()
+    });
+    let mut value = serde_json::to_value(status).expect("the status serialises");
+    value["rates"] = serde_json::to_value(rates).expect("rates serialise");
+    Ok(value)
+}
+
+/// The adaptive controller: algorithm, parameters, scale, latency, the last
+/// decisions, and the configured and effective rates.
+#[utoipa::path(
+    get, path = "/v1/controller", tag = "controller",
+    responses((status = 200, body = serde_json::Value))
+)]
+async fn get_controller(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    controller_view(&state).map(Json)
+}
+
+/// Changes the controller's parameters (every field optional), or turns it
+/// off with `{"enabled": false}`; saved in the state directory.
+#[utoipa::path(
+    put, path = "/v1/controller", tag = "controller", request_body = serde_json::Value,
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody))
+)]
+async fn put_controller(
+    State(state): State<AppState>,
+    Body(update): Body<ParamsUpdate>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let handle = state.controller().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "controller_unavailable", "the controller is not running yet")
+    })?;
+    let next = update.apply_to(&handle.config())?;
+    state.with_control(move |c| c.save_controller(next)).await?;
+    handle.update(&update)?;
+    controller_view(&state).map(Json)
+}
+
+/// Latency samples pushed by the protected service.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatencySamples {
+    /// Milliseconds, each finite and between 0 and 3 600 000; at most 10 000.
+    pub samples_ms: Vec<f64>,
+}
+
+/// How many samples were taken.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub accepted: usize,
+}
+
+#[utoipa::path(
+    post, path = "/v1/latency", tag = "controller", request_body = LatencySamples,
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody))
+)]
+async fn push_latency(
+    State(state): State<AppState>,
+    Body(body): Body<LatencySamples>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let handle = state.controller().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "controller_unavailable", "the controller is not running yet")
+    })?;
+    let accepted = handle.push_samples(&body.samples_ms)?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted })))
+}
+
+/// Keeps `Action` in the document's schemas (rules refer to it).
+#[allow(dead_code)]
+fn _schemas(_: Action) {}

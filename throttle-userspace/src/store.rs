@@ -1,0 +1,301 @@
+//! The state directory: what was changed at run time through the admin API
+//! (limits, scope, rules, controller parameters) and the rule ids, kept in
+//! one JSON file written atomically and read back on start.
+//!
+//! The configuration file stays the source of defaults: a limit field the API
+//! never set comes from the file, and so do the scope and the rules until the
+//! API changes them. Once it has, the state file holds that whole section.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Limits, RuleSpec, Scope, Unit},
+    controller::AdaptiveConfig,
+};
+
+/// The state file's name in the state directory.
+pub const STATE_FILE: &str = "state.json";
+/// The format of the state file this build reads and writes.
+pub const STATE_FORMAT: u32 = 1;
+
+/// The limit fields set through the API; unset ones come from the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Unit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_prefix: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_source_rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_source_burst: Option<u64>,
+}
+
+impl LimitsPatch {
+    /// Every field of `limits`.
+    #[must_use]
+    pub fn all(limits: &Limits) -> Self {
+        Self {
+            rate: Some(limits.rate),
+            burst: Some(limits.burst),
+            unit: Some(limits.unit),
+            ipv4_prefix: Some(limits.ipv4_prefix),
+            ipv6_prefix: Some(limits.ipv6_prefix),
+            dry_run: Some(limits.dry_run),
+            new_source_rate: Some(limits.new_source_rate),
+            new_source_burst: Some(limits.new_source_burst),
+        }
+    }
+
+    /// `base` with the fields of this patch over it.
+    #[must_use]
+    pub fn over(&self, base: &Limits) -> Limits {
+        Limits {
+            rate: self.rate.unwrap_or(base.rate),
+            burst: self.burst.unwrap_or(base.burst),
+            unit: self.unit.unwrap_or(base.unit),
+            ipv4_prefix: self.ipv4_prefix.unwrap_or(base.ipv4_prefix),
+            ipv6_prefix: self.ipv6_prefix.unwrap_or(base.ipv6_prefix),
+            dry_run: self.dry_run.unwrap_or(base.dry_run),
+            new_source_rate: self.new_source_rate.unwrap_or(base.new_source_rate),
+            new_source_burst: self.new_source_burst.unwrap_or(base.new_source_burst),
+        }
+    }
+
+    /// This patch with the fields of `newer` over it.
+    #[must_use]
+    pub fn then(&self, newer: &Self) -> Self {
+        Self {
+            rate: newer.rate.or(self.rate),
+            burst: newer.burst.or(self.burst),
+            unit: newer.unit.or(self.unit),
+            ipv4_prefix: newer.ipv4_prefix.or(self.ipv4_prefix),
+            ipv6_prefix: newer.ipv6_prefix.or(self.ipv6_prefix),
+            dry_run: newer.dry_run.or(self.dry_run),
+            new_source_rate: newer.new_source_rate.or(self.new_source_rate),
+            new_source_burst: newer.new_source_burst.or(self.new_source_burst),
+        }
+    }
+}
+
+/// The id a rule's prefix was given; kept so that a source under a rule
+/// keeps its bucket across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedRuleId {
+    pub cidr: IpNet,
+    pub id: u32,
+}
+
+/// Everything the state file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// [`STATE_FORMAT`].
+    pub format: u32,
+    #[serde(default)]
+    pub limits: LimitsPatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RuleSpec>>,
+    #[serde(default)]
+    pub rule_ids: Vec<SavedRuleId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<AdaptiveConfig>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            format: STATE_FORMAT,
+            limits: LimitsPatch::default(),
+            scope: None,
+            rules: None,
+            rule_ids: Vec::new(),
+            controller: None,
+        }
+    }
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {}: {source}", path.display())]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error(
+        "the state file {} is corrupt at line {line}, column {column}: {message}; \
+         fix it, or move it away to start from the configuration file alone",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, line: usize, column: usize, message: String },
+    #[error(
+        "the state file {} has format {found}, this throttle reads format {STATE_FORMAT}; \
+         move it away to start from the configuration file alone",
+        path.display()
+    )]
+    Format { path: PathBuf, found: u32 },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_owned(), source }
+}
+
+/// The state file in its directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Store {
+    /// The store in `dir`, which is created (mode 0700) when missing.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err("create", dir))?;
+        Ok(Self { dir: dir.to_owned(), path: dir.join(STATE_FILE) })
+    }
+
+    /// The state file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, or `None` when there is no state file yet.
+    pub fn load(&self) -> Result<Option<State>, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &self.path)(e)),
+        };
+        let state: State = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        if state.format != STATE_FORMAT {
+            return Err(StoreError::Format { path: self.path.clone(), found: state.format });
+        }
+        Ok(Some(state))
+    }
+
+    /// Writes `state` beside the state file and syncs it; nothing is in
+    /// force until [`Staged::commit`]. Dropped uncommitted, the temporary
+    /// file is removed.
+    pub fn stage(&self, state: &State) -> Result<Staged, StoreError> {
+        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let mut text = serde_json::to_vec_pretty(state).expect("the state serialises");
+        text.push(b'\n');
+        let staged = Staged { tmp, path: self.path.clone(), dir: self.dir.clone(), done: false };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged.tmp)
+            .map_err(io_err("create", &staged.tmp))?;
+        file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_err("write", &staged.tmp))?;
+        Ok(staged)
+    }
+}
+
+/// A state file written but not yet in force.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Staged {
+    /// Renames the staged file over the state file and syncs the directory,
+    /// so the change survives a crash.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        fs::rename(&self.tmp, &self.path).map_err(io_err("rename", &self.path))?;
+        self.done = true;
+        File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(io_err("sync", &self.dir))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_is_no_state_and_a_saved_one_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        assert_eq!(store.load().unwrap(), None);
+        let state = State {
+            limits: LimitsPatch { rate: Some(5), ..LimitsPatch::default() },
+            rules: Some(vec![]),
+            ..State::default()
+        };
+        store.stage(&state).unwrap().commit().unwrap();
+        assert_eq!(store.load().unwrap(), Some(state));
+    }
+
+    #[test]
+    fn an_uncommitted_stage_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = State { limits: LimitsPatch { rate: Some(5), ..LimitsPatch::default() }, ..State::default() };
+        store.stage(&first).unwrap().commit().unwrap();
+        let second = State { limits: LimitsPatch { rate: Some(6), ..LimitsPatch::default() }, ..State::default() };
+        drop(store.stage(&second).unwrap());
+        assert_eq!(store.load().unwrap(), Some(first));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "the temporary file is gone");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_reported_with_its_path_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::write(store.path(), "{\n  \"format\": 1,\n  \"limits\": {\"rate\": \"fast\"}\n}\n").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains(&store.path().display().to_string()), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        fs::write(store.path(), "{\"format\": 1, \"limitz\": {}}").unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("unknown field `limitz`"));
+        fs::write(store.path(), "{\"format\": 7}").unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("has format 7"));
+    }
+
+    #[test]
+    fn a_patch_overlays_only_its_fields() {
+        let base = Limits::default();
+        let patch = LimitsPatch { burst: Some(7), ..LimitsPatch::default() };
+        let limits = patch.over(&base);
+        assert_eq!((limits.rate, limits.burst), (base.rate, 7));
+        let both = patch.then(&LimitsPatch { rate: Some(3), ..LimitsPatch::default() });
+        assert_eq!((both.rate, both.burst), (Some(3), Some(7)));
+        assert_eq!(LimitsPatch::all(&base).over(&Limits { rate: 1, ..base.clone() }), base);
+    }
+}
