@@ -1,1 +1,539 @@
-//! The admin API's command-line client.
+//! The command-line client of the admin API: `throttle status`, `limits`,
+//! `rules`, `top`, `source`, `controller`.
+//!
+//! Tables for people, `--json` for scripts (the API's body as it came). An
+//! error of the API is printed as the API worded it. Exit codes:
+//! [`EXIT_OK`], [`EXIT_API_ERROR`], [`EXIT_USAGE`] (clap's), [`EXIT_UNREACHABLE`],
+//! [`EXIT_NOT_FOUND`].
+
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client as HyperClient},
+    rt::TokioExecutor,
+};
+use serde_json::{json, Value};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The daemon refused the request or failed it (the message says why).
+pub const EXIT_API_ERROR: u8 = 1;
+/// The command line was wrong (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// The daemon could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// What was asked for does not exist (a source not tracked, a rule id).
+pub const EXIT_NOT_FOUND: u8 = 4;
+
+/// How long one request may take; a top-N over millions of sources takes
+/// a few seconds.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the admin API is and how to talk to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The daemon's admin API: `host:port` or `http://host:port`.
+    #[arg(long, env = "THROTTLE_ADMIN", default_value = crate::config::DEFAULT_ADMIN, value_name = "ADDR")]
+    pub admin: String,
+    /// File holding the bearer token (else `$THROTTLE_TOKEN`).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `throttle limits set`: the fields to change.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitsSet {
+    /// Per source, per second.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// `packets` or `bytes`.
+    #[arg(long)]
+    pub unit: Option<String>,
+    #[arg(long)]
+    pub ipv4_prefix: Option<u64>,
+    #[arg(long)]
+    pub ipv6_prefix: Option<u64>,
+    /// `true` or `false`.
+    #[arg(long)]
+    pub dry_run: Option<bool>,
+    #[arg(long)]
+    pub new_source_rate: Option<u64>,
+    #[arg(long)]
+    pub new_source_burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LimitsCommand {
+    /// Change the fields given (PATCH /v1/limits).
+    Set(LimitsSet),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RulesCommand {
+    /// The rules with their ids.
+    List,
+    /// Add a rule: `rules add 10.0.0.0/8 deny`, `rules add 2001:db8::/32 limit --rate 100`.
+    Add {
+        cidr: String,
+        /// `allow`, `deny` or `limit`.
+        action: String,
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long)]
+        burst: Option<u64>,
+        /// `packets` or `bytes`.
+        #[arg(long)]
+        unit: Option<String>,
+    },
+    /// Remove the rule with this id.
+    Rm { id: String },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ControllerCommand {
+    /// Change parameters (PUT /v1/controller); each flag is optional.
+    Set {
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// `gradient`, `vegas` or `aimd`.
+        #[arg(long)]
+        algorithm: Option<String>,
+        #[arg(long)]
+        floor: Option<f64>,
+        /// Latency objective in milliseconds.
+        #[arg(long)]
+        target_ms: Option<f64>,
+    },
+}
+
+/// A client subcommand.
+#[derive(Debug, Clone)]
+pub enum ClientCommand {
+    Status,
+    Limits(Option<LimitsSet>),
+    Rules(RulesCommand),
+    Top { n: usize, by: String },
+    Source { addr: String, reset: bool },
+    Controller(Option<ControllerCommand>),
+}
+
+/// Why a command failed, and the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {admin}: {reason}")]
+    Unreachable { admin: String, reason: String },
+    #[error("{message}")]
+    Api { status: StatusCode, code: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("unexpected answer from the daemon ({status}): {body}")]
+    Unexpected { status: StatusCode, body: String },
+}
+
+impl ClientError {
+    /// The exit code for this failure.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Unreachable { .. } => EXIT_UNREACHABLE,
+            Self::Api { status, .. } if *status == StatusCode::NOT_FOUND => EXIT_NOT_FOUND,
+            Self::Api { .. } | Self::Unexpected { .. } => EXIT_API_ERROR,
+            Self::Usage(_) => EXIT_USAGE,
+        }
+    }
+}
+
+struct Client {
+    base: String,
+    admin: String,
+    token: Option<String>,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self, ClientError> {
+        let admin = args.admin.trim_end_matches('/').to_owned();
+        let base = if admin.contains("://") { admin.clone() } else { format!("http://{admin}") };
+        if !base.starts_with("http://") {
+            return Err(ClientError::Usage(format!(
+                "--admin {admin:?}: the admin API speaks plain HTTP; give host:port or http://host:port"
+            )));
+        }
+        let token = match &args.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        ClientError::Usage(format!("cannot read the token file {}: {e}", path.display()))
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("THROTTLE_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        let http = HyperClient::builder(TokioExecutor::new()).build_http();
+        Ok(Self { base, admin, token, http })
+    }
+
+    /// Sends a request; a 2xx answer's JSON body (null when empty) or the
+    /// API's error.
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let mut request = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let payload = match body {
+            Some(body) => {
+                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(body).expect("JSON serialises"))
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(payload))
+            .map_err(|e| ClientError::Usage(format!("--admin {:?}: {e}", self.admin)))?;
+        let unreachable = |reason: String| ClientError::Unreachable { admin: self.admin.clone(), reason };
+        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        let value: Option<Value> =
+            if bytes.is_empty() { Some(Value::Null) } else { serde_json::from_slice(&bytes).ok() };
+        match value {
+            Some(value) if status.is_success() => Ok(value),
+            Some(value) if value["error"]["message"].is_string() => Err(ClientError::Api {
+                status,
+                code: value["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                message: value["error"]["message"].as_str().unwrap_or_default().to_owned(),
+            }),
+            _ => Err(ClientError::Unexpected { status, body: String::from_utf8_lossy(&bytes).into_owned() }),
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs one client command; what to print on success.
+pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, ClientError> {
+    let client = Client::new(args)?;
+    let (value, table): (Value, fn(&Value) -> String) = match command {
+        ClientCommand::Status => (client.call(Method::GET, "/v1/status", None).await?, status_table),
+        ClientCommand::Limits(None) => (client.call(Method::GET, "/v1/limits", None).await?, limits_table),
+        ClientCommand::Limits(Some(set)) => {
+            let body = limits_patch(&set)?;
+            (client.call(Method::PATCH, "/v1/limits", Some(&body)).await?, limits_table)
+        }
+        ClientCommand::Rules(RulesCommand::List) => {
+            (client.call(Method::GET, "/v1/rules", None).await?, rules_table)
+        }
+        ClientCommand::Rules(RulesCommand::Add { cidr, action, rate, burst, unit }) => {
+            let mut body = json!({ "cidr": cidr, "action": action });
+            for (key, value) in [
+                ("rate", rate.map(Value::from)),
+                ("burst", burst.map(Value::from)),
+                ("unit", unit.map(Value::from)),
+            ] {
+                if let Some(value) = value {
+                    body[key] = value;
+                }
+            }
+            (client.call(Method::POST, "/v1/rules", Some(&body)).await?, |v| {
+                format!("added rule {}\n", v["id"])
+            })
+        }
+        ClientCommand::Rules(RulesCommand::Rm { id }) => {
+            (client.call(Method::DELETE, &format!("/v1/rules/{}", encode(&id)), None).await?, |_| {
+                "removed\n".into()
+            })
+        }
+        ClientCommand::Top { n, by } => {
+            let path = format!("/v1/sources?top={n}&by={}", encode(&by));
+            (client.call(Method::GET, &path, None).await?, sources_table)
+        }
+        ClientCommand::Source { addr, reset: false } => {
+            (client.call(Method::GET, &format!("/v1/sources/{}", encode(&addr)), None).await?, source_table)
+        }
+        ClientCommand::Source { addr, reset: true } => {
+            (client.call(Method::DELETE, &format!("/v1/sources/{}", encode(&addr)), None).await?, |_| {
+                "reset\n".into()
+            })
+        }
+        ClientCommand::Controller(None) => {
+            (client.call(Method::GET, "/v1/controller", None).await?, controller_table)
+        }
+        ClientCommand::Controller(Some(ControllerCommand::Set { enabled, algorithm, floor, target_ms })) => {
+            let mut body = json!({});
+            if let Some(v) = enabled {
+                body["enabled"] = v.into();
+            }
+            if let Some(v) = algorithm {
+                body["algorithm"] = v.into();
+            }
+            if let Some(v) = floor {
+                body["floor"] = v.into();
+            }
+            if let Some(v) = target_ms {
+                body["target_ms"] = v.into();
+            }
+            (client.call(Method::PUT, "/v1/controller", Some(&body)).await?, controller_table)
+        }
+    };
+    Ok(if args.json {
+        if value.is_null() {
+            String::new()
+        } else {
+            format!("{}\n", serde_json::to_string_pretty(&value).expect("JSON serialises"))
+        }
+    } else {
+        table(&value)
+    })
+}
+
+/// Percent-encodes a path segment or query value (addresses carry `:`).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn limits_patch(set: &LimitsSet) -> Result<Value, ClientError> {
+    let mut body = json!({});
+    let fields: [(&str, Option<Value>); 8] = [
+        ("rate", set.rate.map(Value::from)),
+        ("burst", set.burst.map(Value::from)),
+        ("unit", set.unit.clone().map(Value::from)),
+        ("ipv4_prefix", set.ipv4_prefix.map(Value::from)),
+        ("ipv6_prefix", set.ipv6_prefix.map(Value::from)),
+        ("dry_run", set.dry_run.map(Value::from)),
+        ("new_source_rate", set.new_source_rate.map(Value::from)),
+        ("new_source_burst", set.new_source_burst.map(Value::from)),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            body[key] = value;
+        }
+    }
+    if body.as_object().is_some_and(serde_json::Map::is_empty) {
+        return Err(ClientError::Usage(
+            "limits set: give at least one of --rate, --burst, --unit, ... (see --help)".into(),
+        ));
+    }
+    Ok(body)
+}
+
+/// A value as a table cell: strings bare, null as `-`.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => {
+            n.as_f64().filter(|f| f.fract() != 0.0).map_or_else(|| n.to_string(), |f| format!("{f:.3}"))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Aligned columns with a header row.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+/// `key  value` lines.
+fn pairs(value: &Value, keys: &[&str]) -> String {
+    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for key in keys {
+        let _ = writeln!(out, "{key:<width$}  {}", cell(&value[*key]));
+    }
+    out
+}
+
+fn status_table(v: &Value) -> String {
+    let mut out = pairs(
+        v,
+        &[
+            "version",
+            "ready",
+            "uptime_seconds",
+            "config_version",
+            "sources_tracked",
+            "max_sources",
+            "rules",
+            "dry_run",
+            "scale",
+        ],
+    );
+    let rows: Vec<Vec<String>> = v["interfaces"]
+        .as_array()
+        .map(|a| a.iter().map(|i| vec![cell(&i["name"]), cell(&i["mode"])]).collect())
+        .unwrap_or_default();
+    out.push('\n');
+    out.push_str(&table(&["INTERFACE", "XDP MODE"], &rows));
+    out
+}
+
+fn limits_table(v: &Value) -> String {
+    pairs(
+        v,
+        &[
+            "rate",
+            "burst",
+            "unit",
+            "ipv4_prefix",
+            "ipv6_prefix",
+            "dry_run",
+            "new_source_rate",
+            "new_source_burst",
+        ],
+    )
+}
+
+fn rules_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["rules"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        cell(&r["id"]),
+                        cell(&r["cidr"]),
+                        cell(&r["action"]),
+                        cell(&r["rate"]),
+                        cell(&r["burst"]),
+                        cell(&r["unit"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "CIDR", "ACTION", "RATE", "BURST", "UNIT"], &rows)
+}
+
+fn sources_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["sources"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| vec![cell(&s["source"]), cell(&s["rule"]), cell(&s["passed"]), cell(&s["dropped"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["SOURCE", "RULE", "PASSED", "DROPPED"], &rows)
+}
+
+fn source_table(v: &Value) -> String {
+    pairs(v, &["source", "rule", "passed", "dropped"])
+}
+
+fn controller_table(v: &Value) -> String {
+    let mut out = pairs(v, &["enabled", "algorithm", "state", "reason", "scale", "floor", "baseline_ms"]);
+    let latency = &v["latency"];
+    if latency.is_object() {
+        let _ = writeln!(
+            out,
+            "latency ms     p50 {}  p90 {}  p99 {}",
+            cell(&latency["p50"]),
+            cell(&latency["p90"]),
+            cell(&latency["p99"])
+        );
+    }
+    let rates: Vec<Vec<String>> = v["rates"]
+        .as_array()
+        .map(|a| {
+            a.iter().map(|r| vec![cell(&r["limit"]), cell(&r["configured"]), cell(&r["effective"])]).collect()
+        })
+        .unwrap_or_default();
+    out.push('\n');
+    out.push_str(&table(&["LIMIT", "CONFIGURED", "EFFECTIVE"], &rates));
+    let decisions: Vec<Vec<String>> = v["decisions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .rev()
+                .take(10)
+                .map(|d| vec![cell(&d["at_ms"]), cell(&d["from"]), cell(&d["to"]), cell(&d["reason"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    if !decisions.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["AT_MS", "FROM", "TO", "REASON"], &decisions));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_show_missing_values_as_dashes() {
+        let text = rules_table(&json!({"rules": [
+            {"id": 1, "cidr": "10.0.0.0/8", "action": "deny"},
+            {"id": 12, "cidr": "2001:db8::/32", "action": "limit", "rate": 100, "burst": 50},
+        ]}));
+        assert_eq!(
+            text,
+            "ID  CIDR           ACTION  RATE  BURST  UNIT\n\
+             1   10.0.0.0/8     deny    -     -      -\n\
+             12  2001:db8::/32  limit   100   50     -\n"
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode("2001:db8::1"), "2001%3Adb8%3A%3A1");
+        assert_eq!(encode("10.0.0.1"), "10.0.0.1");
+        assert_eq!(encode("a/b?c"), "a%2Fb%3Fc");
+    }
+
+    #[test]
+    fn an_empty_limits_set_is_a_usage_error() {
+        assert_eq!(limits_patch(&LimitsSet::default()).unwrap_err().exit_code(), EXIT_USAGE);
+        assert_eq!(
+            limits_patch(&LimitsSet { rate: Some(5), ..LimitsSet::default() }).unwrap(),
+            json!({"rate": 5})
+        );
+    }
+}

@@ -135,7 +135,8 @@ impl RuleIds {
     /// The ids to save, in id order.
     #[must_use]
     pub fn saved(&self) -> Vec<SavedRuleId> {
-        let mut saved: Vec<SavedRuleId> = self.by_net.iter().map(|(&cidr, &id)| SavedRuleId { cidr, id }).collect();
+        let mut saved: Vec<SavedRuleId> =
+            self.by_net.iter().map(|(&cidr, &id)| SavedRuleId { cidr, id }).collect();
         saved.sort_by_key(|s| s.id);
         saved
     }
@@ -164,6 +165,9 @@ impl RuleIds {
             .collect())
     }
 }
+
+/// A bucket's rank: its count, then its key (address, rule, family).
+type Ranked = (u64, [u32; 4], u32, u32);
 
 /// A rule with its id, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -328,7 +332,7 @@ impl Control {
     /// changes nothing.
     fn commit(&mut self, state: State) -> Result<(), ChangeError> {
         let policy = effective(&self.base, &state);
-        self.switch(policy, state, None).map(|_| ())
+        self.switch(policy, state, None)
     }
 
     /// Puts `policy` in force with `state` saved (and `base` as the new
@@ -525,7 +529,7 @@ impl Control {
     #[must_use]
     pub fn top(&self, n: usize, by: RankBy) -> Vec<SourceView> {
         // A min-heap of the best n so far: O(sources × log n), n entries kept.
-        let mut heap: BinaryHeap<Reverse<(u64, [u32; 4], u32, u32)>> = BinaryHeap::with_capacity(n + 1);
+        let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(n + 1);
         let mut buckets = HashMap::with_capacity(n + 1);
         self.kernel.for_each_bucket(&mut |key, bucket| {
             let count = match by {
@@ -590,7 +594,9 @@ pub mod fake {
 
     use std::sync::{Arc, Mutex};
 
-    use super::{Attachment, Bucket, BucketKey, Counters, DataplaneError, Kernel, KernelRule, Policy, XdpMode};
+    use super::{
+        Attachment, Bucket, BucketKey, Counters, DataplaneError, Kernel, KernelRule, Policy, XdpMode,
+    };
 
     /// What the fake kernel holds; shared with the test through an `Arc`.
     #[derive(Debug, Default)]

@@ -78,7 +78,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let iface = iface.clone();
         let mode = settings.xdp_mode;
         let attachment = state.with_control(move |c| c.kernel_mut().attach(&iface, mode)).await?;
-        tracing::info!(iface = attachment.iface, mode = attachment.mode, adopted = attachment.adopted, "attached");
+        tracing::info!(
+            iface = attachment.iface,
+            mode = attachment.mode,
+            adopted = attachment.adopted,
+            "attached"
+        );
     }
     let keep = settings.interfaces.clone();
     let released = state.with_control(move |c| c.kernel_mut().release_others(&keep)).await?;

@@ -1,7 +1,12 @@
-//! The `throttle` binary: the daemon, and (later) the client of its admin API.
+//! The `throttle` binary: the daemon, and the client of its admin API.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use throttle::config::DaemonArgs;
+use throttle::{
+    client::{self, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand, RulesCommand},
+    config::DaemonArgs,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -15,30 +20,94 @@ struct Cli {
 enum Command {
     /// Load the XDP program, attach it and enforce the limits.
     Daemon(DaemonArgs),
+    /// The daemon at a glance: interfaces, sources tracked, version.
+    Status(#[command(flatten)] ClientArgs),
+    /// Show the default limit, or change it with `limits set`.
+    Limits {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        set: Option<LimitsCommand>,
+    },
+    /// List, add and remove rules.
+    Rules {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// The sources with the most packets dropped (or passed).
+    Top {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many.
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+        /// `dropped` or `passed`.
+        #[arg(long, default_value = "dropped")]
+        by: String,
+    },
+    /// One source's bucket; `--reset` forgets it (a fresh burst).
+    Source {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// An IPv4 or IPv6 address.
+        addr: String,
+        #[arg(long)]
+        reset: bool,
+    },
+    /// The adaptive controller: its state, or `controller set` to change it.
+    Controller {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        set: Option<ControllerCommand>,
+    },
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("THROTTLE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Daemon(args) => runtime.block_on(throttle::daemon::run(args)),
+    let (client, command) = match cli.command {
+        Command::Daemon(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_env("THROTTLE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            return match runtime.block_on(throttle::daemon::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Status(client) => (client, ClientCommand::Status),
+        Command::Limits { client, set } => {
+            (client, ClientCommand::Limits(set.map(|LimitsCommand::Set(s)| s)))
+        }
+        Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
+        Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),
+        Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),
+        Command::Controller { client, set } => (client, ClientCommand::Controller(set)),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match runtime.block_on(client::run(&client, command)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::from(client::EXIT_OK)
+        }
         Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
         }
     }
 }

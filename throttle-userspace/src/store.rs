@@ -266,9 +266,11 @@ mod tests {
     fn an_uncommitted_stage_leaves_the_file_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let first = State { limits: LimitsPatch { rate: Some(5), ..LimitsPatch::default() }, ..State::default() };
+        let first =
+            State { limits: LimitsPatch { rate: Some(5), ..LimitsPatch::default() }, ..State::default() };
         store.stage(&first).unwrap().commit().unwrap();
-        let second = State { limits: LimitsPatch { rate: Some(6), ..LimitsPatch::default() }, ..State::default() };
+        let second =
+            State { limits: LimitsPatch { rate: Some(6), ..LimitsPatch::default() }, ..State::default() };
         drop(store.stage(&second).unwrap());
         assert_eq!(store.load().unwrap(), Some(first));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "the temporary file is gone");

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use throttle::{
     config::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
-    daemon::RuleIds,
+    control::RuleIds,
     dataplane::{bucket_key, Dataplane},
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
 };

@@ -98,9 +98,10 @@ impl From<ChangeError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let (code, message) = match &rejection {
-            JsonRejection::MissingJsonContentType(_) => {
-                ("unsupported_media_type", "the body must be JSON, sent with `Content-Type: application/json`".into())
-            }
+            JsonRejection::MissingJsonContentType(_) => (
+                "unsupported_media_type",
+                "the body must be JSON, sent with `Content-Type: application/json`".into(),
+            ),
             JsonRejection::JsonSyntaxError(_) => ("malformed_json", rejection.body_text()),
             JsonRejection::JsonDataError(_) => ("invalid_body", rejection.body_text()),
             _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -169,7 +170,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(value) = axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        let axum::extract::Path(value) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
 }

@@ -41,7 +41,14 @@ pub async fn render(state: &AppState) -> String {
                     Action::Limit => 2,
                 }] += 1;
             }
-            (kernel.counters().ok(), kernel.attachments(), kernel.max_sources(), kernel.version(), rules, c.scale())
+            (
+                kernel.counters().ok(),
+                kernel.attachments(),
+                kernel.max_sources(),
+                kernel.version(),
+                rules,
+                c.scale(),
+            )
         })
         .await;
     let (counters, attachments, capacity, version, rules, scale) = snapshot;
@@ -50,17 +57,33 @@ pub async fn render(state: &AppState) -> String {
         let packets = Family::<Labels, Counter>::default();
         for (slot, (&name, &count)) in reason::NAMES.iter().zip(&counters).enumerate() {
             let verdict = if reason::drops(slot as u32) { "drop" } else { "pass" };
-            packets.get_or_create(&vec![("reason", name.to_owned()), ("verdict", verdict.to_owned())]).inc_by(count);
+            packets
+                .get_or_create(&vec![("reason", name.to_owned()), ("verdict", verdict.to_owned())])
+                .inc_by(count);
         }
         registry.register("packets", "Packets seen by the XDP program, by verdict reason", packets);
     }
     let interfaces = Family::<Labels, Gauge>::default();
     for attachment in &attachments {
-        interfaces.get_or_create(&vec![("interface", attachment.iface.clone()), ("mode", attachment.mode.to_owned())]).set(1);
+        interfaces
+            .get_or_create(&vec![
+                ("interface", attachment.iface.clone()),
+                ("mode", attachment.mode.to_owned()),
+            ])
+            .set(1);
     }
-    registry.register("interface_attached", "Interfaces the program is attached to, with the XDP mode", interfaces);
+    registry.register(
+        "interface_attached",
+        "Interfaces the program is attached to, with the XDP mode",
+        interfaces,
+    );
     int_gauge(&mut registry, "sources_tracked", "Sources with a bucket, at the last count", sources);
-    int_gauge(&mut registry, "sources_capacity", "Capacity of the bucket map (an LRU map)", u64::from(capacity));
+    int_gauge(
+        &mut registry,
+        "sources_capacity",
+        "Capacity of the bucket map (an LRU map)",
+        u64::from(capacity),
+    );
     #[expect(clippy::cast_precision_loss, reason = "a ratio")]
     gauge(
         &mut registry,
@@ -70,16 +93,28 @@ pub async fn render(state: &AppState) -> String {
     );
     let rule_family = Family::<Labels, Gauge>::default();
     for (action, count) in ["allow", "deny", "limit"].into_iter().zip(rules) {
-        rule_family.get_or_create(&vec![("action", action.to_owned())]).set(i64::try_from(count).unwrap_or(i64::MAX));
+        rule_family
+            .get_or_create(&vec![("action", action.to_owned())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     registry.register("rules", "Rules in force, by action", rule_family);
     int_gauge(&mut registry, "config_version", "Writes of the configuration to the maps", version);
-    int_gauge(&mut registry, "ready", "1 once the program is attached to every interface", u64::from(state.is_ready()));
+    int_gauge(
+        &mut registry,
+        "ready",
+        "1 once the program is attached to every interface",
+        u64::from(state.is_ready()),
+    );
     int_gauge(&mut registry, "uptime_seconds", "Seconds since the daemon started", state.uptime().as_secs());
     gauge(&mut registry, "controller_scale", "The controller's factor on every rate (floor..1)", scale);
     if let Some(handle) = state.controller() {
         let status = handle.status();
-        int_gauge(&mut registry, "controller_enabled", "1 when the controller moves the scale", u64::from(status.enabled));
+        int_gauge(
+            &mut registry,
+            "controller_enabled",
+            "1 when the controller moves the scale",
+            u64::from(status.enabled),
+        );
         int_gauge(
             &mut registry,
             "controller_holding",
@@ -99,7 +134,11 @@ pub async fn render(state: &AppState) -> String {
             registry.register("latency_ms", "The protected service's latency over the short window", family);
         }
     }
-    registry.register("api_requests", "Admin API requests by route, method and status", state.0.requests.clone());
+    registry.register(
+        "api_requests",
+        "Admin API requests by route, method and status",
+        state.0.requests.clone(),
+    );
 
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");

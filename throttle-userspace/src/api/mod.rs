@@ -242,8 +242,7 @@ impl ScaleSink for AppState {
     fn usage(&self) -> Usage {
         let over_limit = self
             .control(|c| c.kernel().counters())
-            .map(|counters| counters[reason::OVER_LIMIT as usize])
-            .unwrap_or(0);
+            .map_or(0, |counters| counters[reason::OVER_LIMIT as usize]);
         let mut sampled = lock(&self.0.sampled);
         let delta = over_limit.saturating_sub(sampled.over_limit_seen);
         sampled.over_limit_seen = over_limit;
@@ -303,7 +302,11 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint has no such method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint has no such method",
+            )
         })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -337,7 +340,8 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
-    let labels = vec![("route", route), ("method", method), ("status", response.status().as_u16().to_string())];
+    let labels =
+        vec![("route", route), ("method", method), ("status", response.status().as_u16().to_string())];
     state.0.requests.get_or_create(&labels).inc();
     response
 }

@@ -70,7 +70,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 #[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, body = String)))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let text = metrics::render(&state).await;
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response()
 }
 
 /// An interface the program is attached to.
@@ -106,22 +107,24 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
     let sources_tracked = state.sources_tracked();
     let ready = state.is_ready();
     let uptime_seconds = state.uptime().as_secs();
-    Json(state.control(|c| StatusView {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        config_version: c.kernel().version(),
-        uptime_seconds,
-        ready,
-        interfaces: c
-            .kernel()
-            .attachments()
-            .into_iter()
-            .map(|a| InterfaceView { name: a.iface, mode: a.mode.to_owned() })
-            .collect(),
-        sources_tracked,
-        max_sources: c.kernel().max_sources(),
-        rules: c.policy().rules.len(),
-        dry_run: c.limits().dry_run,
-        scale: c.scale(),
+    Json(state.control(|c| {
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            config_version: c.kernel().version(),
+            uptime_seconds,
+            ready,
+            interfaces: c
+                .kernel()
+                .attachments()
+                .into_iter()
+                .map(|a| InterfaceView { name: a.iface, mode: a.mode.to_owned() })
+                .collect(),
+            sources_tracked,
+            max_sources: c.kernel().max_sources(),
+            rules: c.policy().rules.len(),
+            dry_run: c.limits().dry_run,
+            scale: c.scale(),
+        }
     }))
 }
 
@@ -136,8 +139,14 @@ async fn get_limits(State(state): State<AppState>) -> Json<Limits> {
     put, path = "/v1/limits", tag = "limits", request_body = Limits,
     responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
 )]
-async fn put_limits(State(state): State<AppState>, Body(limits): Body<Limits>) -> Result<Json<Limits>, ApiError> {
-    state.with_control(move |c| c.set_limits(&limits).map(|()| Json(c.limits().clone()))).await.map_err(Into::into)
+async fn put_limits(
+    State(state): State<AppState>,
+    Body(limits): Body<Limits>,
+) -> Result<Json<Limits>, ApiError> {
+    state
+        .with_control(move |c| c.set_limits(&limits).map(|()| Json(c.limits().clone())))
+        .await
+        .map_err(Into::into)
 }
 
 /// Changes the fields given.
@@ -149,7 +158,10 @@ async fn patch_limits(
     State(state): State<AppState>,
     Body(patch): Body<LimitsPatch>,
 ) -> Result<Json<Limits>, ApiError> {
-    state.with_control(move |c| c.patch_limits(&patch).map(|()| Json(c.limits().clone()))).await.map_err(Into::into)
+    state
+        .with_control(move |c| c.patch_limits(&patch).map(|()| Json(c.limits().clone())))
+        .await
+        .map_err(Into::into)
 }
 
 /// The ports the limits apply to; none: all traffic.
@@ -163,7 +175,10 @@ async fn get_scope(State(state): State<AppState>) -> Json<Scope> {
     responses((status = 200, body = Scope), (status = 400, body = ErrorBody))
 )]
 async fn put_scope(State(state): State<AppState>, Body(scope): Body<Scope>) -> Result<Json<Scope>, ApiError> {
-    state.with_control(move |c| c.set_scope(scope).map(|()| Json(c.scope().clone()))).await.map_err(Into::into)
+    state
+        .with_control(move |c| c.set_scope(scope).map(|()| Json(c.scope().clone())))
+        .await
+        .map_err(Into::into)
 }
 
 /// The rules.
@@ -186,7 +201,9 @@ async fn add_rule(State(state): State<AppState>, Body(rule): Body<RuleSpec>) -> 
     let view = state
         .with_control(move |c| {
             let id = c.add_rule(rule)?;
-            Ok::<_, crate::control::ChangeError>(c.rules().into_iter().find(|r| r.id == id).expect("just added"))
+            Ok::<_, crate::control::ChangeError>(
+                c.rules().into_iter().find(|r| r.id == id).expect("just added"),
+            )
         })
         .await?;
     let location = format!("/v1/rules/{}", view.id);
@@ -195,7 +212,10 @@ async fn add_rule(State(state): State<AppState>, Body(rule): Body<RuleSpec>) -> 
 
 fn rule_id(text: &str) -> Result<u32, ApiError> {
     text.parse().map_err(|_| {
-        ApiError::bad_request("invalid_path", format!("rule id {text:?} is not a number: ids are listed by GET /v1/rules"))
+        ApiError::bad_request(
+            "invalid_path",
+            format!("rule id {text:?} is not a number: ids are listed by GET /v1/rules"),
+        )
     })
 }
 
@@ -204,7 +224,10 @@ fn rule_id(text: &str) -> Result<u32, ApiError> {
     delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = u32, Path, description = "The rule's id")),
     responses((status = 204), (status = 404, body = ErrorBody))
 )]
-async fn remove_rule(State(state): State<AppState>, PathParam(id): PathParam) -> Result<StatusCode, ApiError> {
+async fn remove_rule(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+) -> Result<StatusCode, ApiError> {
     let id = rule_id(&id)?;
     state.with_control(move |c| c.remove_rule(id)).await.map_err(|e| not_found_as(e, "rule_not_found"))?;
     Ok(StatusCode::NO_CONTENT)
@@ -241,10 +264,16 @@ pub struct SourcesView {
     get, path = "/v1/sources", tag = "sources", params(TopQuery),
     responses((status = 200, body = SourcesView), (status = 400, body = ErrorBody))
 )]
-async fn top_sources(State(state): State<AppState>, Query(query): Query<TopQuery>) -> Result<Json<SourcesView>, ApiError> {
+async fn top_sources(
+    State(state): State<AppState>,
+    Query(query): Query<TopQuery>,
+) -> Result<Json<SourcesView>, ApiError> {
     let n = query.top.unwrap_or(DEFAULT_TOP);
     if !(1..=MAX_TOP).contains(&n) {
-        let mut err = ApiError::bad_request("invalid_query", format!("invalid `top` = {n}: must be between 1 and {MAX_TOP}"));
+        let mut err = ApiError::bad_request(
+            "invalid_query",
+            format!("invalid `top` = {n}: must be between 1 and {MAX_TOP}"),
+        );
         err.field = Some("top".into());
         return Err(err);
     }
@@ -275,9 +304,16 @@ fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
     get, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
     responses((status = 200, body = SourceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-async fn get_source(State(state): State<AppState>, PathParam(addr): PathParam) -> Result<Json<SourceView>, ApiError> {
+async fn get_source(
+    State(state): State<AppState>,
+    PathParam(addr): PathParam,
+) -> Result<Json<SourceView>, ApiError> {
     let addr = source_addr(&addr)?;
-    state.with_control(move |c| c.source(addr)).await.map(Json).map_err(|e| not_found_as(e, "source_not_tracked"))
+    state
+        .with_control(move |c| c.source(addr))
+        .await
+        .map(Json)
+        .map_err(|e| not_found_as(e, "source_not_tracked"))
 }
 
 /// Forgets one source's bucket: it starts afresh, with a full burst.
@@ -285,9 +321,15 @@ async fn get_source(State(state): State<AppState>, PathParam(addr): PathParam) -
     delete, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-async fn reset_source(State(state): State<AppState>, PathParam(addr): PathParam) -> Result<StatusCode, ApiError> {
+async fn reset_source(
+    State(state): State<AppState>,
+    PathParam(addr): PathParam,
+) -> Result<StatusCode, ApiError> {
     let addr = source_addr(&addr)?;
-    state.with_control(move |c| c.reset_source(addr)).await.map_err(|e| not_found_as(e, "source_not_tracked"))?;
+    state
+        .with_control(move |c| c.reset_source(addr))
+        .await
+        .map_err(|e| not_found_as(e, "source_not_tracked"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -310,7 +352,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
     let counters = state.control(|c| c.kernel().counters()).map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", format!("reading the counters: {e}"))
     })?;
-    let mut view = StatsView { counters: Default::default(), passed: 0, dropped: 0 };
+    let mut view = StatsView { counters: std::collections::BTreeMap::default(), passed: 0, dropped: 0 };
     for (slot, (&name, &count)) in reason::NAMES.iter().zip(&counters).enumerate() {
         view.counters.insert(name.to_owned(), count);
         if reason::drops(slot as u32) {
@@ -333,7 +375,11 @@ pub struct RateView {
 
 fn controller_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
     let handle = state.controller().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "controller_unavailable", "the controller is not running yet")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller_unavailable",
+            "the controller is not running yet",
+        )
     })?;
     let status = handle.status();
     let rates: Vec<RateView> = state.control(|c| {
@@ -372,7 +418,11 @@ async fn put_controller(
     Body(update): Body<ParamsUpdate>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = state.controller().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "controller_unavailable", "the controller is not running yet")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller_unavailable",
+            "the controller is not running yet",
+        )
     })?;
     let next = update.apply_to(&handle.config())?;
     state.with_control(move |c| c.save_controller(next)).await?;
@@ -403,7 +453,11 @@ async fn push_latency(
     Body(body): Body<LatencySamples>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let handle = state.controller().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "controller_unavailable", "the controller is not running yet")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller_unavailable",
+            "the controller is not running yet",
+        )
     })?;
     let accepted = handle.push_samples(&body.samples_ms)?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted })))
