@@ -3,11 +3,12 @@
 //! extractors is turned into that shape too.
 
 use axum::{
+    body::Bytes,
     extract::{
         rejection::{JsonRejection, PathRejection, QueryRejection},
         FromRequest, FromRequestParts, Request,
     },
-    http::{request::Parts, StatusCode},
+    http::{header, request::Parts, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -109,7 +110,13 @@ impl From<JsonRejection> for ApiError {
             }
             _ => ("invalid_body", rejection.body_text()),
         };
-        Self::new(rejection.status(), code, message)
+        // A value of the wrong type is as much bad input as a value out of
+        // range: both are 400, told apart by the code.
+        let status = match rejection.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            status => status,
+        };
+        Self::new(status, code, message)
     }
 }
 
@@ -137,9 +144,48 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, sent with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {} bytes", super::MAX_BODY),
+                )
+            } else {
+                ApiError::bad_request("invalid_body", rejection.body_text())
+            }
+        })?;
+        // Every body of this API is an object: a struct's fields must not be
+        // taken from an array by position.
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => {
+                return Err(ApiError::bad_request(
+                    "malformed_json",
+                    "the body is empty; a JSON object is expected",
+                ))
+            }
+            Some(b'{') => {}
+            Some(_) => return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object")),
+        }
+        let Json(value) = Json::<T>::from_bytes(&bytes)?;
         Ok(Self(value))
     }
+}
+
+/// `application/json`, or a `+json` type, as axum's `Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Query parameters, refused in the API's error shape.

@@ -1,1 +1,594 @@
+//! The router called in-process over an in-memory kernel: every endpoint,
+//! and a table of bad inputs that must each get their status and error code
+//! and change nothing.
 
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use axum::{
+    body::Body,
+    http::{header, HeaderMap, Method, Request, StatusCode},
+    Router,
+};
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use throttle_common::Bucket;
+use tower::ServiceExt as _;
+
+use super::{router, AppState, Token};
+use crate::{
+    config::Policy,
+    control::{fake::FakeKernel, Control},
+    controller::{self, AdaptiveConfig},
+    dataplane::bucket_key,
+    store::Store,
+};
+
+struct Api {
+    router: Router,
+    state: AppState,
+    kernel: FakeKernel,
+    dir: tempfile::TempDir,
+}
+
+impl Api {
+    fn new(token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = FakeKernel::default();
+        let control =
+            Control::new(Box::new(kernel.clone()), Policy::default(), Some(Store::open(dir.path()).unwrap()))
+                .unwrap();
+        let state = AppState::new(control, token.map(Token::from));
+        let config = AdaptiveConfig { enabled: false, ..AdaptiveConfig::default() };
+        state.set_controller(controller::spawn(config, Arc::new(state.clone())).unwrap());
+        Self { router: router(state.clone()), state, kernel, dir }
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Value, HeaderMap) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value, headers)
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let (status, value, _) = self.send(request.body(body).unwrap()).await;
+        (status, value)
+    }
+
+    /// Everything a bad request must leave as it was.
+    async fn snapshot(&self) -> Value {
+        let mut controller = self.call(Method::GET, "/v1/controller", None).await.1;
+        controller["params"].take();
+        json!({
+            "limits": self.call(Method::GET, "/v1/limits", None).await.1,
+            "scope": self.call(Method::GET, "/v1/scope", None).await.1,
+            "rules": self.call(Method::GET, "/v1/rules", None).await.1,
+            "controller": self.state.controller().unwrap().config().floor,
+            "kernel_writes": self.kernel.0.lock().unwrap().applies,
+            "buckets": self.kernel.0.lock().unwrap().buckets.len(),
+            "state_file": std::fs::read_to_string(self.dir.path().join("state.json")).ok(),
+        })
+    }
+
+    fn track(&self, addr: IpAddr, passed: u64, dropped: u64) {
+        let key = bucket_key(addr, 0, 32, 64);
+        self.kernel.0.lock().unwrap().buckets.push((key, Bucket { tat: 1, passed, dropped }));
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_answers() {
+    let api = Api::new(None);
+    assert_eq!(api.call(Method::GET, "/healthz", None).await.0, StatusCode::OK);
+    assert_eq!(api.call(Method::GET, "/readyz", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    api.state.set_ready();
+    assert_eq!(api.call(Method::GET, "/readyz", None).await.0, StatusCode::OK);
+
+    let (status, body) = api.call(Method::GET, "/v1/status", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+
+    let (status, body) = api.call(Method::PUT, "/v1/limits", Some(json!({"rate": 50, "burst": 20}))).await;
+    assert_eq!((status, &body["rate"], &body["burst"]), (StatusCode::OK, &json!(50), &json!(20)));
+    let (status, body) =
+        api.call(Method::PATCH, "/v1/limits", Some(json!({"burst": 30, "dry_run": true}))).await;
+    assert_eq!(
+        (status, &body["rate"], &body["burst"], &body["dry_run"]),
+        (StatusCode::OK, &json!(50), &json!(30), &json!(true))
+    );
+    assert_eq!(api.kernel.0.lock().unwrap().policy.as_ref().unwrap().limits.burst, 30);
+
+    let scope = json!({"ports": [{"proto": "tcp", "port": 443, "syn_only": true}, {"proto": "udp", "port": 53, "syn_only": false}]});
+    let (status, body) = api.call(Method::PUT, "/v1/scope", Some(scope.clone())).await;
+    assert_eq!((status, &body), (StatusCode::OK, &scope));
+    assert_eq!(api.call(Method::GET, "/v1/scope", None).await.1, scope);
+
+    let request = Request::post("/v1/rules")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"cidr": "10.0.0.0/8", "action": "limit", "rate": 5}).to_string()))
+        .unwrap();
+    let (status, body, headers) = api.send(request).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = body["id"].as_u64().unwrap();
+    assert_eq!(headers[header::LOCATION], format!("/v1/rules/{id}"));
+    let (_, rules) = api.call(Method::GET, "/v1/rules", None).await;
+    assert_eq!(rules["rules"], json!([{"id": id, "cidr": "10.0.0.0/8", "action": "limit", "rate": 5}]));
+    assert_eq!(api.call(Method::DELETE, &format!("/v1/rules/{id}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.call(Method::GET, "/v1/rules", None).await.1["rules"], json!([]));
+
+    for (i, dropped) in [5u64, 50, 0, 20].into_iter().enumerate() {
+        api.track(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i as u8 + 1)), 100 - dropped, dropped);
+    }
+    let (status, body) = api.call(Method::GET, "/v1/sources?top=2&by=dropped", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let top: Vec<&str> =
+        body["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
+    assert_eq!(top, ["192.0.2.2", "192.0.2.4"]);
+    let (_, body) = api.call(Method::GET, "/v1/sources?by=passed", None).await;
+    assert_eq!(body["sources"][0]["source"], "192.0.2.3");
+    let (status, body) = api.call(Method::GET, "/v1/sources/192.0.2.2", None).await;
+    assert_eq!((status, &body["dropped"]), (StatusCode::OK, &json!(50)));
+    assert_eq!(api.call(Method::DELETE, "/v1/sources/192.0.2.2", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.call(Method::GET, "/v1/sources/192.0.2.2", None).await.0, StatusCode::NOT_FOUND);
+
+    api.kernel.0.lock().unwrap().counters[throttle_common::reason::OVER_LIMIT as usize] = 7;
+    let (status, body) = api.call(Method::GET, "/v1/stats", None).await;
+    assert_eq!(
+        (status, &body["counters"]["over_limit"], &body["dropped"]),
+        (StatusCode::OK, &json!(7), &json!(7))
+    );
+
+    let (status, body) = api.call(Method::GET, "/v1/controller", None).await;
+    assert_eq!((status, &body["enabled"], &body["scale"]), (StatusCode::OK, &json!(false), &json!(1.0)));
+    assert_eq!(body["rates"][0], json!({"limit": "default", "configured": 50, "effective": 50}));
+    let (status, body) =
+        api.call(Method::PUT, "/v1/controller", Some(json!({"floor": 0.5, "algorithm": "aimd"}))).await;
+    assert_eq!((status, &body["floor"], &body["algorithm"]), (StatusCode::OK, &json!(0.5), &json!("aimd")));
+    let (status, body) =
+        api.call(Method::POST, "/v1/latency", Some(json!({"samples_ms": [12.5, 40.1]}))).await;
+    assert_eq!((status, body), (StatusCode::ACCEPTED, json!({"accepted": 2})));
+
+    let (status, text) = api.call(Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    for needle in [
+        "throttle_packets_total{reason=\"over_limit\",verdict=\"drop\"} 7",
+        "throttle_sources_capacity 1048576",
+        "throttle_config_version ",
+        "throttle_rules{action=\"limit\"} 0",
+        "throttle_controller_scale 1",
+        "throttle_api_requests_total{route=\"/v1/stats\",method=\"GET\",status=\"200\"} 1",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle:?}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn changes_are_saved_and_restored() {
+    let api = Api::new(None);
+    api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 77}))).await;
+    let (_, rule) =
+        api.call(Method::POST, "/v1/rules", Some(json!({"cidr": "2001:db8::/32", "action": "deny"}))).await;
+    api.call(Method::PUT, "/v1/controller", Some(json!({"floor": 0.4}))).await;
+    let store = Store::open(api.dir.path()).unwrap();
+    let control = Control::new(Box::new(FakeKernel::default()), Policy::default(), Some(store)).unwrap();
+    assert_eq!(control.limits().rate, 77);
+    assert_eq!(control.rules()[0].id, u32::try_from(rule["id"].as_u64().unwrap()).unwrap());
+    assert!((control.saved_controller().unwrap().floor - 0.4).abs() < f64::EPSILON);
+}
+
+#[tokio::test]
+async fn a_kernel_failure_is_a_500_and_changes_nothing() {
+    let api = Api::new(None);
+    let before = api.snapshot().await;
+    api.kernel.0.lock().unwrap().fail_next_apply = true;
+    let (status, body) = api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 5}))).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::INTERNAL_SERVER_ERROR, &json!("kernel_error")));
+    let mut after = api.snapshot().await;
+    // The failed write and the write back of the previous policy.
+    after["kernel_writes"] = before["kernel_writes"].clone();
+    assert_eq!(after, before);
+    assert_eq!(
+        api.kernel.0.lock().unwrap().policy.as_ref().unwrap().limits.rate,
+        1000,
+        "the old policy is back"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let api = Api::new(None);
+    let (status, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/controller",
+            "/v1/latency",
+            "/v1/limits",
+            "/v1/rules",
+            "/v1/rules/{id}",
+            "/v1/scope",
+            "/v1/sources",
+            "/v1/sources/{addr}",
+            "/v1/stats",
+            "/v1/status",
+        ]
+    );
+    let limits = &doc["paths"]["/v1/limits"];
+    assert!(limits["get"].is_object() && limits["put"].is_object() && limits["patch"].is_object());
+    assert!(doc["components"]["schemas"]["Limits"]["properties"]["rate"].is_object());
+}
+
+#[tokio::test]
+async fn the_token_guards_everything_but_the_health_checks() {
+    let api = Api::new(Some("s3cret"));
+    let get = |uri: &str, auth: Option<&str>| {
+        let mut request = Request::get(uri);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cre"),
+        Some("Bearer s3cret2"),
+        Some("s3cret"),
+        Some("Basic s3cret"),
+    ] {
+        let (status, body, headers) = api.send(get("/v1/status", auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+    assert_eq!(api.send(get("/metrics", None)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.send(get("/v1/status", Some("Bearer s3cret"))).await.0, StatusCode::OK);
+    assert_eq!(api.send(get("/healthz", None)).await.0, StatusCode::OK);
+    assert_eq!(api.send(get("/readyz", None)).await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn beyond_loopback_a_token_is_required() {
+    let token = Token::from("t");
+    assert!(super::check_exposure("127.0.0.1:9840".parse().unwrap(), None).is_ok());
+    assert!(super::check_exposure("[::1]:9840".parse().unwrap(), None).is_ok());
+    let err = super::check_exposure("0.0.0.0:9840".parse().unwrap(), None).unwrap_err();
+    assert!(err.contains("--token-file"), "{err}");
+    assert!(super::check_exposure("0.0.0.0:9840".parse().unwrap(), Some(&token)).is_ok());
+}
+
+/// One bad request: what is sent, and the status and code it must get.
+struct Bad {
+    method: Method,
+    uri: &'static str,
+    content_type: Option<&'static str>,
+    body: String,
+    status: StatusCode,
+    code: &'static str,
+    /// A piece of the message or of the field, when one value is to blame.
+    names: Option<&'static str>,
+}
+
+fn bad(
+    method: Method,
+    uri: &'static str,
+    body: Value,
+    status: u16,
+    code: &'static str,
+    names: &'static str,
+) -> Bad {
+    Bad {
+        method,
+        uri,
+        content_type: Some("application/json"),
+        body: body.to_string(),
+        status: StatusCode::from_u16(status).unwrap(),
+        code,
+        names: (!names.is_empty()).then_some(names),
+    }
+}
+
+fn raw(
+    method: Method,
+    uri: &'static str,
+    ct: Option<&'static str>,
+    body: &str,
+    status: u16,
+    code: &'static str,
+) -> Bad {
+    Bad {
+        method,
+        uri,
+        content_type: ct,
+        body: body.to_owned(),
+        status: StatusCode::from_u16(status).unwrap(),
+        code,
+        names: None,
+    }
+}
+
+fn bad_inputs() -> Vec<Bad> {
+    use Method as M;
+    const JSON: Option<&str> = Some("application/json");
+    vec![
+        // Limits.
+        bad(M::PUT, "/v1/limits", json!({"rate": 0}), 400, "invalid_value", "limits.rate"),
+        bad(M::PUT, "/v1/limits", json!({"rate": 100_000_001}), 400, "invalid_value", "limits.rate"),
+        bad(M::PUT, "/v1/limits", json!({"rate": -1}), 400, "invalid_body", "rate"),
+        bad(M::PUT, "/v1/limits", json!({"rate": 1.5}), 400, "invalid_body", "rate"),
+        raw(M::PUT, "/v1/limits", JSON, r#"{"rate": 18446744073709551616}"#, 400, "invalid_body"),
+        bad(M::PUT, "/v1/limits", json!({"burst": 0}), 400, "invalid_value", "limits.burst"),
+        bad(M::PUT, "/v1/limits", json!({"burst": 1_000_000_001u64}), 400, "invalid_value", "limits.burst"),
+        bad(M::PUT, "/v1/limits", json!({"ipv4_prefix": 33}), 400, "invalid_value", "limits.ipv4_prefix"),
+        bad(M::PUT, "/v1/limits", json!({"ipv4_prefix": 0}), 400, "invalid_value", "limits.ipv4_prefix"),
+        bad(M::PUT, "/v1/limits", json!({"ipv6_prefix": 129}), 400, "invalid_value", "limits.ipv6_prefix"),
+        bad(M::PUT, "/v1/limits", json!({"unit": "furlongs"}), 400, "invalid_body", "furlongs"),
+        bad(M::PUT, "/v1/limits", json!({"dry_run": "yes"}), 400, "invalid_body", "dry_run"),
+        bad(M::PUT, "/v1/limits", json!({"rat": 5}), 400, "invalid_body", "rat"),
+        bad(M::PUT, "/v1/limits", json!([1, 2]), 400, "invalid_body", ""),
+        raw(M::PUT, "/v1/limits", JSON, "null\n", 400, "invalid_body"),
+        raw(M::PUT, "/v1/limits", JSON, r#"{"rate": "#, 400, "malformed_json"),
+        raw(M::PUT, "/v1/limits", JSON, "", 400, "malformed_json"),
+        raw(M::PUT, "/v1/limits", JSON, r#"{"rate": 5}}"#, 400, "malformed_json"),
+        raw(M::PUT, "/v1/limits", None, r#"{"rate": 5}"#, 415, "unsupported_media_type"),
+        raw(M::PUT, "/v1/limits", Some("text/plain"), r#"{"rate": 5}"#, 415, "unsupported_media_type"),
+        raw(
+            M::PUT,
+            "/v1/limits",
+            JSON,
+            &format!(r#"{{"rate": 5, "x": "{}"}}"#, "a".repeat(70_000)),
+            413,
+            "payload_too_large",
+        ),
+        bad(M::PATCH, "/v1/limits", json!({"rate": 0}), 400, "invalid_value", "limits.rate"),
+        bad(
+            M::PATCH,
+            "/v1/limits",
+            json!({"new_source_burst": 0}),
+            400,
+            "invalid_value",
+            "limits.new_source_burst",
+        ),
+        bad(M::PATCH, "/v1/limits", json!({"rate": "fast"}), 400, "invalid_body", "rate"),
+        bad(M::PATCH, "/v1/limits", json!({"bogus": 1}), 400, "invalid_body", "bogus"),
+        // Scope.
+        bad(
+            M::PUT,
+            "/v1/scope",
+            json!({"ports": [{"proto": "udp", "port": 0}]}),
+            400,
+            "invalid_value",
+            "scope.ports[0].port",
+        ),
+        bad(
+            M::PUT,
+            "/v1/scope",
+            json!({"ports": [{"proto": "udp", "port": 65536}]}),
+            400,
+            "invalid_value",
+            "scope.ports[0].port",
+        ),
+        bad(
+            M::PUT,
+            "/v1/scope",
+            json!({"ports": [{"proto": "udp", "port": -5}]}),
+            400,
+            "invalid_body",
+            "port",
+        ),
+        bad(
+            M::PUT,
+            "/v1/scope",
+            json!({"ports": [{"proto": "icmp", "port": 1}]}),
+            400,
+            "invalid_body",
+            "icmp",
+        ),
+        bad(
+            M::PUT,
+            "/v1/scope",
+            json!({"ports": [{"proto": "udp", "port": 53, "syn_only": true}]}),
+            400,
+            "invalid_value",
+            "scope.ports[0].syn_only",
+        ),
+        bad(
+            M::PUT,
+            "/v1/scope",
+            json!({"ports": [{"proto": "tcp", "port": 80}, {"proto": "tcp", "port": 80}]}),
+            400,
+            "invalid_value",
+            "scope.ports[1].port",
+        ),
+        bad(M::PUT, "/v1/scope", json!({"ports": [{"port": 80}]}), 400, "invalid_body", "proto"),
+        bad(M::PUT, "/v1/scope", json!({"ports": "80"}), 400, "invalid_body", "ports"),
+        // Rules.
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.0/33", "action": "deny"}),
+            400,
+            "invalid_value",
+            "rule.cidr",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "not-an-ip", "action": "deny"}),
+            400,
+            "invalid_value",
+            "rule.cidr",
+        ),
+        bad(M::POST, "/v1/rules", json!({"cidr": "", "action": "deny"}), 400, "invalid_value", "rule.cidr"),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.1/8", "action": "deny"}),
+            400,
+            "invalid_value",
+            "host bits",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.0/8", "action": "block"}),
+            400,
+            "invalid_body",
+            "block",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.0/8", "action": "limit"}),
+            400,
+            "invalid_value",
+            "rule.rate",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.0/8", "action": "limit", "rate": 0}),
+            400,
+            "invalid_value",
+            "rule.rate",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.0/8", "action": "limit", "rate": 5, "burst": 0}),
+            400,
+            "invalid_value",
+            "rule.burst",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "10.0.0.0/8", "action": "deny", "rate": 5}),
+            400,
+            "invalid_value",
+            "rule.rate",
+        ),
+        bad(M::POST, "/v1/rules", json!({"action": "deny"}), 400, "invalid_body", "cidr"),
+        bad(
+            M::POST,
+            "/v1/rules",
+            json!({"cidr": "192.0.2.0/24", "action": "allow"}),
+            409,
+            "conflict",
+            "192.0.2.0/24",
+        ),
+        bad(M::DELETE, "/v1/rules/abc", json!(null), 400, "invalid_path", "abc"),
+        bad(M::DELETE, "/v1/rules/-1", json!(null), 400, "invalid_path", "-1"),
+        bad(M::DELETE, "/v1/rules/9999", json!(null), 404, "rule_not_found", "9999"),
+        // Sources.
+        bad(M::GET, "/v1/sources?top=0", json!(null), 400, "invalid_query", "top"),
+        bad(M::GET, "/v1/sources?top=10001", json!(null), 400, "invalid_query", "top"),
+        bad(M::GET, "/v1/sources?top=abc", json!(null), 400, "invalid_query", "top"),
+        bad(M::GET, "/v1/sources?by=bytes", json!(null), 400, "invalid_query", "bytes"),
+        bad(M::GET, "/v1/sources?foo=1", json!(null), 400, "invalid_query", "foo"),
+        bad(M::GET, "/v1/sources/not-an-ip", json!(null), 400, "invalid_path", "not-an-ip"),
+        bad(M::GET, "/v1/sources/10.0.0.300", json!(null), 400, "invalid_path", "10.0.0.300"),
+        bad(M::GET, "/v1/sources/198.51.100.1", json!(null), 404, "source_not_tracked", "198.51.100.1"),
+        bad(M::DELETE, "/v1/sources/198.51.100.1", json!(null), 404, "source_not_tracked", "198.51.100.1"),
+        bad(M::GET, "/v1/sources/192.0.2.9", json!(null), 404, "source_not_tracked", "allow"),
+        // Controller and latency.
+        bad(M::PUT, "/v1/controller", json!({"floor": 0}), 400, "invalid_value", "floor"),
+        bad(M::PUT, "/v1/controller", json!({"floor": 1.5}), 400, "invalid_value", "floor"),
+        bad(M::PUT, "/v1/controller", json!({"algorithm": "pid"}), 400, "invalid_body", "pid"),
+        bad(M::PUT, "/v1/controller", json!({"interval_ms": 0}), 400, "invalid_value", "interval_ms"),
+        bad(M::PUT, "/v1/controller", json!({"enabled": "on"}), 400, "invalid_body", "enabled"),
+        bad(M::PUT, "/v1/controller", json!({"speed": 1}), 400, "invalid_body", "speed"),
+        bad(M::POST, "/v1/latency", json!({"samples_ms": []}), 400, "invalid_value", "samples_ms"),
+        bad(M::POST, "/v1/latency", json!({"samples_ms": [5, -1]}), 400, "invalid_value", "samples_ms[1]"),
+        bad(M::POST, "/v1/latency", json!({"samples_ms": ["x"]}), 400, "invalid_body", ""),
+        bad(M::POST, "/v1/latency", json!({}), 400, "invalid_body", "samples_ms"),
+        // Routes.
+        bad(M::GET, "/v1/nope", json!(null), 404, "not_found", ""),
+        bad(M::DELETE, "/v1/limits", json!(null), 405, "method_not_allowed", ""),
+        bad(M::POST, "/v1/status", json!(null), 405, "method_not_allowed", ""),
+    ]
+}
+
+#[tokio::test]
+async fn bad_inputs_get_a_4xx_naming_the_value_and_change_nothing() {
+    let api = Api::new(None);
+    // Something to conflict with and something to be looked up.
+    let (status, _) =
+        api.call(Method::POST, "/v1/rules", Some(json!({"cidr": "192.0.2.0/24", "action": "allow"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    api.track(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)), 5, 5);
+    let table = bad_inputs();
+    assert!(table.len() >= 40, "{} bad inputs", table.len());
+    let before = api.snapshot().await;
+    let mut failures = Vec::new();
+    println!("{:<7} {:<28} {:<58} {:>6}  {:<24} message", "method", "uri", "body", "status", "code");
+    for case in &table {
+        let mut request = Request::builder().method(case.method.clone()).uri(case.uri);
+        if let Some(ct) = case.content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        let body = if case.body == "null" { String::new() } else { case.body.clone() };
+        let (status, answer, _) = api.send(request.body(Body::from(body)).unwrap()).await;
+        let code = answer["error"]["code"].as_str().unwrap_or("(none)");
+        let message = answer["error"]["message"].as_str().unwrap_or("(none)");
+        let field = answer["error"]["field"].as_str().unwrap_or("");
+        let shown: String = case.body.chars().take(56).collect();
+        println!(
+            "{:<7} {:<28} {:<58} {:>6}  {:<24} {message}",
+            case.method,
+            case.uri,
+            shown,
+            status.as_u16(),
+            code
+        );
+        if status != case.status || code != case.code {
+            failures.push(format!(
+                "{} {} {}: got {status} {code} ({message}), want {} {}",
+                case.method, case.uri, case.body, case.status, case.code
+            ));
+        } else if let Some(names) = case.names {
+            if !message.contains(names) && !field.contains(names) {
+                failures.push(format!(
+                    "{} {} {}: {message:?} does not name {names:?}",
+                    case.method, case.uri, case.body
+                ));
+            }
+        }
+        let after = api.snapshot().await;
+        if after != before {
+            failures.push(format!(
+                "{} {} {}: changed the state:\n{before:#}\n{after:#}",
+                case.method, case.uri, case.body
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs went wrong:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
+}
