@@ -74,22 +74,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     });
     tracing::info!("admin API on http://{}", settings.admin);
 
-    for iface in &settings.interfaces {
-        let iface = iface.clone();
-        let mode = settings.xdp_mode;
-        let attachment = state.with_control(move |c| c.kernel_mut().attach(&iface, mode)).await?;
-        tracing::info!(
-            iface = attachment.iface,
-            mode = attachment.mode,
-            adopted = attachment.adopted,
-            "attached"
-        );
-    }
-    let keep = settings.interfaces.clone();
-    let released = state.with_control(move |c| c.kernel_mut().release_others(&keep)).await?;
-    for iface in released {
-        tracing::info!(iface, "detached: no longer configured");
-    }
+    attach(&state, &settings).await?;
 
     let adaptive = saved_controller.or_else(|| settings.adaptive.clone()).unwrap_or_else(|| AdaptiveConfig {
         // Without `[adaptive]` the controller is off; it can be turned on
@@ -140,6 +125,28 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::info!("detaching");
     }
     state.with_control(move |c| c.kernel_mut().release(keep)).await.context("detaching")?;
+    Ok(())
+}
+
+/// Attaches to every interface (taking over pinned links), then detaches
+/// what a previous daemon attached to interfaces no longer named.
+async fn attach(state: &AppState, settings: &Settings) -> anyhow::Result<()> {
+    for iface in &settings.interfaces {
+        let iface = iface.clone();
+        let mode = settings.xdp_mode;
+        let attachment = state.with_control(move |c| c.kernel_mut().attach(&iface, mode)).await?;
+        tracing::info!(
+            iface = attachment.iface,
+            mode = attachment.mode,
+            adopted = attachment.adopted,
+            "attached"
+        );
+    }
+    let keep = settings.interfaces.clone();
+    let released = state.with_control(move |c| c.kernel_mut().release_others(&keep)).await?;
+    for iface in released {
+        tracing::info!(iface, "detached: no longer configured");
+    }
     Ok(())
 }
 

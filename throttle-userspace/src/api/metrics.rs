@@ -107,33 +107,7 @@ pub async fn render(state: &AppState) -> String {
     );
     int_gauge(&mut registry, "uptime_seconds", "Seconds since the daemon started", state.uptime().as_secs());
     gauge(&mut registry, "controller_scale", "The controller's factor on every rate (floor..1)", scale);
-    if let Some(handle) = state.controller() {
-        let status = handle.status();
-        int_gauge(
-            &mut registry,
-            "controller_enabled",
-            "1 when the controller moves the scale",
-            u64::from(status.enabled),
-        );
-        int_gauge(
-            &mut registry,
-            "controller_holding",
-            "1 when the controller holds the scale for want of latency samples",
-            u64::from(status.state == State::Holding),
-        );
-        gauge(&mut registry, "controller_floor", "Lowest scale the controller may set", status.floor);
-        if let Some(latency) = &status.latency {
-            let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-            for (quantile, value) in [
-                ("0.5", latency.percentiles.p50),
-                ("0.9", latency.percentiles.p90),
-                ("0.99", latency.percentiles.p99),
-            ] {
-                family.get_or_create(&vec![("quantile", quantile.to_owned())]).set(value);
-            }
-            registry.register("latency_ms", "The protected service's latency over the short window", family);
-        }
-    }
+    controller(&mut registry, state);
     registry.register(
         "api_requests",
         "Admin API requests by route, method and status",
@@ -143,4 +117,36 @@ pub async fn render(state: &AppState) -> String {
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
+}
+
+/// The controller's gauges.
+fn controller(registry: &mut Registry, state: &AppState) {
+    let Some(handle) = state.controller() else {
+        return;
+    };
+    let status = handle.status();
+    int_gauge(
+        registry,
+        "controller_enabled",
+        "1 when the controller moves the scale",
+        u64::from(status.enabled),
+    );
+    int_gauge(
+        registry,
+        "controller_holding",
+        "1 when the controller holds the scale for want of latency samples",
+        u64::from(status.state == State::Holding),
+    );
+    gauge(registry, "controller_floor", "Lowest scale the controller may set", status.floor);
+    if let Some(latency) = &status.latency {
+        let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        for (quantile, value) in [
+            ("0.5", latency.percentiles.p50),
+            ("0.9", latency.percentiles.p90),
+            ("0.99", latency.percentiles.p99),
+        ] {
+            family.get_or_create(&vec![("quantile", quantile.to_owned())]).set(value);
+        }
+        registry.register("latency_ms", "The protected service's latency over the short window", family);
+    }
 }
