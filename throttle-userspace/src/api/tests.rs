@@ -329,6 +329,7 @@ fn raw(
     }
 }
 
+#[expect(clippy::too_many_lines, reason = "one line per bad input: a table")]
 fn bad_inputs() -> Vec<Bad> {
     use Method as M;
     const JSON: Option<&str> = Some("application/json");
