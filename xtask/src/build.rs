@@ -43,7 +43,7 @@ pub fn daemon_binary(release: bool) -> Result<PathBuf> {
 
 /// The workspace's target directory, as cargo resolves it (`CARGO_TARGET_DIR`
 /// and configuration included).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let metadata =
         cmd::output(Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))?;
     let metadata: serde_json::Value =

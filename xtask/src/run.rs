@@ -47,6 +47,14 @@ pub fn run(options: Options) -> Result<()> {
     daemon.arg("daemon");
     if let Some(sandbox) = &sandbox {
         daemon.args(["--iface", &sandbox.host_if]);
+        // The sandbox's own pins and state: a daemon on a real interface
+        // keeps its own.
+        if !has_flag(&args, "--pin-dir") {
+            daemon.args(["--pin-dir", &format!("/sys/fs/bpf/{}", sandbox.netns)]);
+        }
+        if !has_flag(&args, "--state-dir") {
+            daemon.arg("--state-dir").arg(build::target_dir()?.join("sandbox-state"));
+        }
     }
     daemon.args(&args);
 
@@ -54,6 +62,10 @@ pub fn run(options: Options) -> Result<()> {
     if let Some(sandbox) = &sandbox {
         sandbox.describe();
     }
+    let admin = flag_value(&args, "--admin").unwrap_or_else(|| "127.0.0.1:9840".to_owned());
+    let client = binary.display();
+    println!("admin API:      http://{admin}  (curl http://{admin}/v1/status)");
+    println!("watch it:       {client} status; {client} top; {client} limits set --rate 100");
 
     if signals.pending().any(|signal| signal != SIGCHLD) {
         println!("interrupted before the daemon started");
@@ -116,6 +128,18 @@ fn wait_forwarding_signals(child: &mut Child, signals: &mut Signals) -> Result<(
 }
 
 /// Whether `args` has `flag`, as `--flag VALUE` or `--flag=VALUE`.
+/// The value of `--flag VALUE` or `--flag=VALUE` among `args`.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, arg)| {
+        if arg == flag {
+            args.get(i + 1).cloned()
+        } else {
+            arg.strip_prefix(&prefix).map(str::to_owned)
+        }
+    })
+}
+
 fn has_flag(args: &[String], flag: &str) -> bool {
     args.iter().any(|arg| arg == flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
 }
