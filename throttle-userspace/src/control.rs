@@ -66,9 +66,7 @@ impl Kernel for Dataplane {
     }
 
     fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-        for (key, bucket) in self.buckets() {
-            f(&key, &bucket);
-        }
+        Dataplane::for_each_bucket(self, f);
     }
 
     fn attachments(&self) -> Vec<Attachment> {

@@ -524,3 +524,30 @@ fn no_frame_aborts() {
         h.run(&frame);
     }
 }
+
+#[test]
+fn the_batched_walk_reads_every_bucket_the_one_by_one_walk_reads() {
+    require_root!();
+    // Room for every source: a small LRU map evicts early.
+    let mut dataplane = Dataplane::load(65_536).expect("loading the program");
+    let p = policy(1_000, 1_000);
+    dataplane.apply(&p, &RuleIds::default().resolve(&p).unwrap()).expect("applying the policy");
+    let mut h = Harness::new(&p);
+    h.dataplane = dataplane;
+    // More sources than one batch holds, both families.
+    for i in 0..5_000u32 {
+        let v4 = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        assert_eq!(h.run(&Frame::udp(IpAddr::V4(v4), 53).build()), XDP_PASS);
+    }
+    for i in 0..300u16 {
+        let v6: IpAddr = format!("2001:db8:{i:x}::1").parse().unwrap();
+        assert_eq!(h.run(&Frame::udp(v6, 53).build()), XDP_PASS);
+    }
+    let mut walked: Vec<_> = h.dataplane.buckets().collect();
+    let mut batched = Vec::new();
+    h.dataplane.for_each_bucket(&mut |key, bucket| batched.push((*key, *bucket)));
+    walked.sort_unstable_by_key(|(k, _)| (k.family, k.addr, k.rule));
+    batched.sort_unstable_by_key(|(k, _)| (k.family, k.addr, k.rule));
+    assert_eq!(walked.len(), 5_300);
+    assert_eq!(batched, walked);
+}
