@@ -4,8 +4,11 @@ use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
     io,
-    net::{Ipv4Addr, SocketAddr},
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::OpenOptionsExt as _, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
     thread,
@@ -30,6 +33,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_LOCK: &str = "/run/throttle-tests-bpffs.lock";
 /// Default admin port; every daemon has its own namespace, hence loopback.
 const ADMIN_PORT: u16 = 9840;
+/// The client's variable naming the admin API.
+const ADMIN_ENV: &str = "THROTTLE_ADMIN";
+/// The client's variable holding a bearer token.
+const TOKEN_ENV: &str = "THROTTLE_TOKEN";
 /// How long a daemon gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -97,7 +104,9 @@ pub struct DaemonBuilder<'a> {
     ifaces: Vec<String>,
     config: Option<String>,
     args: Vec<String>,
+    admin_ip: IpAddr,
     admin_port: u16,
+    token: Option<String>,
 }
 
 impl DaemonBuilder<'_> {
@@ -130,6 +139,23 @@ impl DaemonBuilder<'_> {
         self
     }
 
+    /// The address the admin API listens on, in the daemon's namespace
+    /// (the namespace's loopback by default). The daemon refuses any other
+    /// address without a token: see [`DaemonBuilder::token`].
+    #[must_use]
+    pub fn admin_ip(mut self, ip: IpAddr) -> Self {
+        self.admin_ip = ip;
+        self
+    }
+
+    /// Writes `token` to a file (mode 0600) in the daemon's work directory
+    /// and passes it as `--token-file` (see [`Daemon::token_file`]).
+    #[must_use]
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
     /// Starts the daemon (it is not ready yet: see [`Daemon::wait_ready`]).
     #[must_use]
     pub fn start(self) -> Daemon {
@@ -143,7 +169,20 @@ impl DaemonBuilder<'_> {
             write_atomically(&path, toml);
             path
         });
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port));
+        let token_file = self.token.as_ref().map(|token| {
+            let path = workdir.join("token");
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+            io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            path
+        });
+        let admin = SocketAddr::new(self.admin_ip, self.admin_port);
         let mut args = vec!["daemon".to_owned()];
         for iface in &self.ifaces {
             args.extend(["--iface".to_owned(), iface.clone()]);
@@ -160,6 +199,9 @@ impl DaemonBuilder<'_> {
         if let Some(path) = &config_path {
             args.extend(["--config".to_owned(), path.display().to_string()]);
         }
+        if let Some(path) = &token_file {
+            args.extend(["--token-file".to_owned(), path.display().to_string()]);
+        }
         args.extend(self.args);
         let mut daemon = Daemon {
             ns_name: self.ns.name().to_owned(),
@@ -169,6 +211,7 @@ impl DaemonBuilder<'_> {
             workdir,
             pin_dir,
             config_path,
+            token_file,
             admin,
             child: None,
             started_at: 0,
@@ -190,6 +233,7 @@ pub struct Daemon {
     log_path: PathBuf,
     pin_dir: PathBuf,
     config_path: Option<PathBuf>,
+    token_file: Option<PathBuf>,
     admin: SocketAddr,
     child: Option<Child>,
     /// Length of the log when the current process was spawned.
@@ -205,7 +249,9 @@ impl Daemon {
             ifaces: vec![iface.to_owned()],
             config: None,
             args: Vec::new(),
+            admin_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_port: ADMIN_PORT,
+            token: None,
         }
     }
 
@@ -300,10 +346,41 @@ impl Daemon {
         at
     }
 
-    /// The admin API's address (on the namespace's loopback).
+    /// The admin API's address (on the namespace's loopback unless
+    /// [`DaemonBuilder::admin_ip`] said otherwise).
     #[must_use]
     pub fn admin(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The `--token-file`, when the daemon was given a token
+    /// ([`DaemonBuilder::token`]).
+    #[must_use]
+    pub fn token_file(&self) -> Option<&Path> {
+        self.token_file.as_deref()
+    }
+
+    /// Runs the client, `throttle <args>`, in `ns` against this daemon's
+    /// admin API (through `THROTTLE_ADMIN`, so `args` need no `--admin`),
+    /// and returns how it ended. No token is passed (`THROTTLE_TOKEN` is
+    /// cleared): add `--token-file` to `args` for a daemon that wants one.
+    #[must_use]
+    pub fn cli<'s>(&self, ns: &Netns, args: impl IntoIterator<Item = &'s str>) -> CliOutput {
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let out = ns
+            .command(&self.bin)
+            .args(&args)
+            .env(ADMIN_ENV, self.admin.to_string())
+            .env_remove(TOKEN_ENV)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {}: {e}", self.bin.display(), args.join(" ")));
+        CliOutput {
+            command: format!("throttle {}", args.join(" ")),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// The directory the daemon pins its maps and links under.
@@ -353,9 +430,77 @@ impl Daemon {
         status
     }
 
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would,
+    /// and reaps it: it gets no chance to detach or unpin, so its program
+    /// stays attached and its pin and state directories stay, for
+    /// [`Daemon::start_again`]. Returns how it exited (None: not running).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        send_signal(&child, libc::SIGKILL);
+        Some(child.wait().expect("waitpid"))
+    }
+
+    /// Starts the daemon again, with the same arguments, pin directory and
+    /// state directory, after it exited or was stopped or killed (not ready
+    /// yet: [`Daemon::wait_ready`]). Panics while it still runs.
+    pub fn start_again(&mut self, ns: &Netns) {
+        if let Some(child) = self.child.as_mut() {
+            let exited = child.try_wait().expect("waitpid");
+            assert!(exited.is_some(), "start_again: the daemon (pid {}) still runs", child.id());
+        }
+        self.spawn(ns);
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself and returns how
+    /// it did; None when it still runs (or was never running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.as_ref()?;
+        poll_until(timeout, Duration::from_millis(10), || self.exit_status())
+    }
+
     fn signal(&self, sig: libc::c_int) {
         let child = self.child.as_ref().expect("the daemon is running");
         send_signal(child, sig);
+    }
+}
+
+/// How one run of the client ended ([`Daemon::cli`]).
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The command line, for messages.
+    pub command: String,
+    /// The exit code (None: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Whether it exited with `code`.
+    #[must_use]
+    pub fn exited(&self, code: i32) -> bool {
+        self.code == Some(code)
+    }
+
+    /// The stdout of a run that exited 0; panics with everything otherwise.
+    #[must_use]
+    pub fn ok(&self) -> &str {
+        assert!(self.exited(0), "{self}");
+        &self.stdout
+    }
+}
+
+impl std::fmt::Display for CliOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.code.map_or_else(|| "killed by a signal".to_owned(), |c| format!("exit code {c}"));
+        write!(
+            f,
+            "`{}`: {code}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.command, self.stdout, self.stderr
+        )
     }
 }
 

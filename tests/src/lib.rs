@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod ethtool;
 pub mod measure;
 pub mod netns;
+pub mod service;
 pub mod traffic;
 pub mod veth;
 
