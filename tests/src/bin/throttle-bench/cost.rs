@@ -27,7 +27,7 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
-    baseline::{BASELINE_OBJECT, COUNT_MAP, DROP_PROGRAM, PASS_PROGRAM},
+    baseline::{BASELINE_OBJECT, CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM, LRU_PROGRAM, PASS_PROGRAM},
     config::{Action, Limits, Policy, Proto, Scope, ScopePort},
     dataplane::{bucket_key, Dataplane, KernelRule},
     frames::{arp, Frame},
@@ -192,7 +192,19 @@ pub struct Results {
     /// Size of its JIT-compiled machine code, bytes.
     pub jited_bytes: u32,
     pub rows: Vec<Row>,
+    /// What two of the data path's steps cost alone, over count-and-pass.
+    pub components: Vec<Component>,
     pub failures: Vec<String>,
+}
+
+/// A reference program that adds one step to count-and-pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    pub what: &'static str,
+    /// Median ns per packet.
+    pub ns: f64,
+    /// Over the count-and-pass baseline.
+    pub extra_ns: f64,
 }
 
 /// A row to measure.
@@ -269,7 +281,7 @@ impl Baseline {
     fn load() -> Self {
         let mut ebpf =
             Ebpf::load(BASELINE_OBJECT).unwrap_or_else(|e| panic!("loading the baseline object: {e}"));
-        for name in [PASS_PROGRAM, DROP_PROGRAM] {
+        for name in [PASS_PROGRAM, DROP_PROGRAM, CLOCK_PROGRAM, LRU_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("no program {name} in the baseline object"))
@@ -292,13 +304,16 @@ impl Baseline {
 
     /// ns per packet of count-and-pass over `repeat` packets, checked.
     fn pass(&self, frame: &[u8], repeat: u32, failures: &mut Vec<String>) -> f64 {
+        self.counting(PASS_PROGRAM, frame, repeat, failures)
+    }
+
+    /// ns per packet of a program that counts each packet once and passes it.
+    fn counting(&self, name: &str, frame: &[u8], repeat: u32, failures: &mut Vec<String>) -> f64 {
         let before = self.count();
-        let (verdict, ns) = test_run(self.program(PASS_PROGRAM), frame, repeat);
+        let (verdict, ns) = test_run(self.program(name), frame, repeat);
         let moved = self.count() - before;
         if verdict != XDP_PASS || moved != u64::from(repeat) {
-            failures.push(format!(
-                "baseline count-and-pass: verdict {verdict}, counter moved {moved} for {repeat} packets"
-            ));
+            failures.push(format!("{name}: verdict {verdict}, counter moved {moved} for {repeat} packets"));
         }
         ns
     }
@@ -472,6 +487,8 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let mut baselines: Vec<Vec<f64>> = vec![Vec::new(); specs.len()];
     let mut all_pass = Vec::new();
     let mut all_drop = Vec::new();
+    let mut clock = Vec::new();
+    let mut lru = Vec::new();
     let mut fresh_host: u32 = 0;
     let reference_frame = Frame::udp(IpAddr::V4(Ipv4Addr::new(10, 3, 0, 1)), PORT).build();
     for round in 0..settings.rounds {
@@ -508,6 +525,8 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
             progress.inc();
         }
         all_drop.push(baseline.drop_ns(&reference_frame, settings.repeat, &mut failures));
+        clock.push(baseline.counting(CLOCK_PROGRAM, &reference_frame, settings.repeat, &mut failures));
+        lru.push(baseline.counting(LRU_PROGRAM, &reference_frame, settings.repeat, &mut failures));
     }
 
     let rows = specs
@@ -530,16 +549,25 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
             }
         })
         .collect();
+    let baseline_pass_ns = median(&all_pass);
+    let components = [
+        ("count-and-pass + bpf_ktime_get_ns", median(&clock)),
+        ("count-and-pass + LRU hash lookup (24-byte key, hit)", median(&lru)),
+    ]
+    .into_iter()
+    .map(|(what, ns)| Component { what, ns, extra_ns: ns - baseline_pass_ns })
+    .collect();
     Results {
         repeat: settings.repeat,
         rounds: settings.rounds,
         large_rules_per_family: LARGE_RULES,
-        baseline_pass_ns: median(&all_pass),
+        baseline_pass_ns,
         baseline_drop_ns: median(&all_drop),
         verified_instructions: info.verified_instruction_count(),
         xlated_bytes: info.size_translated(),
         jited_bytes: info.size_jitted(),
         rows,
+        components,
         failures,
     }
 }

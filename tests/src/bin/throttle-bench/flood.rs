@@ -168,6 +168,9 @@ pub struct Run {
     pub admitted_rate_per_source: f64,
     /// Admitted per second, all sources, in the window.
     pub admitted_pps: f64,
+    /// Datagrams the receiving namespace's UDP layer dropped (a receiver
+    /// that could not keep up): non-zero makes the admitted rate a floor.
+    pub receiver_drops: u64,
 }
 
 /// Medians over the rounds of one shape and mode.
@@ -349,6 +352,7 @@ fn flood(pair: &VethPair, config: &PathBuf, shape: Shape, mode: Mode, round: usi
         sources_admitted,
         admitted_rate_per_source,
         admitted_pps,
+        receiver_drops: arrivals.udp_drops,
     }
 }
 
@@ -728,15 +732,18 @@ impl Drop for HashlimitRule<'_> {
 /// Prints what a run did, for a reader of the log.
 pub fn describe(run: &Run) -> String {
     format!(
-        "{} / {}: {:.0} pps, {:.0} ns CPU/pkt, sent {}, refused {}, dropped by mode {:?}, admitted {:.2}/s/source ({} sources)",
+        "{} / {}: {:.0} pps, {:.0} ns CPU/pkt, sent {}, refused {}, received {}, dropped by mode {:?}, \
+         admitted {:.2}/s/source ({} sources), receiver drops {}",
         run.shape.label(),
         run.mode.short(),
         run.handled_pps,
         run.cpu_ns_per_packet,
         run.sent,
         run.tx_dropped,
+        run.rx_packets,
         run.dropped_by_mode,
         run.admitted_rate_per_source,
-        run.sources_admitted
+        run.sources_admitted,
+        run.receiver_drops
     )
 }

@@ -240,6 +240,14 @@ fn tables(report: &Report) -> Vec<Table> {
             ]);
         }
         out.push(t);
+        let mut t = Table::new(
+            "Steps of the metered path, alone (reference programs, same run)",
+            &["program", "ns/pkt", "over count-and-pass"],
+        );
+        for c in &cost.components {
+            t.row(vec![c.what.to_owned(), format!("{:.1}", c.ns), format!("{:+.1}", c.extra_ns)]);
+        }
+        out.push(t);
     }
     if let Some(flood) = &report.flood {
         let mut t = Table::new(
