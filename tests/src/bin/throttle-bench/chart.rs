@@ -34,7 +34,7 @@ pub fn svg(flood: &Results, subtitle: &str) -> String {
     let modes = f64::from(u8::try_from(Mode::ALL.len()).expect("a few modes"));
     let shapes = f64::from(u8::try_from(Shape::ALL.len()).expect("a few shapes"));
     let group_height = modes * (BAR + GAP);
-    let height = TOP + shapes * (group_height + GROUP_GAP) + 30.0;
+    let height = TOP + shapes * (group_height + GROUP_GAP) + 44.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -43,7 +43,7 @@ pub fn svg(flood: &Results, subtitle: &str) -> String {
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
         s,
-        r#"<text x="12" y="22" font-size="15" font-weight="bold">UDP flood on a veth pair: packets per second the receiving end sustained (higher is better)</text>"#
+        r#"<text x="12" y="22" font-size="15" font-weight="bold">UDP flood on a veth pair: packets per second handled (higher is better)</text>"#
     );
     let _ = writeln!(s, r##"<text x="12" y="42" fill="#555555">{}</text>"##, escape(subtitle));
     let mut y = TOP;
@@ -84,7 +84,12 @@ pub fn svg(flood: &Results, subtitle: &str) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<text x="12" y="{:.1}" fill="#555555">trafgen on one CPU; the receiving path runs on the same CPU, so each bar includes the sender's cost. Medians of {} rounds of {:.0} s.</text>"##,
+        r##"<text x="12" y="{:.1}" fill="#555555">trafgen on one CPU; the receiving path runs on the same CPU, so every bar includes the sender's cost.</text>"##,
+        height - 28.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="12" y="{:.1}" fill="#555555">Medians of {} rounds of {:.0} s.</text>"##,
         height - 12.0,
         flood.rounds,
         flood.secs
