@@ -5,17 +5,22 @@
 //!   the least a program that looks at every packet can cost;
 //! - `baseline_drop` drops every packet and does nothing else: the fastest
 //!   way to drop a flood;
-//! - `ref_clock` and `ref_lru` count and pass like `baseline_pass`, and read
-//!   the clock, or look up (and bump) a 24-byte key in an LRU hash map: the
-//!   two costs every metered packet of throttle pays, measured alone.
+//! - `ref_clock`, `ref_lru` and `ref_atomics` count and pass like
+//!   `baseline_pass`, and read the clock, or look up (and bump) a 24-byte key
+//!   in an LRU hash map, or do a compare-and-swap and a locked add on a map
+//!   value: the steps every metered packet of throttle pays, measured alone.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_cxchg is the one way to a BPF cmpxchg")]
+
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 
@@ -26,6 +31,10 @@ static BASELINE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// A bucket map's shape: 24-byte keys and values, as throttle's.
 #[map(name = "REF_LRU")]
 static REF_LRU: LruHashMap<[u32; 6], [u64; 3]> = LruHashMap::with_max_entries(1_024, 0);
+
+/// A bucket's shape: a word to compare-and-swap and counters.
+#[map(name = "REF_WORDS")]
+static REF_WORDS: Array<[u64; 3]> = Array::with_max_entries(1, 0);
 
 /// Adds `n` to this CPU's slot.
 #[expect(clippy::inline_always, reason = "a BPF-to-BPF call would add to what is measured")]
@@ -70,6 +79,22 @@ pub fn ref_lru(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn baseline_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
+}
+
+#[xdp]
+pub fn ref_atomics(_ctx: XdpContext) -> u32 {
+    if let Some(words) = REF_WORDS.get_ptr_mut(0) {
+        // SAFETY: a pointer into the array's only value, from a successful
+        // lookup; BPF_CMPXCHG and BPF_ADD on aligned u64 words of it.
+        unsafe {
+            let word = words.cast::<u64>();
+            let seen = word.read_volatile();
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, seen, seen + 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(word.add(1), 1);
+        }
+    }
+    count(1);
+    XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -27,7 +27,9 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
-    baseline::{BASELINE_OBJECT, CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM, LRU_PROGRAM, PASS_PROGRAM},
+    baseline::{
+        ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
+    },
     config::{Action, Limits, Policy, Proto, Scope, ScopePort},
     dataplane::{bucket_key, Dataplane, KernelRule},
     frames::{arp, Frame},
@@ -192,7 +194,7 @@ pub struct Results {
     /// Size of its JIT-compiled machine code, bytes.
     pub jited_bytes: u32,
     pub rows: Vec<Row>,
-    /// What two of the data path's steps cost alone, over count-and-pass.
+    /// What some of the data path's steps cost alone, over count-and-pass.
     pub components: Vec<Component>,
     pub failures: Vec<String>,
 }
@@ -281,7 +283,7 @@ impl Baseline {
     fn load() -> Self {
         let mut ebpf =
             Ebpf::load(BASELINE_OBJECT).unwrap_or_else(|e| panic!("loading the baseline object: {e}"));
-        for name in [PASS_PROGRAM, DROP_PROGRAM, CLOCK_PROGRAM, LRU_PROGRAM] {
+        for name in [PASS_PROGRAM, DROP_PROGRAM, CLOCK_PROGRAM, LRU_PROGRAM, ATOMICS_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("no program {name} in the baseline object"))
@@ -489,6 +491,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let mut all_drop = Vec::new();
     let mut clock = Vec::new();
     let mut lru = Vec::new();
+    let mut atomics = Vec::new();
     let mut fresh_host: u32 = 0;
     let reference_frame = Frame::udp(IpAddr::V4(Ipv4Addr::new(10, 3, 0, 1)), PORT).build();
     for round in 0..settings.rounds {
@@ -527,6 +530,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
         all_drop.push(baseline.drop_ns(&reference_frame, settings.repeat, &mut failures));
         clock.push(baseline.counting(CLOCK_PROGRAM, &reference_frame, settings.repeat, &mut failures));
         lru.push(baseline.counting(LRU_PROGRAM, &reference_frame, settings.repeat, &mut failures));
+        atomics.push(baseline.counting(ATOMICS_PROGRAM, &reference_frame, settings.repeat, &mut failures));
     }
 
     let rows = specs
@@ -553,6 +557,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let components = [
         ("count-and-pass + bpf_ktime_get_ns", median(&clock)),
         ("count-and-pass + LRU hash lookup (24-byte key, hit)", median(&lru)),
+        ("count-and-pass + compare-and-swap + locked add", median(&atomics)),
     ]
     .into_iter()
     .map(|(what, ns)| Component { what, ns, extra_ns: ns - baseline_pass_ns })
