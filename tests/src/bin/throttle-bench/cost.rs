@@ -439,6 +439,13 @@ impl Target {
     }
 }
 
+/// The reference programs that add one step to count-and-pass.
+const STEPS: [(&str, &str); 3] = [
+    (CLOCK_PROGRAM, "count-and-pass + bpf_ktime_get_ns"),
+    (LRU_PROGRAM, "count-and-pass + LRU hash lookup (24-byte key, hit)"),
+    (ATOMICS_PROGRAM, "count-and-pass + compare-and-swap + locked add"),
+];
+
 /// Filler rules: `count` distinct limit prefixes per family, in ranges that
 /// no measured source falls in (`100.64.0.0/10` and `2001:db8:f000::/36`).
 fn filler(count: usize, rng: &mut Rng) -> Vec<KernelRule> {
@@ -467,20 +474,26 @@ fn filler(count: usize, rng: &mut Rng) -> Vec<KernelRule> {
     rules
 }
 
-/// Measures every row in `settings.rounds` alternating rounds.
-pub fn run(settings: &Settings, progress: &Progress) -> Results {
-    let mut failures = Vec::new();
+/// throttle's program once per set-up and rule set.
+fn load_targets() -> Vec<((Setup, RuleSet), Target)> {
     let mut rng = Rng::new(0x7468_726f_7474_6c65);
-    progress.message("cost per packet: loading the programs");
-    let baseline = Baseline::load();
     let large = filler(LARGE_RULES, &mut rng);
-    let mut targets: Vec<((Setup, RuleSet), Target)> = Vec::new();
+    let mut targets = Vec::new();
     for rules in [RuleSet::Empty, RuleSet::Large] {
         for setup in SETUPS {
             let filler = if rules == RuleSet::Large { &large[..] } else { &[] };
             targets.push(((setup, rules), Target::load(setup, filler)));
         }
     }
+    targets
+}
+
+/// Measures every row in `settings.rounds` alternating rounds.
+pub fn run(settings: &Settings, progress: &Progress) -> Results {
+    let mut failures = Vec::new();
+    progress.message("cost per packet: loading the programs");
+    let baseline = Baseline::load();
+    let mut targets = load_targets();
     let info = targets[0].1.dataplane.program().info().unwrap_or_else(|e| panic!("program info: {e}"));
     progress.inc();
 
@@ -489,9 +502,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let mut baselines: Vec<Vec<f64>> = vec![Vec::new(); specs.len()];
     let mut all_pass = Vec::new();
     let mut all_drop = Vec::new();
-    let mut clock = Vec::new();
-    let mut lru = Vec::new();
-    let mut atomics = Vec::new();
+    let mut steps: Vec<[f64; 3]> = Vec::new();
     let mut fresh_host: u32 = 0;
     let reference_frame = Frame::udp(IpAddr::V4(Ipv4Addr::new(10, 3, 0, 1)), PORT).build();
     for round in 0..settings.rounds {
@@ -528,9 +539,9 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
             progress.inc();
         }
         all_drop.push(baseline.drop_ns(&reference_frame, settings.repeat, &mut failures));
-        clock.push(baseline.counting(CLOCK_PROGRAM, &reference_frame, settings.repeat, &mut failures));
-        lru.push(baseline.counting(LRU_PROGRAM, &reference_frame, settings.repeat, &mut failures));
-        atomics.push(baseline.counting(ATOMICS_PROGRAM, &reference_frame, settings.repeat, &mut failures));
+        steps.push(
+            STEPS.map(|(name, _)| baseline.counting(name, &reference_frame, settings.repeat, &mut failures)),
+        );
     }
 
     let rows = specs
@@ -554,14 +565,14 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
         })
         .collect();
     let baseline_pass_ns = median(&all_pass);
-    let components = [
-        ("count-and-pass + bpf_ktime_get_ns", median(&clock)),
-        ("count-and-pass + LRU hash lookup (24-byte key, hit)", median(&lru)),
-        ("count-and-pass + compare-and-swap + locked add", median(&atomics)),
-    ]
-    .into_iter()
-    .map(|(what, ns)| Component { what, ns, extra_ns: ns - baseline_pass_ns })
-    .collect();
+    let components = STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, what))| {
+            let ns = median(&steps.iter().map(|s| s[i]).collect::<Vec<_>>());
+            Component { what, ns, extra_ns: ns - baseline_pass_ns }
+        })
+        .collect();
     Results {
         repeat: settings.repeat,
         rounds: settings.rounds,
