@@ -1,5 +1,7 @@
 //! Builds the XDP program (throttle-ebpf) for the BPF target and leaves the
-//! object in `OUT_DIR/throttle-ebpf`, where `src/ebpf.rs` embeds it.
+//! object in `OUT_DIR/throttle-ebpf`, where `src/dataplane.rs` embeds it,
+//! and the benchmarks' reference programs in `OUT_DIR/baseline`, where
+//! `src/baseline.rs` embeds them.
 //!
 //! This is what `aya-build` does, with one difference: the program needs
 //! `-C target-cpu=v3` for the `BPF_CMPXCHG` of its buckets, and aya-build
@@ -17,6 +19,8 @@ use std::{
 /// installation is not available everywhere this builds.
 const TOOLCHAIN: &str = "nightly";
 const PACKAGE: &str = "throttle-ebpf";
+/// The binaries of the package, each an object to embed.
+const OBJECTS: [&str; 2] = [PACKAGE, "baseline"];
 const TARGET: &str = "bpfel-unknown-none";
 
 fn main() {
@@ -56,8 +60,9 @@ fn main() {
     if !status.success() {
         fail(&format!("building {PACKAGE} for {TARGET} failed ({status})"));
     }
-    let object = target_dir.join(TARGET).join("release").join(PACKAGE);
-    copy(&object, &out_dir.join(PACKAGE));
+    for object in OBJECTS {
+        copy(&target_dir.join(TARGET).join("release").join(object), &out_dir.join(object));
+    }
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -4,8 +4,10 @@
 //!   (idempotent, and quick once everything is there);
 //! - `build`: set-up, then the workspace;
 //! - `run`: build, then the daemon, by default on a sandbox veth pair;
-//! - `test`: build, then the unprivileged and the privileged test tiers.
+//! - `test`: build, then the unprivileged and the privileged test tiers;
+//! - `bench`: build, then the benchmarks as root.
 
+mod bench;
 mod build;
 mod cmd;
 mod run;
@@ -36,6 +38,10 @@ enum Command {
     /// Build, then run the unprivileged tests and, as root, the privileged
     /// ones (`throttle-tests`).
     Test(test::Options),
+    /// Build (release), then run the benchmarks as root: cost per packet,
+    /// flood drop rate against nftables and iptables, accuracy, scale.
+    /// Results go to target/bench/ (JSON, Markdown, SVG chart).
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(options) => build::build(&options),
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::test(&options),
+        Command::Bench(options) => bench::bench(&options),
     }
 }

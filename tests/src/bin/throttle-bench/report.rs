@@ -1,0 +1,343 @@
+//! The report: every figure in one serializable value, the targets of
+//! issue 5 judged against it, and the tables (plain for the terminal,
+//! Markdown for the README).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    admin,
+    cost::{self, Path},
+    flood::{self, Mode, Shape},
+    kernel::Machine,
+    scale,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub taken_at: String,
+    pub quick: bool,
+    pub machine: Machine,
+    pub wall_secs: f64,
+    pub cost: Option<cost::Results>,
+    pub flood: Option<flood::Results>,
+    pub scale: Option<scale::Results>,
+    pub admin: Vec<admin::Row>,
+    pub targets: Vec<Target>,
+    pub failures: Vec<String>,
+}
+
+/// A target of the issue with what was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub bound: String,
+    pub measured: String,
+    /// `None`: not measured in this run.
+    pub met: Option<bool>,
+}
+
+impl Target {
+    fn new(
+        what: impl Into<String>,
+        target: impl Into<String>,
+        measured: impl Into<String>,
+        met: Option<bool>,
+    ) -> Self {
+        Self { what: what.into(), bound: target.into(), measured: measured.into(), met }
+    }
+
+    pub fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        }
+    }
+}
+
+/// Judges the issue's targets.
+pub fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(cost) = &report.cost {
+        for (what, paths, bound) in [
+            ("over-budget drop vs count-and-pass", &[Path::OverBudget][..], 4.0),
+            ("in-budget pass vs count-and-pass", &[Path::InBudget][..], 5.0),
+            ("non-IP vs count-and-pass", &[Path::NonIp][..], 1.5),
+            ("out of scope vs count-and-pass", &[Path::OutOfScope][..], 1.5),
+        ] {
+            let worst = cost
+                .rows
+                .iter()
+                .filter(|r| paths.contains(&r.path))
+                .max_by(|a, b| a.ratio.total_cmp(&b.ratio));
+            if let Some(row) = worst {
+                out.push(Target::new(
+                    what,
+                    format!("<= {bound}x"),
+                    format!(
+                        "{:.2}x (worst: {}, {} rules: {:.1} ns vs {:.1} ns)",
+                        row.ratio,
+                        row.family,
+                        row.rules.label(),
+                        row.ns,
+                        row.baseline_ns
+                    ),
+                    Some(row.ratio <= bound),
+                ));
+            }
+        }
+    }
+    if let Some(flood) = &report.flood {
+        for shape in Shape::ALL {
+            for (reference, bound) in [(Mode::XdpDrop, 0.9), (Mode::Nftables, 1.25), (Mode::Hashlimit, 1.25)]
+            {
+                if let Some(r) = flood.ratios.iter().find(|r| r.shape == shape && r.reference == reference) {
+                    out.push(Target::new(
+                        format!("flood drop rate vs {}, {}", reference.short(), shape.label()),
+                        format!(">= {bound}x"),
+                        format!("{:.2}x", r.pps),
+                        Some(r.pps >= bound),
+                    ));
+                }
+            }
+        }
+        for shape in Shape::ALL {
+            if let Some(s) = flood.summary(shape, Mode::Throttle) {
+                if let (Some(rate), Some(admitted), Some(err)) =
+                    (s.configured_rate, s.admitted_rate_per_source, s.rate_error_pct)
+                {
+                    out.push(Target::new(
+                        format!("admitted rate under flood, {}", shape.label()),
+                        "within 5 %",
+                        format!("{admitted:.2}/s per source for {rate}/s ({err:+.2} %)"),
+                        Some(err.abs() <= 5.0),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(scale) = &report.scale {
+        out.push(Target::new(
+            "kernel memory per tracked source",
+            "<= 128 bytes",
+            format!(
+                "{:.1} bytes ({} MiB for {} sources)",
+                scale.bytes_per_tracked_source,
+                scale.memlock_bytes >> 20,
+                scale.tracked
+            ),
+            Some(scale.bytes_per_tracked_source <= 128.0),
+        ));
+        out.push(Target::new(
+            format!("top 20 of {} sources (Dataplane::buckets())", scale.tracked),
+            "< 1 s",
+            format!("{:.2} s (batched lookup: {:.3} s)", scale.top_secs, scale.top_batch_secs),
+            Some(scale.top_secs < 1.0),
+        ));
+    }
+    for row in &report.admin {
+        out.push(Target::new(
+            row.what,
+            row.target,
+            row.value.clone().unwrap_or_else(|| admin::NOT_MEASURED.to_owned()),
+            row.met,
+        ));
+    }
+    out
+}
+
+/// A table: a header and rows of cells, rendered plain or as Markdown.
+struct Table {
+    title: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(title: &str, header: &[&str]) -> Self {
+        Self {
+            title: title.to_owned(),
+            header: header.iter().map(|&h| h.to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn plain(&self) -> String {
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([self.header[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        let mut out = format!("{}\n{}\n", self.title, line(&self.header));
+        let _ = writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+        for r in &self.rows {
+            let _ = writeln!(out, "{}", line(r));
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = format!("**{}**\n\n| {} |\n", self.title, self.header.join(" | "));
+        let _ = writeln!(
+            out,
+            "|{}|",
+            (0..self.header.len()).map(|i| if i == 0 { " --- " } else { " ---: " }).collect::<String>()
+        );
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
+        out
+    }
+}
+
+fn tables(report: &Report) -> Vec<Table> {
+    let mut out = Vec::new();
+    if let Some(cost) = &report.cost {
+        let mut t = Table::new(
+            &format!(
+                "Cost per packet (BPF_PROG_TEST_RUN, {} packets per run, median of {} rounds; \
+                 count-and-pass {:.1} ns, bare XDP_DROP {:.1} ns; {} verified instructions, {} bytes of BPF, {} bytes JITed)",
+                cost.repeat,
+                cost.rounds,
+                cost.baseline_pass_ns,
+                cost.baseline_drop_ns,
+                cost.verified_instructions.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                cost.xlated_bytes.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                cost.jited_bytes
+            ),
+            &["path", "family", "rules", "ns/pkt", "baseline ns", "ratio"],
+        );
+        for r in &cost.rows {
+            let label =
+                if r.packets_per_call == 1 { format!("{} (1 pkt/call)", r.label) } else { r.label.clone() };
+            t.row(vec![
+                label,
+                r.family.to_owned(),
+                r.rules.label().to_owned(),
+                format!("{:.1}", r.ns),
+                format!("{:.1}", r.baseline_ns),
+                format!("{:.2}x", r.ratio),
+            ]);
+        }
+        out.push(t);
+        let mut t = Table::new(
+            "Steps of the metered path, alone (reference programs, same run)",
+            &["program", "ns/pkt", "over count-and-pass"],
+        );
+        for c in &cost.components {
+            t.row(vec![c.what.to_owned(), format!("{:.1}", c.ns), format!("{:+.1}", c.extra_ns)]);
+        }
+        out.push(t);
+    }
+    if let Some(flood) = &report.flood {
+        let mut t = Table::new(
+            &format!(
+                "UDP flood on veth, one sending CPU ({:.0} s per run, median of {} rounds). ns/pkt: the sending \
+                 CPU's time per packet (1 / rate; sender and receiving path together). CPU: kernel time on \
+                 every CPU per packet. admitted: what reached the UDP socket",
+                flood.secs, flood.rounds
+            ),
+            &["flood", "receiving end", "Mpps", "ns/pkt", "CPU ns/pkt", "admitted Mpps", "throttle ratio", "admitted/s/source"],
+        );
+        for s in &flood.summaries {
+            let ratio = if s.mode == Mode::Throttle {
+                "-".to_owned()
+            } else {
+                let throttle = flood.summary(s.shape, Mode::Throttle).map_or(0.0, |t| t.handled_pps);
+                format!("{:.2}x", throttle / s.handled_pps.max(1.0))
+            };
+            let admitted = match (s.admitted_rate_per_source, s.configured_rate, s.rate_error_pct) {
+                (Some(a), Some(r), Some(e)) => format!("{a:.2} of {r} ({e:+.1} %)"),
+                _ => "-".to_owned(),
+            };
+            t.row(vec![
+                s.shape.label().to_owned(),
+                s.mode.label().to_owned(),
+                format!("{:.3}", s.handled_pps / 1e6),
+                format!("{:.0}", 1e9 / s.handled_pps.max(1.0)),
+                format!("{:.0}", s.cpu_ns_per_packet),
+                format!("{:.3}", s.admitted_pps / 1e6),
+                ratio,
+                admitted,
+            ]);
+        }
+        out.push(t);
+    }
+    if let Some(scale) = &report.scale {
+        let mut t = Table::new("Scale (bucket map filled from user space)", &["what", "value"]);
+        let rows = [
+            ("max_sources", scale.max_sources.to_string()),
+            ("sources written / tracked", format!("{} / {}", scale.inserted, scale.tracked)),
+            ("write time", format!("{:.2} s", scale.insert_secs)),
+            ("kernel memory (memlock)", format!("{} MiB", scale.memlock_bytes >> 20)),
+            ("per tracked source", format!("{:.1} bytes", scale.bytes_per_tracked_source)),
+            ("top 20 by dropped, Dataplane::buckets()", format!("{:.3} s", scale.top_secs)),
+            ("top 20 by dropped, BPF_MAP_LOOKUP_BATCH", format!("{:.3} s", scale.top_batch_secs)),
+        ];
+        for (what, value) in rows {
+            t.row(vec![what.to_owned(), value]);
+        }
+        out.push(t);
+    }
+    let mut t = Table::new("Targets (issue 5)", &["target", "bound", "measured", "verdict"]);
+    for target in &report.targets {
+        t.row(vec![
+            target.what.clone(),
+            target.bound.clone(),
+            target.measured.clone(),
+            target.verdict().to_owned(),
+        ]);
+    }
+    out.push(t);
+    out
+}
+
+/// The tables as plain text, for the terminal.
+pub fn plain(report: &Report) -> String {
+    let mut out = format!(
+        "throttle benchmark{}, {} — {}\n\n",
+        if report.quick { " (quick)" } else { "" },
+        report.taken_at,
+        report.machine.describe()
+    );
+    for t in tables(report) {
+        out.push_str(&t.plain());
+        out.push('\n');
+    }
+    out
+}
+
+/// The tables as Markdown, for the README.
+pub fn markdown(report: &Report) -> String {
+    let mut out = format!(
+        "Measured {}{} on {}.\n\n",
+        report.taken_at,
+        if report.quick { " (quick run)" } else { "" },
+        report.machine.describe()
+    );
+    for t in tables(report) {
+        out.push_str(&t.markdown());
+        out.push('\n');
+    }
+    out
+}

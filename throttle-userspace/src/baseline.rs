@@ -1,0 +1,20 @@
+//! The benchmarks' reference XDP programs (`throttle-ebpf/src/bin/baseline.rs`),
+//! built for the BPF target by `build.rs`. Not part of the daemon.
+
+/// The object holding [`PASS_PROGRAM`], [`DROP_PROGRAM`], [`CLOCK_PROGRAM`],
+/// [`LRU_PROGRAM`] and [`ATOMICS_PROGRAM`].
+pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+
+/// Counts every packet in a per-CPU slot ([`COUNT_MAP`], slot 0) and passes it.
+pub const PASS_PROGRAM: &str = "baseline_pass";
+/// Drops every packet.
+pub const DROP_PROGRAM: &str = "baseline_drop";
+/// Counts like [`PASS_PROGRAM`] and reads the clock (`bpf_ktime_get_ns`).
+pub const CLOCK_PROGRAM: &str = "ref_clock";
+/// Counts like [`PASS_PROGRAM`] and looks up a 24-byte key in an LRU hash map.
+pub const LRU_PROGRAM: &str = "ref_lru";
+/// Counts like [`PASS_PROGRAM`], and does a compare-and-swap and a locked add
+/// on a map value.
+pub const ATOMICS_PROGRAM: &str = "ref_atomics";
+/// The per-CPU counter of [`PASS_PROGRAM`].
+pub const COUNT_MAP: &str = "BASELINE_COUNT";
