@@ -36,13 +36,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The daemon's admin API: `host:port` or `http://host:port`.
-    #[arg(long, env = "THROTTLE_ADMIN", default_value = crate::config::DEFAULT_ADMIN, value_name = "ADDR")]
+    #[arg(long, global = true, env = "THROTTLE_ADMIN", default_value = crate::config::DEFAULT_ADMIN, value_name = "ADDR")]
     pub admin: String,
     /// File holding the bearer token (else `$THROTTLE_TOKEN`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

@@ -312,7 +312,17 @@ impl Controller {
             return None;
         }
         if !enough {
-            self.hold(now);
+            if self.pending.is_empty() || self.state == State::Holding {
+                self.hold(now);
+            } else {
+                // Samples are coming, just not enough since the last
+                // evaluation yet: wait for the next tick without holding.
+                self.reason = format!(
+                    "{} of {} latency samples for the next evaluation",
+                    self.pending.len(),
+                    self.config.min_samples()
+                );
+            }
             return None;
         }
         let window = self.pending.take_sorted();
@@ -403,9 +413,14 @@ impl Controller {
             }
         }
         if !binding && desired < scale {
-            if let Some(r) = peak.filter(|r| *r < scale) {
-                // The cut bites only under what the busiest source uses.
-                from = r.max(config.floor);
+            // A peak under the floor says nothing about the load (it may
+            // predate it: the buckets are measured about once a second).
+            if let Some(r) = peak.filter(|r| *r < scale && *r >= config.floor) {
+                // The cut bites only under what the busiest source uses; at
+                // most half the scale per evaluation, in case that use is
+                // already out of date.
+                let r = r.max(scale * 0.5);
+                from = r;
                 desired = from * desired / scale;
                 reason = format!("{reason} (from the busiest source's use, {r:.2})");
             }

@@ -115,9 +115,16 @@ fn a_cut_starts_from_what_the_busiest_source_uses() {
     step(&mut c, 1, 10.0, BINDING);
     let quiet = Usage { over_limit_drops: 0, peak_ratio: Some(0.4) };
     let d = step(&mut c, 2, 1_000.0, quiet).unwrap();
-    // gradient 0.5 smoothed by half: 0.75 of the use (0.4), not of 1.0.
-    assert!((d.to - 0.3).abs() < 1e-9, "{d:?}");
+    // gradient 0.5 smoothed by half: 0.75 of where the cut starts, which is
+    // the use (0.4) but no lower than half the scale in one evaluation.
+    assert!((d.to - 0.375).abs() < 1e-9, "{d:?}");
     assert!(d.reason.contains("busiest source"), "{}", d.reason);
+    // A use under the floor is not trusted: the cut starts from the scale.
+    let mut c = controller(AdaptiveConfig::default());
+    step(&mut c, 1, 10.0, BINDING);
+    let stale = Usage { over_limit_drops: 0, peak_ratio: Some(0.0) };
+    let d = step(&mut c, 2, 1_000.0, stale).unwrap();
+    assert!(d.to >= 0.7 - 1e-9, "{d:?}");
 }
 
 #[test]
@@ -221,4 +228,20 @@ fn garbage_in_never_panics() {
     c.record(secs(1), 5.0);
     c.tick(Duration::ZERO, BINDING);
     assert!(Controller::new(AdaptiveConfig { floor: f64::NAN, ..AdaptiveConfig::default() }).is_err());
+}
+
+#[test]
+fn a_probe_slower_than_min_samples_per_tick_waits_without_holding() {
+    // 5 samples per evaluation where 10 are needed: every other tick waits.
+    let mut c = controller(AdaptiveConfig::default());
+    let mut states = Vec::new();
+    for t in 1..20u64 {
+        for i in 0..5 {
+            c.record(Duration::from_millis(t * 1_000 + i * 200), 10.0);
+        }
+        c.tick(Duration::from_millis(t * 1_000 + 999), BINDING);
+        states.push(c.state());
+    }
+    // Before the first evaluation it holds: no window yet.
+    assert!(!states[1..].contains(&State::Holding), "{states:?}");
 }
