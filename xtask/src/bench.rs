@@ -24,7 +24,7 @@ pub struct Options {
     /// run, for CI. Leaves the README's chart alone.
     #[arg(long)]
     pub quick: bool,
-    /// Only these parts (comma-separated: cost, flood, scale).
+    /// Only these parts (comma-separated: cost, flood, scale, admin).
     #[arg(long)]
     pub parts: Option<String>,
 }

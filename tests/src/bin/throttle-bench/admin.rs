@@ -1,39 +1,237 @@
-//! The admin API's figures (issue 5, parts 4 and 5): `GET /v1/sources?top=20`
-//! and `/metrics` with 1 M tracked sources, daemon memory, and requests per
-//! second and p99 of `GET /v1/status` and `/metrics` under wrk on loopback.
-//!
-//! The admin API is not there yet, so every row is reported as not measured.
-//! Once it is, each row becomes a measurement against a daemon started with
-//! `Daemon::builder(..)` (its `admin()` address), e.g. timing `curl` on
-//! `/v1/sources?top=20` after [`crate::scale`] has filled its bucket map
-//! through the daemon's pinned maps, and parsing `wrk --latency` for the rest:
-//! fill in `value` and `met` in [`rows`]; the tables and the JSON carry them.
+//! Part 5: the admin API with many tracked sources. The real daemon on a
+//! veth in a namespace, its bucket map filled from user space through its
+//! pinned maps, then: the time of `GET /v1/sources?top=20` and `GET /metrics`
+//! (curl, median of a few), the daemon's resident memory, and requests per
+//! second and p99 of `GET /v1/status` and `GET /metrics` under wrk on the
+//! namespace's loopback.
 
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use serde::Serialize;
+use throttle::dataplane::bucket_key;
+use throttle_common::{map_name, Bucket, BucketKey};
+use throttle_tests::{Daemon, Netns, VethPair};
+
+use crate::{median, Progress, Rng};
+
+/// How long the daemon gets to attach.
+const DAEMON_READY: Duration = Duration::from_secs(30);
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Sources written into the daemon's bucket map (also its `max_sources`).
+    pub sources: u32,
+    /// curl requests per timed endpoint (the median is kept).
+    pub requests: usize,
+    /// Seconds of each wrk run.
+    pub wrk_secs: u32,
+}
 
 /// One admin API figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    pub what: &'static str,
+    pub what: String,
     pub target: &'static str,
-    /// The measured figure, with its unit; `None` while not measured.
+    /// The measured figure, with its unit; `None` when it could not be measured.
     pub value: Option<String>,
+    /// `None` when there is no target or no figure.
     pub met: Option<bool>,
 }
 
-/// Why the rows are empty.
-pub const NOT_MEASURED: &str = "not measured: the admin API is not implemented yet";
+/// Why a row has no figure.
+pub const NOT_MEASURED: &str = "not measured (see the run's failures)";
 
-/// The admin API rows.
-pub fn rows() -> Vec<Row> {
-    [
-        ("GET /v1/sources?top=20 with 1 M sources", "< 1 s"),
-        ("GET /metrics with 1 M sources", "-"),
-        ("daemon memory with 1 M sources", "-"),
-        ("GET /v1/status under wrk", "> 10 000 requests/s"),
-        ("GET /metrics under wrk", "-"),
-    ]
-    .into_iter()
-    .map(|(what, target)| Row { what, target, value: None, met: None })
-    .collect()
+/// Steps [`run`] reports to the progress bar.
+pub const STEPS: u64 = 5;
+
+/// Sources as the rows name them: "1 M" for 2^20.
+fn sources_label(n: u32) -> String {
+    if n == 1 << 20 {
+        "1 M".to_owned()
+    } else {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) -> Vec<Row> {
+    let n = sources_label(settings.sources);
+    let mut rows = vec![
+        Row {
+            what: format!("GET /v1/sources?top=20 with {n} sources"),
+            target: "< 1 s",
+            value: None,
+            met: None,
+        },
+        Row { what: format!("GET /metrics with {n} sources"), target: "-", value: None, met: None },
+        Row { what: format!("daemon memory (RSS) with {n} sources"), target: "-", value: None, met: None },
+        Row {
+            what: format!("GET /v1/status under wrk ({n} sources)"),
+            target: "> 10 000 requests/s",
+            value: None,
+            met: None,
+        },
+        Row { what: format!("GET /metrics under wrk ({n} sources)"), target: "-", value: None, met: None },
+    ];
+
+    progress.message("admin: starting the daemon");
+    let pair = VethPair::builder().receiver_addrs(["10.98.0.1/16"]).sender_addr("10.98.0.2/16").build();
+    let config = format!(
+        "[daemon]\nxdp_mode = \"native\"\nmax_sources = {}\n\n[limits]\nrate = 100\nburst = 200\n",
+        settings.sources
+    );
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(&config).start();
+    daemon.wait_ready(DAEMON_READY);
+    let base = format!("http://{}", daemon.admin());
+    progress.inc();
+
+    progress.message(&format!("admin: writing {} sources into the daemon's bucket map", settings.sources));
+    if let Err(e) = fill(&daemon, settings.sources) {
+        failures.push(format!("admin: filling the daemon's bucket map: {e}"));
+        return rows;
+    }
+    progress.inc();
+
+    progress.message("admin: timing /v1/sources?top=20 and /metrics");
+    for (row, path) in rows.iter_mut().zip(["/v1/sources?top=20", "/metrics"]) {
+        match time_get(&pair.receiver, &format!("{base}{path}"), settings.requests) {
+            Ok(secs) => {
+                row.value = Some(format!("{secs:.3} s (median of {})", settings.requests));
+                if row.target != "-" {
+                    row.met = Some(secs < 1.0);
+                }
+            }
+            Err(e) => failures.push(format!("admin: GET {path}: {e}")),
+        }
+    }
+    progress.inc();
+
+    match daemon.pid().ok_or_else(|| "the daemon is not running".to_owned()).and_then(rss_kib) {
+        Ok(kib) => rows[2].value = Some(format!("{} MiB", kib >> 10)),
+        Err(e) => failures.push(format!("admin: daemon RSS: {e}")),
+    }
+
+    for (i, path) in [(3, "/v1/status"), (4, "/metrics")] {
+        progress.message(&format!("admin: wrk on {path} for {} s", settings.wrk_secs));
+        match wrk(&pair.receiver, &format!("{base}{path}"), settings.wrk_secs) {
+            Ok((rps, p99_ms)) => {
+                rows[i].value = Some(format!("{rps:.0} requests/s, p99 {p99_ms:.2} ms"));
+                if rows[i].target != "-" {
+                    rows[i].met = Some(rps > 10_000.0);
+                }
+            }
+            Err(e) => failures.push(format!("admin: wrk on {path}: {e}")),
+        }
+        progress.inc();
+    }
+    if let Some(status) = daemon.exit_status() {
+        failures.push(format!("admin: the daemon exited during the run ({status}):\n{}", daemon.log()));
+    }
+    rows
+}
+
+/// Writes `sources` distinct /32 sources into the daemon's pinned bucket map.
+fn fill(daemon: &Daemon, sources: u32) -> Result<(), String> {
+    let pin = daemon.pin_dir().join("maps").join(map_name::BUCKETS);
+    let data = MapData::from_pin(&pin).map_err(|e| format!("open {}: {e}", pin.display()))?;
+    let mut buckets: BpfHashMap<MapData, BucketKey, Bucket> =
+        BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| format!("BUCKETS: {e}"))?;
+    let mut rng = Rng::new(0x00ad_0001);
+    for i in 0..sources {
+        // 11.0.0.0 onwards: one distinct /32 each.
+        let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 0, 32, 64);
+        let bucket = Bucket { tat: 0, passed: rng.next_u64() % 1_000, dropped: rng.next_u64() % 1_000_000 };
+        buckets.insert(key, bucket, 0).map_err(|e| format!("inserting source {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The median `time_total` of `requests` curl GETs of `url` in `ns`.
+fn time_get(ns: &Netns, url: &str, requests: usize) -> Result<f64, String> {
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let out = ns
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", url])
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (code, secs) = text.trim().split_once(' ').ok_or_else(|| format!("curl said {text:?}"))?;
+        if !out.status.success() || code != "200" {
+            return Err(format!(
+                "curl: {} (HTTP {code}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        times.push(secs.parse::<f64>().map_err(|e| format!("curl's time {secs:?}: {e}"))?);
+    }
+    Ok(median(&times))
+}
+
+/// `VmRSS` of process `pid`, KiB.
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS line in {path}"))
+}
+
+/// Requests per second and p99 latency (ms) of `wrk -t2 -c16 --latency` on `url`.
+fn wrk(ns: &Netns, url: &str, secs: u32) -> Result<(f64, f64), String> {
+    let out = ns
+        .command("wrk")
+        .args(["-t2", "-c16", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .map_err(|e| format!("cannot run wrk (installed by `cargo xtask setup`): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("{}: {}{}", out.status, text, String::from_utf8_lossy(&out.stderr)));
+    }
+    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses")) {
+        return Err(format!("{}:\n{text}", line.trim()));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
+    let p99 = text
+        .lines()
+        .skip_while(|l| !l.contains("Latency Distribution"))
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| duration_ms(v.trim()))
+        .ok_or_else(|| format!("no 99% latency in wrk's output:\n{text}"))?;
+    Ok((rps, p99))
+}
+
+/// A wrk duration ("812.00us", "1.23ms", "2.01s", "1.00m") in milliseconds.
+fn duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3_600e3,
+        _ => return None,
+    };
+    Some(number * scale)
 }

@@ -5,7 +5,8 @@
 //! 2. flood drop rate on a veth pair against the stack, a bare `XDP_DROP`,
 //!    an nftables dynamic set and iptables `hashlimit`;
 //! 3. the admitted rate per source under those floods;
-//! 4. the bucket map with many tracked sources: memory, top 20.
+//! 4. the bucket map with many tracked sources: memory, top 20;
+//! 5. the admin API of the real daemon with many tracked sources.
 //!
 //! Prints the tables, writes `<out>/<timestamp>.json`, `<out>/latest.json`,
 //! `<out>/latest.md` and `<out>/flood.svg`, and copies the chart to
@@ -14,7 +15,7 @@
 //! no figure. Needs root.
 //!
 //! ```text
-//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,scale]
+//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,scale,admin]
 //! ```
 
 mod admin;
@@ -44,6 +45,7 @@ struct Options {
     cost: bool,
     flood: bool,
     scale: bool,
+    admin: bool,
 }
 
 fn options() -> Options {
@@ -54,6 +56,7 @@ fn options() -> Options {
         cost: true,
         flood: true,
         scale: true,
+        admin: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -66,13 +69,14 @@ fn options() -> Options {
                 let parts = value("--parts");
                 let parts: Vec<&str> = parts.split(',').collect();
                 for part in &parts {
-                    if !["cost", "flood", "scale"].contains(part) {
+                    if !["cost", "flood", "scale", "admin"].contains(part) {
                         usage(&format!("unknown part {part:?}"));
                     }
                 }
                 options.cost = parts.contains(&"cost");
                 options.flood = parts.contains(&"flood");
                 options.scale = parts.contains(&"scale");
+                options.admin = parts.contains(&"admin");
             }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
@@ -85,7 +89,9 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,scale]");
+    eprintln!(
+        "usage: throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,scale,admin]"
+    );
     std::process::exit(2);
 }
 
@@ -194,6 +200,11 @@ fn main() {
     } else {
         scale::Settings { sources: 1 << 20 }
     };
+    let admin_settings = if options.quick {
+        admin::Settings { sources: 1 << 16, requests: 3, wrk_secs: 2 }
+    } else {
+        admin::Settings { sources: 1 << 20, requests: 5, wrk_secs: 5 }
+    };
 
     let mut steps = 0;
     if options.cost {
@@ -204,6 +215,9 @@ fn main() {
     }
     if options.scale {
         steps += scale::STEPS;
+    }
+    if options.admin {
+        steps += admin::STEPS;
     }
     let progress = Progress::new(steps);
     let started = Instant::now();
@@ -226,6 +240,7 @@ fn main() {
         failures.extend(flood.failures.iter().cloned());
     }
     let scale = options.scale.then(|| scale::run(scale_settings, &progress, &mut failures));
+    let admin = if options.admin { admin::run(admin_settings, &progress, &mut failures) } else { Vec::new() };
     progress.bar.finish_and_clear();
 
     let mut report = Report {
@@ -236,7 +251,7 @@ fn main() {
         cost,
         flood,
         scale,
-        admin: admin::rows(),
+        admin,
         targets: Vec::new(),
         failures,
     };

@@ -1,8 +1,9 @@
 //! Part 4: many tracked sources. The bucket map filled from user space with
 //! distinct sources, then: the kernel memory it holds per source, and the
 //! time to find the 20 sources with the most drops, the way the control
-//! plane reads them today (`Dataplane::buckets()`, two syscalls per entry)
-//! and with `BPF_MAP_LOOKUP_BATCH` (a few hundred entries per syscall).
+//! plane reads them (`Dataplane::for_each_bucket`, `BPF_MAP_LOOKUP_BATCH`:
+//! many entries per syscall) and, as the slow reference, through
+//! `Dataplane::buckets()` (two syscalls per entry).
 //!
 //! The admin API's figures (`GET /v1/sources?top=20`, `/metrics`, requests
 //! per second on `/v1/status`) are in [`crate::admin`].
@@ -10,9 +11,7 @@
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,
-    io,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd as _, AsRawFd as _},
     time::Instant,
 };
 
@@ -28,8 +27,6 @@ use crate::{
 
 /// Sources in the top list.
 pub const TOP: usize = 20;
-/// Entries per `BPF_MAP_LOOKUP_BATCH` call.
-const BATCH: u32 = 4_096;
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -51,10 +48,10 @@ pub struct Results {
     /// The map's kernel memory (fdinfo `memlock`), bytes.
     pub memlock_bytes: u64,
     pub bytes_per_tracked_source: f64,
-    /// Top 20 by dropped through `Dataplane::buckets()`.
+    /// Top 20 by dropped through `Dataplane::for_each_bucket` (batched).
     pub top_secs: f64,
-    /// The same through `BPF_MAP_LOOKUP_BATCH`.
-    pub top_batch_secs: f64,
+    /// The same through `Dataplane::buckets()` (the slow reference).
+    pub top_buckets_secs: f64,
     /// The `dropped` values of the top 20, highest first.
     pub top_dropped: Vec<u64>,
 }
@@ -69,7 +66,6 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
         Dataplane::load(max_sources).unwrap_or_else(|e| panic!("loading throttle's program: {e}"));
     let data = map_of(dataplane.program(), map_name::BUCKETS);
     let memlock_bytes = map_memlock(&data);
-    let batch_handle = map_of(dataplane.program(), map_name::BUCKETS);
     let mut buckets: BpfHashMap<MapData, BucketKey, Bucket> =
         BpfHashMap::try_from(Map::LruHashMap(data)).expect("BUCKETS is an LRU hash of buckets");
     progress.inc();
@@ -86,23 +82,24 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
     let insert_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
-    progress.message("scale: top 20 by dropped through Dataplane::buckets()");
+    progress.message("scale: top 20 by dropped through Dataplane::for_each_bucket");
     let started = Instant::now();
-    let (tracked, top_dropped) = top(dataplane.buckets().map(|(_, b)| b.dropped));
+    let mut dropped = Vec::with_capacity(max_sources as usize);
+    dataplane.for_each_bucket(&mut |_, b| dropped.push(b.dropped));
+    let (tracked, top_dropped) = top(dropped.into_iter());
     let top_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
-    progress.message("scale: top 20 by dropped through BPF_MAP_LOOKUP_BATCH");
+    progress.message("scale: top 20 by dropped through Dataplane::buckets()");
     let started = Instant::now();
-    let batch = lookup_batch(&batch_handle).unwrap_or_else(|e| panic!("BPF_MAP_LOOKUP_BATCH: {e}"));
-    let (batch_tracked, batch_top) = top(batch.into_iter());
-    let top_batch_secs = started.elapsed().as_secs_f64();
+    let (slow_tracked, slow_top) = top(dataplane.buckets().map(|(_, b)| b.dropped));
+    let top_buckets_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
-    if tracked == 0 || batch_tracked != tracked || batch_top != top_dropped {
+    if tracked == 0 || slow_tracked != tracked || slow_top != top_dropped {
         failures.push(format!(
-            "scale: the two reads disagree or found nothing: {tracked} entries, top {top_dropped:?}; \
-             batched {batch_tracked}, top {batch_top:?}"
+            "scale: the two reads disagree or found nothing: for_each_bucket {tracked} entries, top \
+             {top_dropped:?}; buckets() {slow_tracked}, top {slow_top:?}"
         ));
     }
     #[expect(clippy::cast_precision_loss, reason = "bytes and entries")]
@@ -115,7 +112,7 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
         memlock_bytes,
         bytes_per_tracked_source,
         top_secs,
-        top_batch_secs,
+        top_buckets_secs,
         top_dropped,
     }
 }
@@ -134,62 +131,4 @@ fn top(values: impl Iterator<Item = u64>) -> (u64, Vec<u64>) {
     let mut top: Vec<u64> = heap.into_iter().map(|Reverse(d)| d).collect();
     top.sort_unstable_by(|a, b| b.cmp(a));
     (count, top)
-}
-
-/// `BPF_MAP_LOOKUP_BATCH` (`linux/bpf.h`).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Every bucket's `dropped`, read `BATCH` entries per syscall.
-fn lookup_batch(map: &MapData) -> io::Result<Vec<u64>> {
-    let fd = u32::try_from(map.fd().as_fd().as_raw_fd()).expect("a descriptor is not negative");
-    let mut keys = vec![BucketKey::default(); BATCH as usize];
-    let mut values = vec![Bucket::default(); BATCH as usize];
-    // A hash map's batch cursor is a bucket index (u32).
-    let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
-    let mut first = true;
-    let mut out = Vec::new();
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const cursor_in) as u64 },
-            out_batch: (&raw mut cursor_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH,
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is the batch form of bpf_attr with buffers for
-        // `count` keys and values and a u32 cursor each way, all alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                (&raw mut attr).cast::<libc::c_void>(),
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc != 0).then(io::Error::last_os_error);
-        out.extend(values[..attr.count as usize].iter().map(|b| b.dropped));
-        match err {
-            None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Some(e) => return Err(e),
-        }
-        first = false;
-        cursor_in = cursor_out;
-    }
 }
