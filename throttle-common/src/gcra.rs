@@ -47,6 +47,17 @@ pub const UNIT_PACKETS: u32 = 0;
 /// Bytes: the cost of a packet is its frame length as received (L2 included).
 pub const UNIT_BYTES: u32 = 1;
 
+/// The limit is metered with `bpf_ktime_get_ns`: a clock read to the
+/// nanosecond.
+pub const CLOCK_FINE: u32 = 0;
+/// The limit is metered with `bpf_ktime_get_coarse_ns`, the same monotonic
+/// clock as of the last scheduler tick, and three times cheaper to read
+/// (see [`Limit::with_clock`]).
+pub const CLOCK_COARSE: u32 = 1;
+/// How many ticks of the coarse clock a limit's burst must last for the data
+/// path to meter it with that clock.
+pub const COARSE_CLOCK_MIN_TICKS: u64 = 16;
+
 /// A rate limit in the form the data path uses: no division per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -58,7 +69,10 @@ pub struct Limit {
     pub tolerance: u64,
     /// [`UNIT_PACKETS`] or [`UNIT_BYTES`].
     pub unit: u32,
-    pub _pad: u32,
+    /// [`CLOCK_FINE`] or [`CLOCK_COARSE`]: which clock the data path reads
+    /// for it. Set by [`Limit::with_clock`] when the limit is written to the
+    /// kernel.
+    pub clock: u32,
 }
 
 const _: () = assert!(size_of::<Limit>() == 24);
@@ -73,7 +87,28 @@ impl Limit {
     pub const fn new(rate: u64, burst: u64, unit: u32) -> Self {
         let interval = interval_ticks(rate);
         let burst = if burst == 0 { 1 } else { burst };
-        Self { interval, tolerance: interval.saturating_mul(burst), unit, _pad: 0 }
+        Self { interval, tolerance: interval.saturating_mul(burst), unit, clock: CLOCK_FINE }
+    }
+
+    /// The limit with the clock the data path should read for it, given the
+    /// resolution of the coarse clock (`clock_getres(CLOCK_MONOTONIC_COARSE)`,
+    /// 0 when unknown).
+    ///
+    /// The coarse clock reads the monotonic time of the last tick, up to one
+    /// resolution late (iptables `hashlimit` meters on the same jiffies).
+    /// The long-run rate is exact; what a bucket admits over a window of
+    /// time differs from the exact figure by at most one resolution's worth
+    /// of refill, because the refill arrives a tick at a time. The coarse
+    /// clock is chosen when that is at most 1/[`COARSE_CLOCK_MIN_TICKS`] of
+    /// the burst: a burst that lasts 64 ms or more at a 4 ms tick. A limit
+    /// whose burst is shorter (a high rate with a small burst) keeps the
+    /// fine clock.
+    #[must_use]
+    pub const fn with_clock(mut self, coarse_resolution_ns: u64) -> Self {
+        let lag = ticks_from_ns(coarse_resolution_ns).saturating_mul(COARSE_CLOCK_MIN_TICKS);
+        self.clock =
+            if coarse_resolution_ns > 0 && self.tolerance >= lag { CLOCK_COARSE } else { CLOCK_FINE };
+        self
     }
 
     /// The limit's rate per second, to the nearest unit (the configured rate
@@ -267,6 +302,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_coarse_clock_is_chosen_only_for_bursts_that_last() {
+        let tick = 4_000_000; // 4 ms, HZ=250
+                              // 1000/s, burst 1000: a burst of 1 s.
+        assert_eq!(Limit::new(1_000, 1_000, UNIT_PACKETS).with_clock(tick).clock, CLOCK_COARSE);
+        // 1000/s, burst 64: 64 ms, exactly 16 ticks.
+        assert_eq!(Limit::new(1_000, 64, UNIT_PACKETS).with_clock(tick).clock, CLOCK_COARSE);
+        assert_eq!(Limit::new(1_000, 63, UNIT_PACKETS).with_clock(tick).clock, CLOCK_FINE);
+        // 100 000/s, burst 200: 2 ms.
+        assert_eq!(Limit::new(100_000, 200, UNIT_PACKETS).with_clock(tick).clock, CLOCK_FINE);
+        // Resolution unknown.
+        assert_eq!(Limit::new(1, 1_000, UNIT_PACKETS).with_clock(0).clock, CLOCK_FINE);
+        // Back to fine when the limit no longer qualifies.
+        let coarse = Limit::new(1_000, 1_000, UNIT_PACKETS).with_clock(tick);
+        assert_eq!(Limit { tolerance: 1, ..coarse }.with_clock(tick).clock, CLOCK_FINE);
+    }
+
     /// Arrivals: sorted times with small gaps (so that bursts and refills
     /// both happen) and costs of one unit or a frame's bytes.
     fn arrival_times(max_gap_ns: u64, max_cost: u64) -> impl Strategy<Value = Vec<(u64, u64)>> {
@@ -310,6 +362,47 @@ mod tests {
                     prop_assert!(sum <= allowed, "window {i}..={j}: {sum} > {allowed}");
                 }
             }
+        }
+
+        /// Metered on a clock that reads the time of the last tick, a limit
+        /// that qualifies for it ([`Limit::with_clock`]) admits at most the
+        /// bound plus one tick's refill, and under a demand that exceeds it
+        /// the bound less one tick's refill.
+        #[test]
+        fn the_coarse_clock_keeps_the_bound_and_the_rate(
+            rate in 1u64..=1_000_000,
+            burst in 1u64..=100_000,
+            tick_ms in 1u64..=10,
+            gap_ns in 10_000u64..2_000_000,
+        ) {
+            let tick = tick_ms * 1_000_000;
+            let limit = Limit::new(rate, burst, UNIT_PACKETS).with_clock(tick);
+            prop_assume!(limit.clock == CLOCK_COARSE);
+            let start = 5 * NS_PER_SEC;
+            let end = start + (200_000 * NS_PER_SEC / rate).min(3 * NS_PER_SEC);
+            let mut tat = 0;
+            let mut admitted: Vec<(u64, u128)> = Vec::new();
+            let mut total = 0u128;
+            let mut t = start;
+            while t <= end {
+                let coarse = t / tick * tick;
+                while let Some(next) = admit(tat, ticks_from_ns(coarse), 1, &limit) {
+                    tat = next;
+                    total += 1;
+                }
+                admitted.push((t, total));
+                t += gap_ns;
+            }
+            // Over every window from the start: at most the bound.
+            for &(t, total) in &admitted {
+                prop_assert!(total <= bound(rate, burst, t - start + tick), "{total} at {t}");
+            }
+            let expected = bound(rate, burst, end - start);
+            // One tick of refill, one gap, the interval's rounding, the unit filling.
+            let slack = u128::from(rate) * u128::from(tick + gap_ns) / u128::from(NS_PER_SEC)
+                + expected * u128::from(rate) / u128::from(TICKS_PER_SEC)
+                + 2;
+            prop_assert!(total + slack >= expected, "admitted {total}, bound {expected}");
         }
 
         /// Under a demand that always exceeds the limit, the admitted total

@@ -14,11 +14,11 @@
 pub mod gcra;
 
 use bytemuck::{Pod, Zeroable};
-pub use gcra::{admit, ceiling, Limit, UNIT_BYTES, UNIT_PACKETS};
+pub use gcra::{admit, ceiling, Limit, CLOCK_COARSE, CLOCK_FINE, UNIT_BYTES, UNIT_PACKETS};
 
 /// Version of the layout of every map below. A daemon refuses pinned maps of
 /// another layout version; bump it whenever a key, a value or a map changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps in the XDP object (at most 15 bytes each: the kernel's
 /// `BPF_OBJ_NAME_LEN` less the NUL).
@@ -41,7 +41,7 @@ pub const PROGRAM_NAME: &str = "throttle";
 pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 /// Entries the rule tries hold, per family.
 pub const MAX_RULES: u32 = 16_384;
-/// Entries the scope set holds.
+/// Entries the scope set accepts.
 pub const MAX_SCOPE: u32 = 1_024;
 /// IPv6 extension headers walked before giving up on finding L4.
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
@@ -75,6 +75,11 @@ pub mod flags {
     /// First-seen sources draw on the global budget of
     /// [`super::Config::new_source_limit`].
     pub const NEW_SOURCE_LIMIT: u32 = 1 << 6;
+    /// The IPv4 rule trie holds a `deny` rule: an out-of-scope packet is
+    /// looked up in it all the same.
+    pub const DENY_V4: u32 = 1 << 7;
+    /// The same for IPv6.
+    pub const DENY_V6: u32 = 1 << 8;
 }
 
 /// Global settings: the single entry of the `CONFIG` array.
@@ -123,28 +128,34 @@ pub struct Rule {
 
 const _: () = assert!(size_of::<Rule>() == 32);
 
-/// Key of the scope set.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ScopeKey {
-    /// Destination port, host byte order.
-    pub port: u16,
-    /// [`PROTO_TCP`] or [`PROTO_UDP`].
-    pub proto: u8,
-    pub _pad: u8,
+/// The scope set as a bitmap in the `SCOPE` array of u64 words: two bits for
+/// each (protocol, destination port), so that the data path finds a port
+/// with one array lookup, which the verifier turns into pointer arithmetic,
+/// instead of a hash.
+pub mod scope {
+    use super::{PROTO_TCP, PROTO_UDP};
+
+    /// The port is in scope.
+    pub const IN_SCOPE: u64 = 0b01;
+    /// Only TCP segments with SYN set and ACK clear are in scope.
+    pub const SYN_ONLY: u64 = 0b10;
+    /// Words of the bitmap: 2 protocols x 65 536 ports x 2 bits / 64.
+    pub const WORDS: u32 = 2 * 65_536 * 2 / 64;
+
+    /// The word and the shift of the two bits of `port` under `proto`
+    /// ([`PROTO_TCP`] or [`PROTO_UDP`]); `None` for any other protocol.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(proto: u8, port: u16) -> Option<(u32, u32)> {
+        let index = match proto {
+            PROTO_TCP => 0,
+            PROTO_UDP => 1,
+            _ => return None,
+        };
+        let bit = ((index << 16) | port as u32) * 2;
+        Some((bit / 64, bit % 64))
+    }
 }
-
-const _: () = assert!(size_of::<ScopeKey>() == 4);
-
-/// Value of the scope set.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct ScopeEntry {
-    /// 1: only TCP segments with SYN set and ACK clear are in scope.
-    pub syn_only: u32,
-}
-
-const _: () = assert!(size_of::<ScopeEntry>() == 4);
 
 /// Key of the bucket map: a source masked to the aggregation prefix, and the
 /// rule that selected its limit.
@@ -273,8 +284,6 @@ mod user {
     // pattern is valid and there is no padding.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Rule {}
-    unsafe impl aya::Pod for super::ScopeKey {}
-    unsafe impl aya::Pod for super::ScopeEntry {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
 }
@@ -295,6 +304,23 @@ mod tests {
         assert_eq!(m[1].to_ne_bytes(), [255, 255, 255, 0]);
         assert_eq!(ipv6_mask(128), [u32::MAX; 4]);
         assert_eq!(ipv6_mask(0), [0; 4]);
+    }
+
+    #[test]
+    fn scope_slots_are_distinct_and_in_the_bitmap() {
+        extern crate std;
+        let mut seen = std::vec![0u64; scope::WORDS as usize];
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let (word, shift) = scope::slot(proto, port).expect("TCP and UDP have slots");
+                assert!(word < scope::WORDS && shift <= 62 && shift % 2 == 0);
+                let bits = (scope::IN_SCOPE | scope::SYN_ONLY) << shift;
+                assert_eq!(seen[word as usize] & bits, 0, "{proto}/{port}");
+                seen[word as usize] |= bits;
+            }
+        }
+        assert!(seen.iter().all(|w| *w == u64::MAX));
+        assert_eq!(scope::slot(1, 80), None);
     }
 
     #[test]

@@ -6,10 +6,15 @@ use core::{
     ptr::addr_of_mut,
 };
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
 use aya_log_ebpf::error;
 use throttle_common::{
     admit, ceiling, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, Config, Limit, CAS_ATTEMPTS,
+    CLOCK_COARSE,
 };
 
 use crate::maps::{BUCKETS, NEW_SOURCES};
@@ -42,8 +47,16 @@ unsafe fn add(p: *mut u64, n: u64) {
 /// Meters `cost` units of the source `key` against `limit`.
 #[inline(always)]
 pub fn meter(ctx: &XdpContext, key: &BucketKey, limit: &Limit, cost: u64, config: &Config) -> u32 {
-    // SAFETY: a helper without arguments.
-    let now = ticks_from_ns(unsafe { bpf_ktime_get_ns() });
+    // SAFETY: helpers without arguments. Both read CLOCK_MONOTONIC, the
+    // coarse one as of the last tick (`Limit::with_clock`).
+    let ns = unsafe {
+        if limit.clock == CLOCK_COARSE {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    };
+    let now = ticks_from_ns(ns);
     if let Some(bucket) = BUCKETS.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup.
         return unsafe { charge(bucket, now, cost, limit) };

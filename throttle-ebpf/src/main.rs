@@ -2,9 +2,9 @@
 //! bucket and drops what is over budget.
 //!
 //! Per packet: L2 (up to two VLAN tags), L3 (IPv4 with options, IPv6 with a
-//! bounded walk over extension headers), the rules (longest prefix of the
-//! source: allow, deny or limit), the scope, the source's bucket, the
-//! verdict. Every verdict reason has a per-CPU counter. The program fails
+//! bounded walk over extension headers), the scope (out of scope: passed
+//! unless a deny rule matches), the rules (longest prefix of the source:
+//! allow, deny or limit), the source's bucket, the verdict. Every verdict reason has a per-CPU counter. The program fails
 //! open: whatever a packet contains, it returns `XDP_PASS` or `XDP_DROP`,
 //! never `XDP_ABORTED`.
 #![no_std]
@@ -54,14 +54,16 @@ fn judge(ctx: &XdpContext, config: &Config) -> u32 {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
+    // The scope first: it is an array lookup, the rules a trie walk, and
+    // out of scope only a deny rule changes the verdict.
+    if config.flags & flags::SCOPE != 0 && !rules::in_scope(ctx, &packet, config.flags) {
+        return if rules::denied(&packet, config.flags) { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };
+    }
     let (limit, rule) = match rules::select(&packet, config) {
         Selected::Allow => return reason::ALLOW_RULE,
         Selected::Deny => return reason::DENY_RULE,
         Selected::Limit(limit, rule) => (limit, rule),
     };
-    if config.flags & flags::SCOPE != 0 && !rules::in_scope(ctx, &packet, config.flags) {
-        return reason::OUT_OF_SCOPE;
-    }
     let key = bucket::key(packet.family, &packet.src, rule, config);
     let cost = if limit.unit == UNIT_BYTES { (ctx.data_end() - ctx.data()) as u64 } else { 1 };
     bucket::meter(ctx, &key, limit, cost, config)

@@ -2,11 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
 };
-use throttle_common::{
-    reason, Bucket, BucketKey, Config, Rule, ScopeEntry, ScopeKey, DEFAULT_MAX_SOURCES, MAX_RULES, MAX_SCOPE,
-};
+use throttle_common::{reason, scope, Bucket, BucketKey, Config, Rule, DEFAULT_MAX_SOURCES, MAX_RULES};
 
 /// Global settings, one entry.
 #[map(name = "CONFIG")]
@@ -19,9 +17,10 @@ pub static RULES_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(MAX_RULE
 #[map(name = "RULES_V6")]
 pub static RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
-/// (protocol, destination port) pairs the limits apply to.
+/// The (protocol, destination port) pairs the limits apply to, as a bitmap
+/// ([`throttle_common::scope`]).
 #[map(name = "SCOPE")]
-pub static SCOPE: HashMap<ScopeKey, ScopeEntry> = HashMap::with_max_entries(MAX_SCOPE, 0);
+pub static SCOPE: Array<u64> = Array::with_max_entries(scope::WORDS, 0);
 
 /// Per-source GCRA state. The daemon sizes it at load time.
 #[map(name = "BUCKETS")]

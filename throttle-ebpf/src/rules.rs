@@ -2,7 +2,7 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use throttle_common::{
-    flags, Config, Limit, Rule, ScopeKey, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP, PROTO_UDP,
+    flags, scope, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -19,28 +19,32 @@ pub enum Selected<'a> {
     Limit(&'a Limit, u32),
 }
 
-/// The rule whose prefix is the longest match of the source, or the default
-/// limit. An empty trie is not looked up at all.
+/// The rule whose prefix is the longest match of the source, if any. An
+/// empty trie is not looked up at all.
+#[inline(always)]
+fn lookup(packet: &Packet, config_flags: u32) -> Option<&'static Rule> {
+    if packet.family == FAMILY_V4 {
+        if config_flags & flags::RULES_V4 == 0 {
+            return None;
+        }
+        return RULES_V4.get(Key::new(32, packet.src[0].to_ne_bytes()));
+    }
+    if config_flags & flags::RULES_V6 == 0 {
+        return None;
+    }
+    let s = packet.src;
+    let mut data = [0u8; 16];
+    data[0..4].copy_from_slice(&s[0].to_ne_bytes());
+    data[4..8].copy_from_slice(&s[1].to_ne_bytes());
+    data[8..12].copy_from_slice(&s[2].to_ne_bytes());
+    data[12..16].copy_from_slice(&s[3].to_ne_bytes());
+    RULES_V6.get(Key::new(128, data))
+}
+
+/// What the rules say of the packet's source: its rule, or the default limit.
 #[inline(always)]
 pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
-    let rule: Option<&Rule> = if packet.family == FAMILY_V4 {
-        if config.flags & flags::RULES_V4 == 0 {
-            None
-        } else {
-            RULES_V4.get(Key::new(32, packet.src[0].to_ne_bytes()))
-        }
-    } else if config.flags & flags::RULES_V6 == 0 {
-        None
-    } else {
-        let s = packet.src;
-        let mut data = [0u8; 16];
-        data[0..4].copy_from_slice(&s[0].to_ne_bytes());
-        data[4..8].copy_from_slice(&s[1].to_ne_bytes());
-        data[8..12].copy_from_slice(&s[2].to_ne_bytes());
-        data[12..16].copy_from_slice(&s[3].to_ne_bytes());
-        RULES_V6.get(Key::new(128, data))
-    };
-    match rule {
+    match lookup(packet, config.flags) {
         None => Selected::Limit(&config.default_limit, 0),
         Some(rule) => match rule.action {
             ACTION_ALLOW => Selected::Allow,
@@ -48,6 +52,17 @@ pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
             _ => Selected::Limit(&rule.limit, rule.id),
         },
     }
+}
+
+/// Whether a `deny` rule matches the source. The trie is only looked up when
+/// the family has a deny rule at all.
+#[inline(always)]
+pub fn denied(packet: &Packet, config_flags: u32) -> bool {
+    let deny = if packet.family == FAMILY_V4 { flags::DENY_V4 } else { flags::DENY_V6 };
+    if config_flags & deny == 0 {
+        return false;
+    }
+    matches!(lookup(packet, config_flags), Some(rule) if rule.action == ACTION_DENY)
 }
 
 /// Whether the scope set names this packet. Only called when the set is not
@@ -66,11 +81,12 @@ pub fn in_scope(ctx: &XdpContext, packet: &Packet, config_flags: u32) -> bool {
     let Some(ports) = parse::ports(ctx, packet) else {
         return config_flags & proto_flag != 0;
     };
-    let key = ScopeKey { port: ports.dst, proto: packet.proto, _pad: 0 };
-    // SAFETY: the value is read at once, while the RCU read lock of the
-    // program run holds it.
-    match unsafe { SCOPE.get(key) } {
-        None => false,
-        Some(entry) => entry.syn_only == 0 || ports.syn,
-    }
+    let Some((word, shift)) = scope::slot(packet.proto, ports.dst) else {
+        return false;
+    };
+    let Some(bits) = SCOPE.get(word) else {
+        return false;
+    };
+    let bits = *bits >> shift;
+    bits & scope::IN_SCOPE != 0 && (bits & scope::SYN_ONLY == 0 || ports.syn)
 }

@@ -11,6 +11,11 @@ pub const PASS_PROGRAM: &str = "baseline_pass";
 pub const DROP_PROGRAM: &str = "baseline_drop";
 /// Counts like [`PASS_PROGRAM`] and reads the clock (`bpf_ktime_get_ns`).
 pub const CLOCK_PROGRAM: &str = "ref_clock";
+/// Counts like [`PASS_PROGRAM`] and reads the coarse clock
+/// (`bpf_ktime_get_coarse_ns`).
+pub const COARSE_CLOCK_PROGRAM: &str = "ref_coarse_clock";
+/// Counts like [`PASS_PROGRAM`] and looks up an 8-byte key in an LRU hash map.
+pub const LRU8_PROGRAM: &str = "ref_lru8";
 /// Counts like [`PASS_PROGRAM`] and looks up a 24-byte key in an LRU hash map.
 pub const LRU_PROGRAM: &str = "ref_lru";
 /// Counts like [`PASS_PROGRAM`], and does a compare-and-swap and a locked add

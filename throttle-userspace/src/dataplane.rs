@@ -54,9 +54,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use throttle_common::{
-    flags, ipv4_mask, ipv6_mask, map_name, reason, Bucket, BucketKey, Config, Limit, Rule, ScopeEntry,
-    ScopeKey, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_RULES,
-    MAX_SCOPE, PROGRAM_NAME,
+    flags, ipv4_mask, ipv6_mask, map_name, reason, scope, Bucket, BucketKey, Config, Limit, Rule,
+    ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_RULES, PROGRAM_NAME,
 };
 
 use crate::config::{Action, Policy, XdpMode};
@@ -216,7 +215,12 @@ pub struct Dataplane {
     config: Array<MapData, Config>,
     rules_v4: LpmTrie<MapData, [u8; 4], Rule>,
     rules_v6: LpmTrie<MapData, [u8; 16], Rule>,
-    scope: HashMap<MapData, ScopeKey, ScopeEntry>,
+    scope: Array<MapData, u64>,
+    /// The words of the scope bitmap as the kernel holds them.
+    scope_bits: Vec<u64>,
+    /// Resolution of `CLOCK_MONOTONIC_COARSE`, ns (0: unknown): which limits
+    /// the data path meters with the coarse clock ([`Limit::with_clock`]).
+    coarse_resolution_ns: u64,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<ProgramLogger>,
@@ -349,11 +353,18 @@ impl Dataplane {
         // The configuration version carries on from the adopted maps, so
         // that it keeps growing across restarts.
         let version = if adopted { config.get(&0, 0).map_err(map_err(map_name::CONFIG))?.version } else { 0 };
+        let scope: Array<MapData, u64> = take(&mut ebpf, map_name::SCOPE)?;
+        let scope_bits = (0..scope::WORDS)
+            .map(|word| scope.get(&word, 0))
+            .collect::<Result<Vec<u64>, MapError>>()
+            .map_err(map_err(map_name::SCOPE))?;
         Ok(Self {
             config,
             rules_v4: take(&mut ebpf, map_name::RULES_V4)?,
             rules_v6: take(&mut ebpf, map_name::RULES_V6)?,
-            scope: take(&mut ebpf, map_name::SCOPE)?,
+            scope,
+            scope_bits,
+            coarse_resolution_ns: coarse_resolution_ns(),
             buckets,
             counters: take(&mut ebpf, map_name::COUNTERS)?,
             ebpf,
@@ -612,30 +623,40 @@ impl Dataplane {
         self.version
     }
 
-    /// Writes `policy` to the maps: new and changed rules and scope entries
-    /// first, then the global settings, then the removal of what is no
-    /// longer there. Buckets are never touched: every source keeps its state.
+    /// Writes `policy` to the maps: new and changed rules and the scope's
+    /// additions first, then the global settings, then the removal of what
+    /// is no longer there. Buckets are never touched: every source keeps its
+    /// state.
     pub fn apply(&mut self, policy: &Policy, rules: &[KernelRule]) -> Result<(), DataplaneError> {
+        let clock = self.coarse_resolution_ns;
         let mut config_flags = 0;
-        // Scope.
-        let mut scope_keys = HashSet::new();
+        // Scope: the words that gain bits take the union of old and new
+        // now, and their final value after the global settings, so that
+        // while the change lands a port is in scope if either policy says so.
+        let mut scope_bits = vec![0u64; scope::WORDS as usize];
         for entry in &policy.scope.ports {
-            let key = ScopeKey { port: entry.port as u16, proto: entry.proto.number(), _pad: 0 };
-            let value = ScopeEntry { syn_only: u32::from(entry.syn_only) };
-            self.scope.insert(key, value, 0).map_err(map_err(map_name::SCOPE))?;
-            scope_keys.insert(key);
+            let proto = entry.proto.number();
+            let (word, shift) = scope::slot(proto, entry.port as u16).expect("the scope names TCP or UDP");
+            let bits = scope::IN_SCOPE | if entry.syn_only { scope::SYN_ONLY } else { 0 };
+            scope_bits[word as usize] |= bits << shift;
             config_flags |= flags::SCOPE
                 | match entry.proto {
                     crate::config::Proto::Tcp => flags::SCOPE_TCP,
                     crate::config::Proto::Udp => flags::SCOPE_UDP,
                 };
         }
+        for (word, &bits) in scope_bits.iter().enumerate() {
+            let old = self.scope_bits[word];
+            if bits & !old != 0 {
+                self.write_scope_word(word, old | bits)?;
+            }
+        }
         // Rules.
         let mut v4 = HashSet::new();
         let mut v6 = HashSet::new();
         for rule in rules {
             let value = Rule {
-                limit: rule.limit,
+                limit: rule.limit.with_clock(clock),
                 action: match rule.action {
                     Action::Allow => ACTION_ALLOW,
                     Action::Deny => ACTION_DENY,
@@ -643,18 +664,19 @@ impl Dataplane {
                 },
                 id: rule.id,
             };
+            let deny = rule.action == Action::Deny;
             match rule.net {
                 IpNet::V4(net) => {
                     let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
                     self.rules_v4.insert(&key, value, 0).map_err(map_err(map_name::RULES_V4))?;
                     v4.insert((net.prefix_len(), net.addr().octets()));
-                    config_flags |= flags::RULES_V4;
+                    config_flags |= flags::RULES_V4 | if deny { flags::DENY_V4 } else { 0 };
                 }
                 IpNet::V6(net) => {
                     let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
                     self.rules_v6.insert(&key, value, 0).map_err(map_err(map_name::RULES_V6))?;
                     v6.insert((net.prefix_len(), net.addr().octets()));
-                    config_flags |= flags::RULES_V6;
+                    config_flags |= flags::RULES_V6 | if deny { flags::DENY_V6 } else { 0 };
                 }
             }
         }
@@ -671,22 +693,23 @@ impl Dataplane {
             version: self.version,
             layout: LAYOUT_VERSION,
             flags: config_flags,
-            default_limit: Limit::new(limits.rate, limits.burst, limits.unit.kernel()),
+            default_limit: Limit::new(limits.rate, limits.burst, limits.unit.kernel()).with_clock(clock),
             new_source_limit: Limit::new(
                 limits.new_source_rate,
                 limits.new_source_burst,
                 throttle_common::UNIT_PACKETS,
-            ),
+            )
+            .with_clock(clock),
             ipv4_mask: ipv4_mask(limits.ipv4_prefix as u8),
             _pad: 0,
             ipv6_mask: ipv6_mask(limits.ipv6_prefix as u8),
         };
         self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
         // Removals, now that nothing refers to them.
-        let stale: Vec<ScopeKey> =
-            self.scope.keys().filter_map(Result::ok).filter(|k| !scope_keys.contains(k)).collect();
-        for key in stale {
-            self.scope.remove(&key).map_err(map_err(map_name::SCOPE))?;
+        for (word, &bits) in scope_bits.iter().enumerate() {
+            if self.scope_bits[word] != bits {
+                self.write_scope_word(word, bits)?;
+            }
         }
         let stale: Vec<Key<[u8; 4]>> = self
             .rules_v4
@@ -706,6 +729,14 @@ impl Dataplane {
         for key in stale {
             self.rules_v6.remove(&key).map_err(map_err(map_name::RULES_V6))?;
         }
+        Ok(())
+    }
+
+    /// Writes one word of the scope bitmap, and remembers it.
+    fn write_scope_word(&mut self, word: usize, bits: u64) -> Result<(), DataplaneError> {
+        let index = u32::try_from(word).expect("the bitmap has scope::WORDS words");
+        self.scope.set(index, bits, 0).map_err(map_err(map_name::SCOPE))?;
+        self.scope_bits[word] = bits;
         Ok(())
     }
 
@@ -982,6 +1013,19 @@ struct Expected {
     max_entries: Option<u32>,
 }
 
+/// The resolution of `CLOCK_MONOTONIC_COARSE` (the clock of
+/// `bpf_ktime_get_coarse_ns`) in ns: one scheduler tick. 0 when it cannot be
+/// read, which keeps every limit on the fine clock.
+fn coarse_resolution_ns() -> u64 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `res` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) } != 0 {
+        return 0;
+    }
+    u64::try_from(res.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000)
+        + u64::try_from(res.tv_nsec).unwrap_or(0)
+}
+
 /// Every map of the XDP object (`throttle-ebpf/src/maps.rs`), as the
 /// adoption check compares it. The adoption tests open pins that the object
 /// itself made, so this table cannot drift from it unnoticed.
@@ -1009,10 +1053,10 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
     },
     Expected {
         name: map_name::SCOPE,
-        map_type: MapType::Hash,
-        key_size: size_of::<ScopeKey>(),
-        value_size: size_of::<ScopeEntry>(),
-        max_entries: Some(MAX_SCOPE),
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: Some(scope::WORDS),
     },
     Expected {
         name: map_name::BUCKETS,

@@ -327,10 +327,89 @@ fn deny_rules_apply_outside_the_scope_and_limits_only_inside() {
     require_root!();
     let mut p = policy(1, 1);
     p.scope = udp_scope(53);
-    p.rules = vec![rule("10.6.0.0/16", Action::Deny, None, None)];
+    p.rules = vec![
+        rule("10.6.0.0/16", Action::Deny, None, None),
+        rule("10.8.0.0/16", Action::Allow, None, None),
+        rule("10.9.0.0/16", Action::Limit, Some(1), Some(1)),
+        rule("2001:db8:6::/48", Action::Deny, None, None),
+    ];
     let mut h = Harness::new(&p);
     h.expect(&Frame::udp(ip("10.6.0.1"), 9).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("2001:db8:6::1"), 9).build(), XDP_DROP, reason::DENY_RULE);
     h.expect(&Frame::udp(ip("10.7.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(ip("2001:db8:7::1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    // Out of scope, an allow or a limit rule changes nothing: the packet
+    // passes as out of scope.
+    h.expect(&Frame::udp(ip("10.8.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(ip("10.9.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    // In scope, every rule applies.
+    h.expect(&Frame::udp(ip("10.8.0.1"), 53).build(), XDP_PASS, reason::ALLOW_RULE);
+    h.expect(&Frame::udp(ip("10.9.0.1"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("10.9.0.1"), 53).build(), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("10.6.0.1"), 53).build(), XDP_DROP, reason::DENY_RULE);
+    // Without a deny rule in a family, out of scope is out of scope.
+    p.rules.retain(|r| r.action != Action::Deny || r.cidr.contains(':'));
+    h.apply(&p);
+    h.expect(&Frame::udp(ip("10.6.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(ip("2001:db8:6::1"), 9).build(), XDP_DROP, reason::DENY_RULE);
+}
+
+#[test]
+fn scope_changes_land_port_by_port() {
+    require_root!();
+    let mut p = policy(1_000, 1_000);
+    let port = |proto, port, syn_only| ScopePort { proto, port, syn_only };
+    // Neighbours in one word of the bitmap, its first and last slots, and
+    // both protocols on one port.
+    p.scope = Scope {
+        ports: vec![
+            port(Proto::Tcp, 80, true),
+            port(Proto::Tcp, 81, false),
+            port(Proto::Udp, 81, false),
+            port(Proto::Tcp, 65_535, false),
+            port(Proto::Udp, 1, false),
+        ],
+    };
+    let mut h = Harness::new(&p);
+    let src = ip("10.5.0.1");
+    h.expect(&Frame::tcp(src, 80, TCP_SYN).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::tcp(src, 80, TCP_ACK).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::tcp(src, 81, TCP_ACK).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::udp(src, 81).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::tcp(src, 65_535, TCP_ACK).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::udp(src, 65_535).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(src, 1).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::tcp(src, 1, TCP_ACK).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(src, 82).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    // Port 80 loses SYN-only, 81/TCP leaves, 82/UDP arrives.
+    p.scope = Scope {
+        ports: vec![
+            port(Proto::Tcp, 80, false),
+            port(Proto::Udp, 81, false),
+            port(Proto::Udp, 82, false),
+            port(Proto::Tcp, 65_535, false),
+            port(Proto::Udp, 1, false),
+        ],
+    };
+    h.apply(&p);
+    h.expect(&Frame::tcp(src, 80, TCP_ACK).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::tcp(src, 81, TCP_ACK).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(src, 81).build(), XDP_PASS, reason::PASSED);
+    h.expect(&Frame::udp(src, 82).build(), XDP_PASS, reason::PASSED);
+    // Back to no scope: everything is metered, nothing is left in the bitmap.
+    p.scope = Scope::default();
+    h.apply(&p);
+    h.expect(&Frame::tcp(src, 22, TCP_ACK).build(), XDP_PASS, reason::PASSED);
+    p.scope = Scope { ports: vec![port(Proto::Udp, 9, false)] };
+    h.apply(&p);
+    for (proto_port, frame) in [
+        ("80/tcp", Frame::tcp(src, 80, TCP_ACK).build()),
+        ("81/udp", Frame::udp(src, 81).build()),
+        ("65535/tcp", Frame::tcp(src, 65_535, TCP_ACK).build()),
+    ] {
+        assert_eq!(h.run(&frame), XDP_PASS, "{proto_port}");
+        assert_eq!(h.delta(), vec![("out_of_scope", 1)], "{proto_port} left the scope");
+    }
 }
 
 #[test]

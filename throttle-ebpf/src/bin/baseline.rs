@@ -18,7 +18,7 @@ use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -31,6 +31,10 @@ static BASELINE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// A bucket map's shape: 24-byte keys and values, as throttle's.
 #[map(name = "REF_LRU")]
 static REF_LRU: LruHashMap<[u32; 6], [u64; 3]> = LruHashMap::with_max_entries(1_024, 0);
+
+/// An IPv4 bucket map's shape: 8-byte keys (address, rule), 24-byte values.
+#[map(name = "REF_LRU8")]
+static REF_LRU8: LruHashMap<[u32; 2], [u64; 3]> = LruHashMap::with_max_entries(1_024, 0);
 
 /// A bucket's shape: a word to compare-and-swap and counters.
 #[map(name = "REF_WORDS")]
@@ -59,6 +63,28 @@ pub fn ref_clock(_ctx: XdpContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     // Counts 1 whatever the time; the call stays.
     count(1 + (now >> 63));
+    XDP_PASS
+}
+
+#[xdp]
+pub fn ref_coarse_clock(_ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    count(1 + (now >> 63));
+    XDP_PASS
+}
+
+#[xdp]
+pub fn ref_lru8(_ctx: XdpContext) -> u32 {
+    let key = [10, 0];
+    match REF_LRU8.get_ptr_mut(key) {
+        // SAFETY: a pointer from a successful lookup.
+        Some(value) => unsafe { (*value)[1] += 1 },
+        None => {
+            let _ = REF_LRU8.insert(key, [0, 1, 0], 0);
+        }
+    }
+    count(1);
     XDP_PASS
 }
 

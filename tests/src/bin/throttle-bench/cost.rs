@@ -28,7 +28,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
     baseline::{
-        ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
+        ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COARSE_CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM,
+        LRU8_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
     },
     config::{Action, Limits, Policy, Proto, Scope, ScopePort},
     dataplane::{bucket_key, Dataplane, KernelRule},
@@ -283,7 +284,15 @@ impl Baseline {
     fn load() -> Self {
         let mut ebpf =
             Ebpf::load(BASELINE_OBJECT).unwrap_or_else(|e| panic!("loading the baseline object: {e}"));
-        for name in [PASS_PROGRAM, DROP_PROGRAM, CLOCK_PROGRAM, LRU_PROGRAM, ATOMICS_PROGRAM] {
+        for name in [
+            PASS_PROGRAM,
+            DROP_PROGRAM,
+            CLOCK_PROGRAM,
+            COARSE_CLOCK_PROGRAM,
+            LRU_PROGRAM,
+            LRU8_PROGRAM,
+            ATOMICS_PROGRAM,
+        ] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("no program {name} in the baseline object"))
@@ -440,9 +449,11 @@ impl Target {
 }
 
 /// The reference programs that add one step to count-and-pass.
-const STEPS: [(&str, &str); 3] = [
+const STEPS: [(&str, &str); 5] = [
     (CLOCK_PROGRAM, "count-and-pass + bpf_ktime_get_ns"),
+    (COARSE_CLOCK_PROGRAM, "count-and-pass + bpf_ktime_get_coarse_ns"),
     (LRU_PROGRAM, "count-and-pass + LRU hash lookup (24-byte key, hit)"),
+    (LRU8_PROGRAM, "count-and-pass + LRU hash lookup (8-byte key, hit)"),
     (ATOMICS_PROGRAM, "count-and-pass + compare-and-swap + locked add"),
 ];
 
@@ -502,7 +513,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let mut baselines: Vec<Vec<f64>> = vec![Vec::new(); specs.len()];
     let mut all_pass = Vec::new();
     let mut all_drop = Vec::new();
-    let mut steps: Vec<[f64; 3]> = Vec::new();
+    let mut steps: Vec<[f64; STEPS.len()]> = Vec::new();
     let mut fresh_host: u32 = 0;
     let reference_frame = Frame::udp(IpAddr::V4(Ipv4Addr::new(10, 3, 0, 1)), PORT).build();
     for round in 0..settings.rounds {

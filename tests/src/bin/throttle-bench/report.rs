@@ -199,11 +199,8 @@ impl Table {
 
     fn markdown(&self) -> String {
         let mut out = format!("**{}**\n\n| {} |\n", self.title, self.header.join(" | "));
-        let _ = writeln!(
-            out,
-            "|{}|",
-            (0..self.header.len()).map(|i| if i == 0 { " --- " } else { " ---: " }).collect::<String>()
-        );
+        let rule: Vec<&str> = (0..self.header.len()).map(|i| if i == 0 { "---" } else { "---:" }).collect();
+        let _ = writeln!(out, "| {} |", rule.join(" | "));
         for r in &self.rows {
             let _ = writeln!(out, "| {} |", r.join(" | "));
         }
