@@ -41,6 +41,14 @@ fn main() {
         // BPF ISA v3: atomic compare-and-swap and fetch-add.
         "-Ctarget-cpu=v3".to_owned(),
     ]
+    .into_iter()
+    .chain(efficient_unaligned_access(&arch).then(|| {
+        // Header fields read with one load each instead of byte by byte.
+        // The verifier checks the alignment of packet loads only where
+        // the CPU lacks efficient unaligned access.
+        "-Ctarget-feature=+allows-misaligned-mem-access".to_owned()
+    }))
+    .collect::<Vec<_>>()
     .join("\x1f");
 
     let mut cmd = Command::new("rustup");
@@ -78,4 +86,10 @@ fn fail(message: &str) -> ! {
          run `cargo xtask setup`."
     );
     std::process::exit(1);
+}
+
+/// Whether the kernel of `arch` has `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`,
+/// under which the verifier accepts misaligned packet loads.
+fn efficient_unaligned_access(arch: &str) -> bool {
+    matches!(arch, "x86_64" | "aarch64" | "powerpc64" | "s390x")
 }

@@ -30,8 +30,10 @@ pub mod map_name {
     pub const BUCKETS: &str = "BUCKETS";
     pub const NEW_SOURCES: &str = "NEW_SOURCES";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const RULE_FILTER: &str = "RULE_FILTER";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 7] = [CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS];
+    pub const ALL: [&str; 8] =
+        [CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER];
 }
 
 /// Name of the XDP program.
@@ -102,7 +104,8 @@ pub struct Config {
     pub new_source_limit: Limit,
     /// IPv4 aggregation mask, in packet byte order.
     pub ipv4_mask: u32,
-    pub _pad: u32,
+    /// The bank of `RULE_FILTER` in use, 0 or 1 ([`rule_filter`]).
+    pub rule_filter_bank: u32,
     /// IPv6 aggregation mask, in packet byte order.
     pub ipv6_mask: [u32; 4],
 }
@@ -154,6 +157,60 @@ pub mod scope {
         };
         let bit = ((index << 16) | port as u32) * 2;
         Some((bit / 64, bit % 64))
+    }
+}
+
+/// A filter in front of the rule tries, so that a source no rule can match
+/// (most of the traffic, under a block list of any size) does not walk a
+/// trie.
+///
+/// For each family, `L` is the shortest prefix length of its rules (at most
+/// 32 for IPv4, 64 for IPv6), and the filter has one bit set for the first
+/// `L` bits of every rule, hashed. A source that a rule matches shares the
+/// rule's first `L` bits, so its bit is set: the filter never hides a match,
+/// and a source whose bit is clear skips the trie. The `RULE_FILTER` array
+/// holds two banks; the daemon writes the bank not in use, then switches
+/// [`Config::rule_filter_bank`], so a packet never meets a half-written one.
+/// Each (bank, family) region is a header word, the mask of the first `L`
+/// bits, then the bitmap.
+pub mod rule_filter {
+    /// log2 of the bits of one bitmap.
+    pub const BITS_LOG2: u32 = 18;
+    /// Words of one bitmap.
+    pub const WORDS: u32 = 1 << (BITS_LOG2 - 6);
+    /// Words of one (bank, family) region: the mask, then the bitmap.
+    pub const REGION: u32 = WORDS + 1;
+    /// Words of the `RULE_FILTER` array: two banks of two families.
+    pub const TOTAL: u32 = 4 * REGION;
+
+    /// The first word of the region of `bank` (only its low bit counts) and
+    /// a family.
+    #[inline(always)]
+    #[must_use]
+    pub const fn region(bank: u32, ipv6: bool) -> u32 {
+        ((bank & 1) * 2 + ipv6 as u32) * REGION
+    }
+
+    /// The bit of a masked address: the leading bits of a Fibonacci hash.
+    #[inline(always)]
+    #[must_use]
+    pub const fn bit(masked: u64) -> u32 {
+        (masked.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS_LOG2)) as u32
+    }
+
+    /// An IPv4 source (packet byte order) as the filter hashes it.
+    #[inline(always)]
+    #[must_use]
+    pub const fn ipv4(src: u32) -> u64 {
+        u32::from_be(src) as u64
+    }
+
+    /// An IPv6 source (packet byte order) as the filter hashes it: its
+    /// first 64 bits.
+    #[inline(always)]
+    #[must_use]
+    pub const fn ipv6(src: &[u32; 4]) -> u64 {
+        ((u32::from_be(src[0]) as u64) << 32) | u32::from_be(src[1]) as u64
     }
 }
 

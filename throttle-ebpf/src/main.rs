@@ -57,7 +57,7 @@ fn judge(ctx: &XdpContext, config: &Config) -> u32 {
     // The scope first: it is an array lookup, the rules a trie walk, and
     // out of scope only a deny rule changes the verdict.
     if config.flags & flags::SCOPE != 0 && !rules::in_scope(ctx, &packet, config.flags) {
-        return if rules::denied(&packet, config.flags) { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };
+        return if rules::denied(&packet, config) { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };
     }
     let (limit, rule) = match rules::select(&packet, config) {
         Selected::Allow => return reason::ALLOW_RULE,

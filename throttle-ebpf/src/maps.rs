@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
 };
-use throttle_common::{reason, scope, Bucket, BucketKey, Config, Rule, DEFAULT_MAX_SOURCES, MAX_RULES};
+use throttle_common::{
+    reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, DEFAULT_MAX_SOURCES, MAX_RULES,
+};
 
 /// Global settings, one entry.
 #[map(name = "CONFIG")]
@@ -21,6 +23,10 @@ pub static RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(MAX_RUL
 /// ([`throttle_common::scope`]).
 #[map(name = "SCOPE")]
 pub static SCOPE: Array<u64> = Array::with_max_entries(scope::WORDS, 0);
+
+/// The filter in front of the rule tries ([`throttle_common::rule_filter`]).
+#[map(name = "RULE_FILTER")]
+pub static RULE_FILTER: Array<u64> = Array::with_max_entries(rule_filter::TOTAL, 0);
 
 /// Per-source GCRA state. The daemon sizes it at load time.
 #[map(name = "BUCKETS")]

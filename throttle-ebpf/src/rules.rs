@@ -2,11 +2,12 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use throttle_common::{
-    flags, scope, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP, PROTO_UDP,
+    flags, rule_filter, scope, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
-    maps::{RULES_V4, RULES_V6, SCOPE},
+    maps::{RULES_V4, RULES_V6, RULE_FILTER, SCOPE},
     parse::{self, Packet},
 };
 
@@ -20,16 +21,21 @@ pub enum Selected<'a> {
 }
 
 /// The rule whose prefix is the longest match of the source, if any. An
-/// empty trie is not looked up at all.
+/// empty trie is not looked up at all, nor is one that the filter says
+/// cannot match.
 #[inline(always)]
-fn lookup(packet: &Packet, config_flags: u32) -> Option<&'static Rule> {
+fn lookup(packet: &Packet, config: &Config) -> Option<&'static Rule> {
     if packet.family == FAMILY_V4 {
-        if config_flags & flags::RULES_V4 == 0 {
+        if config.flags & flags::RULES_V4 == 0
+            || !may_match(config.rule_filter_bank, false, rule_filter::ipv4(packet.src[0]))
+        {
             return None;
         }
         return RULES_V4.get(Key::new(32, packet.src[0].to_ne_bytes()));
     }
-    if config_flags & flags::RULES_V6 == 0 {
+    if config.flags & flags::RULES_V6 == 0
+        || !may_match(config.rule_filter_bank, true, rule_filter::ipv6(&packet.src))
+    {
         return None;
     }
     let s = packet.src;
@@ -41,10 +47,25 @@ fn lookup(packet: &Packet, config_flags: u32) -> Option<&'static Rule> {
     RULES_V6.get(Key::new(128, data))
 }
 
+/// Whether the rule filter lets `addr` through to the trie: false only when
+/// no rule can match it.
+#[inline(always)]
+fn may_match(bank: u32, ipv6: bool, addr: u64) -> bool {
+    let base = rule_filter::region(bank, ipv6);
+    let Some(mask) = RULE_FILTER.get(base) else {
+        return true;
+    };
+    let bit = rule_filter::bit(addr & *mask);
+    match RULE_FILTER.get(base + 1 + bit / 64) {
+        Some(word) => (*word >> (bit % 64)) & 1 != 0,
+        None => true,
+    }
+}
+
 /// What the rules say of the packet's source: its rule, or the default limit.
 #[inline(always)]
 pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
-    match lookup(packet, config.flags) {
+    match lookup(packet, config) {
         None => Selected::Limit(&config.default_limit, 0),
         Some(rule) => match rule.action {
             ACTION_ALLOW => Selected::Allow,
@@ -57,12 +78,12 @@ pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
 /// Whether a `deny` rule matches the source. The trie is only looked up when
 /// the family has a deny rule at all.
 #[inline(always)]
-pub fn denied(packet: &Packet, config_flags: u32) -> bool {
+pub fn denied(packet: &Packet, config: &Config) -> bool {
     let deny = if packet.family == FAMILY_V4 { flags::DENY_V4 } else { flags::DENY_V6 };
-    if config_flags & deny == 0 {
+    if config.flags & deny == 0 {
         return false;
     }
-    matches!(lookup(packet, config_flags), Some(rule) if rule.action == ACTION_DENY)
+    matches!(lookup(packet, config), Some(rule) if rule.action == ACTION_DENY)
 }
 
 /// Whether the scope set names this packet. Only called when the set is not

@@ -7,7 +7,7 @@
 //! links outlive the daemon:
 //!
 //! ```text
-//! DIR/maps/CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS
+//! DIR/maps/CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER
 //! DIR/links/native/<iface>, DIR/links/generic/<iface>
 //! ```
 //!
@@ -54,8 +54,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use throttle_common::{
-    flags, ipv4_mask, ipv6_mask, map_name, reason, scope, Bucket, BucketKey, Config, Limit, Rule,
-    ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_RULES, PROGRAM_NAME,
+    flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Limit,
+    Rule, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_RULES,
+    PROGRAM_NAME,
 };
 
 use crate::config::{Action, Policy, XdpMode};
@@ -221,6 +222,11 @@ pub struct Dataplane {
     /// Resolution of `CLOCK_MONOTONIC_COARSE`, ns (0: unknown): which limits
     /// the data path meters with the coarse clock ([`Limit::with_clock`]).
     coarse_resolution_ns: u64,
+    rule_filter: Array<MapData, u64>,
+    /// The words of `RULE_FILTER` as the kernel holds them.
+    rule_filter_words: Vec<u64>,
+    /// The bank of `RULE_FILTER` in use.
+    rule_filter_bank: u32,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<ProgramLogger>,
@@ -352,7 +358,21 @@ impl Dataplane {
         let max_sources = buckets.map().info().map_err(map_err(map_name::BUCKETS))?.max_entries();
         // The configuration version carries on from the adopted maps, so
         // that it keeps growing across restarts.
-        let version = if adopted { config.get(&0, 0).map_err(map_err(map_name::CONFIG))?.version } else { 0 };
+        let (version, rule_filter_bank) = if adopted {
+            let config = config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
+            (config.version, config.rule_filter_bank & 1)
+        } else {
+            (0, 0)
+        };
+        let rule_filter: Array<MapData, u64> = take(&mut ebpf, map_name::RULE_FILTER)?;
+        let rule_filter_words = if adopted {
+            (0..rule_filter::TOTAL)
+                .map(|word| rule_filter.get(&word, 0))
+                .collect::<Result<Vec<u64>, MapError>>()
+                .map_err(map_err(map_name::RULE_FILTER))?
+        } else {
+            vec![0; rule_filter::TOTAL as usize]
+        };
         let scope: Array<MapData, u64> = take(&mut ebpf, map_name::SCOPE)?;
         let scope_bits = (0..scope::WORDS)
             .map(|word| scope.get(&word, 0))
@@ -365,6 +385,9 @@ impl Dataplane {
             scope,
             scope_bits,
             coarse_resolution_ns: coarse_resolution_ns(),
+            rule_filter,
+            rule_filter_words,
+            rule_filter_bank,
             buckets,
             counters: take(&mut ebpf, map_name::COUNTERS)?,
             ebpf,
@@ -680,6 +703,8 @@ impl Dataplane {
                 }
             }
         }
+        // The rule filter of the new rule set, in the bank not in use.
+        let bank = self.write_rule_filter(rules)?;
         // Global settings.
         let limits = &policy.limits;
         if limits.dry_run {
@@ -701,10 +726,11 @@ impl Dataplane {
             )
             .with_clock(clock),
             ipv4_mask: ipv4_mask(limits.ipv4_prefix as u8),
-            _pad: 0,
+            rule_filter_bank: bank,
             ipv6_mask: ipv6_mask(limits.ipv6_prefix as u8),
         };
         self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
+        self.rule_filter_bank = bank;
         // Removals, now that nothing refers to them.
         for (word, &bits) in scope_bits.iter().enumerate() {
             if self.scope_bits[word] != bits {
@@ -730,6 +756,40 @@ impl Dataplane {
             self.rules_v6.remove(&key).map_err(map_err(map_name::RULES_V6))?;
         }
         Ok(())
+    }
+
+    /// Writes the rule filter of `rules` into the bank not in use and returns
+    /// that bank, for the configuration to switch to; returns the bank in use
+    /// when it already holds that filter.
+    fn write_rule_filter(&mut self, rules: &[KernelRule]) -> Result<u32, DataplaneError> {
+        let v4 = crate::rule_filter::Region::ipv4(rules.iter().filter_map(|r| match r.net {
+            IpNet::V4(net) => Some((net.network(), net.prefix_len())),
+            IpNet::V6(_) => None,
+        }));
+        let v6 = crate::rule_filter::Region::ipv6(rules.iter().filter_map(|r| match r.net {
+            IpNet::V6(net) => Some((net.network(), net.prefix_len())),
+            IpNet::V4(_) => None,
+        }));
+        let holds = |words: &[u64], bank: u32| {
+            [(false, &v4), (true, &v6)].iter().all(|(ipv6, region)| {
+                let start = rule_filter::region(bank, *ipv6) as usize;
+                words[start..start + rule_filter::REGION as usize] == *region.words()
+            })
+        };
+        if holds(&self.rule_filter_words, self.rule_filter_bank) {
+            return Ok(self.rule_filter_bank);
+        }
+        let bank = self.rule_filter_bank ^ 1;
+        for (ipv6, region) in [(false, &v4), (true, &v6)] {
+            let start = rule_filter::region(bank, ipv6);
+            for (index, &word) in (start..).zip(region.words()) {
+                if self.rule_filter_words[index as usize] != word {
+                    self.rule_filter.set(index, word, 0).map_err(map_err(map_name::RULE_FILTER))?;
+                    self.rule_filter_words[index as usize] = word;
+                }
+            }
+        }
+        Ok(bank)
     }
 
     /// Writes one word of the scope bitmap, and remembers it.
@@ -1071,6 +1131,13 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
         max_entries: Some(1),
+    },
+    Expected {
+        name: map_name::RULE_FILTER,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: Some(rule_filter::TOTAL),
     },
     Expected {
         name: map_name::COUNTERS,

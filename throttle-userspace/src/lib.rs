@@ -12,4 +12,5 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod frames;
+pub mod rule_filter;
 pub mod store;

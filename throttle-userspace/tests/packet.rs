@@ -323,6 +323,48 @@ fn rules_longest_prefix_wins_for_both_families() {
 }
 
 #[test]
+fn the_rule_filter_follows_every_change_of_the_rules() {
+    require_root!();
+    let mut p = policy(1_000, 1_000);
+    p.rules = vec![
+        rule("10.1.2.0/24", Action::Deny, None, None),
+        rule("2001:db8:1::1/128", Action::Deny, None, None),
+    ];
+    let mut h = Harness::new(&p);
+    let deny = |h: &mut Harness, src| h.expect(&Frame::udp(ip(src), 1).build(), XDP_DROP, reason::DENY_RULE);
+    let allow =
+        |h: &mut Harness, src| h.expect(&Frame::udp(ip(src), 1).build(), XDP_PASS, reason::ALLOW_RULE);
+    deny(&mut h, "10.1.2.3");
+    deny(&mut h, "2001:db8:1::1");
+    h.expect(&Frame::udp(ip("10.1.3.3"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("2001:db8:1::2"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    // Shorter prefixes: the filter looks at fewer bits, in the other bank.
+    p.rules.push(rule("10.0.0.0/8", Action::Allow, None, None));
+    p.rules.push(rule("2001::/16", Action::Allow, None, None));
+    h.apply(&p);
+    deny(&mut h, "10.1.2.3");
+    deny(&mut h, "2001:db8:1::1");
+    allow(&mut h, "10.200.0.1");
+    allow(&mut h, "2001:db8:ffff::1");
+    // The longer ones go: the filter narrows again, back in the first bank.
+    p.rules.retain(|r| r.action == Action::Allow);
+    h.apply(&p);
+    allow(&mut h, "10.1.2.3");
+    allow(&mut h, "2001:db8:1::1");
+    // A change that leaves the filter as it is (a limit rule's rate).
+    p.rules = vec![rule("192.0.2.0/24", Action::Limit, Some(5), Some(5))];
+    h.apply(&p);
+    p.rules[0].rate = Some(6);
+    h.apply(&p);
+    h.expect(&Frame::udp(ip("192.0.2.1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("10.1.2.3"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+    // No rules at all.
+    p.rules.clear();
+    h.apply(&p);
+    h.expect(&Frame::udp(ip("192.0.2.1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
+}
+
+#[test]
 fn deny_rules_apply_outside_the_scope_and_limits_only_inside() {
     require_root!();
     let mut p = policy(1, 1);
