@@ -140,7 +140,7 @@ mod tests {
             let region = Region::ipv4(nets.iter().map(|n| (n.network(), n.prefix_len())));
             // Sources inside rules, and arbitrary ones.
             let inside = nets.iter().zip(&sources).map(|(n, s)| {
-                let host = u32::from(*s) & !u32::from(n.netmask());
+                let host = *s & !n.netmask().to_bits();
                 Ipv4Addr::from(n.network().to_bits() | host)
             });
             for addr in inside.chain(sources.iter().map(|&s| Ipv4Addr::from(s))) {
