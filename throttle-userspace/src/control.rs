@@ -11,6 +11,7 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -27,6 +28,10 @@ use crate::{
 /// Verdict counters by reason slot.
 pub type Counters = [u64; reason::COUNT as usize];
 
+/// Walks every tracked bucket on a handle of its own, so that a walk over a
+/// million sources holds no lock that the API or the controller waits on.
+pub type BucketWalk = Arc<dyn Fn(&mut dyn FnMut(&BucketKey, &Bucket)) + Send + Sync>;
+
 /// What the control plane needs from the data path. [`Dataplane`] is the
 /// real one; tests use an in-memory one.
 pub trait Kernel: Send {
@@ -36,6 +41,8 @@ pub trait Kernel: Send {
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError>;
     /// Calls `f` for every tracked bucket.
     fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket));
+    /// The same walk, on a handle that outlives the borrow of the kernel.
+    fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError>;
     fn attachments(&self) -> Vec<Attachment>;
     fn max_sources(&self) -> u32;
     fn version(&self) -> u64;
@@ -67,6 +74,11 @@ impl Kernel for Dataplane {
 
     fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
         Dataplane::for_each_bucket(self, f);
+    }
+
+    fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {
+        let walker = self.bucket_walker()?;
+        Ok(Arc::new(move |f| walker.for_each(f)))
     }
 
     fn attachments(&self) -> Vec<Attachment> {
@@ -201,6 +213,7 @@ pub struct SourceView {
 /// scaled by the controller, and the data path that enforces it.
 pub struct Control {
     kernel: Box<dyn Kernel>,
+    walk: BucketWalk,
     /// From the configuration file and the flags.
     base: Policy,
     /// What the API changed, as saved.
@@ -269,7 +282,8 @@ impl Control {
             path: store.as_ref().map(|s| s.path().display().to_string()),
             source,
         })?;
-        let mut control = Self { kernel, base, state, store, ids, policy, rules, scale: 1.0 };
+        let walk = kernel.bucket_walk()?;
+        let mut control = Self { kernel, walk, base, state, store, ids, policy, rules, scale: 1.0 };
         control.kernel.apply(&control.policy, &control.rules)?;
         if control.ids.saved() != control.state.rule_ids {
             control.state.rule_ids = control.ids.saved();
@@ -526,31 +540,27 @@ impl Control {
     /// The `n` sources with the most packets `by`, most first.
     #[must_use]
     pub fn top(&self, n: usize, by: RankBy) -> Vec<SourceView> {
-        // A min-heap of the best n so far: O(sources × log n), n entries kept.
-        let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(n + 1);
-        let mut buckets = HashMap::with_capacity(n + 1);
-        self.kernel.for_each_bucket(&mut |key, bucket| {
-            let count = match by {
-                RankBy::Dropped => bucket.dropped,
-                RankBy::Passed => bucket.passed,
-            };
-            let entry = (count, key.addr, key.rule, key.family);
-            if heap.len() < n {
-                heap.push(Reverse(entry));
-                buckets.insert(entry, (*key, *bucket));
-            } else if heap.peek().is_some_and(|Reverse(least)| *least < entry) {
-                if let Some(Reverse(out)) = heap.pop() {
-                    buckets.remove(&out);
-                }
-                heap.push(Reverse(entry));
-                buckets.insert(entry, (*key, *bucket));
-            }
-        });
-        heap.into_sorted_vec()
-            .into_iter()
-            .filter_map(|Reverse(entry)| buckets.get(&entry))
-            .map(|(key, bucket)| self.view(key, bucket))
-            .collect()
+        self.views(&top_buckets(&self.walk, n, by))
+    }
+
+    /// The walk over the buckets, for the callers that run it without
+    /// holding the control plane ([`top_buckets`], the sampler).
+    #[must_use]
+    pub fn bucket_walk(&self) -> BucketWalk {
+        Arc::clone(&self.walk)
+    }
+
+    /// The configured (unscaled) rate of every limit, by the rule id its
+    /// buckets carry (0: the default limit).
+    #[must_use]
+    pub fn base_rates(&self) -> HashMap<u32, u64> {
+        std::iter::once(0).chain(self.rules.iter().map(|r| r.id)).map(|id| (id, self.base_rate(id))).collect()
+    }
+
+    /// Buckets as the API shows them.
+    #[must_use]
+    pub fn views(&self, buckets: &[(BucketKey, Bucket)]) -> Vec<SourceView> {
+        buckets.iter().map(|(key, bucket)| self.view(key, bucket)).collect()
     }
 
     fn view(&self, key: &BucketKey, bucket: &Bucket) -> SourceView {
@@ -575,6 +585,32 @@ impl Control {
     }
 }
 
+/// The `n` buckets with the most packets `by`, most first.
+#[must_use]
+pub fn top_buckets(walk: &BucketWalk, n: usize, by: RankBy) -> Vec<(BucketKey, Bucket)> {
+    // A min-heap of the best n so far: O(sources × log n), n entries kept.
+    let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(n + 1);
+    let mut buckets = HashMap::with_capacity(n + 1);
+    walk(&mut |key, bucket| {
+        let count = match by {
+            RankBy::Dropped => bucket.dropped,
+            RankBy::Passed => bucket.passed,
+        };
+        let entry = (count, key.addr, key.rule, key.family);
+        if heap.len() < n {
+            heap.push(Reverse(entry));
+            buckets.insert(entry, (*key, *bucket));
+        } else if heap.peek().is_some_and(|Reverse(least)| *least < entry) {
+            if let Some(Reverse(out)) = heap.pop() {
+                buckets.remove(&out);
+            }
+            heap.push(Reverse(entry));
+            buckets.insert(entry, (*key, *bucket));
+        }
+    });
+    heap.into_sorted_vec().into_iter().filter_map(|Reverse(entry)| buckets.remove(&entry)).collect()
+}
+
 /// Why the daemon could not take over the data path with its policy.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -593,7 +629,8 @@ pub mod fake {
     use std::sync::{Arc, Mutex};
 
     use super::{
-        Attachment, Bucket, BucketKey, Counters, DataplaneError, Kernel, KernelRule, Policy, XdpMode,
+        Attachment, Bucket, BucketKey, BucketWalk, Counters, DataplaneError, Kernel, KernelRule, Policy,
+        XdpMode,
     };
 
     /// What the fake kernel holds; shared with the test through an `Arc`.
@@ -642,6 +679,15 @@ pub mod fake {
             for (k, b) in &self.0.lock().unwrap().buckets {
                 f(k, b);
             }
+        }
+
+        fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {
+            let state = Arc::clone(&self.0);
+            Ok(Arc::new(move |f| {
+                for (k, b) in &state.lock().unwrap().buckets {
+                    f(k, b);
+                }
+            }))
         }
 
         fn attachments(&self) -> Vec<Attachment> {

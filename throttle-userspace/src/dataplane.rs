@@ -201,6 +201,31 @@ pub struct Attachment {
     pub adopted: bool,
 }
 
+/// Reads every bucket of the bucket map on its own descriptor
+/// ([`Dataplane::bucket_walker`]).
+pub struct BucketWalker {
+    buckets: HashMap<MapData, BucketKey, Bucket>,
+}
+
+impl BucketWalker {
+    /// Calls `f` for every tracked bucket, as [`Dataplane::for_each_bucket`].
+    pub fn for_each(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
+        walk_buckets(&self.buckets, f);
+    }
+}
+
+/// Every bucket, in batches of many entries per system call where the kernel
+/// has them, else one by one.
+fn walk_buckets(buckets: &HashMap<MapData, BucketKey, Bucket>, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
+    let fd = buckets.map().fd().as_fd().as_raw_fd();
+    if let Err(err) = batch::lookup_all::<BucketKey, Bucket>(fd, f) {
+        tracing::debug!("batched lookup refused ({err}); walking the buckets one by one");
+        for (key, bucket) in buckets.iter().filter_map(Result::ok) {
+            f(&key, &bucket);
+        }
+    }
+}
+
 /// A rule as the data path holds it: its id and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelRule {
@@ -829,13 +854,19 @@ impl Dataplane {
     /// take a fraction of a second, where [`Dataplane::buckets`] takes
     /// seconds. Falls back to the one-by-one walk where batches are refused.
     pub fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-        let fd = self.buckets.map().fd().as_fd().as_raw_fd();
-        if let Err(err) = batch::lookup_all::<BucketKey, Bucket>(fd, f) {
-            tracing::debug!("batched lookup refused ({err}); walking the buckets one by one");
-            for (key, bucket) in self.buckets() {
-                f(&key, &bucket);
-            }
-        }
+        walk_buckets(&self.buckets, f);
+    }
+
+    /// A handle of its own on the bucket map (a duplicate descriptor), for
+    /// walks that need nothing else and so can run beside every other use
+    /// of the dataplane.
+    pub fn bucket_walker(&self) -> Result<BucketWalker, DataplaneError> {
+        let fd = self.buckets.map().fd().as_fd().try_clone_to_owned().map_err(|err| {
+            map_err(map_name::BUCKETS)(MapError::SyscallError(SyscallError { call: "dup", io_error: err }))
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_err(map_name::BUCKETS))?;
+        let buckets = HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(map_name::BUCKETS))?;
+        Ok(BucketWalker { buckets })
     }
 
     /// Forgets the bucket of `key` (the source starts over with a full

@@ -197,29 +197,34 @@ impl AppState {
     /// it periodically on a blocking thread.
     pub fn sample(&self) {
         let now = Instant::now();
-        let mut sampled = lock(&self.0.sampled);
-        let elapsed = sampled.at.map(|at| now.duration_since(at).as_secs_f64());
-        let previous = std::mem::take(&mut sampled.passed);
+        // Neither lock is held during the walk: `/v1/status` reads what the
+        // last sample saw, and the API's handlers and the controller take
+        // the control plane, while a walk over a million buckets runs.
+        let (elapsed, previous) = {
+            let mut sampled = lock(&self.0.sampled);
+            (sampled.at.map(|at| now.duration_since(at).as_secs_f64()), std::mem::take(&mut sampled.passed))
+        };
         let mut passed = HashMap::with_capacity(previous.len());
         let mut peak: Option<f64> = None;
         let mut sources = 0u64;
-        self.control(|control| {
-            let bytes = control.limits().unit == crate::config::Unit::Bytes;
-            let mut base_rates: HashMap<u32, u64> = HashMap::new();
-            control.kernel().for_each_bucket(&mut |key, bucket| {
-                sources += 1;
-                let id = (key.addr, key.rule, key.family);
-                passed.insert(id, bucket.passed);
-                if let (Some(secs), Some(before)) = (elapsed, previous.get(&id)) {
-                    if secs > 0.0 && !bytes {
-                        let base = *base_rates.entry(key.rule).or_insert_with(|| control.base_rate(key.rule));
-                        #[expect(clippy::cast_precision_loss, reason = "a ratio")]
-                        let ratio = bucket.passed.saturating_sub(*before) as f64 / secs / base.max(1) as f64;
-                        peak = Some(peak.map_or(ratio, |p: f64| p.max(ratio)));
-                    }
-                }
-            });
+        let (walk, bytes, base_rates) = self.control(|control| {
+            (control.bucket_walk(), control.limits().unit == crate::config::Unit::Bytes, control.base_rates())
         });
+        let default_rate = base_rates.get(&0).copied().unwrap_or(1);
+        walk(&mut |key, bucket| {
+            sources += 1;
+            let id = (key.addr, key.rule, key.family);
+            passed.insert(id, bucket.passed);
+            if let (Some(secs), Some(before)) = (elapsed, previous.get(&id)) {
+                if secs > 0.0 && !bytes {
+                    let base = base_rates.get(&key.rule).copied().unwrap_or(default_rate);
+                    #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+                    let ratio = bucket.passed.saturating_sub(*before) as f64 / secs / base.max(1) as f64;
+                    peak = Some(peak.map_or(ratio, |p: f64| p.max(ratio)));
+                }
+            }
+        });
+        let mut sampled = lock(&self.0.sampled);
         sampled.passed = passed;
         sampled.sources = sources;
         sampled.peak_ratio = if elapsed.is_some() { Some(peak.unwrap_or(0.0)) } else { None };

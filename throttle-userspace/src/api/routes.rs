@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     config::{Action, Limits, RuleSpec, Scope},
-    control::{RankBy, RuleView, SourceView},
+    control::{top_buckets, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
     store::LimitsPatch,
 };
@@ -278,7 +278,12 @@ async fn top_sources(
         return Err(err);
     }
     let by = query.by.unwrap_or_default();
-    let sources = state.with_control(move |c| c.top(n, by)).await;
+    // The walk holds no lock: the API and the controller go on meanwhile.
+    let walk = state.control(|c| c.bucket_walk());
+    let ranked = tokio::task::spawn_blocking(move || top_buckets(&walk, n, by))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+    let sources = state.control(|c| c.views(&ranked));
     Ok(Json(SourcesView {
         by: match by {
             RankBy::Dropped => "dropped",
