@@ -626,7 +626,7 @@ pub enum StartError {
 pub mod fake {
     //! An in-memory [`Kernel`] for tests of the control plane.
 
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Barrier, Mutex};
 
     use super::{
         Attachment, Bucket, BucketKey, BucketWalk, Counters, DataplaneError, Kernel, KernelRule, Policy,
@@ -641,6 +641,9 @@ pub mod fake {
         pub buckets: Vec<(BucketKey, Bucket)>,
         pub counters: Counters,
         pub applies: u64,
+        /// A walk over the buckets meets this barrier twice before it reads
+        /// them: once when it starts, once when the test lets it go on.
+        pub walk_gate: Option<Arc<Barrier>>,
         /// The next `apply` fails.
         pub fail_next_apply: bool,
     }
@@ -684,7 +687,16 @@ pub mod fake {
         fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {
             let state = Arc::clone(&self.0);
             Ok(Arc::new(move |f| {
-                for (k, b) in &state.lock().unwrap().buckets {
+                let (buckets, gate) = {
+                    let s = state.lock().unwrap();
+                    (s.buckets.clone(), s.walk_gate.clone())
+                };
+                if let Some(gate) = &gate {
+                    // Started; then held until the test lets it go on.
+                    gate.wait();
+                    gate.wait();
+                }
+                for (k, b) in &buckets {
                     f(k, b);
                 }
             }))

@@ -5,6 +5,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
+    time::Duration,
 };
 
 use axum::{
@@ -88,6 +89,46 @@ impl Api {
         let key = bucket_key(addr, 0, 32, 64);
         self.kernel.0.lock().unwrap().buckets.push((key, Bucket { tat: 1, passed, dropped }));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_while_the_sampler_walks_the_buckets() {
+    let api = Api::new(None);
+    api.track("192.0.2.1".parse().unwrap(), 1, 5);
+    let gate = Arc::new(std::sync::Barrier::new(2));
+    api.kernel.0.lock().unwrap().walk_gate = Some(Arc::clone(&gate));
+    let state = api.state.clone();
+    let sampler = std::thread::spawn(move || state.sample());
+    // The walk has started and is held. This thread is not one of the
+    // runtime's workers: it waits on plain channels, so that a handler
+    // stuck on a lock fails the test instead of hanging it.
+    gate.wait();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (method, uri, body) in
+        [(Method::GET, "/v1/status", None), (Method::PATCH, "/v1/limits", Some(json!({"rate": 77})))]
+    {
+        let router = api.router.clone();
+        let mut request = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send((uri, router.oneshot(request).await.unwrap().status()));
+        });
+    }
+    let answers: Vec<_> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(5))).collect();
+    // Let the walk finish before judging.
+    gate.wait();
+    sampler.join().unwrap();
+    for answer in answers {
+        let (uri, status) = answer.expect("every request answers while the sampler walks");
+        assert_eq!(status, StatusCode::OK, "{uri}");
+    }
+    api.kernel.0.lock().unwrap().walk_gate = None;
+    let body = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!(body["sources_tracked"], 1);
 }
 
 #[tokio::test]
