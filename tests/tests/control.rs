@@ -117,6 +117,34 @@ fn counter(stats: &Value, name: &str) -> u64 {
     stats["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name:?} in {stats}"))
 }
 
+/// Every packet came in on the one interface: its own counters say what the
+/// totals say, under its XDP mode.
+fn check_interface_counters(
+    checks: &mut Checks,
+    pair: &VethPair,
+    (before, after): (&Value, &Value),
+    denied_total: u64,
+) {
+    let iface = pair.rx_if.as_str();
+    let iface_denied = iface_counter(after, iface, "deny_rule") - iface_counter(before, iface, "deny_rule");
+    checks.that(
+        iface_denied == denied_total,
+        &format!("{iface}'s own deny_rule moved {iface_denied}, the total {denied_total}: {after}"),
+    );
+    let mode = after["interfaces"][iface]["mode"].as_str().unwrap_or_default().to_owned();
+    checks.that(
+        mode == "native" || mode == "generic",
+        &format!("{iface}'s counters name its XDP mode ({mode:?}; {}): {after}", xdp_attachment(pair)),
+    );
+}
+
+/// A verdict counter of one interface in a `/v1/stats` answer.
+fn iface_counter(stats: &Value, iface: &str, name: &str) -> u64 {
+    stats["interfaces"][iface]["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name:?} of {iface} in {stats}"))
+}
+
 /// `throttle source ADDR --json`: the source's bucket.
 fn bucket(pair: &VethPair, daemon: &Daemon, src: IpAddr) -> Value {
     json_of(&daemon.cli(&pair.receiver, ["source", &src.to_string(), "--json"]))
@@ -339,6 +367,7 @@ fn a_deny_rule_added_then_removed() {
         denied_total,
         0.02,
     );
+    check_interface_counters(&mut checks, &pair, (&before, &after), denied_total);
     checks.note(&format!(
         "over_limit over the run: {} (the limit is far above the load)",
         counter(&after, "over_limit") - counter(&before, "over_limit")
@@ -543,6 +572,15 @@ fn a_sigkill_and_restart_under_traffic_keeps_metering() {
     check_offered(&mut checks, &src.to_string(), &reports[0], 0.75 * as_f64(offered));
     check_metered_throughout(&mut checks, &arrivals, &reports[0], &run, (rate, burst, offered));
     check_carried_over(&mut checks, &arrivals, src, &run);
+    // The restarted daemon found the interface's counters where they were.
+    let (i1, i2) = (
+        iface_counter(&run.stats1, &pair.rx_if, "passed"),
+        iface_counter(&run.stats2, &pair.rx_if, "passed"),
+    );
+    checks.that(
+        i2 >= i1 && i1 > 0,
+        &format!("{}'s own passed counter carried on: {i1} before the kill, {i2} after", pair.rx_if),
+    );
     checks.that(
         arrivals.from_source(denied) == 0,
         &format!(

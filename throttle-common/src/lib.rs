@@ -31,9 +31,10 @@ pub mod map_name {
     pub const NEW_SOURCES: &str = "NEW_SOURCES";
     pub const COUNTERS: &str = "COUNTERS";
     pub const RULE_FILTER: &str = "RULE_FILTER";
+    pub const IFACE_SLOT: &str = "IFACE_SLOT";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 8] =
-        [CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER];
+    pub const ALL: [&str; 9] =
+        [CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER, IFACE_SLOT];
 }
 
 /// Name of the XDP program.
@@ -50,6 +51,14 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 /// Compare-and-swap attempts on a contended bucket before the packet is
 /// dropped as `contended`.
 pub const CAS_ATTEMPTS: u32 = 4;
+
+/// Interfaces the verdict counters tell apart. `COUNTERS` holds
+/// [`reason::COUNT`] slots per interface slot; interface slot 0 counts the
+/// packets of any interface without a slot of its own.
+pub const IFACE_SLOTS: u32 = 16;
+/// Interface indexes the `IFACE_SLOT` array covers (index to slot); an
+/// interface of a higher index counts in slot 0.
+pub const MAX_IFINDEX: u32 = 65_536;
 
 /// Address families as stored in [`BucketKey::family`].
 pub const FAMILY_V4: u32 = 4;
@@ -243,9 +252,10 @@ pub struct Bucket {
 
 const _: () = assert!(size_of::<Bucket>() == 24);
 
-/// Verdict reasons: the slots of the per-CPU `COUNTERS` array. Each packet
-/// counts in exactly one slot, and in [`reason::DRY_RUN_PASS`] as well when
-/// dry-run let a drop through.
+/// Verdict reasons: the slots of the per-CPU `COUNTERS` array, at
+/// `interface slot * COUNT + reason`. Each packet counts in exactly one
+/// slot, and in [`reason::DRY_RUN_PASS`] as well when dry-run let a drop
+/// through.
 pub mod reason {
     /// Neither IPv4 nor IPv6: passed.
     pub const NON_IP: u32 = 0;

@@ -4,9 +4,10 @@
 //! Per packet: L2 (up to two VLAN tags), L3 (IPv4 with options, IPv6 with a
 //! bounded walk over extension headers), the scope (out of scope: passed
 //! unless a deny rule matches), the rules (longest prefix of the source:
-//! allow, deny or limit), the source's bucket, the verdict. Every verdict reason has a per-CPU counter. The program fails
-//! open: whatever a packet contains, it returns `XDP_PASS` or `XDP_DROP`,
-//! never `XDP_ABORTED`.
+//! allow, deny or limit), the source's bucket, the verdict. Every verdict
+//! reason has a per-CPU counter for each interface. The program fails open:
+//! whatever a packet contains, it returns `XDP_PASS` or `XDP_DROP`, never
+//! `XDP_ABORTED`.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -31,17 +32,18 @@ use crate::{maps::CONFIG, rules::Selected, stats::count};
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro's signature")]
 pub fn throttle(ctx: XdpContext) -> u32 {
+    let counters = stats::base(&ctx);
     let Some(config) = CONFIG.get(0) else {
-        count(reason::ERROR);
+        count(counters, reason::ERROR);
         return XDP_PASS;
     };
     let verdict = judge(&ctx, config);
-    count(verdict);
+    count(counters, verdict);
     if !reason::drops(verdict) {
         return XDP_PASS;
     }
     if config.flags & flags::DRY_RUN != 0 {
-        count(reason::DRY_RUN_PASS);
+        count(counters, reason::DRY_RUN_PASS);
         return XDP_PASS;
     }
     XDP_DROP

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
 };
 use throttle_common::{
-    reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, DEFAULT_MAX_SOURCES, MAX_RULES,
+    reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, DEFAULT_MAX_SOURCES, IFACE_SLOTS,
+    MAX_IFINDEX, MAX_RULES,
 };
 
 /// Global settings, one entry.
@@ -37,6 +38,11 @@ pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries
 #[map(name = "NEW_SOURCES")]
 pub static NEW_SOURCES: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Packets by verdict reason, per CPU.
+/// Packets by interface slot and verdict reason, per CPU.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IFACE_SLOTS * reason::COUNT, 0);
+
+/// The counters' slot of each interface, by interface index (0: none of its
+/// own). Written by the daemon as it attaches.
+#[map(name = "IFACE_SLOT")]
+pub static IFACE_SLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);

@@ -1,11 +1,28 @@
-//! Per-CPU verdict counters.
+//! Per-CPU verdict counters, per interface.
 
-use crate::maps::COUNTERS;
+use aya_ebpf::programs::XdpContext;
+use throttle_common::{reason, IFACE_SLOTS};
 
-/// Counts one packet under `reason`. A per-CPU slot needs no atomic.
+use crate::maps::{COUNTERS, IFACE_SLOT};
+
+/// The first counter of the interface the packet arrived on.
 #[inline(always)]
-pub fn count(reason: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(reason) {
+pub fn base(ctx: &XdpContext) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "read from a u32 field")]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = IFACE_SLOT.get(ifindex).copied().unwrap_or(0);
+    if slot < IFACE_SLOTS {
+        slot * reason::COUNT
+    } else {
+        0
+    }
+}
+
+/// Counts one packet under `reason`, from the interface's `base`. A per-CPU
+/// slot needs no atomic.
+#[inline(always)]
+pub fn count(base: u32, reason: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(base + reason) {
         // SAFETY: the pointer comes from a successful lookup in this CPU's
         // slice of the array, which nothing else writes while we run.
         unsafe { *slot += 1 };

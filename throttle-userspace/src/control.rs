@@ -16,7 +16,7 @@ use std::{
 
 use ipnet::IpNet;
 use serde::Serialize;
-use throttle_common::{reason, Bucket, BucketKey, Limit, FAMILY_V4};
+use throttle_common::{Bucket, BucketKey, Limit, FAMILY_V4};
 
 use crate::{
     config::{validate_rules, Action, Invalid, Limits, Policy, RuleSpec, Scope, XdpMode},
@@ -25,8 +25,7 @@ use crate::{
     store::{LimitsPatch, SavedRuleId, State, Store, StoreError},
 };
 
-/// Verdict counters by reason slot.
-pub type Counters = [u64; reason::COUNT as usize];
+pub use crate::dataplane::Counters;
 
 /// Walks every tracked bucket on a handle of its own, so that a walk over a
 /// million sources holds no lock that the API or the controller waits on.
@@ -37,6 +36,9 @@ pub type BucketWalk = Arc<dyn Fn(&mut dyn FnMut(&BucketKey, &Bucket)) + Send + S
 pub trait Kernel: Send {
     fn apply(&mut self, policy: &Policy, rules: &[KernelRule]) -> Result<(), DataplaneError>;
     fn counters(&self) -> Result<Counters, DataplaneError>;
+    /// The counters of each attached interface, and of any other (`None`)
+    /// when it counted something.
+    fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError>;
     fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError>;
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError>;
     /// Calls `f` for every tracked bucket.
@@ -62,6 +64,10 @@ impl Kernel for Dataplane {
 
     fn counters(&self) -> Result<Counters, DataplaneError> {
         Dataplane::counters(self)
+    }
+
+    fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError> {
+        Dataplane::counters_by_interface(self)
     }
 
     fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError> {
@@ -665,6 +671,12 @@ pub mod fake {
 
         fn counters(&self) -> Result<Counters, DataplaneError> {
             Ok(self.0.lock().unwrap().counters)
+        }
+
+        /// Everything on one interface.
+        fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError> {
+            let attachment = Attachment { iface: "veth0".to_owned(), mode: "generic", adopted: false };
+            Ok(vec![(Some(attachment), self.0.lock().unwrap().counters)])
         }
 
         fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError> {

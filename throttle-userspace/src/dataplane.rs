@@ -7,7 +7,8 @@
 //! links outlive the daemon:
 //!
 //! ```text
-//! DIR/maps/CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER
+//! DIR/maps/CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER,
+//!          IFACE_SLOT
 //! DIR/links/native/<iface>, DIR/links/generic/<iface>
 //! ```
 //!
@@ -28,7 +29,7 @@
 //! keeping every source's state wins over the new size.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     ffi::CString,
     fmt, fs, io,
     net::IpAddr,
@@ -41,7 +42,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use aya::{
     maps::{
         lpm_trie::Key, Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, MapInfo, MapType,
-        PerCpuArray,
+        PerCpuArray, PerCpuValues,
     },
     pin::PinError,
     programs::{
@@ -55,8 +56,8 @@ use aya::{
 use ipnet::IpNet;
 use throttle_common::{
     flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Limit,
-    Rule, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, FAMILY_V4, FAMILY_V6, LAYOUT_VERSION, MAX_RULES,
-    PROGRAM_NAME,
+    Rule, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, LAYOUT_VERSION,
+    MAX_IFINDEX, MAX_RULES, PROGRAM_NAME,
 };
 
 use crate::config::{Action, Policy, XdpMode};
@@ -226,6 +227,9 @@ fn walk_buckets(buckets: &HashMap<MapData, BucketKey, Bucket>, f: &mut dyn FnMut
     }
 }
 
+/// Verdict counters by [`reason`] slot.
+pub type Counters = [u64; reason::COUNT as usize];
+
 /// A rule as the data path holds it: its id and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelRule {
@@ -254,6 +258,9 @@ pub struct Dataplane {
     rule_filter_bank: u32,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     counters: PerCpuArray<MapData, u64>,
+    iface_slot: Array<MapData, u32>,
+    /// The counters' slot of each interface index, as `IFACE_SLOT` holds it.
+    slots: BTreeMap<u32, u32>,
     logger: Option<ProgramLogger>,
     attachments: Vec<Attachment>,
     version: u64,
@@ -403,8 +410,25 @@ impl Dataplane {
             .map(|word| scope.get(&word, 0))
             .collect::<Result<Vec<u64>, MapError>>()
             .map_err(map_err(map_name::SCOPE))?;
+        let iface_slot: Array<MapData, u32> = take(&mut ebpf, map_name::IFACE_SLOT)?;
+        let mut slots = BTreeMap::new();
+        if adopted {
+            let mut keep = |ifindex: &u32, slot: &u32| {
+                if *slot != 0 {
+                    slots.insert(*ifindex, *slot);
+                }
+            };
+            let fd = iface_slot.map().fd().as_fd().as_raw_fd();
+            if batch::lookup_all::<u32, u32>(fd, &mut keep).is_err() {
+                for (ifindex, slot) in (0..).zip(iface_slot.iter()) {
+                    keep(&ifindex, &slot.map_err(map_err(map_name::IFACE_SLOT))?);
+                }
+            }
+        }
         Ok(Self {
             config,
+            iface_slot,
+            slots,
             rules_v4: take(&mut ebpf, map_name::RULES_V4)?,
             rules_v6: take(&mut ebpf, map_name::RULES_V6)?,
             scope,
@@ -470,6 +494,10 @@ impl Dataplane {
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<&Attachment, DataplaneError> {
         if self.attachments.iter().any(|a| a.iface == iface) {
             return Err(DataplaneError::AlreadyAttached { iface: iface.to_owned() });
+        }
+        // Its counters are told apart from its first packet on.
+        if let Some(ifindex) = if_index(iface) {
+            self.give_slot(iface, ifindex)?;
         }
         if let Some(pins) = &self.pins {
             let mut found: Vec<LinkPin> = pins.links()?.into_iter().filter(|l| l.iface == iface).collect();
@@ -607,6 +635,9 @@ impl Dataplane {
             unpin_link(&pin.path)?;
             self.links.retain(|(iface, _)| *iface != pin.iface);
             self.attachments.retain(|a| a.iface != pin.iface);
+            if let Some(ifindex) = if_index(&pin.iface) {
+                self.take_slot(ifindex)?;
+            }
             released.push(pin.iface);
         }
         Ok(released)
@@ -825,14 +856,88 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The verdict counters, summed over the CPUs, by [`reason`] slot.
+    /// The verdict counters, summed over the CPUs and the interfaces, by
+    /// [`reason`] slot.
     pub fn counters(&self) -> Result<[u64; reason::COUNT as usize], DataplaneError> {
         let mut out = [0u64; reason::COUNT as usize];
-        for (slot, total) in out.iter_mut().enumerate() {
-            let values = self.counters.get(&(slot as u32), 0).map_err(map_err(map_name::COUNTERS))?;
-            *total = values.iter().sum();
+        for slot in 0..IFACE_SLOTS {
+            for (total, count) in out.iter_mut().zip(self.slot_counters(slot)?) {
+                *total += count;
+            }
         }
         Ok(out)
+    }
+
+    /// The verdict counters of every interface the program is attached to,
+    /// and of the packets of any other interface (`None`) when there are
+    /// some (an interface beyond the slots, or of an index too high).
+    pub fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError> {
+        let mut out = Vec::with_capacity(self.attachments.len() + 1);
+        let mut counted = HashSet::new();
+        for attachment in &self.attachments {
+            let slot = if_index(&attachment.iface).and_then(|i| self.slots.get(&i).copied()).unwrap_or(0);
+            if slot != 0 && counted.insert(slot) {
+                out.push((Some(attachment.clone()), self.slot_counters(slot)?));
+            }
+        }
+        let other = self.slot_counters(0)?;
+        if other.iter().any(|&c| c != 0) {
+            out.push((None, other));
+        }
+        Ok(out)
+    }
+
+    /// The counters of one interface slot, summed over the CPUs.
+    fn slot_counters(&self, slot: u32) -> Result<Counters, DataplaneError> {
+        let mut out = [0u64; reason::COUNT as usize];
+        for (reason, total) in (0..).zip(out.iter_mut()) {
+            let index = slot * reason::COUNT + reason;
+            *total = self.counters.get(&index, 0).map_err(map_err(map_name::COUNTERS))?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Gives `iface` (index `ifindex`) a counters slot of its own: the one it
+    /// had (adopted maps: its counters carry on), else a free one, zeroed.
+    /// Past the slots, or at an index beyond the map, its packets count with
+    /// any other interface's.
+    fn give_slot(&mut self, iface: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        if self.slots.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let used: HashSet<u32> = self.slots.values().copied().collect();
+        let free = (1..IFACE_SLOTS).find(|slot| !used.contains(slot));
+        let (Some(slot), true) = (free, ifindex < MAX_IFINDEX) else {
+            tracing::warn!(
+                iface,
+                ifindex,
+                "no counters of its own for this interface (at most {} interfaces, of index under \
+                 {MAX_IFINDEX}): its packets count under interface=\"other\"",
+                IFACE_SLOTS - 1
+            );
+            return Ok(());
+        };
+        let cpus_err = |io_error| {
+            map_err(map_name::COUNTERS)(MapError::SyscallError(SyscallError { call: "nr_cpus", io_error }))
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| cpus_err(e))?;
+        for reason in 0..reason::COUNT {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(cpus_err)?;
+            self.counters
+                .set(slot * reason::COUNT + reason, zeros, 0)
+                .map_err(map_err(map_name::COUNTERS))?;
+        }
+        self.iface_slot.set(ifindex, slot, 0).map_err(map_err(map_name::IFACE_SLOT))?;
+        self.slots.insert(ifindex, slot);
+        Ok(())
+    }
+
+    /// Frees the counters slot of interface index `ifindex`.
+    fn take_slot(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        if self.slots.remove(&ifindex).is_some() {
+            self.iface_slot.set(ifindex, 0, 0).map_err(map_err(map_name::IFACE_SLOT))?;
+        }
+        Ok(())
     }
 
     /// The bucket of `key`, if tracked.
@@ -1175,7 +1280,14 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         map_type: MapType::PerCpuArray,
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
-        max_entries: Some(reason::COUNT),
+        max_entries: Some(IFACE_SLOTS * reason::COUNT),
+    },
+    Expected {
+        name: map_name::IFACE_SLOT,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
+        max_entries: Some(MAX_IFINDEX),
     },
 ];
 

@@ -10,7 +10,11 @@ use prometheus_client::{
 use throttle_common::reason;
 
 use super::AppState;
-use crate::{config::Action, controller::State};
+use crate::{
+    config::Action,
+    controller::State,
+    dataplane::{Attachment, Counters},
+};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -42,7 +46,7 @@ pub async fn render(state: &AppState) -> String {
                 }] += 1;
             }
             (
-                kernel.counters().ok(),
+                kernel.counters_by_interface().ok(),
                 kernel.attachments(),
                 kernel.max_sources(),
                 kernel.version(),
@@ -53,15 +57,12 @@ pub async fn render(state: &AppState) -> String {
         .await;
     let (counters, attachments, capacity, version, rules, scale) = snapshot;
 
-    if let Some(counters) = counters {
-        let packets = Family::<Labels, Counter>::default();
-        for (slot, (&name, &count)) in reason::NAMES.iter().zip(&counters).enumerate() {
-            let verdict = if reason::drops(slot as u32) { "drop" } else { "pass" };
-            packets
-                .get_or_create(&vec![("reason", name.to_owned()), ("verdict", verdict.to_owned())])
-                .inc_by(count);
-        }
-        registry.register("packets", "Packets seen by the XDP program, by verdict reason", packets);
+    if let Some(by_interface) = counters {
+        registry.register(
+            "packets",
+            "Packets seen by the XDP program, by interface, XDP mode and verdict reason",
+            packets(&by_interface),
+        );
     }
     let interfaces = Family::<Labels, Gauge>::default();
     for attachment in &attachments {
@@ -149,4 +150,27 @@ fn controller(registry: &mut Registry, state: &AppState) {
         }
         registry.register("latency_ms", "The protected service's latency over the short window", family);
     }
+}
+
+/// The verdict counters of each interface, labelled.
+fn packets(by_interface: &[(Option<Attachment>, Counters)]) -> Family<Labels, Counter> {
+    let packets = Family::<Labels, Counter>::default();
+    for (attachment, counters) in by_interface {
+        let (interface, mode) = match attachment {
+            Some(a) => (a.iface.clone(), a.mode.to_owned()),
+            None => ("other".to_owned(), String::new()),
+        };
+        for (slot, (&name, &count)) in reason::NAMES.iter().zip(counters).enumerate() {
+            let verdict = if reason::drops(slot as u32) { "drop" } else { "pass" };
+            packets
+                .get_or_create(&vec![
+                    ("interface", interface.clone()),
+                    ("mode", mode.clone()),
+                    ("reason", name.to_owned()),
+                    ("verdict", verdict.to_owned()),
+                ])
+                .inc_by(count);
+        }
+    }
+    packets
 }

@@ -20,8 +20,9 @@ use super::{
 };
 use crate::{
     config::{Action, Limits, RuleSpec, Scope},
-    control::{top_buckets, RankBy, RuleView, SourceView},
+    control::{top_buckets, Counters, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
+    dataplane::DataplaneError,
     store::LimitsPatch,
 };
 
@@ -345,7 +346,20 @@ pub struct StatsView {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// Every packet passed, whatever the reason.
     pub passed: u64,
-    /// Every packet dropped.
+    /// Every packet dropped (with dry-run on, none).
+    pub dropped: u64,
+    /// The same by interface; `other` for any interface without counters of
+    /// its own.
+    pub interfaces: std::collections::BTreeMap<String, InterfaceStats>,
+}
+
+/// One interface's verdict counters.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InterfaceStats {
+    /// `native` or `generic`; empty for `other`.
+    pub mode: String,
+    pub counters: std::collections::BTreeMap<String, u64>,
+    pub passed: u64,
     pub dropped: u64,
 }
 
@@ -354,19 +368,43 @@ pub struct StatsView {
     responses((status = 200, body = StatsView), (status = 500, body = ErrorBody))
 )]
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let counters = state.control(|c| c.kernel().counters()).map_err(|e| {
+    let kernel_error = |e: DataplaneError| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", format!("reading the counters: {e}"))
-    })?;
-    let mut view = StatsView { counters: std::collections::BTreeMap::default(), passed: 0, dropped: 0 };
-    for (slot, (&name, &count)) in reason::NAMES.iter().zip(&counters).enumerate() {
-        view.counters.insert(name.to_owned(), count);
+    };
+    let (counters, by_interface) = state
+        .with_control(|c| {
+            Ok::<_, DataplaneError>((c.kernel().counters()?, c.kernel().counters_by_interface()?))
+        })
+        .await
+        .map_err(kernel_error)?;
+    let (counters, passed, dropped) = tally(&counters);
+    let interfaces = by_interface
+        .into_iter()
+        .map(|(attachment, counters)| {
+            let (name, mode) = attachment
+                .map_or_else(|| ("other".to_owned(), String::new()), |a| (a.iface, a.mode.to_owned()));
+            let (counters, passed, dropped) = tally(&counters);
+            (name, InterfaceStats { mode, counters, passed, dropped })
+        })
+        .collect();
+    Ok(Json(StatsView { counters, passed, dropped, interfaces }))
+}
+
+/// The counters by name, and the packets passed and dropped among them. A
+/// packet dry-run let through counts under its dropping reason and under
+/// `dry_run_pass`: it is one passed.
+fn tally(counters: &Counters) -> (std::collections::BTreeMap<String, u64>, u64, u64) {
+    let (mut passed, mut dropped) = (0u64, 0u64);
+    let mut named = std::collections::BTreeMap::new();
+    for (slot, (&name, &count)) in reason::NAMES.iter().zip(counters).enumerate() {
+        named.insert(name.to_owned(), count);
         if reason::drops(slot as u32) {
-            view.dropped += count;
+            dropped += count;
         } else {
-            view.passed += count;
+            passed += count;
         }
     }
-    Ok(Json(view))
+    (named, passed, dropped.saturating_sub(counters[reason::DRY_RUN_PASS as usize]))
 }
 
 /// The configured and the effective (scaled) rate of a limit.

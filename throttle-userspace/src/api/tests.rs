@@ -208,7 +208,7 @@ async fn every_endpoint_answers() {
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().unwrap();
     for needle in [
-        "throttle_packets_total{reason=\"over_limit\",verdict=\"drop\"} 7",
+        "throttle_packets_total{interface=\"veth0\",mode=\"generic\",reason=\"over_limit\",verdict=\"drop\"} 7",
         "throttle_sources_capacity 1048576",
         "throttle_config_version ",
         "throttle_rules{action=\"limit\"} 0",
