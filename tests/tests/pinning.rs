@@ -522,3 +522,79 @@ fn sigkill_child() {
         thread::sleep(Duration::from_secs(3_600));
     }
 }
+
+/// `frame` through the program as if it arrived on interface index
+/// `ifindex` (queue 0), which must run the program in native mode.
+fn run_on(dataplane: &Dataplane, ifindex: u32, frame: &[u8]) -> u32 {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let len = u32::try_from(frame.len()).expect("a short frame");
+    let ctx: Vec<u8> = [0, len, 0, ifindex, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
+    let options = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::default() };
+    dataplane.program().test_run(options).expect("BPF_PROG_TEST_RUN on an interface").return_value
+}
+
+/// `new_source` and `over_limit` of each interface, by name ("other" for
+/// the rest).
+fn by_interface(dataplane: &Dataplane) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = dataplane
+        .counters_by_interface()
+        .expect("counters by interface")
+        .into_iter()
+        .map(|(attachment, c)| {
+            let name = attachment.map_or_else(|| "other".to_owned(), |a| a.iface);
+            (name, c[reason::NEW_SOURCE as usize], c[reason::OVER_LIMIT as usize])
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
+    require_root!();
+    let lab = Lab::new(2);
+    let pins = PinDirGuard::new();
+    let ifindex = |iface: &str| -> u32 {
+        // "5: a0@b0: <BROADCAST,...": the index leads.
+        let text = lab.ns.ip(["-o", "link", "show", "dev", iface]);
+        let index = text.split(':').next().unwrap_or_default().trim();
+        index.parse().unwrap_or_else(|e| panic!("ifindex of {iface} in {text:?}: {e}"))
+    };
+    let (a0, a1) = (ifindex("a0"), ifindex("a1"));
+    let frame = frame();
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
+        dataplane.apply(&policy(), &[]).expect("apply");
+        // One interface: its slot comes from the configuration.
+        dataplane.attach("a0", XdpMode::Native).expect("attach a0");
+        assert_eq!(run_on(&dataplane, a0, &frame), XDP_PASS);
+        assert_eq!(by_interface(&dataplane), [("a0".to_owned(), 1, 0)]);
+        // Two: each packet's interface is looked up.
+        dataplane.attach("a1", XdpMode::Native).expect("attach a1");
+        for _ in 0..BURST {
+            run_on(&dataplane, a1, &frame);
+        }
+        assert_eq!(run_on(&dataplane, a0, &frame), XDP_DROP);
+        // A packet of an interface without a slot (loopback) counts as "other".
+        assert_eq!(run(&dataplane, &frame), XDP_DROP);
+        assert_eq!(
+            by_interface(&dataplane),
+            [("a0".to_owned(), 1, 1), ("a1".to_owned(), 0, 1), ("other".to_owned(), 0, 1)]
+        );
+        assert_eq!(dataplane.counters().expect("counters")[reason::OVER_LIMIT as usize], 3);
+        // Left pinned, as after a SIGKILL.
+    });
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open again");
+        dataplane.apply(&policy(), &[]).expect("apply");
+        assert!(dataplane.attach("a0", XdpMode::Auto).expect("adopt a0").adopted);
+        let released = dataplane.release_others(&["a0".to_owned()]).expect("release a1");
+        assert_eq!(released, ["a1"]);
+        // a0's counters carried on; one interface again.
+        assert_eq!(run_on(&dataplane, a0, &frame), XDP_DROP);
+        assert_eq!(by_interface(&dataplane), [("a0".to_owned(), 1, 2), ("other".to_owned(), 0, 1)]);
+        dataplane.release(false).expect("release");
+    });
+    assert_eq!(lab.xdp("a0"), None);
+}

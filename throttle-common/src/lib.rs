@@ -91,6 +91,9 @@ pub mod flags {
     pub const DENY_V4: u32 = 1 << 7;
     /// The same for IPv6.
     pub const DENY_V6: u32 = 1 << 8;
+    /// The program is attached to one interface, whose counters slot is
+    /// [`super::Config::iface_slot`]: no per-packet lookup of the slot.
+    pub const ONE_IFACE: u32 = 1 << 9;
 }
 
 /// Global settings: the single entry of the `CONFIG` array.
@@ -117,9 +120,12 @@ pub struct Config {
     pub rule_filter_bank: u32,
     /// IPv6 aggregation mask, in packet byte order.
     pub ipv6_mask: [u32; 4],
+    /// With [`flags::ONE_IFACE`]: the counters slot of the one interface.
+    pub iface_slot: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 88);
+const _: () = assert!(size_of::<Config>() == 96);
 
 /// Actions of a rule.
 pub const ACTION_ALLOW: u32 = 1;

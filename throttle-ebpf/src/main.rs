@@ -32,11 +32,11 @@ use crate::{maps::CONFIG, rules::Selected, stats::count};
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro's signature")]
 pub fn throttle(ctx: XdpContext) -> u32 {
-    let counters = stats::base(&ctx);
     let Some(config) = CONFIG.get(0) else {
-        count(counters, reason::ERROR);
+        count(stats::base(&ctx), reason::ERROR);
         return XDP_PASS;
     };
+    let counters = stats::base_of(&ctx, config);
     let verdict = judge(&ctx, config);
     count(counters, verdict);
     if !reason::drops(verdict) {

@@ -1,7 +1,7 @@
 //! Per-CPU verdict counters, per interface.
 
 use aya_ebpf::programs::XdpContext;
-use throttle_common::{reason, IFACE_SLOTS};
+use throttle_common::{flags, reason, Config, IFACE_SLOTS};
 
 use crate::maps::{COUNTERS, IFACE_SLOT};
 
@@ -16,6 +16,16 @@ pub fn base(ctx: &XdpContext) -> u32 {
     } else {
         0
     }
+}
+
+/// [`base`], from the configuration when the program is attached to one
+/// interface: no lookup then.
+#[inline(always)]
+pub fn base_of(ctx: &XdpContext, config: &Config) -> u32 {
+    if config.flags & flags::ONE_IFACE != 0 && config.iface_slot < IFACE_SLOTS {
+        return config.iface_slot * reason::COUNT;
+    }
+    base(ctx)
 }
 
 /// Counts one packet under `reason`, from the interface's `base`. A per-CPU

@@ -261,6 +261,8 @@ pub struct Dataplane {
     iface_slot: Array<MapData, u32>,
     /// The counters' slot of each interface index, as `IFACE_SLOT` holds it.
     slots: BTreeMap<u32, u32>,
+    /// The global settings last written.
+    written: Option<Config>,
     logger: Option<ProgramLogger>,
     attachments: Vec<Attachment>,
     version: u64,
@@ -429,6 +431,7 @@ impl Dataplane {
             config,
             iface_slot,
             slots,
+            written: None,
             rules_v4: take(&mut ebpf, map_name::RULES_V4)?,
             rules_v6: take(&mut ebpf, map_name::RULES_V6)?,
             scope,
@@ -495,10 +498,26 @@ impl Dataplane {
         if self.attachments.iter().any(|a| a.iface == iface) {
             return Err(DataplaneError::AlreadyAttached { iface: iface.to_owned() });
         }
-        // Its counters are told apart from its first packet on.
+        // Its counters are told apart from its first packet on: a slot of
+        // its own, and the configuration no longer naming one interface only.
         if let Some(ifindex) = if_index(iface) {
             self.give_slot(iface, ifindex)?;
         }
+        if !self.attachments.is_empty() {
+            self.rewrite_config(true)?;
+        }
+        let attached = match self.attach_inner(iface, mode) {
+            Ok(attached) => attached.clone(),
+            Err(err) => {
+                self.rewrite_config(false)?;
+                return Err(err);
+            }
+        };
+        self.rewrite_config(false)?;
+        Ok(self.attachments.iter().find(|a| **a == attached).expect("just attached"))
+    }
+
+    fn attach_inner(&mut self, iface: &str, mode: XdpMode) -> Result<&Attachment, DataplaneError> {
         if let Some(pins) = &self.pins {
             let mut found: Vec<LinkPin> = pins.links()?.into_iter().filter(|l| l.iface == iface).collect();
             if found.len() > 1 {
@@ -640,6 +659,7 @@ impl Dataplane {
             }
             released.push(pin.iface);
         }
+        self.rewrite_config(false)?;
         Ok(released)
     }
 
@@ -784,8 +804,10 @@ impl Dataplane {
             ipv4_mask: ipv4_mask(limits.ipv4_prefix as u8),
             rule_filter_bank: bank,
             ipv6_mask: ipv6_mask(limits.ipv6_prefix as u8),
+            iface_slot: 0,
+            _pad: 0,
         };
-        self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
+        self.write_config(config, false)?;
         self.rule_filter_bank = bank;
         // Removals, now that nothing refers to them.
         for (word, &bits) in scope_bits.iter().enumerate() {
@@ -846,6 +868,31 @@ impl Dataplane {
             }
         }
         Ok(bank)
+    }
+
+    /// Writes the global settings, with the counters slot of the interface
+    /// when the program is attached to one only and no other is on its way
+    /// (`attaching`): the program then skips looking the slot up.
+    fn write_config(&mut self, mut config: Config, attaching: bool) -> Result<(), DataplaneError> {
+        config.flags &= !flags::ONE_IFACE;
+        config.iface_slot = 0;
+        if let ([only], false) = (self.attachments.as_slice(), attaching) {
+            if let Some(&slot) = if_index(&only.iface).and_then(|i| self.slots.get(&i)) {
+                config.flags |= flags::ONE_IFACE;
+                config.iface_slot = slot;
+            }
+        }
+        self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
+        self.written = Some(config);
+        Ok(())
+    }
+
+    /// Writes the last settings again, for the interfaces attached now.
+    fn rewrite_config(&mut self, attaching: bool) -> Result<(), DataplaneError> {
+        match self.written {
+            Some(config) => self.write_config(config, attaching),
+            None => Ok(()),
+        }
     }
 
     /// Writes one word of the scope bitmap, and remembers it.
