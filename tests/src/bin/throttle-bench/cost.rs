@@ -31,12 +31,12 @@ use throttle::{
         ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COARSE_CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM,
         LRU8_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
     },
-    config::{Action, Limits, Policy, Proto, Scope, ScopePort},
+    config::{Action, Limits, Policy, Proto, Scope, ScopePort, XdpMode},
     dataplane::{bucket_key, Dataplane, KernelRule},
     frames::{arp, Frame},
 };
 use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey, Limit, UNIT_PACKETS};
-use throttle_tests::mono_ns;
+use throttle_tests::{mono_ns, Netns};
 
 use crate::{kernel::map_of, median, Progress, Rng};
 
@@ -486,14 +486,24 @@ fn filler(count: usize, rng: &mut Rng) -> Vec<KernelRule> {
 }
 
 /// throttle's program once per set-up and rule set.
-fn load_targets() -> Vec<((Setup, RuleSet), Target)> {
+///
+/// Each is attached to an interface of its own (a veth in `ns`, generic
+/// mode), as a daemon on one interface runs it: its counters' slot then
+/// comes with the configuration. `BPF_PROG_TEST_RUN` runs it all the same.
+fn load_targets(ns: &Netns) -> Vec<((Setup, RuleSet), Target)> {
     let mut rng = Rng::new(0x7468_726f_7474_6c65);
     let large = filler(LARGE_RULES, &mut rng);
     let mut targets = Vec::new();
     for rules in [RuleSet::Empty, RuleSet::Large] {
         for setup in SETUPS {
             let filler = if rules == RuleSet::Large { &large[..] } else { &[] };
-            targets.push(((setup, rules), Target::load(setup, filler)));
+            let mut target = Target::load(setup, filler);
+            let iface = format!("cost{}", targets.len());
+            ns.ip(["link", "add", &iface, "type", "veth", "peer", "name", &format!("{iface}p")]);
+            ns.ip(["link", "set", &iface, "up"]);
+            ns.run(|| target.dataplane.attach(&iface, XdpMode::Generic).map(|_| ()))
+                .unwrap_or_else(|e| panic!("attaching to {iface}: {e}"));
+            targets.push(((setup, rules), target));
         }
     }
     targets
@@ -504,7 +514,8 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let mut failures = Vec::new();
     progress.message("cost per packet: loading the programs");
     let baseline = Baseline::load();
-    let mut targets = load_targets();
+    let ns = Netns::new();
+    let mut targets = load_targets(&ns);
     let info = targets[0].1.dataplane.program().info().unwrap_or_else(|e| panic!("program info: {e}"));
     progress.inc();
 
