@@ -16,6 +16,11 @@
 //!
 //! After every run the counters must have moved by exactly the packets run,
 //! all under the reason the row measures; a row that strays fails the part.
+//!
+//! A repeated frame meters one bucket, which stays in the CPU's caches. A
+//! flood from many sources does not: the spread measurement runs the
+//! over-budget drop one packet per call over 65 536 tracked sources in a
+//! random order, against the same calls on one source.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -63,7 +68,13 @@ pub struct Settings {
     /// Calls (one packet each, on a fresh source) per round for the
     /// first-seen row.
     pub fresh_calls: usize,
+    /// Calls (one packet each) per round of the spread measurement, on one
+    /// source and over [`SPREAD_SOURCES`].
+    pub spread_calls: usize,
 }
+
+/// Tracked sources of the spread measurement: as many as the flood's.
+pub const SPREAD_SOURCES: u32 = 65_536;
 
 /// The rule set a row runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -197,7 +208,25 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// What some of the data path's steps cost alone, over count-and-pass.
     pub components: Vec<Component>,
+    pub spread: Spread,
     pub failures: Vec<String>,
+}
+
+/// The over-budget drop with the buckets of many sources in turn against
+/// one bucket again and again: what the bucket lookup costs when the
+/// bucket is not in the CPU's caches, as in a flood from many sources.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    /// Tracked sources the spread calls go round, in a random order.
+    pub sources: u32,
+    /// Calls per round (one packet each).
+    pub calls: usize,
+    /// Median over rounds of the mean ns per call: one source throughout.
+    pub one_source_ns: f64,
+    /// The same, each call on the next source.
+    pub many_sources_ns: f64,
+    /// Count-and-pass, one packet per call, interleaved the same way.
+    pub baseline_ns: f64,
 }
 
 /// A reference program that adds one step to count-and-pass.
@@ -272,7 +301,7 @@ fn specs() -> Vec<Spec> {
 
 /// Steps [`run`] reports to the progress bar.
 pub fn steps(settings: &Settings) -> u64 {
-    (specs().len() * settings.rounds) as u64 + 1
+    ((specs().len() + 1) * settings.rounds) as u64 + 1
 }
 
 /// The reference programs.
@@ -448,6 +477,101 @@ impl Target {
     }
 }
 
+/// Over-budget drops from [`SPREAD_SOURCES`] tracked IPv4 sources
+/// (10.6.0.0/16), one packet per call in a random order, against the same
+/// calls on one source; each call next to a count-and-pass call on the same
+/// frame, so that both sides see the same cache traffic between calls.
+struct SpreadRun {
+    frames: Vec<Vec<u8>>,
+    keys: Vec<BucketKey>,
+    order: Vec<usize>,
+}
+
+impl SpreadRun {
+    fn new(rng: &mut Rng) -> Self {
+        let sources: Vec<IpAddr> = (0..SPREAD_SOURCES)
+            .map(|n| {
+                let [_, _, hi, lo] = n.to_be_bytes();
+                IpAddr::V4(Ipv4Addr::new(10, 6, hi, lo))
+            })
+            .collect();
+        let frames = sources.iter().map(|&s| Frame::udp(s, PORT).build()).collect();
+        let keys = sources.iter().map(|&s| bucket_key(s, 0, 32, 64)).collect();
+        let mut order: Vec<usize> = (0..sources.len()).collect();
+        for i in (1..order.len()).rev() {
+            #[expect(clippy::cast_possible_truncation, reason = "an index below 65 536")]
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        Self { frames, keys, order }
+    }
+
+    /// Gives every source a bucket whose TAT is far ahead: each call is an
+    /// over-budget drop on a tracked source.
+    fn prepare(&self, target: &mut Target) {
+        let bucket = Bucket { tat: ticks_from_ns(mono_ns() + PUSH_AHEAD_NS), passed: 0, dropped: 0 };
+        for key in &self.keys {
+            target.buckets.insert(*key, bucket, 0).unwrap_or_else(|e| panic!("writing a bucket: {e}"));
+        }
+    }
+
+    /// One round on the tight set-up without rules: ns per call on one
+    /// source, over every source, and the baseline's for each.
+    fn round(
+        &self,
+        targets: &mut [((Setup, RuleSet), Target)],
+        baseline: &Baseline,
+        calls: usize,
+        failures: &mut Vec<String>,
+    ) -> (f64, f64, [f64; 2]) {
+        let target = &mut targets
+            .iter_mut()
+            .find(|((setup, rules), _)| *setup == Setup::Tight && *rules == RuleSet::Empty)
+            .expect("the tight set-up")
+            .1;
+        self.prepare(target);
+        let (one, base_one) = self.measure(target, baseline, calls, false, failures);
+        let (many, base_many) = self.measure(target, baseline, calls, true, failures);
+        (one, many, [base_one, base_many])
+    }
+
+    /// Mean ns per call of `calls` calls: (throttle, baseline). `spread`
+    /// goes round the sources; otherwise every call is on the first.
+    fn measure(
+        &self,
+        target: &Target,
+        baseline: &Baseline,
+        calls: usize,
+        spread: bool,
+        failures: &mut Vec<String>,
+    ) -> (f64, f64) {
+        let before = target.counters();
+        let (mut throttle_ns, mut baseline_ns) = (0.0, 0.0);
+        for i in 0..calls {
+            let frame = &self.frames[if spread { self.order[i % self.order.len()] } else { self.order[0] }];
+            baseline_ns += baseline.pass(frame, 1, failures);
+            let (verdict, ns) = test_run(target.dataplane.program(), frame, 1);
+            if verdict != XDP_DROP {
+                failures.push(format!("spread over-budget run: verdict {verdict}"));
+                break;
+            }
+            throttle_ns += ns;
+        }
+        let after = target.counters();
+        let over = reason::OVER_LIMIT as usize;
+        let moved = after[over] - before[over];
+        let total: u64 = after.iter().sum::<u64>() - before.iter().sum::<u64>();
+        if moved != calls as u64 || total != moved {
+            failures.push(format!(
+                "spread over-budget run ({} sources): {moved} over_limit of {total} counted for {calls} calls",
+                if spread { SPREAD_SOURCES } else { 1 }
+            ));
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a call count")]
+        let n = calls.max(1) as f64;
+        (throttle_ns / n, baseline_ns / n)
+    }
+}
+
 /// The reference programs that add one step to count-and-pass.
 const STEPS: [(&str, &str); 5] = [
     (CLOCK_PROGRAM, "count-and-pass + bpf_ktime_get_ns"),
@@ -527,6 +651,8 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     let mut steps: Vec<[f64; STEPS.len()]> = Vec::new();
     let mut fresh_host: u32 = 0;
     let reference_frame = Frame::udp(IpAddr::V4(Ipv4Addr::new(10, 3, 0, 1)), PORT).build();
+    let spread_run = SpreadRun::new(&mut Rng::new(0x7370_7265_6164));
+    let (mut spread_one, mut spread_many, mut spread_base) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..settings.rounds {
         for (i, spec) in specs.iter().enumerate() {
             progress.message(&format!(
@@ -564,28 +690,20 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
         steps.push(
             STEPS.map(|(name, _)| baseline.counting(name, &reference_frame, settings.repeat, &mut failures)),
         );
+        progress.message(&format!(
+            "cost per packet, round {}/{}: over-budget drop over {SPREAD_SOURCES} sources",
+            round + 1,
+            settings.rounds
+        ));
+        let (one, many, base) =
+            spread_run.round(&mut targets, &baseline, settings.spread_calls, &mut failures);
+        spread_one.push(one);
+        spread_many.push(many);
+        spread_base.extend(base);
+        progress.inc();
     }
 
-    let rows = specs
-        .iter()
-        .zip(samples)
-        .zip(baselines)
-        .map(|((spec, samples), baselines)| {
-            let ns = median(&samples);
-            let baseline_ns = median(&baselines);
-            Row {
-                path: spec.path,
-                label: spec.path.label().to_owned(),
-                family: spec.family_label(),
-                rules: spec.rules,
-                ns,
-                baseline_ns,
-                ratio: ns / baseline_ns.max(0.5),
-                packets_per_call: if spec.path == Path::FirstSeen { 1 } else { settings.repeat },
-                samples_ns: if spec.path == Path::FirstSeen { Vec::new() } else { samples },
-            }
-        })
-        .collect();
+    let rows = rows(&specs, samples, baselines, settings.repeat);
     let baseline_pass_ns = median(&all_pass);
     let components = STEPS
         .iter()
@@ -606,8 +724,39 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
         jited_bytes: info.size_jitted(),
         rows,
         components,
+        spread: Spread {
+            sources: SPREAD_SOURCES,
+            calls: settings.spread_calls,
+            one_source_ns: median(&spread_one),
+            many_sources_ns: median(&spread_many),
+            baseline_ns: median(&spread_base),
+        },
         failures,
     }
+}
+
+/// The rows from their samples and their baselines' (medians).
+fn rows(specs: &[Spec], samples: Vec<Vec<f64>>, baselines: Vec<Vec<f64>>, repeat: u32) -> Vec<Row> {
+    specs
+        .iter()
+        .zip(samples)
+        .zip(baselines)
+        .map(|((spec, samples), baselines)| {
+            let ns = median(&samples);
+            let baseline_ns = median(&baselines);
+            Row {
+                path: spec.path,
+                label: spec.path.label().to_owned(),
+                family: spec.family_label(),
+                rules: spec.rules,
+                ns,
+                baseline_ns,
+                ratio: ns / baseline_ns.max(0.5),
+                packets_per_call: if spec.path == Path::FirstSeen { 1 } else { repeat },
+                samples_ns: if spec.path == Path::FirstSeen { Vec::new() } else { samples },
+            }
+        })
+        .collect()
 }
 
 fn fresh_source(v4: bool, n: u32) -> IpAddr {

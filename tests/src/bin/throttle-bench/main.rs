@@ -186,9 +186,9 @@ fn main() {
         std::process::exit(1);
     }
     let cost_settings = if options.quick {
-        cost::Settings { repeat: 100_000, rounds: 2, fresh_calls: 200 }
+        cost::Settings { repeat: 100_000, rounds: 2, fresh_calls: 200, spread_calls: 4_096 }
     } else {
-        cost::Settings { repeat: 1_000_000, rounds: 5, fresh_calls: 2_000 }
+        cost::Settings { repeat: 1_000_000, rounds: 5, fresh_calls: 2_000, spread_calls: 65_536 }
     };
     let flood_settings = if options.quick {
         flood::Settings { secs: 1.0, rounds: 1 }

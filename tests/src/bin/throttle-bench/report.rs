@@ -208,6 +208,31 @@ impl Table {
     }
 }
 
+/// The over-budget drop over many sources against one.
+fn spread_table(sp: &cost::Spread) -> Table {
+    let mut t = Table::new(
+        &format!(
+            "Over-budget drop, 1 packet per call ({} calls per round): one tracked source, and {} tracked \
+             sources in turn (random order)",
+            sp.calls, sp.sources
+        ),
+        &["sources", "ns/call", "count-and-pass ns/call", "over one source"],
+    );
+    t.row(vec![
+        "1".to_owned(),
+        format!("{:.1}", sp.one_source_ns),
+        format!("{:.1}", sp.baseline_ns),
+        "-".to_owned(),
+    ]);
+    t.row(vec![
+        sp.sources.to_string(),
+        format!("{:.1}", sp.many_sources_ns),
+        format!("{:.1}", sp.baseline_ns),
+        format!("{:+.1} ns", sp.many_sources_ns - sp.one_source_ns),
+    ]);
+    t
+}
+
 fn tables(report: &Report) -> Vec<Table> {
     let mut out = Vec::new();
     if let Some(cost) = &report.cost {
@@ -246,6 +271,7 @@ fn tables(report: &Report) -> Vec<Table> {
             t.row(vec![c.what.to_owned(), format!("{:.1}", c.ns), format!("{:+.1}", c.extra_ns)]);
         }
         out.push(t);
+        out.push(spread_table(&cost.spread));
     }
     if let Some(flood) = &report.flood {
         let mut t = Table::new(
