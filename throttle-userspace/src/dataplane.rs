@@ -1116,7 +1116,15 @@ impl PinDir {
                     let _ = Self { dir: dir.to_path_buf(), created }.remove_dirs();
                     return Err(DataplaneError::DottedName { dir: path });
                 }
-                Err(source) => return Err(DataplaneError::PinDir { dir: path, source }),
+                Err(source) => {
+                    let _ = Self { dir: dir.to_path_buf(), created }.remove_dirs();
+                    // Under a directory that is not a bpffs (as /sys/fs/bpf
+                    // in the fresh sysfs of `ip netns exec`), say that.
+                    if path.parent().is_some_and(|parent| matches!(sys::is_bpffs(parent), Ok(false))) {
+                        return Err(DataplaneError::NotBpffs { dir: dir.to_path_buf() });
+                    }
+                    return Err(DataplaneError::PinDir { dir: path, source });
+                }
             }
         }
         let pins = Self { dir: dir.to_path_buf(), created };

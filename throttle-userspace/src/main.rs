@@ -85,8 +85,7 @@ fn main() -> ExitCode {
             return match runtime.block_on(throttle::daemon::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    tracing::error!("{err:#}");
-                    eprintln!("error: {err:#}");
+                    eprintln!("error: {}", chain(&err));
                     ExitCode::FAILURE
                 }
             };
@@ -109,5 +108,49 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::from(err.exit_code())
         }
+    }
+}
+
+/// An error and its causes, joined by ": ", leaving out a cause whose text
+/// already ends the message (an error that names its source in its own
+/// text and also returns it as its source).
+fn chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("pin directory /sys/fs/bpf/x: {source}")]
+    struct Named {
+        source: io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_left_out() {
+        let err = anyhow::Error::new(Named { source: io::Error::from(io::ErrorKind::NotFound) })
+            .context("loading the XDP program");
+        assert_eq!(chain(&err), "loading the XDP program: pin directory /sys/fs/bpf/x: entity not found");
+    }
+
+    #[test]
+    fn causes_the_message_does_not_name_are_kept() {
+        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::NotFound)).context("reading /etc/x");
+        assert_eq!(chain(&err), "reading /etc/x: entity not found");
     }
 }
