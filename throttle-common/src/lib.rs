@@ -122,7 +122,11 @@ pub struct Config {
     pub ipv6_mask: [u32; 4],
     /// With [`flags::ONE_IFACE`]: the counters slot of the one interface.
     pub iface_slot: u32,
-    pub _pad: u32,
+    /// The rule filter's masks, a byte per (bank, family)
+    /// ([`rule_filter::shift_of`]), so that the data path reads a mask from
+    /// the configuration instead of looking it up. 0: no mask, walk the
+    /// trie (as a daemon that predates them leaves it).
+    pub rule_filter_shifts: u32,
 }
 
 const _: () = assert!(size_of::<Config>() == 96);
@@ -187,7 +191,11 @@ pub mod scope {
 /// holds two banks; the daemon writes the bank not in use, then switches
 /// [`Config::rule_filter_bank`], so a packet never meets a half-written one.
 /// Each (bank, family) region is a header word, the mask of the first `L`
-/// bits, then the bitmap.
+/// bits, then the bitmap. The data path takes the mask from
+/// [`Config::rule_filter_shifts`] instead, which saves it a dependent
+/// lookup; the daemon writes a bank's byte there before it switches to the
+/// bank, and the header word stays for a program of an earlier build that
+/// runs on the same maps while a new daemon takes them over.
 pub mod rule_filter {
     /// log2 of the bits of one bitmap.
     pub const BITS_LOG2: u32 = 18;
@@ -204,6 +212,45 @@ pub mod rule_filter {
     #[must_use]
     pub const fn region(bank: u32, ipv6: bool) -> u32 {
         ((bank & 1) * 2 + ipv6 as u32) * REGION
+    }
+
+    /// The byte of [`super::Config::rule_filter_shifts`] that describes
+    /// `mask`, a region's header word (its leading bits set): 0 for no
+    /// mask (a rule of prefix length 0 matches every source), otherwise 1 +
+    /// the number of trailing zero bits.
+    #[must_use]
+    pub const fn shift_byte(mask: u64) -> u8 {
+        if mask == 0 {
+            0
+        } else {
+            mask.trailing_zeros() as u8 + 1
+        }
+    }
+
+    /// `shifts` with the byte of `bank` and a family set to `byte`.
+    #[must_use]
+    pub const fn with_shift(shifts: u32, bank: u32, ipv6: bool, byte: u8) -> u32 {
+        let at = ((bank & 1) * 2 + ipv6 as u32) * 8;
+        (shifts & !(0xFF << at)) | ((byte as u32) << at)
+    }
+
+    /// The byte of `bank` and a family in `shifts`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn shift_of(shifts: u32, bank: u32, ipv6: bool) -> u32 {
+        (shifts >> (((bank & 1) * 2 + ipv6 as u32) * 8)) & 0xFF
+    }
+
+    /// The mask a [`shift_byte`] stands for, `None` for none (walk the
+    /// trie). For a source read by [`ipv4`] or [`ipv6`] it masks what the
+    /// header word masks: the bits above the address's width are 0.
+    #[inline(always)]
+    #[must_use]
+    pub const fn mask_of(byte: u32) -> Option<u64> {
+        if byte == 0 || byte > 64 {
+            return None;
+        }
+        Some(u64::MAX << (byte - 1))
     }
 
     /// The bit of a masked address: the leading bits of a Fibonacci hash.

@@ -26,16 +26,13 @@ pub enum Selected<'a> {
 #[inline(always)]
 fn lookup(packet: &Packet, config: &Config) -> Option<&'static Rule> {
     if packet.family == FAMILY_V4 {
-        if config.flags & flags::RULES_V4 == 0
-            || !may_match(config.rule_filter_bank, false, rule_filter::ipv4(packet.src[0]))
+        if config.flags & flags::RULES_V4 == 0 || !may_match(config, false, rule_filter::ipv4(packet.src[0]))
         {
             return None;
         }
         return RULES_V4.get(Key::new(32, packet.src[0].to_ne_bytes()));
     }
-    if config.flags & flags::RULES_V6 == 0
-        || !may_match(config.rule_filter_bank, true, rule_filter::ipv6(&packet.src))
-    {
+    if config.flags & flags::RULES_V6 == 0 || !may_match(config, true, rule_filter::ipv6(&packet.src)) {
         return None;
     }
     let s = packet.src;
@@ -48,15 +45,17 @@ fn lookup(packet: &Packet, config: &Config) -> Option<&'static Rule> {
 }
 
 /// Whether the rule filter lets `addr` through to the trie: false only when
-/// no rule can match it.
+/// no rule can match it. The mask comes with the configuration, so the one
+/// lookup is the bitmap's word.
 #[inline(always)]
-fn may_match(bank: u32, ipv6: bool, addr: u64) -> bool {
-    let base = rule_filter::region(bank, ipv6);
-    let Some(mask) = RULE_FILTER.get(base) else {
+fn may_match(config: &Config, ipv6: bool, addr: u64) -> bool {
+    let bank = config.rule_filter_bank;
+    let Some(mask) = rule_filter::mask_of(rule_filter::shift_of(config.rule_filter_shifts, bank, ipv6))
+    else {
         return true;
     };
-    let bit = rule_filter::bit(addr & *mask);
-    match RULE_FILTER.get(base + 1 + bit / 64) {
+    let bit = rule_filter::bit(addr & mask);
+    match RULE_FILTER.get(rule_filter::region(bank, ipv6) + 1 + bit / 64) {
         Some(word) => (*word >> (bit % 64)) & 1 != 0,
         None => true,
     }

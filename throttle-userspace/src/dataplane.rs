@@ -256,6 +256,8 @@ pub struct Dataplane {
     rule_filter_words: Vec<u64>,
     /// The bank of `RULE_FILTER` in use.
     rule_filter_bank: u32,
+    /// `Config::rule_filter_shifts` as the kernel holds it.
+    rule_filter_shifts: u32,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     counters: PerCpuArray<MapData, u64>,
     iface_slot: Array<MapData, u32>,
@@ -392,11 +394,11 @@ impl Dataplane {
         let max_sources = buckets.map().info().map_err(map_err(map_name::BUCKETS))?.max_entries();
         // The configuration version carries on from the adopted maps, so
         // that it keeps growing across restarts.
-        let (version, rule_filter_bank) = if adopted {
+        let (version, rule_filter_bank, rule_filter_shifts) = if adopted {
             let config = config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
-            (config.version, config.rule_filter_bank & 1)
+            (config.version, config.rule_filter_bank & 1, config.rule_filter_shifts)
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
         let rule_filter: Array<MapData, u64> = take(&mut ebpf, map_name::RULE_FILTER)?;
         let rule_filter_words = if adopted {
@@ -440,6 +442,7 @@ impl Dataplane {
             rule_filter,
             rule_filter_words,
             rule_filter_bank,
+            rule_filter_shifts,
             buckets,
             counters: take(&mut ebpf, map_name::COUNTERS)?,
             ebpf,
@@ -805,7 +808,7 @@ impl Dataplane {
             rule_filter_bank: bank,
             ipv6_mask: ipv6_mask(limits.ipv6_prefix as u8),
             iface_slot: 0,
-            _pad: 0,
+            rule_filter_shifts: self.rule_filter_shifts,
         };
         self.write_config(config, false)?;
         self.rule_filter_bank = bank;
@@ -855,6 +858,8 @@ impl Dataplane {
             })
         };
         if holds(&self.rule_filter_words, self.rule_filter_bank) {
+            // Masks left at 0 by an earlier build's daemon are filled in.
+            self.write_rule_filter_shifts(self.rule_filter_bank, &v4, &v6)?;
             return Ok(self.rule_filter_bank);
         }
         let bank = self.rule_filter_bank ^ 1;
@@ -867,7 +872,38 @@ impl Dataplane {
                 }
             }
         }
+        self.write_rule_filter_shifts(bank, &v4, &v6)?;
         Ok(bank)
+    }
+
+    /// Puts the masks of `bank`'s regions in the configuration in force,
+    /// which the program reads before it looks at the bitmap. The bank not
+    /// in use changes before the switch to it, and the bank in use only
+    /// from 0 (walk the trie, as after an earlier build), so that no packet
+    /// pairs a bank with another filter's mask.
+    fn write_rule_filter_shifts(
+        &mut self,
+        bank: u32,
+        v4: &crate::rule_filter::Region,
+        v6: &crate::rule_filter::Region,
+    ) -> Result<(), DataplaneError> {
+        let shifts = rule_filter::with_shift(
+            rule_filter::with_shift(self.rule_filter_shifts, bank, false, v4.shift_byte()),
+            bank,
+            true,
+            v6.shift_byte(),
+        );
+        if shifts == self.rule_filter_shifts {
+            return Ok(());
+        }
+        let mut config = self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
+        config.rule_filter_shifts = shifts;
+        self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
+        if let Some(written) = &mut self.written {
+            written.rule_filter_shifts = shifts;
+        }
+        self.rule_filter_shifts = shifts;
+        Ok(())
     }
 
     /// Writes the global settings, with the counters slot of the interface
@@ -901,6 +937,11 @@ impl Dataplane {
         self.scope.set(index, bits, 0).map_err(map_err(map_name::SCOPE))?;
         self.scope_bits[word] = bits;
         Ok(())
+    }
+
+    /// The global settings as the kernel holds them.
+    pub fn kernel_config(&self) -> Result<Config, DataplaneError> {
+        self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))
     }
 
     /// The verdict counters, summed over the CPUs and the interfaces, by

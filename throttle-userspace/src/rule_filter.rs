@@ -51,11 +51,22 @@ impl Region {
         &self.words
     }
 
+    /// The region's byte of `Config::rule_filter_shifts`: its mask as the
+    /// data path reads it.
+    #[must_use]
+    pub fn shift_byte(&self) -> u8 {
+        rule_filter::shift_byte(self.words[0])
+    }
+
     /// Whether a source (read as the data path reads it) gets past the
-    /// filter: the data path's test, on the host.
+    /// filter: the data path's test, on the host, with the mask from
+    /// [`Self::shift_byte`].
     #[must_use]
     pub fn may_match(&self, addr: u64) -> bool {
-        let bit = rule_filter::bit(addr & self.words[0]);
+        let Some(mask) = rule_filter::mask_of(u32::from(self.shift_byte())) else {
+            return true;
+        };
+        let bit = rule_filter::bit(addr & mask);
         self.words[1 + (bit / 64) as usize] >> (bit % 64) & 1 != 0
     }
 
@@ -127,7 +138,35 @@ mod tests {
         assert!(region.may_match(src4("203.0.113.1")));
     }
 
+    #[test]
+    fn each_bank_and_family_has_its_own_byte() {
+        let mut shifts = 0;
+        for (i, (bank, ipv6)) in [(0, false), (0, true), (1, false), (1, true)].into_iter().enumerate() {
+            shifts = rule_filter::with_shift(shifts, bank, ipv6, 10 + i as u8);
+        }
+        for (i, (bank, ipv6)) in [(0, false), (0, true), (1, false), (1, true)].into_iter().enumerate() {
+            assert_eq!(rule_filter::shift_of(shifts, bank, ipv6), 10 + i as u32);
+        }
+        let shifts = rule_filter::with_shift(shifts, 1, false, 0);
+        assert_eq!(rule_filter::shift_of(shifts, 1, false), 0);
+        assert_eq!(rule_filter::shift_of(shifts, 0, true), 11);
+        assert_eq!(rule_filter::mask_of(0), None);
+        assert_eq!(rule_filter::mask_of(65), None);
+    }
+
     proptest! {
+        /// The mask the data path rebuilds from the configuration's byte
+        /// masks a source as the region's header word does.
+        #[test]
+        fn the_shift_byte_masks_as_the_header_word(len in 0u8..=64, wide in any::<bool>(), addr in any::<u64>()) {
+            let width = if wide { 64 } else { 32 };
+            let len = len.min(width);
+            let addr = if wide { addr } else { addr & 0xffff_ffff };
+            let header = leading_ones(len, width);
+            let mask = rule_filter::mask_of(u32::from(rule_filter::shift_byte(header)));
+            prop_assert_eq!(mask.map(|m| addr & m), (header != 0).then_some(addr & header));
+        }
+
         /// Whatever the rules, a source that one of them matches always gets
         /// past the filter.
         #[test]

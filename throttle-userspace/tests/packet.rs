@@ -14,7 +14,7 @@ use throttle::{
     dataplane::{bucket_key, Dataplane},
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
 };
-use throttle_common::reason;
+use throttle_common::{reason, rule_filter};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -334,6 +334,14 @@ fn the_rule_filter_follows_every_change_of_the_rules() {
     let deny = |h: &mut Harness, src| h.expect(&Frame::udp(ip(src), 1).build(), XDP_DROP, reason::DENY_RULE);
     let allow =
         |h: &mut Harness, src| h.expect(&Frame::udp(ip(src), 1).build(), XDP_PASS, reason::ALLOW_RULE);
+    // The masks in force, as (IPv4, IPv6) bytes: 1 + the bits under the
+    // shortest prefix (IPv6 looks at its first 64 bits only).
+    let masks = |h: &Harness| {
+        let config = h.dataplane.kernel_config().expect("the configuration");
+        let bank = config.rule_filter_bank;
+        [false, true].map(|ipv6| rule_filter::shift_of(config.rule_filter_shifts, bank, ipv6))
+    };
+    assert_eq!(masks(&h), [1 + 8, 1]);
     deny(&mut h, "10.1.2.3");
     deny(&mut h, "2001:db8:1::1");
     h.expect(&Frame::udp(ip("10.1.3.3"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
@@ -342,6 +350,7 @@ fn the_rule_filter_follows_every_change_of_the_rules() {
     p.rules.push(rule("10.0.0.0/8", Action::Allow, None, None));
     p.rules.push(rule("2001::/16", Action::Allow, None, None));
     h.apply(&p);
+    assert_eq!(masks(&h), [1 + 24, 1 + 48]);
     deny(&mut h, "10.1.2.3");
     deny(&mut h, "2001:db8:1::1");
     allow(&mut h, "10.200.0.1");
@@ -349,6 +358,7 @@ fn the_rule_filter_follows_every_change_of_the_rules() {
     // The longer ones go: the filter narrows again, back in the first bank.
     p.rules.retain(|r| r.action == Action::Allow);
     h.apply(&p);
+    assert_eq!(masks(&h), [1 + 24, 1 + 48]);
     allow(&mut h, "10.1.2.3");
     allow(&mut h, "2001:db8:1::1");
     // A change that leaves the filter as it is (a limit rule's rate).
@@ -356,6 +366,7 @@ fn the_rule_filter_follows_every_change_of_the_rules() {
     h.apply(&p);
     p.rules[0].rate = Some(6);
     h.apply(&p);
+    assert_eq!(masks(&h), [1 + 8, 0]);
     h.expect(&Frame::udp(ip("192.0.2.1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
     h.expect(&Frame::udp(ip("10.1.2.3"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
     // No rules at all.
