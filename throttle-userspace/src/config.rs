@@ -99,6 +99,15 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// As the configuration and the API spell it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Packets => "packets",
+            Self::Bytes => "bytes",
+        }
+    }
+
     #[must_use]
     pub const fn kernel(self) -> u32 {
         match self {
@@ -557,6 +566,13 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_are_named_as_they_are_spelled() {
+        for unit in [Unit::Packets, Unit::Bytes] {
+            assert_eq!(serde_json::to_string(&unit).expect("serializes"), format!("\"{}\"", unit.name()));
+        }
+    }
 
     fn parse(text: &str) -> Result<Settings, String> {
         let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;

@@ -91,7 +91,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     tracing::info!(
         rate = policy.limits.rate,
         burst = policy.limits.burst,
-        unit = ?policy.limits.unit,
+        unit = policy.limits.unit.name(),
         ipv4_prefix = policy.limits.ipv4_prefix,
         ipv6_prefix = policy.limits.ipv6_prefix,
         dry_run = policy.limits.dry_run,
