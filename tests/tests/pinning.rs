@@ -29,7 +29,7 @@ use aya::{
 };
 use throttle::{
     config::{Limits, Policy, Scope, XdpMode},
-    dataplane::{bucket_key, Dataplane, DataplaneError, Options},
+    dataplane::{bucket_key, counters_label, Dataplane, DataplaneError, Options},
     frames::Frame,
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
@@ -542,7 +542,7 @@ fn by_interface(dataplane: &Dataplane) -> Vec<(String, u64, u64)> {
         .expect("counters by interface")
         .into_iter()
         .map(|(attachment, c)| {
-            let name = attachment.map_or_else(|| "other".to_owned(), |a| a.iface);
+            let (name, _) = counters_label(attachment.as_ref());
             (name, c[reason::NEW_SOURCE as usize], c[reason::OVER_LIMIT as usize])
         })
         .collect();

@@ -206,12 +206,20 @@ pub mod rule_filter {
     /// Words of the `RULE_FILTER` array: two banks of two families.
     pub const TOTAL: u32 = 4 * REGION;
 
+    /// The (bank, family) pair's number, 0 to 3: `bank`'s low bit, then the
+    /// family.
+    #[inline(always)]
+    #[must_use]
+    const fn pair(bank: u32, ipv6: bool) -> u32 {
+        (bank & 1) * 2 + ipv6 as u32
+    }
+
     /// The first word of the region of `bank` (only its low bit counts) and
     /// a family.
     #[inline(always)]
     #[must_use]
     pub const fn region(bank: u32, ipv6: bool) -> u32 {
-        ((bank & 1) * 2 + ipv6 as u32) * REGION
+        pair(bank, ipv6) * REGION
     }
 
     /// The byte of [`super::Config::rule_filter_shifts`] that describes
@@ -230,7 +238,7 @@ pub mod rule_filter {
     /// `shifts` with the byte of `bank` and a family set to `byte`.
     #[must_use]
     pub const fn with_shift(shifts: u32, bank: u32, ipv6: bool, byte: u8) -> u32 {
-        let at = ((bank & 1) * 2 + ipv6 as u32) * 8;
+        let at = pair(bank, ipv6) * 8;
         (shifts & !(0xFF << at)) | ((byte as u32) << at)
     }
 
@@ -238,7 +246,7 @@ pub mod rule_filter {
     #[inline(always)]
     #[must_use]
     pub const fn shift_of(shifts: u32, bank: u32, ipv6: bool) -> u32 {
-        (shifts >> (((bank & 1) * 2 + ipv6 as u32) * 8)) & 0xFF
+        (shifts >> (pair(bank, ipv6) * 8)) & 0xFF
     }
 
     /// The mask a [`shift_byte`] stands for, `None` for none (walk the

@@ -41,9 +41,8 @@ pub trait Kernel: Send {
     fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError>;
     fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError>;
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError>;
-    /// Calls `f` for every tracked bucket.
-    fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket));
-    /// The same walk, on a handle that outlives the borrow of the kernel.
+    /// A walk over every tracked bucket, on a handle that outlives the
+    /// borrow of the kernel.
     fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError>;
     fn attachments(&self) -> Vec<Attachment>;
     fn max_sources(&self) -> u32;
@@ -76,10 +75,6 @@ impl Kernel for Dataplane {
 
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError> {
         Dataplane::remove_bucket(self, key)
-    }
-
-    fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-        Dataplane::for_each_bucket(self, f);
     }
 
     fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {
@@ -688,12 +683,6 @@ pub mod fake {
             let before = s.buckets.len();
             s.buckets.retain(|(k, _)| k != key);
             Ok(s.buckets.len() != before)
-        }
-
-        fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-            for (k, b) in &self.0.lock().unwrap().buckets {
-                f(k, b);
-            }
         }
 
         fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {

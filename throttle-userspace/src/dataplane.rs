@@ -178,6 +178,11 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
+/// A failed system call on behalf of `map`, as a [`map_err`].
+fn syscall_err(map: &'static str, call: &'static str) -> impl Fn(io::Error) -> DataplaneError {
+    move |io_error| map_err(map)(MapError::SyscallError(SyscallError { call, io_error }))
+}
+
 fn pin_dir_err(dir: &Path) -> impl Fn(io::Error) -> DataplaneError + '_ {
     move |source| DataplaneError::PinDir { dir: dir.to_path_buf(), source }
 }
@@ -229,6 +234,14 @@ fn walk_buckets(buckets: &HashMap<MapData, BucketKey, Bucket>, f: &mut dyn FnMut
 
 /// Verdict counters by [`reason`] slot.
 pub type Counters = [u64; reason::COUNT as usize];
+
+/// The interface and the XDP mode that counters of
+/// [`Dataplane::counters_by_interface`] are reported under: `other`, with no
+/// mode, for the packets of interfaces without counters of their own.
+#[must_use]
+pub fn counters_label(attachment: Option<&Attachment>) -> (String, String) {
+    attachment.map_or_else(|| ("other".to_owned(), String::new()), |a| (a.iface.clone(), a.mode.to_owned()))
+}
 
 /// A rule as the data path holds it: its id and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1005,12 +1018,10 @@ impl Dataplane {
             );
             return Ok(());
         };
-        let cpus_err = |io_error| {
-            map_err(map_name::COUNTERS)(MapError::SyscallError(SyscallError { call: "nr_cpus", io_error }))
-        };
+        let cpus_err = syscall_err(map_name::COUNTERS, "nr_cpus");
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| cpus_err(e))?;
         for reason in 0..reason::COUNT {
-            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(cpus_err)?;
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(&cpus_err)?;
             self.counters
                 .set(slot * reason::COUNT + reason, zeros, 0)
                 .map_err(map_err(map_name::COUNTERS))?;
@@ -1054,9 +1065,13 @@ impl Dataplane {
     /// walks that need nothing else and so can run beside every other use
     /// of the dataplane.
     pub fn bucket_walker(&self) -> Result<BucketWalker, DataplaneError> {
-        let fd = self.buckets.map().fd().as_fd().try_clone_to_owned().map_err(|err| {
-            map_err(map_name::BUCKETS)(MapError::SyscallError(SyscallError { call: "dup", io_error: err }))
-        })?;
+        let fd = self
+            .buckets
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(syscall_err(map_name::BUCKETS, "dup"))?;
         let data = MapData::from_fd(fd).map_err(map_err(map_name::BUCKETS))?;
         let buckets = HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(map_name::BUCKETS))?;
         Ok(BucketWalker { buckets })

@@ -13,7 +13,7 @@ use super::AppState;
 use crate::{
     config::Action,
     controller::State,
-    dataplane::{Attachment, Counters},
+    dataplane::{counters_label, Attachment, Counters},
 };
 
 type Labels = Vec<(&'static str, String)>;
@@ -156,10 +156,7 @@ fn controller(registry: &mut Registry, state: &AppState) {
 fn packets(by_interface: &[(Option<Attachment>, Counters)]) -> Family<Labels, Counter> {
     let packets = Family::<Labels, Counter>::default();
     for (attachment, counters) in by_interface {
-        let (interface, mode) = match attachment {
-            Some(a) => (a.iface.clone(), a.mode.to_owned()),
-            None => ("other".to_owned(), String::new()),
-        };
+        let (interface, mode) = counters_label(attachment.as_ref());
         for (slot, (&name, &count)) in reason::NAMES.iter().zip(counters).enumerate() {
             let verdict = if reason::drops(slot as u32) { "drop" } else { "pass" };
             packets

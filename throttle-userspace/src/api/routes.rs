@@ -22,7 +22,7 @@ use crate::{
     config::{Action, Limits, RuleSpec, Scope},
     control::{top_buckets, Counters, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
-    dataplane::DataplaneError,
+    dataplane::{counters_label, DataplaneError},
     store::LimitsPatch,
 };
 
@@ -381,8 +381,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
     let interfaces = by_interface
         .into_iter()
         .map(|(attachment, counters)| {
-            let (name, mode) = attachment
-                .map_or_else(|| ("other".to_owned(), String::new()), |a| (a.iface, a.mode.to_owned()));
+            let (name, mode) = counters_label(attachment.as_ref());
             let (counters, passed, dropped) = tally(&counters);
             (name, InterfaceStats { mode, counters, passed, dropped })
         })

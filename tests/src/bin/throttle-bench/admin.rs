@@ -5,19 +5,14 @@
 //! second and p99 of `GET /v1/status` and `GET /metrics` under wrk on the
 //! namespace's loopback.
 
-use std::{
-    fs,
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::{fs, time::Duration};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use serde::Serialize;
-use throttle::dataplane::bucket_key;
 use throttle_common::{map_name, Bucket, BucketKey};
 use throttle_tests::{Daemon, Netns, VethPair};
 
-use crate::{median, Progress, Rng};
+use crate::{median, scale, Progress};
 
 /// How long the daemon gets to attach.
 const DAEMON_READY: Duration = Duration::from_secs(30);
@@ -69,22 +64,13 @@ fn sources_label(n: u32) -> String {
 
 pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) -> Vec<Row> {
     let n = sources_label(settings.sources);
+    let row = |what: String, target| Row { what, target, value: None, met: None };
     let mut rows = vec![
-        Row {
-            what: format!("GET /v1/sources?top=20 with {n} sources"),
-            target: "< 1 s",
-            value: None,
-            met: None,
-        },
-        Row { what: format!("GET /metrics with {n} sources"), target: "-", value: None, met: None },
-        Row { what: format!("daemon memory (RSS) with {n} sources"), target: "-", value: None, met: None },
-        Row {
-            what: format!("GET /v1/status under wrk ({n} sources)"),
-            target: "> 10 000 requests/s",
-            value: None,
-            met: None,
-        },
-        Row { what: format!("GET /metrics under wrk ({n} sources)"), target: "-", value: None, met: None },
+        row(format!("GET /v1/sources?top=20 with {n} sources"), "< 1 s"),
+        row(format!("GET /metrics with {n} sources"), "-"),
+        row(format!("daemon memory (RSS) with {n} sources"), "-"),
+        row(format!("GET /v1/status under wrk ({n} sources)"), "> 10 000 requests/s"),
+        row(format!("GET /metrics under wrk ({n} sources)"), "-"),
     ];
 
     progress.message("admin: starting the daemon");
@@ -149,14 +135,7 @@ fn fill(daemon: &Daemon, sources: u32) -> Result<(), String> {
     let data = MapData::from_pin(&pin).map_err(|e| format!("open {}: {e}", pin.display()))?;
     let mut buckets: BpfHashMap<MapData, BucketKey, Bucket> =
         BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| format!("BUCKETS: {e}"))?;
-    let mut rng = Rng::new(0x00ad_0001);
-    for i in 0..sources {
-        // 11.0.0.0 onwards: one distinct /32 each.
-        let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 0, 32, 64);
-        let bucket = Bucket { tat: 0, passed: rng.next_u64() % 1_000, dropped: rng.next_u64() % 1_000_000 };
-        buckets.insert(key, bucket, 0).map_err(|e| format!("inserting source {i}: {e}"))?;
-    }
-    Ok(())
+    scale::fill(&mut buckets, sources, 0x00ad_0001)
 }
 
 /// The median `time_total` of `requests` curl GETs of `url` in `ns`.

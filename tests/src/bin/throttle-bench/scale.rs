@@ -59,6 +59,22 @@ pub struct Results {
 /// Steps [`run`] reports to the progress bar.
 pub const STEPS: u64 = 4;
 
+/// Writes `sources` distinct /32 sources (11.0.0.0 onwards) into a bucket
+/// map, with counts drawn from `seed`.
+pub fn fill(
+    buckets: &mut BpfHashMap<MapData, BucketKey, Bucket>,
+    sources: u32,
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    for i in 0..sources {
+        let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 0, 32, 64);
+        let bucket = Bucket { tat: 0, passed: rng.next_u64() % 1_000, dropped: rng.next_u64() % 1_000_000 };
+        buckets.insert(key, bucket, 0).map_err(|e| format!("inserting source {i}: {e}"))?;
+    }
+    Ok(())
+}
+
 pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) -> Results {
     let max_sources = settings.sources;
     progress.message(&format!("scale: loading with max_sources = {max_sources}"));
@@ -71,14 +87,8 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
     progress.inc();
 
     progress.message(&format!("scale: writing {max_sources} sources"));
-    let mut rng = Rng::new(0x0005_ca1e);
     let started = Instant::now();
-    for i in 0..settings.sources {
-        // 11.0.0.0 onwards: one distinct /32 each.
-        let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 0, 32, 64);
-        let bucket = Bucket { tat: 0, passed: rng.next_u64() % 1_000, dropped: rng.next_u64() % 1_000_000 };
-        buckets.insert(key, bucket, 0).unwrap_or_else(|e| panic!("inserting source {i}: {e}"));
-    }
+    fill(&mut buckets, settings.sources, 0x0005_ca1e).unwrap_or_else(|e| panic!("{e}"));
     let insert_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
