@@ -17,6 +17,8 @@ use hyper_util::{
 };
 use serde_json::{json, Value};
 
+use crate::policy::{LimitsPatch, RuleSpec};
+
 /// Success.
 pub const EXIT_OK: u8 = 0;
 /// The daemon refused the request or failed it (the message says why).
@@ -36,7 +38,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The daemon's admin API: `host:port` or `http://host:port`.
-    #[arg(long, global = true, env = "THROTTLE_ADMIN", default_value = crate::config::DEFAULT_ADMIN, value_name = "ADDR")]
+    #[arg(long, global = true, env = "THROTTLE_ADMIN", default_value = crate::settings::DEFAULT_ADMIN, value_name = "ADDR")]
     pub admin: String,
     /// File holding the bearer token (else `$THROTTLE_TOKEN`).
     #[arg(long, global = true, value_name = "FILE")]
@@ -46,34 +48,10 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-/// `throttle limits set`: the fields to change.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct LimitsSet {
-    /// Per source, per second.
-    #[arg(long)]
-    pub rate: Option<u64>,
-    #[arg(long)]
-    pub burst: Option<u64>,
-    /// `packets` or `bytes`.
-    #[arg(long)]
-    pub unit: Option<String>,
-    #[arg(long)]
-    pub ipv4_prefix: Option<u64>,
-    #[arg(long)]
-    pub ipv6_prefix: Option<u64>,
-    /// `true` or `false`.
-    #[arg(long)]
-    pub dry_run: Option<bool>,
-    #[arg(long)]
-    pub new_source_rate: Option<u64>,
-    #[arg(long)]
-    pub new_source_burst: Option<u64>,
-}
-
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum LimitsCommand {
     /// Change the fields given (PATCH /v1/limits).
-    Set(LimitsSet),
+    Set(LimitsPatch),
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -81,18 +59,7 @@ pub enum RulesCommand {
     /// The rules with their ids.
     List,
     /// Add a rule: `rules add 10.0.0.0/8 deny`, `rules add 2001:db8::/32 limit --rate 100`.
-    Add {
-        cidr: String,
-        /// `allow`, `deny` or `limit`.
-        action: String,
-        #[arg(long)]
-        rate: Option<u64>,
-        #[arg(long)]
-        burst: Option<u64>,
-        /// `packets` or `bytes`.
-        #[arg(long)]
-        unit: Option<String>,
-    },
+    Add(RuleSpec),
     /// Remove the rule with this id.
     Rm { id: String },
 }
@@ -118,7 +85,7 @@ pub enum ControllerCommand {
 #[derive(Debug, Clone)]
 pub enum ClientCommand {
     Status,
-    Limits(Option<LimitsSet>),
+    Limits(Option<LimitsPatch>),
     Rules(RulesCommand),
     Top { n: usize, by: String },
     Source { addr: String, reset: bool },
@@ -246,17 +213,8 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         ClientCommand::Rules(RulesCommand::List) => {
             (client.call(Method::GET, "/v1/rules", None).await?, rules_table)
         }
-        ClientCommand::Rules(RulesCommand::Add { cidr, action, rate, burst, unit }) => {
-            let mut body = json!({ "cidr": cidr, "action": action });
-            for (key, value) in [
-                ("rate", rate.map(Value::from)),
-                ("burst", burst.map(Value::from)),
-                ("unit", unit.map(Value::from)),
-            ] {
-                if let Some(value) = value {
-                    body[key] = value;
-                }
-            }
+        ClientCommand::Rules(RulesCommand::Add(rule)) => {
+            let body = serde_json::to_value(&rule).expect("a rule serialises");
             (client.call(Method::POST, "/v1/rules", Some(&body)).await?, |v| {
                 format!("added rule {}\n", v["id"])
             })
@@ -322,29 +280,13 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-fn limits_patch(set: &LimitsSet) -> Result<Value, ClientError> {
-    let mut body = json!({});
-    let fields: [(&str, Option<Value>); 8] = [
-        ("rate", set.rate.map(Value::from)),
-        ("burst", set.burst.map(Value::from)),
-        ("unit", set.unit.clone().map(Value::from)),
-        ("ipv4_prefix", set.ipv4_prefix.map(Value::from)),
-        ("ipv6_prefix", set.ipv6_prefix.map(Value::from)),
-        ("dry_run", set.dry_run.map(Value::from)),
-        ("new_source_rate", set.new_source_rate.map(Value::from)),
-        ("new_source_burst", set.new_source_burst.map(Value::from)),
-    ];
-    for (key, value) in fields {
-        if let Some(value) = value {
-            body[key] = value;
-        }
-    }
-    if body.as_object().is_some_and(serde_json::Map::is_empty) {
+fn limits_patch(patch: &LimitsPatch) -> Result<Value, ClientError> {
+    if patch.is_empty() {
         return Err(ClientError::Usage(
             "limits set: give at least one of --rate, --burst, --unit, ... (see --help)".into(),
         ));
     }
-    Ok(body)
+    Ok(serde_json::to_value(patch).expect("a patch serialises"))
 }
 
 /// A value as a table cell: strings bare, null as `-`.
@@ -530,9 +472,9 @@ mod tests {
 
     #[test]
     fn an_empty_limits_set_is_a_usage_error() {
-        assert_eq!(limits_patch(&LimitsSet::default()).unwrap_err().exit_code(), EXIT_USAGE);
+        assert_eq!(limits_patch(&LimitsPatch::default()).unwrap_err().exit_code(), EXIT_USAGE);
         assert_eq!(
-            limits_patch(&LimitsSet { rate: Some(5), ..LimitsSet::default() }).unwrap(),
+            limits_patch(&LimitsPatch { rate: Some(5), ..LimitsPatch::default() }).unwrap(),
             json!({"rate": 5})
         );
     }

@@ -1,111 +1,33 @@
 //! The daemon's running policy and every change to it.
 //!
 //! A change (from the admin API, a SIGHUP or the controller) goes through
-//! [`Control`]: the new policy is validated whole, the state file is staged,
-//! the maps are written, and only then is the state file put in force. When
-//! the kernel refuses, the previous policy is written back and the staged
-//! file dropped; when the state file cannot be renamed into place, the maps
-//! are put back too. Either way nothing is half-applied.
+//! [`Control`]: the new policy is validated whole and compiled into a plan,
+//! the state file is staged, the plan is written to the maps, and only then
+//! is the state file put in force. When the kernel refuses, the previous plan
+//! is written back and the staged file dropped; when the state file cannot
+//! be renamed into place, the maps are put back too. Either way nothing is
+//! half-applied.
 
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
 };
 
 use ipnet::IpNet;
 use serde::Serialize;
-use throttle_common::{Bucket, BucketKey, Limit, FAMILY_V4};
+use throttle_common::{Bucket, BucketKey, FAMILY_V4};
 
 use crate::{
-    config::{validate_rules, Action, Invalid, Limits, Policy, RuleSpec, Scope, XdpMode},
     controller::AdaptiveConfig,
-    dataplane::{bucket_key, Attachment, Dataplane, DataplaneError, KernelRule},
-    store::{LimitsPatch, SavedRuleId, State, Store, StoreError},
+    kernel::{
+        bucket_key, compile,
+        plan::{scaled, Plan},
+        Attachment, BucketWalk, Kernel, KernelError, XdpMode,
+    },
+    policy::{validate_rules, Action, Invalid, Limits, LimitsPatch, Policy, RuleSpec, Scope},
+    store::{SavedRuleId, State, Store, StoreError},
 };
-
-pub use crate::dataplane::Counters;
-
-/// Walks every tracked bucket on a handle of its own, so that a walk over a
-/// million sources holds no lock that the API or the controller waits on.
-pub type BucketWalk = Arc<dyn Fn(&mut dyn FnMut(&BucketKey, &Bucket)) + Send + Sync>;
-
-/// What the control plane needs from the data path. [`Dataplane`] is the
-/// real one; tests use an in-memory one.
-pub trait Kernel: Send {
-    fn apply(&mut self, policy: &Policy, rules: &[KernelRule]) -> Result<(), DataplaneError>;
-    fn counters(&self) -> Result<Counters, DataplaneError>;
-    /// The counters of each attached interface, and of any other (`None`)
-    /// when it counted something.
-    fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError>;
-    fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError>;
-    fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError>;
-    /// A walk over every tracked bucket, on a handle that outlives the
-    /// borrow of the kernel.
-    fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError>;
-    fn attachments(&self) -> Vec<Attachment>;
-    fn max_sources(&self) -> u32;
-    fn version(&self) -> u64;
-    /// Attaches to `iface` (or takes over the pinned link there).
-    fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError>;
-    /// Detaches what a previous daemon attached to interfaces not in `keep`.
-    fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, DataplaneError>;
-    /// Detaches and unpins everything, or with `keep_pins` leaves it all
-    /// attached and pinned for the next daemon.
-    fn release(&mut self, keep_pins: bool) -> Result<(), DataplaneError>;
-}
-
-impl Kernel for Dataplane {
-    fn apply(&mut self, policy: &Policy, rules: &[KernelRule]) -> Result<(), DataplaneError> {
-        Dataplane::apply(self, policy, rules)
-    }
-
-    fn counters(&self) -> Result<Counters, DataplaneError> {
-        Dataplane::counters(self)
-    }
-
-    fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError> {
-        Dataplane::counters_by_interface(self)
-    }
-
-    fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError> {
-        Dataplane::bucket(self, key)
-    }
-
-    fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError> {
-        Dataplane::remove_bucket(self, key)
-    }
-
-    fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {
-        let walker = self.bucket_walker()?;
-        Ok(Arc::new(move |f| walker.for_each(f)))
-    }
-
-    fn attachments(&self) -> Vec<Attachment> {
-        Dataplane::attachments(self).to_vec()
-    }
-
-    fn max_sources(&self) -> u32 {
-        Dataplane::max_sources(self)
-    }
-
-    fn version(&self) -> u64 {
-        Dataplane::version(self)
-    }
-
-    fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
-        Dataplane::attach(self, iface, mode).cloned()
-    }
-
-    fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, DataplaneError> {
-        Dataplane::release_others(self, keep)
-    }
-
-    fn release(&mut self, keep_pins: bool) -> Result<(), DataplaneError> {
-        Dataplane::release(self, keep_pins)
-    }
-}
 
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -113,15 +35,21 @@ pub enum ChangeError {
     /// A value is out of range or malformed; nothing changed.
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// The change contradicts what is there (a second rule for a prefix).
-    #[error("{0}")]
-    Conflict(String),
-    /// What the change names does not exist.
-    #[error("{0}")]
-    NotFound(String),
+    /// A rule for that prefix exists already.
+    #[error("rule {id} already covers {cidr}: delete it first to replace it")]
+    DuplicateRule { id: u32, cidr: IpNet },
+    /// No rule has that id.
+    #[error("no rule has id {0}")]
+    NoSuchRule(u32),
+    /// The source has no bucket.
+    #[error("{0} is not tracked (no packet metered lately)")]
+    NotTracked(IpAddr),
+    /// The source falls under a rule that does not meter it.
+    #[error("{addr} falls under rule {id} ({} {cidr}): it is not metered", action.name())]
+    NotMetered { addr: IpAddr, id: u32, action: Action, cidr: IpNet },
     /// The kernel refused the new maps; the previous policy is in force.
     #[error("the kernel refused the change, the previous policy stays in force: {0}")]
-    Kernel(#[from] DataplaneError),
+    Kernel(#[from] KernelError),
     /// The state file could not be written; the previous policy is in force.
     #[error("the change could not be saved, the previous policy stays in force: {0}")]
     Store(#[from] StoreError),
@@ -160,25 +88,12 @@ impl RuleIds {
         })
     }
 
-    /// The kernel form of the rules of a validated `policy`.
-    pub fn resolve(&mut self, policy: &Policy) -> Result<Vec<KernelRule>, Invalid> {
-        let nets = policy.validate()?;
-        Ok(policy
-            .rules
-            .iter()
-            .zip(nets)
-            .map(|(rule, net)| KernelRule {
-                id: self.id(net),
-                net,
-                action: rule.action,
-                limit: if rule.action == Action::Limit { rule.limit() } else { Limit::default() },
-            })
-            .collect())
+    /// The ids of the rules of `policy`, in order, once it validates.
+    pub fn resolve(&mut self, policy: &Policy) -> Result<Vec<u32>, Invalid> {
+        policy.validate()?;
+        Ok(policy.rules.iter().map(|rule| self.id(rule.cidr)).collect())
     }
 }
-
-/// A bucket's rank: its count, then its key (address, rule, family).
-type Ranked = (u64, [u32; 4], u32, u32);
 
 /// A rule with its id, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -195,6 +110,17 @@ pub enum RankBy {
     #[default]
     Dropped,
     Passed,
+}
+
+impl RankBy {
+    /// As the API spells it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Dropped => "dropped",
+            Self::Passed => "passed",
+        }
+    }
 }
 
 /// A tracked source: its bucket and what selected its limit.
@@ -223,9 +149,12 @@ pub struct Control {
     ids: RuleIds,
     /// In force: `base` under `state`.
     policy: Policy,
-    rules: Vec<KernelRule>,
+    /// The id of each rule of `policy`, in order.
+    rule_ids: Vec<u32>,
     /// The controller's factor on every rate (1.0: as configured).
     scale: f64,
+    /// What the kernel holds.
+    plan: Plan,
 }
 
 /// `base` with the state's changes over it.
@@ -235,36 +164,6 @@ fn effective(base: &Policy, state: &State) -> Policy {
         scope: state.scope.clone().unwrap_or_else(|| base.scope.clone()),
         rules: state.rules.clone().unwrap_or_else(|| base.rules.clone()),
     }
-}
-
-/// `rate` scaled, never below 1 per second.
-fn scaled(rate: u64, scale: f64) -> u64 {
-    #[expect(clippy::cast_precision_loss, clippy::cast_sign_loss, reason = "rates are at most 10^8")]
-    let rate = (rate as f64 * scale).round() as u64;
-    rate.max(1)
-}
-
-/// What the kernel gets: `policy` and `rules` with every rate scaled.
-fn kernel_view(policy: &Policy, rules: &[KernelRule], scale: f64) -> (Policy, Vec<KernelRule>) {
-    if (scale - 1.0).abs() < f64::EPSILON {
-        return (policy.clone(), rules.to_vec());
-    }
-    let mut policy = policy.clone();
-    policy.limits.rate = scaled(policy.limits.rate, scale);
-    let rules = rules
-        .iter()
-        .zip(&policy.rules)
-        .map(|(rule, spec)| {
-            let mut rule = *rule;
-            if rule.action == Action::Limit {
-                let rate = spec.rate.unwrap_or(1);
-                let burst = spec.burst.unwrap_or(rate);
-                rule.limit = Limit::new(scaled(rate, scale), burst, spec.unit.unwrap_or_default().kernel());
-            }
-            rule
-        })
-        .collect();
-    (policy, rules)
 }
 
 impl Control {
@@ -279,13 +178,15 @@ impl Control {
         };
         let policy = effective(&base, &state);
         let mut ids = RuleIds::from_saved(&state.rule_ids);
-        let rules = ids.resolve(&policy).map_err(|source| StartError::Invalid {
+        let rule_ids = ids.resolve(&policy).map_err(|source| StartError::Invalid {
             path: store.as_ref().map(|s| s.path().display().to_string()),
             source,
         })?;
         let walk = kernel.bucket_walk()?;
-        let mut control = Self { kernel, walk, base, state, store, ids, policy, rules, scale: 1.0 };
-        control.kernel.apply(&control.policy, &control.rules)?;
+        let plan = compile(&policy, &rule_ids, 1.0, kernel.coarse_tick_ns());
+        let mut control =
+            Self { kernel, walk, base, state, store, ids, policy, rule_ids, scale: 1.0, plan: plan.clone() };
+        control.kernel.write(&plan)?;
         if control.ids.saved() != control.state.rule_ids {
             control.state.rule_ids = control.ids.saved();
             if let Some(store) = &control.store {
@@ -314,11 +215,7 @@ impl Control {
     /// The rules in force, with their ids.
     #[must_use]
     pub fn rules(&self) -> Vec<RuleView> {
-        self.rules
-            .iter()
-            .zip(&self.policy.rules)
-            .map(|(k, spec)| RuleView { id: k.id, rule: spec.clone() })
-            .collect()
+        self.rule_ids.iter().zip(&self.policy.rules).map(|(&id, spec)| RuleView { id, rule: spec.clone() }).collect()
     }
 
     /// The saved controller parameters, if the API changed them.
@@ -332,13 +229,27 @@ impl Control {
         self.scale
     }
 
+    /// The data path, for reads.
     #[must_use]
     pub fn kernel(&self) -> &dyn Kernel {
         &*self.kernel
     }
 
-    pub fn kernel_mut(&mut self) -> &mut dyn Kernel {
-        &mut *self.kernel
+    /// Attaches to `iface` (or takes over the link an earlier daemon pinned
+    /// there).
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment, KernelError> {
+        self.kernel.attach(iface, mode)
+    }
+
+    /// Detaches what an earlier daemon attached to interfaces not in `keep`.
+    pub fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, KernelError> {
+        self.kernel.release_others(keep)
+    }
+
+    /// Detaches and unpins everything, or with `keep_pins` leaves it all in
+    /// place for the next daemon.
+    pub fn release(&mut self, keep_pins: bool) -> Result<(), KernelError> {
+        self.kernel.release(keep_pins)
     }
 
     /// Makes `state` the saved state and its policy the one in force, or
@@ -352,11 +263,11 @@ impl Control {
     /// base when given); everything or nothing.
     fn switch(&mut self, policy: Policy, mut state: State, base: Option<Policy>) -> Result<(), ChangeError> {
         let mut ids = self.ids.clone();
-        let rules = ids.resolve(&policy)?;
+        let rule_ids = ids.resolve(&policy)?;
         state.rule_ids = ids.saved();
         let staged = self.store.as_ref().map(|store| store.stage(&state)).transpose()?;
-        let (kernel_policy, kernel_rules) = kernel_view(&policy, &rules, self.scale);
-        if let Err(err) = self.kernel.apply(&kernel_policy, &kernel_rules) {
+        let plan = compile(&policy, &rule_ids, self.scale, self.kernel.coarse_tick_ns());
+        if let Err(err) = self.kernel.write(&plan) {
             self.restore();
             return Err(err.into());
         }
@@ -368,18 +279,18 @@ impl Control {
         }
         self.ids = ids;
         self.policy = policy;
-        self.rules = rules;
+        self.rule_ids = rule_ids;
         self.state = state;
+        self.plan = plan;
         if let Some(base) = base {
             self.base = base;
         }
         Ok(())
     }
 
-    /// Writes the policy in force back to the maps after a failed change.
+    /// Writes the plan in force back to the maps after a failed change.
     fn restore(&mut self) {
-        let (policy, rules) = kernel_view(&self.policy, &self.rules, self.scale);
-        if let Err(err) = self.kernel.apply(&policy, &rules) {
+        if let Err(err) = self.kernel.write(&self.plan) {
             tracing::error!("could not write the previous policy back to the maps: {err}");
         }
     }
@@ -416,12 +327,10 @@ impl Control {
 
     /// `POST /v1/rules`: the new rule's id.
     pub fn add_rule(&mut self, rule: RuleSpec) -> Result<u32, ChangeError> {
-        let net = rule.validate("rule")?;
-        if let Some(existing) = self.rules.iter().find(|r| r.net == net) {
-            return Err(ChangeError::Conflict(format!(
-                "rule {} already covers {net}: delete it first to replace it",
-                existing.id
-            )));
+        rule.validate("rule")?;
+        let cidr = rule.cidr;
+        if let Some(id) = self.rules().iter().find(|r| r.rule.cidr == cidr).map(|r| r.id) {
+            return Err(ChangeError::DuplicateRule { id, cidr });
         }
         let mut rules = self.policy.rules.clone();
         rules.push(rule);
@@ -429,16 +338,12 @@ impl Control {
         let mut state = self.state.clone();
         state.rules = Some(rules);
         self.commit(state)?;
-        Ok(self.ids.id(net))
+        Ok(self.ids.id(cidr))
     }
 
     /// `DELETE /v1/rules/{id}`.
     pub fn remove_rule(&mut self, id: u32) -> Result<(), ChangeError> {
-        let index = self
-            .rules
-            .iter()
-            .position(|r| r.id == id)
-            .ok_or_else(|| ChangeError::NotFound(format!("no rule has id {id}")))?;
+        let index = self.rule_ids.iter().position(|&r| r == id).ok_or(ChangeError::NoSuchRule(id))?;
         let mut rules = self.policy.rules.clone();
         rules.remove(index);
         let mut state = self.state.clone();
@@ -458,65 +363,66 @@ impl Control {
     }
 
     /// The controller's factor on every rate; the buckets are kept.
-    pub fn set_scale(&mut self, scale: f64) -> Result<(), DataplaneError> {
-        let (policy, rules) = kernel_view(&self.policy, &self.rules, scale);
-        self.kernel.apply(&policy, &rules)?;
+    pub fn set_scale(&mut self, scale: f64) -> Result<(), KernelError> {
+        let plan = compile(&self.policy, &self.rule_ids, scale, self.kernel.coarse_tick_ns());
+        self.kernel.write(&plan)?;
         self.scale = scale;
+        self.plan = plan;
         Ok(())
     }
 
-    /// The effective (scaled) rate of the default limit and of each limit
-    /// rule, by rule id (0: the default).
+    /// The configured rate of each limit and its effective (scaled) one, by
+    /// the rule id its buckets carry (0: the default limit).
     #[must_use]
     pub fn effective_rates(&self) -> Vec<(u32, u64, u64)> {
-        let mut out = vec![(0, self.policy.limits.rate, scaled(self.policy.limits.rate, self.scale))];
-        for (rule, spec) in self.rules.iter().zip(&self.policy.rules) {
-            if let (Action::Limit, Some(rate)) = (rule.action, spec.rate) {
-                out.push((rule.id, rate, scaled(rate, self.scale)));
-            }
-        }
-        out
+        self.base_rates_in_order()
+            .into_iter()
+            .map(|(id, rate)| (id, rate, scaled(rate, self.scale)))
+            .collect()
     }
 
-    /// The configured (unscaled) rate of bucket `key`'s limit.
+    /// The configured (unscaled) rate of every limit, default first.
+    fn base_rates_in_order(&self) -> Vec<(u32, u64)> {
+        std::iter::once((0, self.policy.limits.rate))
+            .chain(
+                self.rule_ids
+                    .iter()
+                    .zip(&self.policy.rules)
+                    .filter_map(|(&id, spec)| spec.limit().map(|limit| (id, limit.rate))),
+            )
+            .collect()
+    }
+
+    /// The configured (unscaled) rate of every limit, by the rule id its
+    /// buckets carry (0: the default limit).
     #[must_use]
-    pub fn base_rate(&self, rule: u32) -> u64 {
-        if rule == 0 {
-            return self.policy.limits.rate;
-        }
-        self.rules
+    pub fn base_rates(&self) -> HashMap<u32, u64> {
+        self.base_rates_in_order().into_iter().collect()
+    }
+
+    /// The rule `addr` falls under (longest prefix), as the data path picks
+    /// it, with its id.
+    #[must_use]
+    pub fn rule_for(&self, addr: IpAddr) -> Option<(u32, &RuleSpec)> {
+        self.rule_ids
             .iter()
+            .copied()
             .zip(&self.policy.rules)
-            .find(|(r, _)| r.id == rule)
-            .and_then(|(_, spec)| spec.rate)
-            .unwrap_or(self.policy.limits.rate)
-    }
-
-    /// The rule `addr` falls under (longest prefix), as the data path picks it.
-    #[must_use]
-    pub fn rule_for(&self, addr: IpAddr) -> Option<&KernelRule> {
-        self.rules.iter().filter(|r| r.net.contains(&addr)).max_by_key(|r| r.net.prefix_len())
+            .filter(|(_, r)| r.cidr.contains(&addr))
+            .max_by_key(|(_, r)| r.cidr.prefix_len())
     }
 
     /// The bucket key the data path uses for `addr`, or why it has none.
     pub fn key_for(&self, addr: IpAddr) -> Result<BucketKey, ChangeError> {
         let limits = &self.policy.limits;
         let rule = match self.rule_for(addr) {
-            Some(rule) if rule.action != Action::Limit => {
-                return Err(ChangeError::NotFound(format!(
-                    "{addr} falls under rule {} ({} {}): it is not metered",
-                    rule.id,
-                    match rule.action {
-                        Action::Allow => "allow",
-                        _ => "deny",
-                    },
-                    rule.net
-                )));
+            Some((id, rule)) if rule.action != Action::Limit => {
+                return Err(ChangeError::NotMetered { addr, id, action: rule.action, cidr: rule.cidr });
             }
-            Some(rule) => rule.id,
+            Some((id, _)) => id,
             None => 0,
         };
-        Ok(bucket_key(addr, rule, limits.ipv4_prefix as u8, limits.ipv6_prefix as u8))
+        Ok(bucket_key(addr, rule, limits.ipv4_prefix, limits.ipv6_prefix))
     }
 
     /// The source `addr`'s bucket.
@@ -524,7 +430,7 @@ impl Control {
         let key = self.key_for(addr)?;
         match self.kernel.bucket(&key)? {
             Some(bucket) => Ok(self.view(&key, &bucket)),
-            None => Err(ChangeError::NotFound(format!("{addr} is not tracked (no packet metered lately)"))),
+            None => Err(ChangeError::NotTracked(addr)),
         }
     }
 
@@ -534,7 +440,7 @@ impl Control {
         if self.kernel.remove_bucket(&key)? {
             Ok(())
         } else {
-            Err(ChangeError::NotFound(format!("{addr} is not tracked (no packet metered lately)")))
+            Err(ChangeError::NotTracked(addr))
         }
     }
 
@@ -548,14 +454,7 @@ impl Control {
     /// holding the control plane ([`top_buckets`], the sampler).
     #[must_use]
     pub fn bucket_walk(&self) -> BucketWalk {
-        Arc::clone(&self.walk)
-    }
-
-    /// The configured (unscaled) rate of every limit, by the rule id its
-    /// buckets carry (0: the default limit).
-    #[must_use]
-    pub fn base_rates(&self) -> HashMap<u32, u64> {
-        std::iter::once(0).chain(self.rules.iter().map(|r| r.id)).map(|id| (id, self.base_rate(id))).collect()
+        std::sync::Arc::clone(&self.walk)
     }
 
     /// Buckets as the API shows them.
@@ -567,7 +466,7 @@ impl Control {
     fn view(&self, key: &BucketKey, bucket: &Bucket) -> SourceView {
         let limits = &self.policy.limits;
         let words = key.addr;
-        let (addr, prefix, full): (IpAddr, u64, u64) = if key.family == FAMILY_V4 {
+        let (addr, prefix, full): (IpAddr, u8, u8) = if key.family == FAMILY_V4 {
             (Ipv4Addr::from(words[0].to_ne_bytes()).into(), limits.ipv4_prefix, 32)
         } else {
             let mut octets = [0u8; 16];
@@ -589,27 +488,30 @@ impl Control {
 /// The `n` buckets with the most packets `by`, most first.
 #[must_use]
 pub fn top_buckets(walk: &BucketWalk, n: usize, by: RankBy) -> Vec<(BucketKey, Bucket)> {
-    // A min-heap of the best n so far: O(sources × log n), n entries kept.
-    let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(n + 1);
-    let mut buckets = HashMap::with_capacity(n + 1);
+    // A min-heap of the best n so far, ranked by count and then by the order
+    // of the walk: O(sources × log n), n entries kept.
+    let mut heap: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::with_capacity(n + 1);
+    let mut kept: HashMap<u64, (BucketKey, Bucket)> = HashMap::with_capacity(n + 1);
+    let mut seen = 0u64;
     walk(&mut |key, bucket| {
         let count = match by {
             RankBy::Dropped => bucket.dropped,
             RankBy::Passed => bucket.passed,
         };
-        let entry = (count, key.addr, key.rule, key.family);
+        seen += 1;
+        let entry = (count, seen);
         if heap.len() < n {
             heap.push(Reverse(entry));
-            buckets.insert(entry, (*key, *bucket));
+            kept.insert(seen, (*key, *bucket));
         } else if heap.peek().is_some_and(|Reverse(least)| *least < entry) {
-            if let Some(Reverse(out)) = heap.pop() {
-                buckets.remove(&out);
+            if let Some(Reverse((_, out))) = heap.pop() {
+                kept.remove(&out);
             }
             heap.push(Reverse(entry));
-            buckets.insert(entry, (*key, *bucket));
+            kept.insert(seen, (*key, *bucket));
         }
     });
-    heap.into_sorted_vec().into_iter().filter_map(|Reverse(entry)| buckets.remove(&entry)).collect()
+    heap.into_sorted_vec().into_iter().filter_map(|Reverse((_, at))| kept.remove(&at)).collect()
 }
 
 /// Why the daemon could not take over the data path with its policy.
@@ -620,7 +522,7 @@ pub enum StartError {
     #[error("{}{source}", path.as_ref().map(|p| format!("the policy saved in {p} with the configuration file: ")).unwrap_or_default())]
     Invalid { path: Option<String>, source: Invalid },
     #[error("writing the policy to the maps: {0}")]
-    Kernel(#[from] DataplaneError),
+    Kernel(#[from] KernelError),
 }
 
 #[cfg(test)]
@@ -629,63 +531,69 @@ pub mod fake {
 
     use std::sync::{Arc, Barrier, Mutex};
 
-    use super::{
-        Attachment, Bucket, BucketKey, BucketWalk, Counters, DataplaneError, Kernel, KernelRule, Policy,
-        XdpMode,
-    };
+    use aya::{maps::MapError, sys::SyscallError};
+
+    use super::{Attachment, Bucket, BucketKey, BucketWalk, Kernel, KernelError, Plan, XdpMode};
+    use crate::kernel::Counters;
 
     /// What the fake kernel holds; shared with the test through an `Arc`.
     #[derive(Debug, Default)]
     pub struct FakeState {
-        pub policy: Option<Policy>,
-        pub rules: Vec<KernelRule>,
+        /// The plan last written.
+        pub plan: Option<Plan>,
         pub buckets: Vec<(BucketKey, Bucket)>,
         pub counters: Counters,
-        pub applies: u64,
+        pub writes: u64,
         /// A walk over the buckets meets this barrier twice before it reads
         /// them: once when it starts, once when the test lets it go on.
         pub walk_gate: Option<Arc<Barrier>>,
-        /// The next `apply` fails.
-        pub fail_next_apply: bool,
+        /// The next write fails as a full map would.
+        pub fail_next_write: bool,
     }
 
     #[derive(Debug, Clone, Default)]
     pub struct FakeKernel(pub Arc<Mutex<FakeState>>);
 
     impl Kernel for FakeKernel {
-        fn apply(&mut self, policy: &Policy, rules: &[KernelRule]) -> Result<(), DataplaneError> {
+        fn write(&mut self, plan: &Plan) -> Result<(), KernelError> {
             let mut s = self.0.lock().unwrap();
-            if std::mem::take(&mut s.fail_next_apply) {
-                return Err(DataplaneError::RuleWithoutId);
+            if std::mem::take(&mut s.fail_next_write) {
+                let io_error = std::io::Error::from_raw_os_error(libc::E2BIG);
+                let source = MapError::SyscallError(SyscallError { call: "bpf_map_update_elem", io_error });
+                return Err(KernelError::Map { map: throttle_common::map_name::RULES_V4, source });
             }
-            s.policy = Some(policy.clone());
-            s.rules = rules.to_vec();
-            s.applies += 1;
+            s.plan = Some(plan.clone());
+            s.writes += 1;
             Ok(())
         }
 
-        fn counters(&self) -> Result<Counters, DataplaneError> {
+        fn coarse_tick_ns(&self) -> u64 {
+            // HZ=250.
+            4_000_000
+        }
+
+        fn counters(&self) -> Result<Counters, KernelError> {
             Ok(self.0.lock().unwrap().counters)
         }
 
         /// Everything on one interface.
-        fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, DataplaneError> {
+        fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, KernelError> {
             let attachment = Attachment { iface: "veth0".to_owned(), mode: "generic", adopted: false };
             Ok(vec![(Some(attachment), self.0.lock().unwrap().counters)])
         }
 
-        fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, DataplaneError> {
+        fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError> {
             Ok(self.0.lock().unwrap().buckets.iter().find(|(k, _)| k == key).map(|(_, b)| *b))
         }
 
-        fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, DataplaneError> {
+        fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError> {
             let mut s = self.0.lock().unwrap();
             let before = s.buckets.len();
             s.buckets.retain(|(k, _)| k != key);
             Ok(s.buckets.len() != before)
         }
 
-        fn bucket_walk(&self) -> Result<BucketWalk, DataplaneError> {
+        fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {
             let state = Arc::clone(&self.0);
             Ok(Arc::new(move |f| {
                 let (buckets, gate) = {
@@ -712,18 +620,18 @@ pub mod fake {
         }
 
         fn version(&self) -> u64 {
-            self.0.lock().unwrap().applies
+            self.0.lock().unwrap().writes
         }
 
-        fn attach(&mut self, iface: &str, _mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        fn attach(&mut self, iface: &str, _mode: XdpMode) -> Result<Attachment, KernelError> {
             Ok(Attachment { iface: iface.to_owned(), mode: "generic", adopted: false })
         }
 
-        fn release_others(&mut self, _keep: &[String]) -> Result<Vec<String>, DataplaneError> {
+        fn release_others(&mut self, _keep: &[String]) -> Result<Vec<String>, KernelError> {
             Ok(Vec::new())
         }
 
-        fn release(&mut self, _keep_pins: bool) -> Result<(), DataplaneError> {
+        fn release(&mut self, _keep_pins: bool) -> Result<(), KernelError> {
             Ok(())
         }
     }
@@ -732,14 +640,18 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::{fake::FakeKernel, *};
-    use crate::config::Unit;
+    use crate::policy::Unit;
 
     fn control(kernel: &FakeKernel, store: Option<Store>) -> Control {
         Control::new(Box::new(kernel.clone()), Policy::default(), store).unwrap()
     }
 
     fn deny(cidr: &str) -> RuleSpec {
-        RuleSpec { cidr: cidr.into(), action: Action::Deny, rate: None, burst: None, unit: None }
+        RuleSpec::new(cidr.parse().unwrap(), Action::Deny)
+    }
+
+    fn written(kernel: &FakeKernel) -> Plan {
+        kernel.0.lock().unwrap().plan.clone().expect("a plan was written")
     }
 
     #[test]
@@ -748,11 +660,13 @@ mod tests {
         let kernel = FakeKernel::default();
         let mut control = control(&kernel, Some(Store::open(dir.path()).unwrap()));
         let saved = std::fs::read_to_string(dir.path().join("state.json")).ok();
-        kernel.0.lock().unwrap().fail_next_apply = true;
+        let before = written(&kernel);
+        kernel.0.lock().unwrap().fail_next_write = true;
         let err = control.set_limits(&Limits { rate: 5, ..Limits::default() }).unwrap_err();
         assert!(matches!(err, ChangeError::Kernel(_)), "{err}");
         assert_eq!(control.limits().rate, Limits::default().rate);
-        assert_eq!(kernel.0.lock().unwrap().policy.as_ref().unwrap().limits.rate, Limits::default().rate);
+        assert_eq!(written(&kernel), before, "the previous plan is written back");
+        assert_eq!(written(&kernel).settings.default_limit.rate(), Limits::default().rate);
         assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).ok(), saved);
     }
 
@@ -780,21 +694,33 @@ mod tests {
         let mut control = control(&kernel, None);
         control
             .add_rule(RuleSpec {
-                cidr: "10.0.0.0/8".into(),
-                action: Action::Limit,
                 rate: Some(100),
-                burst: None,
                 unit: Some(Unit::Packets),
+                ..RuleSpec::new("10.0.0.0/8".parse().unwrap(), Action::Limit)
             })
             .unwrap();
         control.set_scale(0.5).unwrap();
-        let s = kernel.0.lock().unwrap();
-        assert_eq!(s.policy.as_ref().unwrap().limits.rate, 500);
-        assert_eq!(s.rules[0].limit.rate(), 50);
-        assert_eq!(s.rules[0].limit.burst(), 100, "the burst stays as configured");
-        drop(s);
+        let plan = written(&kernel);
+        assert_eq!(plan.settings.default_limit.rate(), 500);
+        let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
+        assert_eq!(rule.limit.rate(), 50);
+        assert_eq!(rule.limit.burst(), 100, "the burst stays as configured");
         assert_eq!(control.limits().rate, 1000);
         assert_eq!(control.effective_rates(), [(0, 1000, 500), (1, 100, 50)]);
+    }
+
+    #[test]
+    fn a_second_rule_for_a_prefix_and_a_missing_rule_are_told_apart() {
+        let kernel = FakeKernel::default();
+        let mut control = control(&kernel, None);
+        let id = control.add_rule(deny("10.0.0.0/8")).unwrap();
+        let err = control.add_rule(deny("10.0.0.0/8")).unwrap_err();
+        assert!(matches!(err, ChangeError::DuplicateRule { id: i, .. } if i == id), "{err}");
+        assert!(matches!(control.remove_rule(id + 1), Err(ChangeError::NoSuchRule(n)) if n == id + 1));
+        let addr: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(matches!(control.source(addr), Err(ChangeError::NotMetered { action: Action::Deny, .. })));
+        let other: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(matches!(control.source(other), Err(ChangeError::NotTracked(a)) if a == other));
     }
 
     #[test]

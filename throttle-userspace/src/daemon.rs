@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _};
 use tokio::{
-    io::unix::AsyncFd,
     net::TcpListener,
     signal::unix::{signal, SignalKind},
     sync::watch,
@@ -14,16 +13,13 @@ use tokio::{
 
 use crate::{
     api::{self, AppState, Token},
-    config::{DaemonArgs, Settings},
     control::Control,
     controller::{self, AdaptiveConfig},
-    dataplane::{Dataplane, Options, ProgramLogger},
+    kernel::{Dataplane, Options},
+    runtime::{self, Runtime},
+    settings::{DaemonArgs, Settings},
     store::Store,
 };
-
-/// Shortest pause between two walks over the buckets (they are counted for
-/// the status and measured for the controller).
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -53,17 +49,17 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(logger) = dataplane.take_logger() {
-        tokio::spawn(forward_ebpf_logs(logger));
+        tokio::spawn(runtime::forward_ebpf_logs(logger));
     }
     // The policy goes to the maps before the new program is attached: until
     // then a previous daemon's program keeps enforcing on the same maps.
     let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
     let saved_controller = control.saved_controller().cloned();
-    let state = AppState::new(control, token);
+    let state = Runtime::new(control);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn({
-        let router = api::router(state.clone());
+        let router = api::router(AppState::new(state.clone(), token));
         async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
@@ -74,7 +70,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     });
     tracing::info!("admin API on http://{}", settings.admin);
 
-    attach(&state, &settings).await?;
+    runtime::attach_all(&state, &settings.interfaces, settings.xdp_mode).await?;
 
     let adaptive = saved_controller.or_else(|| settings.adaptive.clone()).unwrap_or_else(|| AdaptiveConfig {
         // Without `[adaptive]` the controller is off; it can be turned on
@@ -84,7 +80,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     });
     let controller = controller::spawn(adaptive, Arc::new(state.clone()))?;
     state.set_controller(controller);
-    let sampler = tokio::spawn(sample_forever(state.clone()));
+    let sampler = tokio::spawn(runtime::sample_forever(state.clone()));
 
     state.set_ready();
     let policy = state.control(|c| c.policy().clone());
@@ -124,35 +120,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!("detaching");
     }
-    state.with_control(move |c| c.kernel_mut().release(keep)).await.context("detaching")?;
-    Ok(())
-}
-
-/// Attaches to every interface (taking over pinned links), then detaches
-/// what a previous daemon attached to interfaces no longer named.
-async fn attach(state: &AppState, settings: &Settings) -> anyhow::Result<()> {
-    for iface in &settings.interfaces {
-        let iface = iface.clone();
-        let mode = settings.xdp_mode;
-        let attachment = state.with_control(move |c| c.kernel_mut().attach(&iface, mode)).await?;
-        tracing::info!(
-            iface = attachment.iface,
-            mode = attachment.mode,
-            adopted = attachment.adopted,
-            "attached"
-        );
-    }
-    let keep = settings.interfaces.clone();
-    let released = state.with_control(move |c| c.kernel_mut().release_others(&keep)).await?;
-    for iface in released {
-        tracing::info!(iface, "detached: no longer configured");
-    }
+    state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
 }
 
 /// SIGHUP: re-reads the file and applies its policy under the saved state,
 /// or keeps the running one when it is refused.
-async fn reload(args: &DaemonArgs, state: &AppState) {
+async fn reload(args: &DaemonArgs, state: &Runtime) {
     if args.config.is_none() {
         tracing::warn!("SIGHUP without --config: nothing to reload");
         return;
@@ -172,35 +146,5 @@ async fn reload(args: &DaemonArgs, state: &AppState) {
             tracing::info!(version, rate = limits.rate, burst = limits.burst, "configuration reloaded");
         }
         Err(err) => tracing::error!("configuration not reloaded, the running one stays: {err}"),
-    }
-}
-
-/// Counts the buckets and measures the sources' rates, again and again; a
-/// walk over a big map takes a while, so the pause grows with it.
-async fn sample_forever(state: AppState) {
-    loop {
-        let started = tokio::time::Instant::now();
-        let walker = state.clone();
-        if tokio::task::spawn_blocking(move || walker.sample()).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(SAMPLE_EVERY.max(started.elapsed() * 2)).await;
-    }
-}
-
-/// Forwards the XDP program's log records (rare events) to tracing.
-async fn forward_ebpf_logs(logger: ProgramLogger) {
-    // SAFETY: the logger owns its ring buffer's descriptor and keeps it open
-    // for as long as the AsyncFd owns the logger.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
-    else {
-        return;
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
     }
 }

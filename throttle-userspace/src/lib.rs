@@ -1,16 +1,30 @@
-//! throttle: an XDP ingress throttle. This crate is the user-space side: the
-//! configuration, the loader and map access, the control plane and its admin
-//! API, the adaptive controller, the daemon and the command-line client.
+//! throttle: an XDP ingress throttle. This crate is the user-space side.
+//!
+//! Its modules are layered, each knowing only those before it:
+//!
+//! ```text
+//! policy <- controller <- kernel <- control, store <- runtime <- api <- settings, client, daemon
+//! ```
+//!
+//! - [`policy`]: the domain types (limits, rules, scope) and their validation;
+//! - [`controller`]: the adaptive controller, fed samples and a clock;
+//! - [`kernel`]: policy -> plan (pure), and the XDP program and its maps;
+//! - [`control`], [`store`]: the running policy, every change to it, the state file;
+//! - [`runtime`]: the daemon's shared state and tasks (attach, sampler);
+//! - [`api`]: HTTP only;
+//! - [`settings`], [`client`], [`daemon`]: the file and flags, the CLI client, the daemon's main loop.
 
 pub mod api;
 #[doc(hidden)]
 pub mod baseline;
 pub mod client;
-pub mod config;
 pub mod control;
 pub mod controller;
 pub mod daemon;
-pub mod dataplane;
+#[doc(hidden)]
 pub mod frames;
-pub mod rule_filter;
+pub mod kernel;
+pub mod policy;
+pub mod runtime;
+pub mod settings;
 pub mod store;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use throttle::{
     client::{self, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand, RulesCommand},
-    config::DaemonArgs,
+    settings::DaemonArgs,
 };
 use tracing_subscriber::EnvFilter;
 

@@ -17,83 +17,14 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Limits, RuleSpec, Scope, Unit},
     controller::AdaptiveConfig,
+    policy::{LimitsPatch, RuleSpec, Scope},
 };
 
 /// The state file's name in the state directory.
 pub const STATE_FILE: &str = "state.json";
 /// The format of the state file this build reads and writes.
 pub const STATE_FORMAT: u32 = 1;
-
-/// The limit fields set through the API; unset ones come from the file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsPatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit: Option<Unit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4_prefix: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_prefix: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dry_run: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_source_rate: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_source_burst: Option<u64>,
-}
-
-impl LimitsPatch {
-    /// Every field of `limits`.
-    #[must_use]
-    pub fn all(limits: &Limits) -> Self {
-        Self {
-            rate: Some(limits.rate),
-            burst: Some(limits.burst),
-            unit: Some(limits.unit),
-            ipv4_prefix: Some(limits.ipv4_prefix),
-            ipv6_prefix: Some(limits.ipv6_prefix),
-            dry_run: Some(limits.dry_run),
-            new_source_rate: Some(limits.new_source_rate),
-            new_source_burst: Some(limits.new_source_burst),
-        }
-    }
-
-    /// `base` with the fields of this patch over it.
-    #[must_use]
-    pub fn over(&self, base: &Limits) -> Limits {
-        Limits {
-            rate: self.rate.unwrap_or(base.rate),
-            burst: self.burst.unwrap_or(base.burst),
-            unit: self.unit.unwrap_or(base.unit),
-            ipv4_prefix: self.ipv4_prefix.unwrap_or(base.ipv4_prefix),
-            ipv6_prefix: self.ipv6_prefix.unwrap_or(base.ipv6_prefix),
-            dry_run: self.dry_run.unwrap_or(base.dry_run),
-            new_source_rate: self.new_source_rate.unwrap_or(base.new_source_rate),
-            new_source_burst: self.new_source_burst.unwrap_or(base.new_source_burst),
-        }
-    }
-
-    /// This patch with the fields of `newer` over it.
-    #[must_use]
-    pub fn then(&self, newer: &Self) -> Self {
-        Self {
-            rate: newer.rate.or(self.rate),
-            burst: newer.burst.or(self.burst),
-            unit: newer.unit.or(self.unit),
-            ipv4_prefix: newer.ipv4_prefix.or(self.ipv4_prefix),
-            ipv6_prefix: newer.ipv6_prefix.or(self.ipv6_prefix),
-            dry_run: newer.dry_run.or(self.dry_run),
-            new_source_rate: newer.new_source_rate.or(self.new_source_rate),
-            new_source_burst: newer.new_source_burst.or(self.new_source_burst),
-        }
-    }
-}
 
 /// The id a rule's prefix was given; kept so that a source under a rule
 /// keeps its bucket across restarts.
@@ -288,16 +219,5 @@ mod tests {
         assert!(store.load().unwrap_err().to_string().contains("unknown field `limitz`"));
         fs::write(store.path(), "{\"format\": 7}").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("has format 7"));
-    }
-
-    #[test]
-    fn a_patch_overlays_only_its_fields() {
-        let base = Limits::default();
-        let patch = LimitsPatch { burst: Some(7), ..LimitsPatch::default() };
-        let limits = patch.over(&base);
-        assert_eq!((limits.rate, limits.burst), (base.rate, 7));
-        let both = patch.then(&LimitsPatch { rate: Some(3), ..LimitsPatch::default() });
-        assert_eq!((both.rate, both.burst), (Some(3), Some(7)));
-        assert_eq!(LimitsPatch::all(&base).over(&Limits { rate: 1, ..base.clone() }), base);
     }
 }

@@ -9,10 +9,10 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use throttle::{
-    config::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
     control::RuleIds,
-    dataplane::{bucket_key, Dataplane},
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
+    kernel::{bucket_key, coarse_resolution_ns, compile, Dataplane},
+    policy::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
 };
 use throttle_common::{reason, rule_filter};
 
@@ -50,17 +50,18 @@ struct Harness {
 
 impl Harness {
     fn new(policy: &Policy) -> Self {
-        let mut dataplane = Dataplane::load(4_096).expect("loading the program");
-        let mut ids = RuleIds::default();
-        let rules = ids.resolve(policy).expect("a valid policy");
-        dataplane.apply(policy, &rules).expect("applying the policy");
+        let dataplane = Dataplane::load(4_096).expect("loading the program");
         let before = dataplane.counters().expect("counters");
-        Self { dataplane, ids, before }
+        let mut harness = Self { dataplane, ids: RuleIds::default(), before };
+        harness.apply(policy);
+        harness.before = harness.dataplane.counters().expect("counters");
+        harness
     }
 
+    /// Compiles `policy`, writes the plan, and checks that the maps hold
+    /// exactly the plan.
     fn apply(&mut self, policy: &Policy) {
-        let rules = self.ids.resolve(policy).expect("a valid policy");
-        self.dataplane.apply(policy, &rules).expect("applying the policy");
+        write(&mut self.dataplane, &mut self.ids, policy);
     }
 
     fn run(&self, frame: &[u8]) -> u32 {
@@ -114,7 +115,15 @@ fn policy(rate: u64, burst: u64) -> Policy {
     }
 }
 
-fn udp_scope(port: u64) -> Scope {
+/// Writes the plan of `policy` and checks that the maps hold it.
+fn write(dataplane: &mut Dataplane, ids: &mut RuleIds, policy: &Policy) {
+    let rule_ids = ids.resolve(policy).expect("a valid policy");
+    let plan = compile(policy, &rule_ids, 1.0, coarse_resolution_ns());
+    dataplane.write(&plan).expect("writing the plan");
+    assert_eq!(dataplane.read_plan().expect("reading the maps"), plan, "the maps hold the plan");
+}
+
+fn udp_scope(port: u16) -> Scope {
     Scope { ports: vec![ScopePort { proto: Proto::Udp, port, syn_only: false }] }
 }
 
@@ -281,7 +290,7 @@ fn one_and_two_vlan_tags() {
 }
 
 fn rule(cidr: &str, action: Action, rate: Option<u64>, burst: Option<u64>) -> RuleSpec {
-    RuleSpec { cidr: cidr.to_owned(), action, rate, burst, unit: None }
+    RuleSpec { rate, burst, ..RuleSpec::new(cidr.parse().expect("a prefix"), action) }
 }
 
 #[test]
@@ -401,7 +410,7 @@ fn deny_rules_apply_outside_the_scope_and_limits_only_inside() {
     h.expect(&Frame::udp(ip("10.9.0.1"), 53).build(), XDP_DROP, reason::OVER_LIMIT);
     h.expect(&Frame::udp(ip("10.6.0.1"), 53).build(), XDP_DROP, reason::DENY_RULE);
     // Without a deny rule in a family, out of scope is out of scope.
-    p.rules.retain(|r| r.action != Action::Deny || r.cidr.contains(':'));
+    p.rules.retain(|r| r.action != Action::Deny || matches!(r.cidr, ipnet::IpNet::V6(_)));
     h.apply(&p);
     h.expect(&Frame::udp(ip("10.6.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
     h.expect(&Frame::udp(ip("2001:db8:6::1"), 9).build(), XDP_DROP, reason::DENY_RULE);
@@ -663,7 +672,7 @@ fn the_batched_walk_reads_every_bucket_the_one_by_one_walk_reads() {
     // Room for every source: a small LRU map evicts early.
     let mut dataplane = Dataplane::load(65_536).expect("loading the program");
     let p = policy(1_000, 1_000);
-    dataplane.apply(&p, &RuleIds::default().resolve(&p).unwrap()).expect("applying the policy");
+    write(&mut dataplane, &mut RuleIds::default(), &p);
     let mut h = Harness::new(&p);
     h.dataplane = dataplane;
     // More sources than one batch holds, both families.

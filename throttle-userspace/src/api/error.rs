@@ -5,7 +5,7 @@
 use axum::{
     body::Bytes,
     extract::{
-        rejection::{JsonRejection, PathRejection, QueryRejection},
+        rejection::{PathRejection, QueryRejection},
         FromRequest, FromRequestParts, Request,
     },
     http::{header, request::Parts, HeaderMap, StatusCode},
@@ -14,7 +14,10 @@ use axum::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{config::Invalid, control::ChangeError};
+use crate::{
+    control::ChangeError,
+    policy::{self, Invalid, ParseError},
+};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -84,8 +87,11 @@ impl From<ChangeError> for ApiError {
     fn from(err: ChangeError) -> Self {
         match err {
             ChangeError::Invalid(invalid) => invalid.into(),
-            ChangeError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
-            ChangeError::NotFound(message) => Self::not_found("not_found", message),
+            err @ ChangeError::DuplicateRule { .. } => Self::new(StatusCode::CONFLICT, "conflict", err.to_string()),
+            err @ ChangeError::NoSuchRule(_) => Self::not_found("rule_not_found", err.to_string()),
+            err @ (ChangeError::NotTracked(_) | ChangeError::NotMetered { .. }) => {
+                Self::not_found("source_not_tracked", err.to_string())
+            }
             err @ ChangeError::Kernel(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", err.to_string())
             }
@@ -93,30 +99,6 @@ impl From<ChangeError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", err.to_string())
             }
         }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let (code, message) = match &rejection {
-            JsonRejection::MissingJsonContentType(_) => (
-                "unsupported_media_type",
-                "the body must be JSON, sent with `Content-Type: application/json`".into(),
-            ),
-            JsonRejection::JsonSyntaxError(_) => ("malformed_json", rejection.body_text()),
-            JsonRejection::JsonDataError(_) => ("invalid_body", rejection.body_text()),
-            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ("payload_too_large", format!("the body is larger than {} bytes", super::MAX_BODY))
-            }
-            _ => ("invalid_body", rejection.body_text()),
-        };
-        // A value of the wrong type is as much bad input as a value out of
-        // range: both are 400, told apart by the code.
-        let status = match rejection.status() {
-            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-            status => status,
-        };
-        Self::new(status, code, message)
     }
 }
 
@@ -136,9 +118,15 @@ impl From<PathRejection> for ApiError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Body<T>(pub T);
 
+/// A type a request body holds, and the key its fields are named under in
+/// errors (`limits.rate`, `rule.cidr`).
+pub trait BodyKey {
+    const KEY: &'static str;
+}
+
 impl<T, S> FromRequest<S> for Body<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + BodyKey,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -174,8 +162,23 @@ where
             Some(b'{') => {}
             Some(_) => return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object")),
         }
-        let Json(value) = Json::<T>::from_bytes(&bytes)?;
-        Ok(Self(value))
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = policy::parse(&mut deserializer, T::KEY).and_then(|value| {
+            deserializer.end().map_err(|source| ParseError::Format { path: String::new(), source })?;
+            Ok(value)
+        });
+        match value {
+            Ok(value) => Ok(Self(value)),
+            Err(ParseError::Invalid(invalid)) => Err(invalid.into()),
+            Err(ParseError::Format { path, source }) => {
+                let code = match source.classify() {
+                    serde_json::error::Category::Data => "invalid_body",
+                    _ => "malformed_json",
+                };
+                let at = if path.is_empty() { String::new() } else { format!("{path}: ") };
+                Err(ApiError::bad_request(code, format!("the body does not fit: {at}{source}")))
+            }
+        }
     }
 }
 

@@ -11,9 +11,9 @@ use throttle_common::reason;
 
 use super::AppState;
 use crate::{
-    config::Action,
     controller::State,
-    dataplane::{counters_label, Attachment, Counters},
+    kernel::{counters_label, Attachment, Counters},
+    policy::Action,
 };
 
 type Labels = Vec<(&'static str, String)>;

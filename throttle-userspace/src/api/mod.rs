@@ -10,16 +10,7 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
@@ -31,14 +22,10 @@ use axum::{
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use subtle::ConstantTimeEq as _;
-use throttle_common::reason;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{
-    control::Control,
-    controller::{ControllerHandle, ScaleSink, Usage},
-};
+use crate::runtime::Runtime;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -107,155 +94,30 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&Token>) -> Result<(), Str
     }
 }
 
-/// What the sampler saw last: the number of tracked sources and the traffic
-/// the controller's app-limited guard needs.
-#[derive(Debug, Default)]
-struct Sampled {
-    sources: u64,
-    at: Option<Instant>,
-    /// `over_limit` at the previous controller tick.
-    over_limit_seen: u64,
-    /// `passed` of every bucket at the previous sample.
-    passed: HashMap<([u32; 4], u32, u32), u64>,
-    peak_ratio: Option<f64>,
-}
-
-/// Everything the handlers share.
+/// Everything the handlers share: the daemon's runtime, the token, and the
+/// requests counted for `/metrics`.
 pub struct Shared {
-    control: Arc<Mutex<Control>>,
-    controller: Mutex<Option<ControllerHandle>>,
+    runtime: Runtime,
     token: Option<Token>,
-    ready: AtomicBool,
-    started: Instant,
-    sampled: Mutex<Sampled>,
     requests: Family<RequestLabels, Counter>,
 }
 
-/// The state of the router.
+/// The state of the router; it reads as the [`Runtime`] it serves.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl AppState {
     #[must_use]
-    pub fn new(control: Control, token: Option<Token>) -> Self {
-        Self(Arc::new(Shared {
-            control: Arc::new(Mutex::new(control)),
-            controller: Mutex::new(None),
-            token,
-            ready: AtomicBool::new(false),
-            started: Instant::now(),
-            sampled: Mutex::new(Sampled::default()),
-            requests: Family::default(),
-        }))
-    }
-
-    /// Hands the running controller to the API.
-    pub fn set_controller(&self, handle: ControllerHandle) {
-        *lock(&self.0.controller) = Some(handle);
-    }
-
-    #[must_use]
-    pub fn controller(&self) -> Option<ControllerHandle> {
-        lock(&self.0.controller).clone()
-    }
-
-    /// `/readyz` answers 200 from now on: every interface is attached.
-    pub fn set_ready(&self) {
-        self.0.ready.store(true, Ordering::Release);
-    }
-
-    #[must_use]
-    pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Acquire)
-    }
-
-    /// Runs `f` on the control plane on a blocking thread: map reads and
-    /// writes are system calls, and a walk over a million buckets takes a
-    /// while.
-    pub async fn with_control<R, F>(&self, f: F) -> R
-    where
-        F: FnOnce(&mut Control) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        let control = Arc::clone(&self.0.control);
-        tokio::task::spawn_blocking(move || f(&mut lock(&control)))
-            .await
-            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
-    }
-
-    /// Runs `f` on the control plane on this thread (quick reads only).
-    pub fn control<R>(&self, f: impl FnOnce(&mut Control) -> R) -> R {
-        f(&mut lock(&self.0.control))
-    }
-
-    /// Walks the buckets once: counts them and measures how close the
-    /// busiest source runs to its configured rate. Blocking; the daemon calls
-    /// it periodically on a blocking thread.
-    pub fn sample(&self) {
-        let now = Instant::now();
-        // Neither lock is held during the walk: `/v1/status` reads what the
-        // last sample saw, and the API's handlers and the controller take
-        // the control plane, while a walk over a million buckets runs.
-        let (elapsed, previous) = {
-            let mut sampled = lock(&self.0.sampled);
-            (sampled.at.map(|at| now.duration_since(at).as_secs_f64()), std::mem::take(&mut sampled.passed))
-        };
-        let mut passed = HashMap::with_capacity(previous.len());
-        let mut peak: Option<f64> = None;
-        let mut sources = 0u64;
-        let (walk, bytes, base_rates) = self.control(|control| {
-            (control.bucket_walk(), control.limits().unit == crate::config::Unit::Bytes, control.base_rates())
-        });
-        let default_rate = base_rates.get(&0).copied().unwrap_or(1);
-        walk(&mut |key, bucket| {
-            sources += 1;
-            let id = (key.addr, key.rule, key.family);
-            passed.insert(id, bucket.passed);
-            if let (Some(secs), Some(before)) = (elapsed, previous.get(&id)) {
-                if secs > 0.0 && !bytes {
-                    let base = base_rates.get(&key.rule).copied().unwrap_or(default_rate);
-                    #[expect(clippy::cast_precision_loss, reason = "a ratio")]
-                    let ratio = bucket.passed.saturating_sub(*before) as f64 / secs / base.max(1) as f64;
-                    peak = Some(peak.map_or(ratio, |p: f64| p.max(ratio)));
-                }
-            }
-        });
-        let mut sampled = lock(&self.0.sampled);
-        sampled.passed = passed;
-        sampled.sources = sources;
-        sampled.peak_ratio = if elapsed.is_some() { Some(peak.unwrap_or(0.0)) } else { None };
-        sampled.at = Some(now);
-    }
-
-    /// Sources tracked at the last sample.
-    #[must_use]
-    pub fn sources_tracked(&self) -> u64 {
-        lock(&self.0.sampled).sources
-    }
-
-    #[must_use]
-    pub fn uptime(&self) -> Duration {
-        self.0.started.elapsed()
+    pub fn new(runtime: Runtime, token: Option<Token>) -> Self {
+        Self(Arc::new(Shared { runtime, token, requests: Family::default() }))
     }
 }
 
-impl ScaleSink for AppState {
-    fn usage(&self) -> Usage {
-        let over_limit = self
-            .control(|c| c.kernel().counters())
-            .map_or(0, |counters| counters[reason::OVER_LIMIT as usize]);
-        let mut sampled = lock(&self.0.sampled);
-        let delta = over_limit.saturating_sub(sampled.over_limit_seen);
-        sampled.over_limit_seen = over_limit;
-        Usage { over_limit_drops: delta, peak_ratio: sampled.peak_ratio }
-    }
+impl std::ops::Deref for AppState {
+    type Target = Runtime;
 
-    fn apply_scale(&self, scale: f64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.control(|c| c.set_scale(scale)).map_err(Into::into)
+    fn deref(&self) -> &Runtime {
+        &self.0.runtime
     }
 }
 

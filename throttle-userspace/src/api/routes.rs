@@ -15,16 +15,39 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
-    error::{ApiError, Body, PathParam, Query},
+    error::{ApiError, Body, BodyKey, PathParam, Query},
     metrics, AppState, ErrorBody,
 };
 use crate::{
-    config::{Action, Limits, RuleSpec, Scope},
-    control::{top_buckets, Counters, RankBy, RuleView, SourceView},
+    control::{top_buckets, ChangeError, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
-    dataplane::{counters_label, DataplaneError},
-    store::LimitsPatch,
+    kernel::{counters_label, Counters, KernelError},
+    policy::{Action, Limits, LimitsPatch, RuleSpec, Scope},
 };
+
+impl BodyKey for Limits {
+    const KEY: &'static str = "limits";
+}
+
+impl BodyKey for LimitsPatch {
+    const KEY: &'static str = "limits";
+}
+
+impl BodyKey for Scope {
+    const KEY: &'static str = "scope";
+}
+
+impl BodyKey for RuleSpec {
+    const KEY: &'static str = "rule";
+}
+
+impl BodyKey for ParamsUpdate {
+    const KEY: &'static str = "";
+}
+
+impl BodyKey for LatencySamples {
+    const KEY: &'static str = "";
+}
 
 /// Most sources `GET /v1/sources` returns.
 pub const MAX_TOP: usize = 10_000;
@@ -202,7 +225,7 @@ async fn add_rule(State(state): State<AppState>, Body(rule): Body<RuleSpec>) -> 
     let view = state
         .with_control(move |c| {
             let id = c.add_rule(rule)?;
-            Ok::<_, crate::control::ChangeError>(
+            Ok::<_, ChangeError>(
                 c.rules().into_iter().find(|r| r.id == id).expect("just added"),
             )
         })
@@ -230,16 +253,8 @@ async fn remove_rule(
     PathParam(id): PathParam,
 ) -> Result<StatusCode, ApiError> {
     let id = rule_id(&id)?;
-    state.with_control(move |c| c.remove_rule(id)).await.map_err(|e| not_found_as(e, "rule_not_found"))?;
+    state.with_control(move |c| c.remove_rule(id)).await.map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn not_found_as(err: crate::control::ChangeError, code: &'static str) -> ApiError {
-    let mut err = ApiError::from(err);
-    if err.status == StatusCode::NOT_FOUND {
-        err.code = code;
-    }
-    err
 }
 
 /// Which sources `GET /v1/sources` returns.
@@ -286,10 +301,7 @@ async fn top_sources(
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
     let sources = state.control(|c| c.views(&ranked));
     Ok(Json(SourcesView {
-        by: match by {
-            RankBy::Dropped => "dropped",
-            RankBy::Passed => "passed",
-        },
+        by: by.name(),
         sources,
     }))
 }
@@ -319,7 +331,7 @@ async fn get_source(
         .with_control(move |c| c.source(addr))
         .await
         .map(Json)
-        .map_err(|e| not_found_as(e, "source_not_tracked"))
+        .map_err(ApiError::from)
 }
 
 /// Forgets one source's bucket: it starts afresh, with a full burst.
@@ -335,7 +347,7 @@ async fn reset_source(
     state
         .with_control(move |c| c.reset_source(addr))
         .await
-        .map_err(|e| not_found_as(e, "source_not_tracked"))?;
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -368,12 +380,12 @@ pub struct InterfaceStats {
     responses((status = 200, body = StatsView), (status = 500, body = ErrorBody))
 )]
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let kernel_error = |e: DataplaneError| {
+    let kernel_error = |e: KernelError| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", format!("reading the counters: {e}"))
     };
     let (counters, by_interface) = state
         .with_control(|c| {
-            Ok::<_, DataplaneError>((c.kernel().counters()?, c.kernel().counters_by_interface()?))
+            Ok::<_, KernelError>((c.kernel().counters()?, c.kernel().counters_by_interface()?))
         })
         .await
         .map_err(kernel_error)?;

@@ -20,10 +20,11 @@ use tower::ServiceExt as _;
 
 use super::{router, AppState, Token};
 use crate::{
-    config::Policy,
     control::{fake::FakeKernel, Control},
     controller::{self, AdaptiveConfig},
-    dataplane::bucket_key,
+    kernel::bucket_key,
+    policy::Policy,
+    runtime::Runtime,
     store::Store,
 };
 
@@ -41,9 +42,9 @@ impl Api {
         let control =
             Control::new(Box::new(kernel.clone()), Policy::default(), Some(Store::open(dir.path()).unwrap()))
                 .unwrap();
-        let state = AppState::new(control, token.map(Token::from));
+        let state = AppState::new(Runtime::new(control), token.map(Token::from));
         let config = AdaptiveConfig { enabled: false, ..AdaptiveConfig::default() };
-        state.set_controller(controller::spawn(config, Arc::new(state.clone())).unwrap());
+        state.set_controller(controller::spawn(config, Arc::new(Runtime::clone(&state))).unwrap());
         Self { router: router(state.clone()), state, kernel, dir }
     }
 
@@ -79,7 +80,7 @@ impl Api {
             "scope": self.call(Method::GET, "/v1/scope", None).await.1,
             "rules": self.call(Method::GET, "/v1/rules", None).await.1,
             "controller": self.state.controller().unwrap().config().floor,
-            "kernel_writes": self.kernel.0.lock().unwrap().applies,
+            "kernel_writes": self.kernel.0.lock().unwrap().writes,
             "buckets": self.kernel.0.lock().unwrap().buckets.len(),
             "state_file": std::fs::read_to_string(self.dir.path().join("state.json")).ok(),
         })
@@ -152,7 +153,7 @@ async fn every_endpoint_answers() {
         (status, &body["rate"], &body["burst"], &body["dry_run"]),
         (StatusCode::OK, &json!(50), &json!(30), &json!(true))
     );
-    assert_eq!(api.kernel.0.lock().unwrap().policy.as_ref().unwrap().limits.burst, 30);
+    assert_eq!(api.kernel.0.lock().unwrap().plan.as_ref().unwrap().settings.default_limit.burst(), 30);
 
     let scope = json!({"ports": [{"proto": "tcp", "port": 443, "syn_only": true}, {"proto": "udp", "port": 53, "syn_only": false}]});
     let (status, body) = api.call(Method::PUT, "/v1/scope", Some(scope.clone())).await;
@@ -237,7 +238,7 @@ async fn changes_are_saved_and_restored() {
 async fn a_kernel_failure_is_a_500_and_changes_nothing() {
     let api = Api::new(None);
     let before = api.snapshot().await;
-    api.kernel.0.lock().unwrap().fail_next_apply = true;
+    api.kernel.0.lock().unwrap().fail_next_write = true;
     let (status, body) = api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 5}))).await;
     assert_eq!((status, &body["error"]["code"]), (StatusCode::INTERNAL_SERVER_ERROR, &json!("kernel_error")));
     let mut after = api.snapshot().await;
@@ -245,7 +246,7 @@ async fn a_kernel_failure_is_a_500_and_changes_nothing() {
     after["kernel_writes"] = before["kernel_writes"].clone();
     assert_eq!(after, before);
     assert_eq!(
-        api.kernel.0.lock().unwrap().policy.as_ref().unwrap().limits.rate,
+        api.kernel.0.lock().unwrap().plan.as_ref().unwrap().settings.default_limit.rate(),
         1000,
         "the old policy is back"
     );

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::Invalid;
+use crate::policy::{check_f64, check_fraction, check_open, check_range, key, Invalid};
 
 /// Which algorithm moves the scale.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,49 +329,6 @@ impl Default for AdaptiveConfig {
 /// Longest interval, timeout or window of a probe, in milliseconds.
 const MAX_PROBE_MS: u64 = 60_000;
 
-fn key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-/// `value` in `min..=max` (finite).
-fn check_f64(prefix: &str, name: &str, value: f64, min: f64, max: f64) -> Result<(), Invalid> {
-    if value.is_finite() && (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(Invalid::new(key(prefix, name), value, format!("must be between {min} and {max}")))
-    }
-}
-
-/// `value` strictly inside `min..max` (finite).
-fn check_open(prefix: &str, name: &str, value: f64, min: f64, max: f64) -> Result<(), Invalid> {
-    if value.is_finite() && value > min && value < max {
-        Ok(())
-    } else {
-        Err(Invalid::new(key(prefix, name), value, format!("must be over {min} and under {max}")))
-    }
-}
-
-/// `value` in `min..=max`.
-fn check_u64(prefix: &str, name: &str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(Invalid::new(key(prefix, name), value, format!("must be between {min} and {max}")))
-    }
-}
-
-fn check_fraction_up(prefix: &str, name: &str, value: f64) -> Result<(), Invalid> {
-    if value.is_finite() && value > 0.0 && value <= 1.0 {
-        Ok(())
-    } else {
-        Err(Invalid::new(key(prefix, name), value, "must be over 0 and at most 1"))
-    }
-}
-
 /// A plain-HTTP URL with a host.
 fn check_http_url(prefix: &str, name: &str, url: &str) -> Result<http::Uri, Invalid> {
     let bad = |reason: &str| Invalid::new(key(prefix, name), format!("{url:?}"), reason);
@@ -401,20 +358,20 @@ fn valid_label_name(name: &str) -> bool {
 
 impl GradientParams {
     fn validate(&self, prefix: &str) -> Result<(), Invalid> {
-        check_open(prefix, "percentile", self.percentile, 0.0, 100.0)?;
-        check_u64(prefix, "long_window", u64::from(self.long_window), 1, 100_000)?;
-        check_f64(prefix, "tolerance", self.tolerance, 1.0, 10.0)?;
-        check_fraction_up(prefix, "smoothing", self.smoothing)?;
-        check_f64(prefix, "headroom", self.headroom, 0.0, 1.0)
+        check_open(&key(prefix, "percentile"), self.percentile, 0.0, 100.0)?;
+        check_range(&key(prefix, "long_window"), u64::from(self.long_window), 1, 100_000)?;
+        check_f64(&key(prefix, "tolerance"), self.tolerance, 1.0, 10.0)?;
+        check_fraction(&key(prefix, "smoothing"), self.smoothing)?;
+        check_f64(&key(prefix, "headroom"), self.headroom, 0.0, 1.0)
     }
 }
 
 impl VegasParams {
     fn validate(&self, prefix: &str) -> Result<(), Invalid> {
-        check_open(prefix, "percentile", self.percentile, 0.0, 100.0)?;
-        check_u64(prefix, "baseline_window", u64::from(self.baseline_window), 1, 100_000)?;
-        check_f64(prefix, "alpha", self.alpha, 0.0, 1.0)?;
-        check_open(prefix, "beta", self.beta, 0.0, 1.0)?;
+        check_open(&key(prefix, "percentile"), self.percentile, 0.0, 100.0)?;
+        check_range(&key(prefix, "baseline_window"), u64::from(self.baseline_window), 1, 100_000)?;
+        check_f64(&key(prefix, "alpha"), self.alpha, 0.0, 1.0)?;
+        check_open(&key(prefix, "beta"), self.beta, 0.0, 1.0)?;
         if self.beta <= self.alpha {
             return Err(Invalid::new(
                 key(prefix, "beta"),
@@ -422,18 +379,18 @@ impl VegasParams {
                 format!("must be over alpha ({})", self.alpha),
             ));
         }
-        check_fraction_up(prefix, "increase", self.increase)?;
-        check_open(prefix, "decrease", self.decrease, 0.0, 1.0)
+        check_fraction(&key(prefix, "increase"), self.increase)?;
+        check_open(&key(prefix, "decrease"), self.decrease, 0.0, 1.0)
     }
 }
 
 impl AimdParams {
     fn validate(&self, prefix: &str) -> Result<(), Invalid> {
-        check_open(prefix, "percentile", self.percentile, 0.0, 100.0)?;
-        check_u64(prefix, "long_window", u64::from(self.long_window), 1, 100_000)?;
-        check_f64(prefix, "tolerance", self.tolerance, 1.0, 10.0)?;
-        check_open(prefix, "backoff", self.backoff, 0.0, 1.0)?;
-        check_fraction_up(prefix, "increase", self.increase)
+        check_open(&key(prefix, "percentile"), self.percentile, 0.0, 100.0)?;
+        check_range(&key(prefix, "long_window"), u64::from(self.long_window), 1, 100_000)?;
+        check_f64(&key(prefix, "tolerance"), self.tolerance, 1.0, 10.0)?;
+        check_open(&key(prefix, "backoff"), self.backoff, 0.0, 1.0)?;
+        check_fraction(&key(prefix, "increase"), self.increase)
     }
 }
 
@@ -442,8 +399,8 @@ impl SourceConfig {
         match self {
             Self::Http(http) => {
                 check_http_url(prefix, "url", &http.url)?;
-                check_u64(prefix, "interval_ms", http.interval_ms, 10, MAX_PROBE_MS)?;
-                check_u64(prefix, "timeout_ms", http.timeout_ms, 1, MAX_PROBE_MS)
+                check_range(&key(prefix, "interval_ms"), http.interval_ms, 10, MAX_PROBE_MS)?;
+                check_range(&key(prefix, "timeout_ms"), http.timeout_ms, 1, MAX_PROBE_MS)
             }
             Self::Tcp(tcp) => {
                 tcp.address.parse::<SocketAddr>().map_err(|_| {
@@ -453,8 +410,8 @@ impl SourceConfig {
                         "not an ip:port like 127.0.0.1:5432",
                     )
                 })?;
-                check_u64(prefix, "interval_ms", tcp.interval_ms, 10, MAX_PROBE_MS)?;
-                check_u64(prefix, "timeout_ms", tcp.timeout_ms, 1, MAX_PROBE_MS)
+                check_range(&key(prefix, "interval_ms"), tcp.interval_ms, 10, MAX_PROBE_MS)?;
+                check_range(&key(prefix, "timeout_ms"), tcp.timeout_ms, 1, MAX_PROBE_MS)
             }
             Self::Prometheus(prom) => {
                 check_http_url(prefix, "url", &prom.url)?;
@@ -481,10 +438,10 @@ impl SourceConfig {
                         ));
                     }
                 }
-                check_open(prefix, "quantile", prom.quantile, 0.0, 1.0)?;
-                check_u64(prefix, "interval_ms", prom.interval_ms, 100, MAX_PROBE_MS)?;
-                check_u64(prefix, "timeout_ms", prom.timeout_ms, 1, MAX_PROBE_MS)?;
-                check_u64(prefix, "window_ms", prom.window_ms, prom.interval_ms.saturating_mul(2), 3_600_000)
+                check_open(&key(prefix, "quantile"), prom.quantile, 0.0, 1.0)?;
+                check_range(&key(prefix, "interval_ms"), prom.interval_ms, 100, MAX_PROBE_MS)?;
+                check_range(&key(prefix, "timeout_ms"), prom.timeout_ms, 1, MAX_PROBE_MS)?;
+                check_range(&key(prefix, "window_ms"), prom.window_ms, prom.interval_ms.saturating_mul(2), 3_600_000)
             }
             Self::Push => Ok(()),
         }
@@ -509,10 +466,10 @@ impl AdaptiveConfig {
         if !(floor.is_finite() && floor > 0.0 && floor <= 1.0) {
             return Err(Invalid::new(key(prefix, "floor"), floor, "must be over 0 and at most 1"));
         }
-        check_u64(prefix, "interval_ms", self.interval_ms, 100, 60_000)?;
-        check_u64(prefix, "window_ms", self.window_ms, self.interval_ms, 600_000)?;
+        check_range(&key(prefix, "interval_ms"), self.interval_ms, 100, 60_000)?;
+        check_range(&key(prefix, "window_ms"), self.window_ms, self.interval_ms, 600_000)?;
         if let Some(min) = self.min_samples {
-            check_u64(prefix, "min_samples", u64::from(min), 1, 100_000)?;
+            check_range(&key(prefix, "min_samples"), u64::from(min), 1, 100_000)?;
         }
         if let Some(target) = self.target_ms {
             if !(target.is_finite() && target > 0.0 && target <= 600_000.0) {
@@ -523,11 +480,11 @@ impl AdaptiveConfig {
                 ));
             }
         }
-        check_open(prefix, "target_percentile", self.target_percentile, 0.0, 100.0)?;
-        check_fraction_up(prefix, "max_increase", self.max_increase)?;
-        check_open(prefix, "max_decrease", self.max_decrease, 0.0, 1.0)?;
-        check_f64(prefix, "app_limit_headroom", self.app_limit_headroom, 0.0, 10.0)?;
-        check_u64(prefix, "history", u64::from(self.history), 1, 1_000)?;
+        check_open(&key(prefix, "target_percentile"), self.target_percentile, 0.0, 100.0)?;
+        check_fraction(&key(prefix, "max_increase"), self.max_increase)?;
+        check_open(&key(prefix, "max_decrease"), self.max_decrease, 0.0, 1.0)?;
+        check_f64(&key(prefix, "app_limit_headroom"), self.app_limit_headroom, 0.0, 10.0)?;
+        check_range(&key(prefix, "history"), u64::from(self.history), 1, 1_000)?;
         self.gradient.validate(&key(prefix, "gradient"))?;
         self.vegas.validate(&key(prefix, "vegas"))?;
         self.aimd.validate(&key(prefix, "aimd"))?;

@@ -10,7 +10,7 @@ use std::{
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
 use super::{probe, AdaptiveConfig, Controller, Decision, ParamsUpdate, State, Status, Usage};
-use crate::config::Invalid;
+use crate::policy::Invalid;
 
 /// Most samples one `POST /v1/latency` may carry.
 pub const MAX_PUSHED_SAMPLES: usize = 10_000;

@@ -47,7 +47,7 @@ pub use self::{
     config::{AdaptiveConfig, Algorithm, ParamsUpdate, SourceConfig},
     driver::{spawn, ControllerHandle, ScaleSink},
 };
-use crate::config::Invalid;
+use crate::policy::Invalid;
 
 /// The largest scale: every limit at its configured value.
 pub const CEILING: f64 = 1.0;

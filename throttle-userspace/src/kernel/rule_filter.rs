@@ -12,7 +12,21 @@ pub struct Region {
     words: Vec<u64>,
 }
 
+impl Default for Region {
+    /// The region of no rules, as a new map holds it.
+    fn default() -> Self {
+        Self::from_words(vec![0; REGION as usize])
+    }
+}
+
 impl Region {
+    /// A region as the map holds it: the mask word, then the bitmap.
+    #[must_use]
+    pub fn from_words(words: Vec<u64>) -> Self {
+        assert_eq!(words.len(), REGION as usize, "a region is {REGION} words");
+        Self { words }
+    }
+
     /// The region of a family whose rules are `prefixes`, as (the address
     /// as [`rule_filter::ipv4`] or [`rule_filter::ipv6`] reads it, prefix
     /// length), in a space of `width` bits (32 or 64).

@@ -1,0 +1,530 @@
+//! The loaded program and typed handles on its maps: opening (or adopting)
+//! them, and reading the counters, the buckets and what the maps hold.
+//! Writing a plan is in `write.rs`, attaching in `links.rs`.
+//!
+//! With a pin directory, the maps and the XDP links outlive the daemon
+//! (`pins.rs`). A pinned `bpf_link` keeps its program attached after every
+//! descriptor of it is closed, so a daemon killed with SIGKILL leaves
+//! enforcement running with the state in the pinned maps. The next
+//! [`Dataplane::open`] loads its own program against those same maps
+//! (buckets, counters and the configuration version carry on), and
+//! [`Dataplane::attach`] swaps the program on the pinned link with
+//! `BPF_LINK_UPDATE`, in one step: every packet meets either the old program
+//! or the new one, both metering against the same buckets.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
+
+use aya::{
+    maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{links::FdLink, Xdp},
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use throttle_common::{
+    flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, FAMILY_V4,
+    FAMILY_V6, IFACE_SLOTS, MAX_IFINDEX, PROGRAM_NAME,
+};
+
+use super::{
+    error::{map_err, syscall_err, KernelError},
+    pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
+    plan::{Placement, Plan},
+    rule_filter::Region,
+    sys::{self, if_index},
+    Attachment, Counters,
+};
+
+/// The XDP object, built for the BPF target by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle-ebpf"));
+
+/// The reader of the program's log records.
+pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+
+/// How the data path is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Capacity of the bucket map when it is created (pinned maps keep theirs).
+    pub max_sources: u32,
+    /// Where the maps and links are pinned; `None`: nothing outlives the daemon.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Reads every bucket of the bucket map on its own descriptor
+/// ([`Dataplane::bucket_walker`]).
+pub struct BucketWalker {
+    pub(super) buckets: HashMap<MapData, BucketKey, Bucket>,
+}
+
+impl BucketWalker {
+    /// Calls `f` for every tracked bucket, as [`Dataplane::for_each_bucket`].
+    pub fn for_each(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
+        walk_buckets(&self.buckets, f);
+    }
+}
+
+/// Every bucket, in batches of many entries per system call where the kernel
+/// has them, else one by one.
+fn walk_buckets(buckets: &HashMap<MapData, BucketKey, Bucket>, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
+    let fd = buckets.map().fd().as_fd().as_raw_fd();
+    if let Err(err) = sys::lookup_all::<BucketKey, Bucket>(fd, f) {
+        tracing::debug!("batched lookup refused ({err}); walking the buckets one by one");
+        for (key, bucket) in buckets.iter().filter_map(Result::ok) {
+            f(&key, &bucket);
+        }
+    }
+}
+
+/// The loaded program and typed handles on its maps.
+pub struct Dataplane {
+    pub(super) ebpf: Ebpf,
+    pub(super) config: Array<MapData, Config>,
+    pub(super) rules_v4: LpmTrie<MapData, [u8; 4], Rule>,
+    pub(super) rules_v6: LpmTrie<MapData, [u8; 16], Rule>,
+    pub(super) scope: Array<MapData, u64>,
+    pub(super) rule_filter: Array<MapData, u64>,
+    buckets: HashMap<MapData, BucketKey, Bucket>,
+    pub(super) counters: PerCpuArray<MapData, u64>,
+    pub(super) iface_slot: Array<MapData, u32>,
+    /// What the maps hold, which the next write is diffed against.
+    pub(super) held: Held,
+    /// Whether this daemon wrote a plan yet (before, the configuration is
+    /// not rewritten when interfaces come and go).
+    pub(super) written: bool,
+    /// The counters' slot of each interface index, as `IFACE_SLOT` holds it.
+    pub(super) slots: BTreeMap<u32, u32>,
+    pub(super) logger: Option<ProgramLogger>,
+    pub(super) attachments: Vec<Attachment>,
+    /// Where the maps and links are pinned, if anywhere.
+    pub(super) pins: Option<PinDir>,
+    /// The pinned links this process holds, by interface. Closing them
+    /// leaves the program attached: their pins hold the links.
+    pub(super) links: Vec<(String, FdLink)>,
+    adopted: bool,
+    max_sources: u32,
+}
+
+/// What the maps hold: a plan, where it is placed, and the rule filter the
+/// bank not in use still holds.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Held {
+    pub(super) plan: Plan,
+    pub(super) placement: Placement,
+    /// The regions (IPv4, IPv6) of the bank not in use.
+    pub(super) standby: (Region, Region),
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Where the maps of a new [`Dataplane`] come from.
+enum Origin {
+    /// Created, pinned nowhere.
+    Unpinned,
+    /// Created, then pinned in this directory.
+    Created(PinDir),
+    /// The ones pinned in this directory.
+    Adopted(PinDir),
+}
+
+impl Dataplane {
+    /// Loads the program into the kernel with a bucket map of `max_sources`
+    /// entries, pinning nothing. Nothing is attached yet.
+    pub fn load(max_sources: u32) -> Result<Self, KernelError> {
+        Self::open(&Options { max_sources, pin_dir: None })
+    }
+
+    /// Loads the program. With a pin directory, it adopts the maps pinned
+    /// there when they are all present and of this build's layout, and
+    /// otherwise creates them and pins them. Nothing is attached yet: the
+    /// links pinned there keep running the program they have until
+    /// [`Dataplane::attach`] replaces it.
+    pub fn open(options: &Options) -> Result<Self, KernelError> {
+        let Some(dir) = options.pin_dir.as_deref() else {
+            return Self::from_object(options.max_sources, Origin::Unpinned);
+        };
+        let pins = PinDir::prepare(dir)?;
+        let maps = pins.maps();
+        let mut present = Vec::new();
+        let mut missing = Vec::new();
+        for name in map_name::ALL {
+            if pin_exists(&maps.join(name))? {
+                present.push(name);
+            } else {
+                missing.push(name);
+            }
+        }
+        if present.is_empty() {
+            if pins.has_links()? {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "links are pinned without maps: the program on them will be replaced and every source \
+                     starts over"
+                );
+            }
+            let made = pins.clone();
+            return Self::from_object(options.max_sources, Origin::Created(pins)).inspect_err(|_| {
+                // Nothing was pinned: leave no empty directory behind either.
+                let _ = made.remove_dirs();
+            });
+        }
+        if !missing.is_empty() {
+            return Err(KernelError::PartialPins { dir: dir.to_path_buf(), present, missing });
+        }
+        check_pinned(dir, &maps)?;
+        let dataplane = Self::from_object(options.max_sources, Origin::Adopted(pins))?;
+        if dataplane.max_sources != options.max_sources {
+            tracing::warn!(
+                dir = %dir.display(),
+                pinned = dataplane.max_sources,
+                requested = options.max_sources,
+                "the pinned bucket map holds {} sources, not the {} asked for: it is kept with every source's \
+                 state; stop the daemon (without --keep-on-exit) and start again to resize it",
+                dataplane.max_sources,
+                options.max_sources
+            );
+        }
+        Ok(dataplane)
+    }
+
+    fn from_object(max_sources: u32, origin: Origin) -> Result<Self, KernelError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_name::BUCKETS, max_sources);
+        if let Origin::Adopted(pins) = &origin {
+            // aya opens a map pinned at the given path and relocates the
+            // program to it, instead of creating one (`create_pinned_by_name`).
+            for name in map_name::ALL {
+                loader.map_pin_path(name, pins.maps().join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                // The program logs only rare events; run without them.
+                tracing::debug!("no eBPF logger: {err}");
+                None
+            }
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(KernelError::Missing { what: "program", name: PROGRAM_NAME })?
+            .try_into()?;
+        program.load()?;
+        let (pins, adopted) = match origin {
+            Origin::Unpinned => (None, false),
+            Origin::Created(pins) => {
+                // Pinned only once the program has loaded: a program the
+                // verifier refuses leaves nothing behind.
+                pin_new_maps(&mut ebpf, &pins)?;
+                (Some(pins), false)
+            }
+            Origin::Adopted(pins) => (Some(pins), true),
+        };
+        let config: Array<MapData, Config> = take(&mut ebpf, map_name::CONFIG)?;
+        let buckets: HashMap<MapData, BucketKey, Bucket> = take(&mut ebpf, map_name::BUCKETS)?;
+        let max_sources = buckets.map().info().map_err(map_err(map_name::BUCKETS))?.max_entries();
+        let iface_slot: Array<MapData, u32> = take(&mut ebpf, map_name::IFACE_SLOT)?;
+        let mut slots = BTreeMap::new();
+        if adopted {
+            let mut keep = |ifindex: &u32, slot: &u32| {
+                if *slot != 0 {
+                    slots.insert(*ifindex, *slot);
+                }
+            };
+            let fd = iface_slot.map().fd().as_fd().as_raw_fd();
+            if sys::lookup_all::<u32, u32>(fd, &mut keep).is_err() {
+                for (ifindex, slot) in (0..).zip(iface_slot.iter()) {
+                    keep(&ifindex, &slot.map_err(map_err(map_name::IFACE_SLOT))?);
+                }
+            }
+        }
+        let mut dataplane = Self {
+            config,
+            rules_v4: take(&mut ebpf, map_name::RULES_V4)?,
+            rules_v6: take(&mut ebpf, map_name::RULES_V6)?,
+            scope: take(&mut ebpf, map_name::SCOPE)?,
+            rule_filter: take(&mut ebpf, map_name::RULE_FILTER)?,
+            buckets,
+            counters: take(&mut ebpf, map_name::COUNTERS)?,
+            iface_slot,
+            held: Held::default(),
+            written: false,
+            slots,
+            ebpf,
+            logger,
+            attachments: Vec::new(),
+            pins,
+            links: Vec::new(),
+            adopted,
+            max_sources,
+        };
+        // What the maps hold is what the next write is diffed against: the
+        // previous daemon's plan when adopted (its configuration version
+        // carries on, so that it keeps growing across restarts), zeros
+        // when new.
+        dataplane.held = dataplane.read_held()?;
+        Ok(dataplane)
+    }
+
+    /// Whether the maps were adopted from pins left by an earlier daemon.
+    #[must_use]
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The capacity of the bucket map in use: a pinned one keeps its own.
+    #[must_use]
+    pub fn max_sources(&self) -> u32 {
+        self.max_sources
+    }
+
+    /// The reader of the program's log records (rare events only), for the
+    /// daemon to poll.
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        self.logger.take()
+    }
+
+    /// The XDP program, for `test_run`.
+    #[must_use]
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("the program was checked at load")
+    }
+
+    pub(super) fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("the program was checked at load")
+    }
+
+
+    /// What the maps hold, read back: the plan in force (with the rule
+    /// filter of the bank in use), for tests and tools to compare with the
+    /// plan written.
+    pub fn read_plan(&self) -> Result<Plan, KernelError> {
+        Ok(self.read_held()?.plan)
+    }
+
+    fn read_held(&self) -> Result<Held, KernelError> {
+        let config = self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
+        let bank = config.rule_filter_bank & 1;
+        let scope = (0..scope::WORDS)
+            .map(|word| self.scope.get(&word, 0))
+            .collect::<Result<Vec<u64>, MapError>>()
+            .map_err(map_err(map_name::SCOPE))?;
+        let region = |bank: u32, ipv6: bool| -> Result<Region, KernelError> {
+            let start = rule_filter::region(bank, ipv6);
+            (start..start + rule_filter::REGION)
+                .map(|word| self.rule_filter.get(&word, 0))
+                .collect::<Result<Vec<u64>, MapError>>()
+                .map(Region::from_words)
+                .map_err(map_err(map_name::RULE_FILTER))
+        };
+        let rules_v4 = self
+            .rules_v4
+            .iter()
+            .map(|entry| entry.map(|(key, rule)| ((key.prefix_len() as u8, key.data()), rule)))
+            .collect::<Result<_, MapError>>()
+            .map_err(map_err(map_name::RULES_V4))?;
+        let rules_v6 = self
+            .rules_v6
+            .iter()
+            .map(|entry| entry.map(|(key, rule)| ((key.prefix_len() as u8, key.data()), rule)))
+            .collect::<Result<_, MapError>>()
+            .map_err(map_err(map_name::RULES_V6))?;
+        Ok(Held {
+            plan: Plan {
+                settings: Plan::settings_of(&config),
+                scope,
+                rules_v4,
+                rules_v6,
+                filter_v4: region(bank, false)?,
+                filter_v6: region(bank, true)?,
+            },
+            placement: Placement {
+                version: config.version,
+                bank,
+                shifts: config.rule_filter_shifts,
+                one_iface_slot: (config.flags & flags::ONE_IFACE != 0).then_some(config.iface_slot),
+            },
+            standby: (region(bank ^ 1, false)?, region(bank ^ 1, true)?),
+        })
+    }
+
+    /// The version of the configuration last written.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.held.placement.version
+    }
+
+    pub fn kernel_config(&self) -> Result<Config, KernelError> {
+        self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))
+    }
+
+    /// The verdict counters, summed over the CPUs and the interfaces, by
+    /// [`reason`] slot.
+    pub fn counters(&self) -> Result<[u64; reason::COUNT as usize], KernelError> {
+        let mut out = [0u64; reason::COUNT as usize];
+        for slot in 0..IFACE_SLOTS {
+            for (total, count) in out.iter_mut().zip(self.slot_counters(slot)?) {
+                *total += count;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The verdict counters of every interface the program is attached to,
+    /// and of the packets of any other interface (`None`) when there are
+    /// some (an interface beyond the slots, or of an index too high).
+    pub fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, KernelError> {
+        let mut out = Vec::with_capacity(self.attachments.len() + 1);
+        let mut counted = HashSet::new();
+        for attachment in &self.attachments {
+            let slot = if_index(&attachment.iface).and_then(|i| self.slots.get(&i).copied()).unwrap_or(0);
+            if slot != 0 && counted.insert(slot) {
+                out.push((Some(attachment.clone()), self.slot_counters(slot)?));
+            }
+        }
+        let other = self.slot_counters(0)?;
+        if other.iter().any(|&c| c != 0) {
+            out.push((None, other));
+        }
+        Ok(out)
+    }
+
+    /// The counters of one interface slot, summed over the CPUs.
+    fn slot_counters(&self, slot: u32) -> Result<Counters, KernelError> {
+        let mut out = [0u64; reason::COUNT as usize];
+        for (reason, total) in (0..).zip(out.iter_mut()) {
+            let index = slot * reason::COUNT + reason;
+            *total = self.counters.get(&index, 0).map_err(map_err(map_name::COUNTERS))?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Gives `iface` (index `ifindex`) a counters slot of its own: the one it
+    /// had (adopted maps: its counters carry on), else a free one, zeroed.
+    /// Past the slots, or at an index beyond the map, its packets count with
+    /// any other interface's.
+    pub(super) fn give_slot(&mut self, iface: &str, ifindex: u32) -> Result<(), KernelError> {
+        if self.slots.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let used: HashSet<u32> = self.slots.values().copied().collect();
+        let free = (1..IFACE_SLOTS).find(|slot| !used.contains(slot));
+        let (Some(slot), true) = (free, ifindex < MAX_IFINDEX) else {
+            tracing::warn!(
+                iface,
+                ifindex,
+                "no counters of its own for this interface (at most {} interfaces, of index under \
+                 {MAX_IFINDEX}): its packets count under interface=\"other\"",
+                IFACE_SLOTS - 1
+            );
+            return Ok(());
+        };
+        let cpus_err = syscall_err(map_name::COUNTERS, "nr_cpus");
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| cpus_err(e))?;
+        for reason in 0..reason::COUNT {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(&cpus_err)?;
+            self.counters
+                .set(slot * reason::COUNT + reason, zeros, 0)
+                .map_err(map_err(map_name::COUNTERS))?;
+        }
+        self.iface_slot.set(ifindex, slot, 0).map_err(map_err(map_name::IFACE_SLOT))?;
+        self.slots.insert(ifindex, slot);
+        Ok(())
+    }
+
+    /// Frees the counters slot of interface index `ifindex`.
+    pub(super) fn take_slot(&mut self, ifindex: u32) -> Result<(), KernelError> {
+        if self.slots.remove(&ifindex).is_some() {
+            self.iface_slot.set(ifindex, 0, 0).map_err(map_err(map_name::IFACE_SLOT))?;
+        }
+        Ok(())
+    }
+
+    /// The bucket of `key`, if tracked.
+    pub fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError> {
+        match self.buckets.get(key, 0) {
+            Ok(bucket) => Ok(Some(bucket)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(KernelError::Map { map: map_name::BUCKETS, source }),
+        }
+    }
+
+    /// Every tracked bucket, one key at a time (two system calls each).
+    pub fn buckets(&self) -> impl Iterator<Item = (BucketKey, Bucket)> + '_ {
+        self.buckets.iter().filter_map(Result::ok)
+    }
+
+    /// Calls `f` for every tracked bucket, reading them in batches of
+    /// thousands per system call (`BPF_MAP_LOOKUP_BATCH`): a million sources
+    /// take a fraction of a second, where [`Dataplane::buckets`] takes
+    /// seconds. Falls back to the one-by-one walk where batches are refused.
+    pub fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
+        walk_buckets(&self.buckets, f);
+    }
+
+    /// A handle of its own on the bucket map (a duplicate descriptor), for
+    /// walks that need nothing else and so can run beside every other use
+    /// of the dataplane.
+    pub fn bucket_walker(&self) -> Result<BucketWalker, KernelError> {
+        let fd = self
+            .buckets
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(syscall_err(map_name::BUCKETS, "dup"))?;
+        let data = MapData::from_fd(fd).map_err(map_err(map_name::BUCKETS))?;
+        let buckets = HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(map_name::BUCKETS))?;
+        Ok(BucketWalker { buckets })
+    }
+
+    /// Forgets the bucket of `key` (the source starts over with a full
+    /// burst). False when it was not tracked.
+    pub fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError> {
+        match self.buckets.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(KernelError::Map { map: map_name::BUCKETS, source }),
+        }
+    }
+}
+
+/// The bucket key of `addr` under the default limit, masked as `policy` says.
+#[must_use]
+pub fn bucket_key(addr: IpAddr, rule: u32, ipv4_prefix: u8, ipv6_prefix: u8) -> BucketKey {
+    match addr {
+        IpAddr::V4(a) => BucketKey {
+            addr: [u32::from_ne_bytes(a.octets()) & ipv4_mask(ipv4_prefix), 0, 0, 0],
+            rule,
+            family: FAMILY_V4,
+        },
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let m = ipv6_mask(ipv6_prefix);
+            let word =
+                |i: usize| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]) & m[i];
+            BucketKey { addr: [word(0), word(1), word(2), word(3)], rule, family: FAMILY_V6 }
+        }
+    }
+}

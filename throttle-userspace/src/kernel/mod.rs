@@ -1,0 +1,167 @@
+//! The kernel layer: the policy compiled into a plan of every map word
+//! ([`plan`], pure), and the loaded XDP program that writes plans into its
+//! maps, attaches to interfaces and outlives the daemon through pins.
+//!
+//! - `plan.rs`, `rule_filter.rs`: policy -> plan, testable without root;
+//! - `maps.rs`: loading or adopting the program and its maps, reads;
+//! - `write.rs`: a plan into the maps, in the order that keeps verdicts whole;
+//! - `links.rs`: attaching, taking over pinned links, detaching;
+//! - `pins.rs`: the pin directory and the adoption checks;
+//! - `sys.rs`: the system calls aya does not wrap.
+//!
+//! The control plane sees all of it through [`Kernel`].
+
+mod error;
+mod links;
+mod maps;
+pub mod plan;
+mod pins;
+pub mod rule_filter;
+mod sys;
+mod write;
+
+use std::{fmt, sync::Arc};
+
+use throttle_common::{reason, Bucket, BucketKey};
+
+pub use self::{
+    error::KernelError,
+    maps::{bucket_key, BucketWalker, Dataplane, Options, ProgramLogger},
+    plan::{compile, Plan},
+    sys::coarse_resolution_ns,
+};
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic when the driver has none.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode: works everywhere, costs more per packet.
+    Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// An attachment of the program to an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub iface: String,
+    /// "native" or "generic": what the kernel accepted.
+    pub mode: &'static str,
+    /// Whether a pinned link left by an earlier daemon was taken over (its
+    /// program replaced in place) rather than a new one attached.
+    pub adopted: bool,
+}
+
+/// Verdict counters by [`reason`] slot.
+pub type Counters = [u64; reason::COUNT as usize];
+
+/// The interface and the XDP mode that counters of
+/// [`Dataplane::counters_by_interface`] are reported under: `other`, with no
+/// mode, for the packets of interfaces without counters of their own.
+#[must_use]
+pub fn counters_label(attachment: Option<&Attachment>) -> (String, String) {
+    attachment.map_or_else(|| ("other".to_owned(), String::new()), |a| (a.iface.clone(), a.mode.to_owned()))
+}
+
+
+/// Walks every tracked bucket on a handle of its own, so that a walk over a
+/// million sources holds no lock that the API or the controller waits on.
+pub type BucketWalk = Arc<dyn Fn(&mut dyn FnMut(&BucketKey, &Bucket)) + Send + Sync>;
+
+/// What the control plane needs from the data path. [`Dataplane`] is the
+/// real one; tests use an in-memory one.
+pub trait Kernel: Send {
+    /// Puts a plan in force.
+    fn write(&mut self, plan: &Plan) -> Result<(), KernelError>;
+    /// The resolution of the clock the data path meters long bursts with
+    /// (ns, 0: unknown), which the plan's limits are compiled for.
+    fn coarse_tick_ns(&self) -> u64;
+    fn counters(&self) -> Result<Counters, KernelError>;
+    /// The counters of each attached interface, and of any other (`None`)
+    /// when it counted something.
+    fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, KernelError>;
+    fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError>;
+    fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError>;
+    /// A walk over every tracked bucket, on a handle that outlives the
+    /// borrow of the kernel.
+    fn bucket_walk(&self) -> Result<BucketWalk, KernelError>;
+    fn attachments(&self) -> Vec<Attachment>;
+    fn max_sources(&self) -> u32;
+    /// The version of the configuration in force.
+    fn version(&self) -> u64;
+    /// Attaches to `iface` (or takes over the pinned link there).
+    fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment, KernelError>;
+    /// Detaches what a previous daemon attached to interfaces not in `keep`.
+    fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, KernelError>;
+    /// Detaches and unpins everything, or with `keep_pins` leaves it all
+    /// attached and pinned for the next daemon.
+    fn release(&mut self, keep_pins: bool) -> Result<(), KernelError>;
+}
+
+impl Kernel for Dataplane {
+    fn write(&mut self, plan: &Plan) -> Result<(), KernelError> {
+        Dataplane::write(self, plan)
+    }
+
+    fn coarse_tick_ns(&self) -> u64 {
+        coarse_resolution_ns()
+    }
+
+    fn counters(&self) -> Result<Counters, KernelError> {
+        Dataplane::counters(self)
+    }
+
+    fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, KernelError> {
+        Dataplane::counters_by_interface(self)
+    }
+
+    fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError> {
+        Dataplane::bucket(self, key)
+    }
+
+    fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError> {
+        Dataplane::remove_bucket(self, key)
+    }
+
+    fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {
+        let walker = self.bucket_walker()?;
+        Ok(Arc::new(move |f| walker.for_each(f)))
+    }
+
+    fn attachments(&self) -> Vec<Attachment> {
+        Dataplane::attachments(self).to_vec()
+    }
+
+    fn max_sources(&self) -> u32 {
+        Dataplane::max_sources(self)
+    }
+
+    fn version(&self) -> u64 {
+        Dataplane::version(self)
+    }
+
+    fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment, KernelError> {
+        Dataplane::attach(self, iface, mode).cloned()
+    }
+
+    fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, KernelError> {
+        Dataplane::release_others(self, keep)
+    }
+
+    fn release(&mut self, keep_pins: bool) -> Result<(), KernelError> {
+        Dataplane::release(self, keep_pins)
+    }
+}

@@ -1,0 +1,227 @@
+//! The few system calls aya 0.14 does not offer: reads of a map or a link
+//! by descriptor or path, batched lookups, the bpffs check, and the clock
+//! and interface facts the kernel layer needs.
+
+use std::{
+    ffi::CString,
+    io,
+    mem::MaybeUninit,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+use aya::maps::MapFd;
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
+const BPF_OBJ_GET: libc::c_int = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+/// `enum bpf_link_type` in `include/uapi/linux/bpf.h`.
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// The part of `union bpf_attr` of `BPF_MAP_*_ELEM`.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The part of `union bpf_attr` of `BPF_OBJ_GET`.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    pad: u32,
+}
+
+/// The part of `union bpf_attr` of `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_link_info` up to the `xdp` member of its
+/// union (which is 8-byte aligned). The kernel fills what fits.
+#[repr(C)]
+#[derive(Default)]
+struct XdpLinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    pad: u32,
+    ifindex: u32,
+    pad2: u32,
+}
+
+/// # Safety
+/// `attr` must be the part of `union bpf_attr` that `cmd` reads, with
+/// every pointer in it valid for what `cmd` does with it.
+unsafe fn bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is valid for its size for the whole call; the
+    // caller vouches for its contents.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn raw(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("an open descriptor is not negative")
+}
+
+/// Reads the value at `key` of an array map into `value`, which must be
+/// exactly the map's value size.
+pub fn lookup(map: &MapFd, key: u32, value: &mut [u8]) -> io::Result<()> {
+    use std::os::fd::AsFd as _;
+    let mut attr = MapElemAttr {
+        map_fd: raw(map.as_fd()),
+        pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: the key is a u32, the key size of an array, and the value
+    // buffer holds the value size, as the caller checked.
+    unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.map(drop)
+}
+
+/// The interface index of the XDP link pinned at `path` (0 once its
+/// device is gone), or `None` when that pin is some other kind of link.
+pub fn xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+    let mut attr =
+        ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, pad: 0 };
+    // SAFETY: `pathname` points to a NUL-terminated string alive for the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &mut attr) }?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("a descriptor fits an int")) };
+    let mut info = XdpLinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: raw(std::os::fd::AsFd::as_fd(&fd)),
+        info_len: u32::try_from(size_of::<XdpLinkInfo>()).expect("a small struct"),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    // SAFETY: `info` is writable for `info_len` bytes for the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    Ok((info.link_type == BPF_LINK_TYPE_XDP).then_some(info.ifindex))
+}
+
+/// Whether `dir` is on a BPF file system.
+pub fn is_bpffs(dir: &Path) -> io::Result<bool> {
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+    // SAFETY: statfs is plain old data; zero is a valid value for it.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stats` writable, both for the call.
+    if unsafe { libc::statfs(path.as_ptr(), &raw mut stats) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stats.f_type == libc::BPF_FS_MAGIC)
+}
+
+pub fn if_index(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// read, which keeps every limit on the fine clock.
+pub fn coarse_resolution_ns() -> u64 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `res` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) } != 0 {
+        return 0;
+    }
+    u64::try_from(res.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000)
+        + u64::try_from(res.tv_nsec).unwrap_or(0)
+}
+
+
+
+/// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd` (linux/bpf.h).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries read per system call.
+const CHUNK: usize = 4096;
+
+/// The `batch` member of `union bpf_attr` (linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads every entry of the hash map `fd` (keys `K`, values `V`) and
+/// calls `f` on each. An error before the first entry means batches are
+/// not supported here; the caller walks the map instead.
+pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: RawFd, f: &mut dyn FnMut(&K, &V)) -> io::Result<()> {
+    let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(CHUNK);
+    let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(CHUNK);
+    // The position token: a u32 bucket index for hash maps; room to spare.
+    let mut token = [0u64; 4];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.cast_unsigned(),
+            ..BatchAttr::default()
+        };
+        // SAFETY: the attribute points at buffers of CHUNK keys and values
+        // and at a token larger than any the kernel writes; the kernel
+        // writes at most `count` entries and sets `count` to how many.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
+        };
+        let err = (rc < 0).then(io::Error::last_os_error);
+        let done = match &err {
+            None => false,
+            // The last batch: `count` entries were still written.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Some(e) => {
+                if first {
+                    return Err(io::Error::new(e.kind(), e.to_string()));
+                }
+                // Mid-walk failures (the map changing under us) end the
+                // walk with what was read.
+                tracing::debug!("batched lookup stopped: {e}");
+                true
+            }
+        };
+        let count = (attr.count as usize).min(CHUNK);
+        for i in 0..count {
+            // SAFETY: the kernel initialised the first `count` entries of
+            // both buffers; K and V are plain data.
+            let (key, value) = unsafe {
+                (keys.as_ptr().add(i).cast::<K>().read(), values.as_ptr().add(i).cast::<V>().read())
+            };
+            f(&key, &value);
+        }
+        if done {
+            return Ok(());
+        }
+        first = false;
+    }
+}

@@ -1,0 +1,178 @@
+//! Writing a plan into the maps, diffed against what they hold, in the order
+//! that keeps every packet's verdict that of the old plan or of the new one:
+//!
+//! 1. scope words that gain bits take the union of old and new, so that
+//!    while the change lands a port is in scope if either plan says so;
+//! 2. new and changed rules;
+//! 3. the new rule filter, into the bank not in use, with its masks;
+//! 4. the global settings, which switch to that bank (the version grows);
+//! 5. the scope's final words, and the removal of rules no longer there.
+//!
+//! Buckets are never touched: every source keeps its state.
+
+use aya::maps::lpm_trie::Key;
+use throttle_common::{map_name, rule_filter, Config};
+
+use super::{
+    error::{map_err, KernelError},
+    maps::Dataplane,
+    plan::{Placement, Plan},
+    rule_filter::Region,
+    sys::if_index,
+};
+
+impl Dataplane {
+    /// Puts `plan` in force.
+    pub fn write(&mut self, plan: &Plan) -> Result<(), KernelError> {
+        // 1. Scope words that gain bits: the union.
+        for (word, &new) in (0..).zip(&plan.scope) {
+            let old = self.held.plan.scope[word as usize];
+            if new & !old != 0 {
+                self.write_scope_word(word, old | new)?;
+            }
+        }
+        // 2. Rules, new or changed.
+        for (&(len, addr), rule) in &plan.rules_v4 {
+            if self.held.plan.rules_v4.get(&(len, addr)) != Some(rule) {
+                self.rules_v4_insert(len, addr, *rule)?;
+            }
+        }
+        for (&(len, addr), rule) in &plan.rules_v6 {
+            if self.held.plan.rules_v6.get(&(len, addr)) != Some(rule) {
+                self.rules_v6_insert(len, addr, *rule)?;
+            }
+        }
+        // 3. The rule filter, in the bank not in use unless the bank in use
+        // holds it already.
+        let placement = self.place_filter(plan)?;
+        // 4. The global settings.
+        let placement = Placement { version: self.held.placement.version + 1, ..placement };
+        self.write_config(plan, placement)?;
+        self.held.plan.settings = plan.settings;
+        self.written = true;
+        // 5. What is no longer there, now that nothing refers to it.
+        for (word, &new) in (0..).zip(&plan.scope) {
+            if self.held.plan.scope[word as usize] != new {
+                self.write_scope_word(word, new)?;
+            }
+        }
+        let stale: Vec<_> = self.held.plan.rules_v4.keys().filter(|k| !plan.rules_v4.contains_key(k)).copied().collect();
+        for (len, addr) in stale {
+            self.rules_v4_remove(len, addr)?;
+        }
+        let stale: Vec<_> = self.held.plan.rules_v6.keys().filter(|k| !plan.rules_v6.contains_key(k)).copied().collect();
+        for (len, addr) in stale {
+            self.rules_v6_remove(len, addr)?;
+        }
+        debug_assert_eq!(self.held.plan, *plan);
+        Ok(())
+    }
+
+    /// Writes the plan's rule filter where the configuration can switch to
+    /// it, and returns the placement that does.
+    fn place_filter(&mut self, plan: &Plan) -> Result<Placement, KernelError> {
+        let held = self.held.placement;
+        let in_use = (&self.held.plan.filter_v4, &self.held.plan.filter_v6);
+        if in_use == (&plan.filter_v4, &plan.filter_v6) {
+            // Masks left at 0 by an earlier build's daemon are filled in:
+            // from 0 (walk the trie) to the bank's own mask is safe.
+            let shifts = shifts_with(held.shifts, held.bank, &plan.filter_v4, &plan.filter_v6);
+            if shifts != held.shifts {
+                self.write_config(&self.held.plan.clone(), Placement { shifts, ..held })?;
+            }
+            return Ok(self.held.placement);
+        }
+        let bank = held.bank ^ 1;
+        for (ipv6, region, standby) in
+            [(false, &plan.filter_v4, self.held.standby.0.clone()), (true, &plan.filter_v6, self.held.standby.1.clone())]
+        {
+            let start = rule_filter::region(bank, ipv6);
+            for ((index, &word), &old) in (start..).zip(region.words()).zip(standby.words()) {
+                if word != old {
+                    self.rule_filter.set(index, word, 0).map_err(map_err(map_name::RULE_FILTER))?;
+                }
+            }
+        }
+        // The masks of the bank not in use change before the switch to it,
+        // so that no packet pairs a bank with another filter's mask.
+        let shifts = shifts_with(held.shifts, bank, &plan.filter_v4, &plan.filter_v6);
+        if shifts != held.shifts {
+            self.write_config(&self.held.plan.clone(), Placement { shifts, ..held })?;
+        }
+        let old_v4 = std::mem::replace(&mut self.held.plan.filter_v4, plan.filter_v4.clone());
+        let old_v6 = std::mem::replace(&mut self.held.plan.filter_v6, plan.filter_v6.clone());
+        self.held.standby = (old_v4, old_v6);
+        Ok(Placement { bank, shifts, ..self.held.placement })
+    }
+
+    /// Writes the `CONFIG` entry of `plan` placed at `placement`, naming the
+    /// counters slot of the interface when the program is attached to one
+    /// only (the program then skips looking the slot up).
+    pub(super) fn write_config(&mut self, plan: &Plan, placement: Placement) -> Result<(), KernelError> {
+        let placement = Placement { one_iface_slot: self.one_iface_slot(false), ..placement };
+        self.set_config(plan.config(placement))?;
+        self.held.placement = placement;
+        Ok(())
+    }
+
+    /// Writes the settings in force again, for the interfaces attached now;
+    /// `attaching`: another one is on its way, so no single interface is
+    /// named. Nothing before the first plan.
+    pub(super) fn rewrite_config(&mut self, attaching: bool) -> Result<(), KernelError> {
+        if !self.written {
+            return Ok(());
+        }
+        let placement = Placement { one_iface_slot: self.one_iface_slot(attaching), ..self.held.placement };
+        self.set_config(self.held.plan.config(placement))?;
+        self.held.placement = placement;
+        Ok(())
+    }
+
+    /// The counters slot of the one interface attached, when there is one
+    /// only and no other is on its way.
+    fn one_iface_slot(&self, attaching: bool) -> Option<u32> {
+        match (self.attachments.as_slice(), attaching) {
+            ([only], false) => if_index(&only.iface).and_then(|i| self.slots.get(&i).copied()),
+            _ => None,
+        }
+    }
+
+    fn set_config(&mut self, config: Config) -> Result<(), KernelError> {
+        self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))
+    }
+
+    fn write_scope_word(&mut self, word: u32, bits: u64) -> Result<(), KernelError> {
+        self.scope.set(word, bits, 0).map_err(map_err(map_name::SCOPE))?;
+        self.held.plan.scope[word as usize] = bits;
+        Ok(())
+    }
+
+    fn rules_v4_insert(&mut self, len: u8, addr: [u8; 4], rule: throttle_common::Rule) -> Result<(), KernelError> {
+        self.rules_v4.insert(&Key::new(u32::from(len), addr), rule, 0).map_err(map_err(map_name::RULES_V4))?;
+        self.held.plan.rules_v4.insert((len, addr), rule);
+        Ok(())
+    }
+
+    fn rules_v6_insert(&mut self, len: u8, addr: [u8; 16], rule: throttle_common::Rule) -> Result<(), KernelError> {
+        self.rules_v6.insert(&Key::new(u32::from(len), addr), rule, 0).map_err(map_err(map_name::RULES_V6))?;
+        self.held.plan.rules_v6.insert((len, addr), rule);
+        Ok(())
+    }
+
+    fn rules_v4_remove(&mut self, len: u8, addr: [u8; 4]) -> Result<(), KernelError> {
+        self.rules_v4.remove(&Key::new(u32::from(len), addr)).map_err(map_err(map_name::RULES_V4))?;
+        self.held.plan.rules_v4.remove(&(len, addr));
+        Ok(())
+    }
+
+    fn rules_v6_remove(&mut self, len: u8, addr: [u8; 16]) -> Result<(), KernelError> {
+        self.rules_v6.remove(&Key::new(u32::from(len), addr)).map_err(map_err(map_name::RULES_V6))?;
+        self.held.plan.rules_v6.remove(&(len, addr));
+        Ok(())
+    }
+}
+
+/// `shifts` with the masks of `bank` set to those of the regions.
+fn shifts_with(shifts: u32, bank: u32, v4: &Region, v6: &Region) -> u32 {
+    rule_filter::with_shift(rule_filter::with_shift(shifts, bank, false, v4.shift_byte()), bank, true, v6.shift_byte())
+}

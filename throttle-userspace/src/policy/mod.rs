@@ -1,0 +1,45 @@
+//! The policy: the domain types every other layer speaks (limits, rules,
+//! scope), each as narrow as its values, and their validation.
+//!
+//! Nothing here knows about the kernel, HTTP or the file format: the TOML
+//! file ([`crate::settings`]), the API bodies ([`crate::api`]) and the
+//! client's requests ([`crate::client`]) are these types, deserialized
+//! through [`parse`] so that a refused value names its key.
+
+mod invalid;
+mod limits;
+mod narrow;
+mod rules;
+mod scope;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    invalid::{
+        check_burst, check_f64, check_fraction, check_open, check_range, check_rate, key, parse, refuse, Invalid,
+        ParseError,
+    },
+    limits::{
+        Limits, LimitsPatch, Unit, DEFAULT_BURST, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX,
+        DEFAULT_NEW_SOURCE_RATE, DEFAULT_RATE,
+    },
+    rules::{validate_rules, Action, RuleLimit, RuleSpec, MAX_RULES},
+    scope::{Proto, Scope, ScopePort, MAX_SCOPE},
+};
+
+/// The policy the data path enforces: limits, scope and rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub limits: Limits,
+    pub scope: Scope,
+    pub rules: Vec<RuleSpec>,
+}
+
+impl Policy {
+    /// Checks every section, naming the key of the first bad value.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.limits.validate("limits")?;
+        self.scope.validate("scope")?;
+        validate_rules(&self.rules, "rules")
+    }
+}

@@ -1,0 +1,101 @@
+//! The daemon's runtime: the state its tasks share (the control plane, the
+//! controller, readiness), the attach lifecycle, the bucket sampler and the
+//! controller's scale sink. The HTTP layer ([`crate::api`]) serves over it;
+//! the daemon ([`crate::daemon`]) starts and stops it.
+
+mod lifecycle;
+mod sampler;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+pub use self::{
+    lifecycle::{attach_all, forward_ebpf_logs},
+    sampler::sample_forever,
+};
+use crate::{control::Control, controller::ControllerHandle};
+
+/// Everything the daemon's tasks share.
+struct Shared {
+    control: Arc<Mutex<Control>>,
+    controller: Mutex<Option<ControllerHandle>>,
+    ready: AtomicBool,
+    started: Instant,
+    sampled: Mutex<sampler::Sampled>,
+}
+
+/// A handle on the daemon's shared state; clones share it.
+#[derive(Clone)]
+pub struct Runtime(Arc<Shared>);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Runtime {
+    #[must_use]
+    pub fn new(control: Control) -> Self {
+        Self(Arc::new(Shared {
+            control: Arc::new(Mutex::new(control)),
+            controller: Mutex::new(None),
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            sampled: Mutex::new(sampler::Sampled::default()),
+        }))
+    }
+
+    /// Hands the running controller over.
+    pub fn set_controller(&self, handle: ControllerHandle) {
+        *lock(&self.0.controller) = Some(handle);
+    }
+
+    #[must_use]
+    pub fn controller(&self) -> Option<ControllerHandle> {
+        lock(&self.0.controller).clone()
+    }
+
+    /// Every interface is attached: `/readyz` answers 200 from now on.
+    pub fn set_ready(&self) {
+        self.0.ready.store(true, Ordering::Release);
+    }
+
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the control plane on a blocking thread: map reads and
+    /// writes are system calls, and a walk over a million buckets takes a
+    /// while.
+    pub async fn with_control<R, F>(&self, f: F) -> R
+    where
+        F: FnOnce(&mut Control) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let control = Arc::clone(&self.0.control);
+        tokio::task::spawn_blocking(move || f(&mut lock(&control)))
+            .await
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+    }
+
+    /// Runs `f` on the control plane on this thread (quick reads only).
+    pub fn control<R>(&self, f: impl FnOnce(&mut Control) -> R) -> R {
+        f(&mut lock(&self.0.control))
+    }
+
+    /// Sources tracked at the last sample.
+    #[must_use]
+    pub fn sources_tracked(&self) -> u64 {
+        lock(&self.0.sampled).sources
+    }
+
+    #[must_use]
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
+    }
+}

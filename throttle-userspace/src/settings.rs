@@ -1,0 +1,346 @@
+//! Settings: the TOML file and the command-line flags over it, turned into
+//! the policy and the daemon's own settings.
+//!
+//! The file's sections are the policy's types ([`crate::policy`]); a bad
+//! value is refused with an error that names its key and the value, and
+//! nothing of a refused configuration is applied.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    controller::AdaptiveConfig,
+    kernel::XdpMode,
+    policy::{self, Invalid, Limits, LimitsPatch, ParseError, Policy, RuleSpec, Scope},
+};
+
+/// Where the admin API listens unless told otherwise.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9840";
+/// Where runtime changes are persisted.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/throttle";
+/// Where maps and links are pinned (a bpffs directory).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/throttle";
+/// Largest number of tracked sources the bucket map may be sized for.
+pub const MAX_SOURCES_LIMIT: u32 = 1 << 26;
+/// Smallest bucket map.
+pub const MIN_SOURCES: u32 = 1_024;
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{}: {source}", path.display())]
+    InvalidInFile { path: PathBuf, source: Invalid },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+/// The `[daemon]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    pub admin: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    /// Capacity of the bucket map: how many sources are tracked at once.
+    pub max_sources: Option<u32>,
+}
+
+/// The configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub daemon: DaemonSection,
+    pub limits: Limits,
+    pub scope: Scope,
+    pub rules: Vec<RuleSpec>,
+    /// The `[adaptive]` section: absent, the controller is not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
+}
+
+impl FileConfig {
+    /// Reads and parses a file (a value its type refuses is refused by its
+    /// key; the rest is validated in [`Settings::merge`]).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|err| match err {
+            ParseError::Invalid(source) => ConfigError::InvalidInFile { path: path.to_owned(), source },
+            ParseError::Format { source, .. } => ConfigError::Parse { path: path.to_owned(), source: Box::new(source) },
+        })
+    }
+
+    /// Parses the text of a file.
+    pub fn parse(text: &str) -> Result<Self, ParseError<toml::de::Error>> {
+        policy::parse(toml::Deserializer::new(text), "")
+    }
+}
+
+/// Command-line flags of `throttle daemon`, each overriding the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to; repeat for several.
+    #[arg(long = "iface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// auto: native, falling back to generic; native; generic.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<XdpMode>,
+    /// Address of the admin API [default: 127.0.0.1:9840].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// The limits, over the file's `[limits]`.
+    #[command(flatten)]
+    pub limits: LimitsPatch,
+    /// Where runtime changes are persisted [default: /var/lib/throttle].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/throttle].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Bearer token the admin API requires (needed to listen beyond loopback).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Capacity of the bucket map: sources tracked at once [default: 1048576].
+    #[arg(long, value_name = "N")]
+    pub max_sources: Option<u32>,
+    /// On SIGTERM, leave the program attached and its maps pinned, for the
+    /// next daemon (an upgrade) to adopt.
+    #[arg(long)]
+    pub keep_on_exit: bool,
+}
+
+/// Everything the daemon runs with, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub admin: SocketAddr,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub token_file: Option<PathBuf>,
+    pub max_sources: u32,
+    pub policy: Policy,
+    /// The adaptive controller's settings, when the file has `[adaptive]`.
+    pub adaptive: Option<AdaptiveConfig>,
+}
+
+impl Settings {
+    /// The file (if any) under the flags, validated.
+    pub fn load(args: &DaemonArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(file, args).map_err(|source| match &args.config {
+            Some(path) => ConfigError::InvalidInFile { path: path.clone(), source },
+            None => ConfigError::Invalid(source),
+        })
+    }
+
+    /// The file's values under the flags'.
+    pub fn merge(file: FileConfig, args: &DaemonArgs) -> Result<Self, Invalid> {
+        let FileConfig { daemon, limits, scope, rules, adaptive } = file;
+        let limits = args.limits.over(&limits);
+        let policy = Policy { limits, scope, rules };
+        policy.validate()?;
+        if let Some(adaptive) = &adaptive {
+            adaptive.validate("adaptive")?;
+        }
+
+        let interfaces = if args.interfaces.is_empty() { daemon.interfaces } else { args.interfaces.clone() };
+        for (i, name) in interfaces.iter().enumerate() {
+            // IFNAMSIZ less the NUL.
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(Invalid::new(
+                    format!("daemon.interfaces[{i}]"),
+                    format!("{name:?}"),
+                    "not an interface name",
+                ));
+            }
+        }
+        let admin_text = args.admin.clone().or(daemon.admin).unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+        let admin: SocketAddr = admin_text.parse().map_err(|_| {
+            Invalid::new("daemon.admin", format!("{admin_text:?}"), "not an address:port like 127.0.0.1:9840")
+        })?;
+        let max_sources =
+            args.max_sources.or(daemon.max_sources).unwrap_or(throttle_common::DEFAULT_MAX_SOURCES);
+        if !(MIN_SOURCES..=MAX_SOURCES_LIMIT).contains(&max_sources) {
+            return Err(Invalid::new(
+                "daemon.max_sources",
+                max_sources,
+                format!("must be between {MIN_SOURCES} and {MAX_SOURCES_LIMIT}"),
+            ));
+        }
+        Ok(Self {
+            interfaces,
+            xdp_mode: args.xdp_mode.or(daemon.xdp_mode).unwrap_or_default(),
+            admin,
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(daemon.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            pin_dir: args.pin_dir.clone().or(daemon.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            token_file: args.token_file.clone().or(daemon.token_file),
+            max_sources,
+            policy,
+            adaptive,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, String> {
+        let file = FileConfig::parse(text).map_err(|e| e.to_string())?;
+        Settings::merge(file, &DaemonArgs::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let settings = parse("").unwrap();
+        assert_eq!(settings.admin.to_string(), DEFAULT_ADMIN);
+        assert_eq!(settings.policy.limits, Limits::default());
+        assert_eq!(settings.xdp_mode, XdpMode::Auto);
+        assert_eq!(settings.max_sources, throttle_common::DEFAULT_MAX_SOURCES);
+    }
+
+    #[test]
+    fn a_full_file() {
+        let settings = parse(
+            r#"
+            [daemon]
+            interfaces = ["eth0", "eth1"]
+            xdp_mode = "generic"
+            admin = "127.0.0.1:9999"
+            max_sources = 65536
+            [limits]
+            rate = 500
+            burst = 250
+            unit = "bytes"
+            ipv4_prefix = 24
+            ipv6_prefix = 56
+            dry_run = true
+            new_source_rate = 0
+            [scope]
+            ports = [{ proto = "tcp", port = 443, syn_only = true }, { proto = "udp", port = 53 }]
+            [[rules]]
+            cidr = "10.0.0.0/8"
+            action = "limit"
+            rate = 100
+            [[rules]]
+            cidr = "2001:db8::/32"
+            action = "deny"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.interfaces, ["eth0", "eth1"]);
+        assert_eq!(settings.xdp_mode, XdpMode::Generic);
+        assert_eq!(settings.max_sources, 65_536);
+        assert_eq!(settings.policy.limits.unit, policy::Unit::Bytes);
+        assert_eq!(settings.policy.scope.ports.len(), 2);
+        assert_eq!(settings.policy.rules[0].limit().map(|l| l.burst), Some(100));
+    }
+
+    #[test]
+    fn the_adaptive_section() {
+        assert_eq!(parse("").unwrap().adaptive, None);
+        let settings = parse(
+            r#"
+            [adaptive]
+            algorithm = "vegas"
+            floor = 0.2
+            target_ms = 50.0
+            [adaptive.vegas]
+            beta = 0.6
+            [adaptive.source]
+            kind = "http"
+            url = "http://127.0.0.1:8080/health"
+            "#,
+        )
+        .unwrap();
+        let adaptive = settings.adaptive.unwrap();
+        assert_eq!(adaptive.algorithm, crate::controller::Algorithm::Vegas);
+        assert_eq!(adaptive.target_ms, Some(50.0));
+        assert!((adaptive.vegas.beta - 0.6).abs() < f64::EPSILON);
+        let err = parse("[adaptive]\nflor = 0.5").unwrap_err();
+        assert!(err.contains("unknown field `flor`"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse("[limits]\nrate = 5\nburst = 9\n").unwrap();
+        let args = DaemonArgs {
+            limits: LimitsPatch { rate: Some(7), ..LimitsPatch::default() },
+            interfaces: vec!["veth1".into()],
+            ..DaemonArgs::default()
+        };
+        let settings = Settings::merge(file, &args).unwrap();
+        assert_eq!(settings.policy.limits.rate, 7);
+        assert_eq!(settings.policy.limits.burst, 9);
+        assert_eq!(settings.interfaces, ["veth1"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_value() {
+        for (text, needle) in [
+            ("[limits]\nrate = 0", "`limits.rate` = 0"),
+            ("[limits]\nrate = 100000001", "`limits.rate` = 100000001"),
+            ("[limits]\nburst = 0", "`limits.burst` = 0"),
+            ("[limits]\nburst = 1000000001", "`limits.burst`"),
+            ("[limits]\nipv4_prefix = 33", "`limits.ipv4_prefix` = 33"),
+            ("[limits]\nipv4_prefix = 0", "`limits.ipv4_prefix` = 0"),
+            ("[limits]\nipv6_prefix = 129", "`limits.ipv6_prefix` = 129"),
+            ("[limits]\nnew_source_rate = 5\nnew_source_burst = 0", "`limits.new_source_burst` = 0"),
+            ("[scope]\nports = [{ proto = \"udp\", port = 0 }]", "`scope.ports[0].port` = 0"),
+            ("[scope]\nports = [{ proto = \"udp\", port = 65536 }]", "`scope.ports[0].port` = 65536"),
+            ("[scope]\nports = [{ proto = \"udp\", port = 53, syn_only = true }]", "`scope.ports[0].syn_only`"),
+            ("[scope]\nports = [{ proto = \"udp\", port = 53 }, { proto = \"udp\", port = 53 }]", "`scope.ports[1].port` = 53"),
+            ("[[rules]]\ncidr = \"10.0.0.0/33\"\naction = \"deny\"", "`rules[0].cidr` = \"10.0.0.0/33\""),
+            ("[[rules]]\ncidr = \"10.0.0.1/8\"\naction = \"deny\"", "host bits"),
+            ("[[rules]]\ncidr = \"10.0.0.0/8\"\naction = \"limit\"", "`rules[0].rate`"),
+            ("[[rules]]\ncidr = \"10.0.0.0/8\"\naction = \"deny\"\nrate = 5", "`rules[0].rate`"),
+            ("[[rules]]\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n[[rules]]\ncidr = \"10.0.0.0/8\"\naction = \"deny\"", "`rules[1].cidr`"),
+            ("[daemon]\nadmin = \"nowhere\"", "`daemon.admin` = \"nowhere\""),
+            ("[daemon]\ninterfaces = [\"a-name-far-too-long\"]", "`daemon.interfaces[0]`"),
+            ("[daemon]\nmax_sources = 10", "`daemon.max_sources` = 10"),
+            ("[adaptive]\nfloor = 0.0", "`adaptive.floor` = 0"),
+            ("[adaptive.gradient]\ntolerance = 0.1", "`adaptive.gradient.tolerance` = 0.1"),
+            ("[adaptive.source]\nkind = \"tcp\"\naddress = \"nowhere\"", "`adaptive.source.address`"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_refused_with_their_line() {
+        for (text, needle) in [
+            ("[limits]\nrat = 5", "unknown field `rat`"),
+            ("[limits]\nunit = \"furlongs\"", "unknown variant `furlongs`"),
+            ("[[rules]]\ncidr = \"10.0.0.0/8\"\naction = \"block\"", "unknown variant `block`"),
+            ("[scope]\nports = [{ proto = \"icmp\", port = 1 }]", "unknown variant `icmp`"),
+            ("[limits]\nrate = -1", "line 2"),
+            ("[nonsense]", "unknown field `nonsense`"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");
+        }
+    }
+}
