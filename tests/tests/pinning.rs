@@ -28,9 +28,12 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use throttle::{
-    config::{Limits, Policy, Scope, XdpMode},
-    dataplane::{bucket_key, counters_label, Dataplane, DataplaneError, Options},
+    control::RuleIds,
     frames::Frame,
+    kernel::{
+        bucket_key, coarse_resolution_ns, compile, counters_label, Dataplane, KernelError, Options, XdpMode,
+    },
+    policy::{Limits, Policy, Scope},
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
 use throttle_tests::{require_root, unique_id, Netns};
@@ -160,6 +163,12 @@ fn policy() -> Policy {
     }
 }
 
+/// Writes the plan of `policy` into the maps.
+fn write(dataplane: &mut Dataplane, policy: &Policy) {
+    let ids = RuleIds::default().resolve(policy).expect("a valid policy");
+    dataplane.write(&compile(policy, &ids, 1.0, coarse_resolution_ns())).expect("writing the plan");
+}
+
 fn source() -> IpAddr {
     "10.7.0.1".parse().expect("an address")
 }
@@ -190,7 +199,7 @@ fn a_killed_daemon_leaves_enforcement_running_and_the_next_adopts_it() {
     let (mode, counters, bucket, version) = lab.ns.run(|| {
         let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open with a pin dir");
         assert!(!dataplane.adopted(), "nothing was pinned yet");
-        dataplane.apply(&policy(), &[]).expect("apply");
+        write(&mut dataplane, &policy());
         let attachment = dataplane.attach("a0", XdpMode::Auto).expect("attach").clone();
         assert!(!attachment.adopted, "no link was pinned yet: {attachment:?}");
         assert_eq!(lab.xdp("a0").map(|(mode, _)| mode), Some(attachment.mode));
@@ -217,7 +226,7 @@ fn a_killed_daemon_leaves_enforcement_running_and_the_next_adopts_it() {
         assert_eq!(metered(&dataplane), counters, "the counters carry on");
         assert_eq!(dataplane.bucket(&key).expect("bucket"), Some(bucket), "the bucket carries on");
         assert_eq!(lab.xdp("a0"), Some((mode, old_program)), "the old program runs until attach");
-        dataplane.apply(&policy(), &[]).expect("apply");
+        write(&mut dataplane, &policy());
         assert_eq!(dataplane.version(), version + 1);
 
         let attachment = dataplane.attach("a0", XdpMode::Auto).expect("attach to the pinned link").clone();
@@ -292,7 +301,7 @@ fn release_others_detaches_the_interfaces_no_longer_named() {
         dataplane.attach("a0", XdpMode::Generic).expect("attach a0");
         dataplane.attach("a1", XdpMode::Generic).expect("attach a1");
         assert!(
-            matches!(dataplane.attach("a1", XdpMode::Generic), Err(DataplaneError::AlreadyAttached { .. })),
+            matches!(dataplane.attach("a1", XdpMode::Generic), Err(KernelError::AlreadyAttached { .. })),
             "attaching twice to one interface is refused"
         );
     });
@@ -333,7 +342,7 @@ fn pinned_maps_of_another_layout_are_refused_with_a_way_out() {
     let err = Dataplane::open(&pins.options(MAX_SOURCES)).err().expect("another layout is refused");
     let message = err.to_string();
     assert!(
-        matches!(err, DataplaneError::LayoutMismatch { found: Some(found), expected, .. }
+        matches!(err, KernelError::LayoutMismatch { found: Some(found), expected, .. }
             if found == other && expected == LAYOUT_VERSION),
         "{err:?}"
     );
@@ -358,7 +367,7 @@ fn pinned_maps_of_another_layout_are_refused_with_a_way_out() {
     fs::rename(&swap, pins.map(map_name::RULES_V4)).expect("rename");
     let err = Dataplane::open(&pins.options(MAX_SOURCES)).err().expect("a map of another type is refused");
     assert!(
-        matches!(err, DataplaneError::Incompatible { map, property: "type", .. } if map == map_name::RULES_V4),
+        matches!(err, KernelError::Incompatible { map, property: "type", .. } if map == map_name::RULES_V4),
         "{err:?}"
     );
     let message = err.to_string();
@@ -374,7 +383,7 @@ fn partial_pins_are_refused() {
 
     let err = Dataplane::open(&pins.options(MAX_SOURCES)).err().expect("partial pins are refused");
     assert!(
-        matches!(&err, DataplaneError::PartialPins { missing, present, .. }
+        matches!(&err, KernelError::PartialPins { missing, present, .. }
             if missing == &[map_name::BUCKETS] && present.len() == map_name::ALL.len() - 1),
         "{err:?}"
     );
@@ -393,7 +402,7 @@ fn a_pin_dir_outside_bpffs_or_with_a_dot_is_refused_and_left_as_it_was() {
     let dir = std::env::temp_dir().join(format!("throttle-test-{}", unique_id())).join("pins");
     let options = Options { max_sources: MAX_SOURCES, pin_dir: Some(dir.clone()) };
     let err = Dataplane::open(&options).err().expect("a directory outside bpffs is refused");
-    assert!(matches!(&err, DataplaneError::NotBpffs { dir: d } if *d == dir), "{err:?}");
+    assert!(matches!(&err, KernelError::NotBpffs { dir: d } if *d == dir), "{err:?}");
     assert!(err.to_string().contains("bpffs"), "{err}");
     assert!(!dir.parent().expect("a parent").exists(), "the directories made for it are removed");
 
@@ -402,7 +411,7 @@ fn a_pin_dir_outside_bpffs_or_with_a_dot_is_refused_and_left_as_it_was() {
     let dotted = pins.path.join("v1.2");
     let options = Options { max_sources: MAX_SOURCES, pin_dir: Some(dotted.clone()) };
     let err = Dataplane::open(&options).err().expect("a dotted name is refused");
-    assert!(matches!(&err, DataplaneError::DottedName { dir } if *dir == dotted), "{err:?}");
+    assert!(matches!(&err, KernelError::DottedName { dir } if *dir == dotted), "{err:?}");
     assert!(!pins.path.exists(), "the directories made for it are removed");
 }
 
@@ -511,7 +520,7 @@ fn sigkill_child() {
     };
     let mut dataplane =
         Dataplane::open(&Options { max_sources: MAX_SOURCES, pin_dir: Some(dir.into()) }).expect("open");
-    dataplane.apply(&policy(), &[]).expect("apply");
+    write(&mut dataplane, &policy());
     dataplane.attach("a0", XdpMode::Auto).expect("attach");
     for _ in 0..=BURST {
         run(&dataplane, &frame());
@@ -565,7 +574,7 @@ fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
     let frame = frame();
     lab.ns.run(|| {
         let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
-        dataplane.apply(&policy(), &[]).expect("apply");
+        write(&mut dataplane, &policy());
         // One interface: its slot comes from the configuration.
         dataplane.attach("a0", XdpMode::Native).expect("attach a0");
         assert_eq!(run_on(&dataplane, a0, &frame), XDP_PASS);
@@ -587,7 +596,7 @@ fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
     });
     lab.ns.run(|| {
         let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open again");
-        dataplane.apply(&policy(), &[]).expect("apply");
+        write(&mut dataplane, &policy());
         assert!(dataplane.attach("a0", XdpMode::Auto).expect("adopt a0").adopted);
         let released = dataplane.release_others(&["a0".to_owned()]).expect("release a1");
         assert_eq!(released, ["a1"]);

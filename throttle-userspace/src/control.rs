@@ -215,7 +215,11 @@ impl Control {
     /// The rules in force, with their ids.
     #[must_use]
     pub fn rules(&self) -> Vec<RuleView> {
-        self.rule_ids.iter().zip(&self.policy.rules).map(|(&id, spec)| RuleView { id, rule: spec.clone() }).collect()
+        self.rule_ids
+            .iter()
+            .zip(&self.policy.rules)
+            .map(|(&id, spec)| RuleView { id, rule: spec.clone() })
+            .collect()
     }
 
     /// The saved controller parameters, if the API changed them.

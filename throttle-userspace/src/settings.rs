@@ -77,7 +77,9 @@ impl FileConfig {
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|err| match err {
             ParseError::Invalid(source) => ConfigError::InvalidInFile { path: path.to_owned(), source },
-            ParseError::Format { source, .. } => ConfigError::Parse { path: path.to_owned(), source: Box::new(source) },
+            ParseError::Format { source, .. } => {
+                ConfigError::Parse { path: path.to_owned(), source: Box::new(source) }
+            }
         })
     }
 

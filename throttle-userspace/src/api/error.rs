@@ -87,7 +87,9 @@ impl From<ChangeError> for ApiError {
     fn from(err: ChangeError) -> Self {
         match err {
             ChangeError::Invalid(invalid) => invalid.into(),
-            err @ ChangeError::DuplicateRule { .. } => Self::new(StatusCode::CONFLICT, "conflict", err.to_string()),
+            err @ ChangeError::DuplicateRule { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
             err @ ChangeError::NoSuchRule(_) => Self::not_found("rule_not_found", err.to_string()),
             err @ (ChangeError::NotTracked(_) | ChangeError::NotMetered { .. }) => {
                 Self::not_found("source_not_tracked", err.to_string())

@@ -225,9 +225,7 @@ async fn add_rule(State(state): State<AppState>, Body(rule): Body<RuleSpec>) -> 
     let view = state
         .with_control(move |c| {
             let id = c.add_rule(rule)?;
-            Ok::<_, ChangeError>(
-                c.rules().into_iter().find(|r| r.id == id).expect("just added"),
-            )
+            Ok::<_, ChangeError>(c.rules().into_iter().find(|r| r.id == id).expect("just added"))
         })
         .await?;
     let location = format!("/v1/rules/{}", view.id);
@@ -300,10 +298,7 @@ async fn top_sources(
         .await
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
     let sources = state.control(|c| c.views(&ranked));
-    Ok(Json(SourcesView {
-        by: by.name(),
-        sources,
-    }))
+    Ok(Json(SourcesView { by: by.name(), sources }))
 }
 
 fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
@@ -327,11 +322,7 @@ async fn get_source(
     PathParam(addr): PathParam,
 ) -> Result<Json<SourceView>, ApiError> {
     let addr = source_addr(&addr)?;
-    state
-        .with_control(move |c| c.source(addr))
-        .await
-        .map(Json)
-        .map_err(ApiError::from)
+    state.with_control(move |c| c.source(addr)).await.map(Json).map_err(ApiError::from)
 }
 
 /// Forgets one source's bucket: it starts afresh, with a full burst.
@@ -344,10 +335,7 @@ async fn reset_source(
     PathParam(addr): PathParam,
 ) -> Result<StatusCode, ApiError> {
     let addr = source_addr(&addr)?;
-    state
-        .with_control(move |c| c.reset_source(addr))
-        .await
-        .map_err(ApiError::from)?;
+    state.with_control(move |c| c.reset_source(addr)).await.map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -384,9 +372,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", format!("reading the counters: {e}"))
     };
     let (counters, by_interface) = state
-        .with_control(|c| {
-            Ok::<_, KernelError>((c.kernel().counters()?, c.kernel().counters_by_interface()?))
-        })
+        .with_control(|c| Ok::<_, KernelError>((c.kernel().counters()?, c.kernel().counters_by_interface()?)))
         .await
         .map_err(kernel_error)?;
     let (counters, passed, dropped) = tally(&counters);

@@ -441,7 +441,12 @@ impl SourceConfig {
                 check_open(&key(prefix, "quantile"), prom.quantile, 0.0, 1.0)?;
                 check_range(&key(prefix, "interval_ms"), prom.interval_ms, 100, MAX_PROBE_MS)?;
                 check_range(&key(prefix, "timeout_ms"), prom.timeout_ms, 1, MAX_PROBE_MS)?;
-                check_range(&key(prefix, "window_ms"), prom.window_ms, prom.interval_ms.saturating_mul(2), 3_600_000)
+                check_range(
+                    &key(prefix, "window_ms"),
+                    prom.window_ms,
+                    prom.interval_ms.saturating_mul(2),
+                    3_600_000,
+                )
             }
             Self::Push => Ok(()),
         }

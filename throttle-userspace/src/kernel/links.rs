@@ -78,10 +78,8 @@ impl Dataplane {
                         // to netlink, which only kernels before 5.9 (no XDP
                         // links) make it do; those are below what this
                         // program needs anyway.
-                        let link = FdLink::try_from(link).map_err(|source| KernelError::Unpinnable {
-                            iface: iface.to_owned(),
-                            source,
-                        })?;
+                        let link = FdLink::try_from(link)
+                            .map_err(|source| KernelError::Unpinnable { iface: iface.to_owned(), source })?;
                         create_dir_if_missing(&links)?;
                         create_dir_if_missing(&dir)?;
                         let path = dir.join(link_pin_name(iface));

@@ -26,8 +26,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use throttle_common::{
-    flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, FAMILY_V4,
-    FAMILY_V6, IFACE_SLOTS, MAX_IFINDEX, PROGRAM_NAME,
+    flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Rule,
+    FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_IFINDEX, PROGRAM_NAME,
 };
 
 use super::{
@@ -44,7 +44,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/th
 
 /// The reader of the program's log records.
 pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
 
 /// How the data path is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,7 +309,6 @@ impl Dataplane {
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .expect("the program was checked at load")
     }
-
 
     /// What the maps hold, read back: the plan in force (with the rule
     /// filter of the bank in use), for tests and tools to compare with the

@@ -14,8 +14,8 @@
 mod error;
 mod links;
 mod maps;
-pub mod plan;
 mod pins;
+pub mod plan;
 pub mod rule_filter;
 mod sys;
 mod write;
@@ -32,7 +32,9 @@ pub use self::{
 };
 
 /// How the XDP program is attached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic when the driver has none.
@@ -75,7 +77,6 @@ pub type Counters = [u64; reason::COUNT as usize];
 pub fn counters_label(attachment: Option<&Attachment>) -> (String, String) {
     attachment.map_or_else(|| ("other".to_owned(), String::new()), |a| (a.iface.clone(), a.mode.to_owned()))
 }
-
 
 /// Walks every tracked bucket on a handle of its own, so that a walk over a
 /// million sources holds no lock that the API or the controller waits on.

@@ -46,7 +46,6 @@ pub(super) const LINKS_DIR: &str = "links";
 pub(super) const NATIVE: &str = "native";
 pub(super) const GENERIC: &str = "generic";
 
-
 /// A pin directory, and the directories this process made to have it.
 #[derive(Debug, Clone)]
 pub(super) struct PinDir {
@@ -323,8 +322,8 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
 /// then every map's type, key and value sizes and capacity.
 pub(super) fn check_pinned(dir: &Path, maps: &Path) -> Result<(), KernelError> {
     let path = maps.join(map_name::CONFIG);
-    let config = MapData::from_pin(&path)
-        .map_err(|source| KernelError::PinnedMap { path: path.clone(), source })?;
+    let config =
+        MapData::from_pin(&path).map_err(|source| KernelError::PinnedMap { path: path.clone(), source })?;
     let info = config.info().map_err(|source| KernelError::PinnedMap { path: path.clone(), source })?;
     let layout = read_layout(&config, &info).map_err(|source| KernelError::PinnedMap { path, source })?;
     if layout != Some(LAYOUT_VERSION) {

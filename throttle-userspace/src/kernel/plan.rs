@@ -138,7 +138,8 @@ pub fn compile(policy: &Policy, ids: &[u32], scale: f64, coarse_tick_ns: u64) ->
 
     let mut scope_words = vec![0u64; scope::WORDS as usize];
     for entry in &policy.scope.ports {
-        let (word, shift) = scope::slot(entry.proto.number(), entry.port).expect("the scope names TCP or UDP");
+        let (word, shift) =
+            scope::slot(entry.proto.number(), entry.port).expect("the scope names TCP or UDP");
         let bits = scope::IN_SCOPE | if entry.syn_only { scope::SYN_ONLY } else { 0 };
         scope_words[word as usize] |= bits << shift;
         flags |= flags::SCOPE
@@ -268,11 +269,17 @@ mod tests {
         let deny = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!((deny.action, deny.id), (ACTION_DENY, 7));
         let limit = plan.rules_v4[&(24, [192, 0, 2, 0])];
-        assert_eq!((limit.action, limit.id, limit.limit.rate(), limit.limit.burst()), (ACTION_LIMIT, 3, 100, 100));
+        assert_eq!(
+            (limit.action, limit.id, limit.limit.rate(), limit.limit.burst()),
+            (ACTION_LIMIT, 3, 100, 100)
+        );
         let allow = plan.rules_v6[&(32, "2001:db8::".parse::<std::net::Ipv6Addr>().unwrap().octets())];
         assert_eq!((allow.action, allow.id), (ACTION_ALLOW, 9));
         let f = plan.settings.flags;
-        assert_eq!(f & (flags::RULES_V4 | flags::DENY_V4 | flags::RULES_V6), flags::RULES_V4 | flags::DENY_V4 | flags::RULES_V6);
+        assert_eq!(
+            f & (flags::RULES_V4 | flags::DENY_V4 | flags::RULES_V6),
+            flags::RULES_V4 | flags::DENY_V4 | flags::RULES_V6
+        );
         assert_eq!(f & flags::DENY_V6, 0);
     }
 
@@ -304,8 +311,10 @@ mod tests {
 
     #[test]
     fn the_coarse_clock_only_where_the_burst_spans_many_ticks() {
-        let long = Policy { limits: Limits { rate: 100, burst: 100, ..Limits::default() }, ..Policy::default() };
-        let short = Policy { limits: Limits { rate: 100_000, burst: 10, ..Limits::default() }, ..Policy::default() };
+        let long =
+            Policy { limits: Limits { rate: 100, burst: 100, ..Limits::default() }, ..Policy::default() };
+        let short =
+            Policy { limits: Limits { rate: 100_000, burst: 10, ..Limits::default() }, ..Policy::default() };
         assert_eq!(compile(&long, &[], 1.0, TICK_NS).settings.default_limit.clock, CLOCK_COARSE);
         assert_eq!(compile(&short, &[], 1.0, TICK_NS).settings.default_limit.clock, CLOCK_FINE);
         assert_eq!(compile(&long, &[], 1.0, 0).settings.default_limit.clock, CLOCK_FINE, "tick unknown");

@@ -101,8 +101,7 @@ pub fn lookup(map: &MapFd, key: u32, value: &mut [u8]) -> io::Result<()> {
 pub fn xdp_link_ifindex(path: &Path) -> io::Result<Option<u32>> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
-    let mut attr =
-        ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, pad: 0 };
+    let mut attr = ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, pad: 0 };
     // SAFETY: `pathname` points to a NUL-terminated string alive for the call.
     let fd = unsafe { bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
@@ -138,7 +137,10 @@ pub fn if_index(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The resolution of `CLOCK_MONOTONIC_COARSE` (the clock of
+/// `bpf_ktime_get_coarse_ns`) in ns: one scheduler tick. 0 when it cannot be
 /// read, which keeps every limit on the fine clock.
+#[must_use]
 pub fn coarse_resolution_ns() -> u64 {
     let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `res` is a valid timespec for the call to fill.
@@ -148,8 +150,6 @@ pub fn coarse_resolution_ns() -> u64 {
     u64::try_from(res.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000)
         + u64::try_from(res.tv_nsec).unwrap_or(0)
 }
-
-
 
 /// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd` (linux/bpf.h).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;

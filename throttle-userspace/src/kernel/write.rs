@@ -56,11 +56,13 @@ impl Dataplane {
                 self.write_scope_word(word, new)?;
             }
         }
-        let stale: Vec<_> = self.held.plan.rules_v4.keys().filter(|k| !plan.rules_v4.contains_key(k)).copied().collect();
+        let stale: Vec<_> =
+            self.held.plan.rules_v4.keys().filter(|k| !plan.rules_v4.contains_key(k)).copied().collect();
         for (len, addr) in stale {
             self.rules_v4_remove(len, addr)?;
         }
-        let stale: Vec<_> = self.held.plan.rules_v6.keys().filter(|k| !plan.rules_v6.contains_key(k)).copied().collect();
+        let stale: Vec<_> =
+            self.held.plan.rules_v6.keys().filter(|k| !plan.rules_v6.contains_key(k)).copied().collect();
         for (len, addr) in stale {
             self.rules_v6_remove(len, addr)?;
         }
@@ -83,9 +85,10 @@ impl Dataplane {
             return Ok(self.held.placement);
         }
         let bank = held.bank ^ 1;
-        for (ipv6, region, standby) in
-            [(false, &plan.filter_v4, self.held.standby.0.clone()), (true, &plan.filter_v6, self.held.standby.1.clone())]
-        {
+        for (ipv6, region, standby) in [
+            (false, &plan.filter_v4, self.held.standby.0.clone()),
+            (true, &plan.filter_v6, self.held.standby.1.clone()),
+        ] {
             let start = rule_filter::region(bank, ipv6);
             for ((index, &word), &old) in (start..).zip(region.words()).zip(standby.words()) {
                 if word != old {
@@ -147,14 +150,28 @@ impl Dataplane {
         Ok(())
     }
 
-    fn rules_v4_insert(&mut self, len: u8, addr: [u8; 4], rule: throttle_common::Rule) -> Result<(), KernelError> {
-        self.rules_v4.insert(&Key::new(u32::from(len), addr), rule, 0).map_err(map_err(map_name::RULES_V4))?;
+    fn rules_v4_insert(
+        &mut self,
+        len: u8,
+        addr: [u8; 4],
+        rule: throttle_common::Rule,
+    ) -> Result<(), KernelError> {
+        self.rules_v4
+            .insert(&Key::new(u32::from(len), addr), rule, 0)
+            .map_err(map_err(map_name::RULES_V4))?;
         self.held.plan.rules_v4.insert((len, addr), rule);
         Ok(())
     }
 
-    fn rules_v6_insert(&mut self, len: u8, addr: [u8; 16], rule: throttle_common::Rule) -> Result<(), KernelError> {
-        self.rules_v6.insert(&Key::new(u32::from(len), addr), rule, 0).map_err(map_err(map_name::RULES_V6))?;
+    fn rules_v6_insert(
+        &mut self,
+        len: u8,
+        addr: [u8; 16],
+        rule: throttle_common::Rule,
+    ) -> Result<(), KernelError> {
+        self.rules_v6
+            .insert(&Key::new(u32::from(len), addr), rule, 0)
+            .map_err(map_err(map_name::RULES_V6))?;
         self.held.plan.rules_v6.insert((len, addr), rule);
         Ok(())
     }
@@ -174,5 +191,10 @@ impl Dataplane {
 
 /// `shifts` with the masks of `bank` set to those of the regions.
 fn shifts_with(shifts: u32, bank: u32, v4: &Region, v6: &Region) -> u32 {
-    rule_filter::with_shift(rule_filter::with_shift(shifts, bank, false, v4.shift_byte()), bank, true, v6.shift_byte())
+    rule_filter::with_shift(
+        rule_filter::with_shift(shifts, bank, false, v4.shift_byte()),
+        bank,
+        true,
+        v6.shift_byte(),
+    )
 }

@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn other_errors_are_the_formats_own() {
-        let err = parse::<Doc, _>(&mut serde_json::Deserializer::from_str(r#"{"inner": 5}"#), "").unwrap_err();
+        let err =
+            parse::<Doc, _>(&mut serde_json::Deserializer::from_str(r#"{"inner": 5}"#), "").unwrap_err();
         assert!(matches!(&err, ParseError::Format { path, .. } if path == "inner"), "{err}");
     }
 }

@@ -21,7 +21,9 @@ pub const DEFAULT_IPV4_PREFIX: u8 = 32;
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// What a limit counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Unit {
     #[default]
@@ -97,7 +99,9 @@ impl Limits {
 /// Some fields of [`Limits`]: what `PATCH /v1/limits` and `throttle limits
 /// set` send, the flags of `throttle daemon` over the configuration file,
 /// and what the state file keeps (unset fields come from the file).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args,
+)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
     /// Per-source rate, per second [default: 1000].

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     invalid::{
-        check_burst, check_f64, check_fraction, check_open, check_range, check_rate, key, parse, refuse, Invalid,
-        ParseError,
+        check_burst, check_f64, check_fraction, check_open, check_range, check_rate, key, parse, refuse,
+        Invalid, ParseError,
     },
     limits::{
         Limits, LimitsPatch, Unit, DEFAULT_BURST, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX,

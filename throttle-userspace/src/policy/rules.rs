@@ -14,7 +14,9 @@ use super::{
 pub const MAX_RULES: usize = throttle_common::MAX_RULES as usize;
 
 /// The action of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Pass everything from the prefix, unmetered.

@@ -36,11 +36,12 @@ use throttle::{
         ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COARSE_CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM,
         LRU8_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
     },
-    config::{Action, Limits, Policy, Proto, Scope, ScopePort, XdpMode},
-    dataplane::{bucket_key, Dataplane, KernelRule},
+    control::RuleIds,
     frames::{arp, Frame},
+    kernel::{bucket_key, coarse_resolution_ns, compile, Dataplane, XdpMode},
+    policy::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort},
 };
-use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey, Limit, UNIT_PACKETS};
+use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey};
 use throttle_tests::{mono_ns, Netns};
 
 use crate::{kernel::map_of, median, Progress, Rng};
@@ -384,7 +385,7 @@ struct Target {
 }
 
 impl Target {
-    fn load(setup: Setup, filler: &[KernelRule]) -> Self {
+    fn load(setup: Setup, filler: &[RuleSpec]) -> Self {
         let mut dataplane =
             Dataplane::load(MAX_SOURCES).unwrap_or_else(|e| panic!("loading throttle's program: {e}"));
         let open =
@@ -395,24 +396,25 @@ impl Target {
             Setup::NewSourceBudget => Limits { new_source_rate: 1, new_source_burst: 1, ..open },
         };
         let scope = if setup == Setup::Scoped {
-            Scope { ports: vec![ScopePort { proto: Proto::Udp, port: u64::from(PORT), syn_only: false }] }
+            Scope { ports: vec![ScopePort { proto: Proto::Udp, port: PORT, syn_only: false }] }
         } else {
             Scope::default()
         };
         let mut rules = filler.to_vec();
         if setup == Setup::Listed {
-            let limit = Limit::new(1, 1, UNIT_PACKETS);
-            for (id, cidr, action) in [
-                (1, "10.1.0.0/16", Action::Allow),
-                (2, "10.2.0.0/16", Action::Deny),
-                (3, "2001:db8:1::/48", Action::Allow),
-                (4, "2001:db8:2::/48", Action::Deny),
+            for (cidr, action) in [
+                ("10.1.0.0/16", Action::Allow),
+                ("10.2.0.0/16", Action::Deny),
+                ("2001:db8:1::/48", Action::Allow),
+                ("2001:db8:2::/48", Action::Deny),
             ] {
-                rules.push(KernelRule { id, net: cidr.parse().expect("a prefix"), action, limit });
+                rules.push(RuleSpec::new(cidr.parse().expect("a prefix"), action));
             }
         }
-        let policy = Policy { limits, scope, rules: Vec::new() };
-        dataplane.apply(&policy, &rules).unwrap_or_else(|e| panic!("applying the policy: {e}"));
+        let policy = Policy { limits, scope, rules };
+        let ids = RuleIds::default().resolve(&policy).unwrap_or_else(|e| panic!("the policy: {e}"));
+        let plan = compile(&policy, &ids, 1.0, coarse_resolution_ns());
+        dataplane.write(&plan).unwrap_or_else(|e| panic!("writing the policy: {e}"));
         let buckets = BpfHashMap::try_from(Map::LruHashMap(map_of(dataplane.program(), map_name::BUCKETS)))
             .expect("BUCKETS is an LRU hash of buckets");
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))
@@ -583,18 +585,16 @@ const STEPS: [(&str, &str); 5] = [
 
 /// Filler rules: `count` distinct limit prefixes per family, in ranges that
 /// no measured source falls in (`100.64.0.0/10` and `2001:db8:f000::/36`).
-fn filler(count: usize, rng: &mut Rng) -> Vec<KernelRule> {
-    let limit = Limit::new(1_000, 1_000, UNIT_PACKETS);
+fn filler(count: usize, rng: &mut Rng) -> Vec<RuleSpec> {
+    let rule = |net| RuleSpec { rate: Some(1_000), burst: Some(1_000), ..RuleSpec::new(net, Action::Limit) };
     let mut seen = std::collections::HashSet::new();
     let mut rules = Vec::with_capacity(2 * count);
-    let mut id = 1_000;
     while rules.len() < count {
         let len = 16 + (rng.next_u64() % 17) as u8;
         let addr = Ipv4Addr::from(0x6440_0000 | (rng.next_u64() as u32 & 0x003f_ffff));
         let net = IpNet::V4(Ipv4Net::new(addr, len).expect("a prefix length").trunc());
         if seen.insert(net) {
-            rules.push(KernelRule { id, net, action: Action::Limit, limit });
-            id += 1;
+            rules.push(rule(net));
         }
     }
     while rules.len() < 2 * count {
@@ -602,8 +602,7 @@ fn filler(count: usize, rng: &mut Rng) -> Vec<KernelRule> {
         let bits = (0x2001_0db8_f000_0000_u128 << 64) | (u128::from(rng.next_u64()) << 36 >> 36 << 64);
         let net = IpNet::V6(Ipv6Net::new(Ipv6Addr::from(bits), len).expect("a prefix length").trunc());
         if seen.insert(net) {
-            rules.push(KernelRule { id, net, action: Action::Limit, limit });
-            id += 1;
+            rules.push(rule(net));
         }
     }
     rules

@@ -17,7 +17,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use serde::Serialize;
-use throttle::dataplane::{bucket_key, Dataplane};
+use throttle::kernel::{bucket_key, Dataplane};
 use throttle_common::{map_name, Bucket, BucketKey};
 
 use crate::{
