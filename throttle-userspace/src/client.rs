@@ -15,9 +15,12 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client as HyperClient},
     rt::TokioExecutor,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::policy::{LimitsPatch, RuleSpec};
+use crate::{
+    controller::Algorithm,
+    policy::{LimitsPatch, RuleSpec},
+};
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -67,18 +70,27 @@ pub enum RulesCommand {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ControllerCommand {
     /// Change parameters (PUT /v1/controller); each flag is optional.
-    Set {
-        #[arg(long)]
-        enabled: Option<bool>,
-        /// `gradient`, `vegas` or `aimd`.
-        #[arg(long)]
-        algorithm: Option<String>,
-        #[arg(long)]
-        floor: Option<f64>,
-        /// Latency objective in milliseconds.
-        #[arg(long)]
-        target_ms: Option<f64>,
-    },
+    Set(ControllerSet),
+}
+
+/// `throttle controller set`: the parameters people change at a terminal,
+/// sent as the merge patch `PUT /v1/controller` takes (the field names are
+/// those of [`crate::controller::AdaptiveConfig`]'s).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
+pub struct ControllerSet {
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
+    /// Latency objective in milliseconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ms: Option<f64>,
 }
 
 /// A client subcommand.
@@ -239,20 +251,8 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         ClientCommand::Controller(None) => {
             (client.call(Method::GET, "/v1/controller", None).await?, controller_table)
         }
-        ClientCommand::Controller(Some(ControllerCommand::Set { enabled, algorithm, floor, target_ms })) => {
-            let mut body = json!({});
-            if let Some(v) = enabled {
-                body["enabled"] = v.into();
-            }
-            if let Some(v) = algorithm {
-                body["algorithm"] = v.into();
-            }
-            if let Some(v) = floor {
-                body["floor"] = v.into();
-            }
-            if let Some(v) = target_ms {
-                body["target_ms"] = v.into();
-            }
+        ClientCommand::Controller(Some(ControllerCommand::Set(set))) => {
+            let body = serde_json::to_value(&set).expect("parameters serialise");
             (client.call(Method::PUT, "/v1/controller", Some(&body)).await?, controller_table)
         }
     };
@@ -447,6 +447,8 @@ fn controller_table(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

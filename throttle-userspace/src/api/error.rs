@@ -104,6 +104,25 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+/// A JSON body refused: a value out of range is `invalid_value` with its
+/// key; a body not of the expected shape `invalid_body`; one that is no JSON
+/// `malformed_json`.
+impl From<ParseError<serde_json::Error>> for ApiError {
+    fn from(err: ParseError<serde_json::Error>) -> Self {
+        match err {
+            ParseError::Invalid(invalid) => invalid.into(),
+            ParseError::Format { path, source } => {
+                let code = match source.classify() {
+                    serde_json::error::Category::Data => "invalid_body",
+                    _ => "malformed_json",
+                };
+                let at = if path.is_empty() { String::new() } else { format!("{path}: ") };
+                Self::bad_request(code, format!("the body does not fit: {at}{source}"))
+            }
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::bad_request("invalid_query", rejection.body_text())
@@ -169,18 +188,7 @@ where
             deserializer.end().map_err(|source| ParseError::Format { path: String::new(), source })?;
             Ok(value)
         });
-        match value {
-            Ok(value) => Ok(Self(value)),
-            Err(ParseError::Invalid(invalid)) => Err(invalid.into()),
-            Err(ParseError::Format { path, source }) => {
-                let code = match source.classify() {
-                    serde_json::error::Category::Data => "invalid_body",
-                    _ => "malformed_json",
-                };
-                let at = if path.is_empty() { String::new() } else { format!("{path}: ") };
-                Err(ApiError::bad_request(code, format!("the body does not fit: {at}{source}")))
-            }
-        }
+        value.map(Self).map_err(Into::into)
     }
 }
 

@@ -2,16 +2,16 @@
 //! moves the scale, and every parameter, each validated with its key.
 //!
 //! The same struct is what `GET /v1/controller` shows under `params`, and what
-//! a [`ParamsUpdate`] (`PUT /v1/controller`) changes.
+//! a [`ParamsUpdate`] (`PUT /v1/controller`, a merge patch) changes.
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::policy::{check_f64, check_fraction, check_open, check_range, key, Invalid};
+use crate::policy::{self, check_f64, check_fraction, check_open, check_range, key, Invalid, ParseError};
 
 /// Which algorithm moves the scale.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// Short-window latency against a slowly learnt baseline (Gradient2-like).
@@ -513,131 +513,54 @@ impl AdaptiveConfig {
     }
 }
 
-/// `Some(value)` for a present field, `null` included: tells "absent" from
-/// "set to null" for an optional parameter.
-#[expect(clippy::option_option, reason = "absent, null and a value are three different things here")]
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
+/// The body of `PUT /v1/controller`: a JSON merge patch (RFC 7386) of the
+/// parameters. A field given replaces its value (an object merges field by
+/// field, as `{"gradient": {"tolerance": 2}}`), `null` puts a field back to
+/// its default (`{"target_ms": null}`: no objective), and a field left out
+/// keeps its value. The latency source is not changed at run time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ParamsUpdate(pub serde_json::Map<String, serde_json::Value>);
 
-/// Changes to the `gradient` parameters; absent fields keep their value.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GradientUpdate {
-    pub percentile: Option<f64>,
-    pub long_window: Option<u32>,
-    pub tolerance: Option<f64>,
-    pub smoothing: Option<f64>,
-    pub headroom: Option<f64>,
-}
+/// Why an update was refused: a value out of range, named by its key, or a
+/// body that is not the parameters' shape.
+pub type UpdateError = ParseError<serde_json::Error>;
 
-/// Changes to the `vegas` parameters; absent fields keep their value.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VegasUpdate {
-    pub percentile: Option<f64>,
-    pub baseline_window: Option<u32>,
-    pub alpha: Option<f64>,
-    pub beta: Option<f64>,
-    pub increase: Option<f64>,
-    pub decrease: Option<f64>,
-}
-
-/// Changes to the `aimd` parameters; absent fields keep their value.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AimdUpdate {
-    pub percentile: Option<f64>,
-    pub long_window: Option<u32>,
-    pub tolerance: Option<f64>,
-    pub backoff: Option<f64>,
-    pub increase: Option<f64>,
-}
-
-/// The body of `PUT /v1/controller`: every field optional, absent fields keep
-/// their value. `target_ms` and `min_samples` take `null` to go back to none
-/// and the default. The latency source is not changed at run time.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParamsUpdate {
-    pub enabled: Option<bool>,
-    pub algorithm: Option<Algorithm>,
-    pub floor: Option<f64>,
-    pub interval_ms: Option<u64>,
-    pub window_ms: Option<u64>,
-    #[serde(default, deserialize_with = "present")]
-    pub min_samples: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
-    pub target_ms: Option<Option<f64>>,
-    pub target_percentile: Option<f64>,
-    pub max_increase: Option<f64>,
-    pub max_decrease: Option<f64>,
-    pub app_limit_headroom: Option<f64>,
-    pub history: Option<u32>,
-    pub gradient: Option<GradientUpdate>,
-    pub vegas: Option<VegasUpdate>,
-    pub aimd: Option<AimdUpdate>,
-}
-
-fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *slot = value;
+/// `target` with `patch` merged into it (RFC 7386).
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    let serde_json::Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let fields = target.as_object_mut().expect("an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            fields.remove(&key);
+        } else {
+            merge(fields.entry(key).or_insert(serde_json::Value::Null), value);
+        }
     }
 }
 
 impl ParamsUpdate {
     /// `current` with this update applied, validated; the error names the
     /// field as it appears in the body (`gradient.tolerance`).
-    pub fn apply_to(&self, current: &AdaptiveConfig) -> Result<AdaptiveConfig, Invalid> {
-        let mut next = current.clone();
-        set(&mut next.enabled, self.enabled);
-        set(&mut next.algorithm, self.algorithm);
-        set(&mut next.floor, self.floor);
-        set(&mut next.interval_ms, self.interval_ms);
-        set(&mut next.window_ms, self.window_ms);
-        set(&mut next.min_samples, self.min_samples);
-        set(&mut next.target_ms, self.target_ms);
-        set(&mut next.target_percentile, self.target_percentile);
-        set(&mut next.max_increase, self.max_increase);
-        set(&mut next.max_decrease, self.max_decrease);
-        set(&mut next.app_limit_headroom, self.app_limit_headroom);
-        set(&mut next.history, self.history);
-        if let Some(g) = &self.gradient {
-            let p = &mut next.gradient;
-            set(&mut p.percentile, g.percentile);
-            set(&mut p.long_window, g.long_window);
-            set(&mut p.tolerance, g.tolerance);
-            set(&mut p.smoothing, g.smoothing);
-            set(&mut p.headroom, g.headroom);
+    pub fn apply_to(&self, current: &AdaptiveConfig) -> Result<AdaptiveConfig, UpdateError> {
+        if let Some(source) = self.0.get("source") {
+            return Err(ParseError::Invalid(Invalid::new(
+                "source",
+                source,
+                "the latency source is not changed at run time: change `[adaptive.source]` and restart",
+            )));
         }
-        if let Some(v) = &self.vegas {
-            let p = &mut next.vegas;
-            set(&mut p.percentile, v.percentile);
-            set(&mut p.baseline_window, v.baseline_window);
-            set(&mut p.alpha, v.alpha);
-            set(&mut p.beta, v.beta);
-            set(&mut p.increase, v.increase);
-            set(&mut p.decrease, v.decrease);
-        }
-        if let Some(a) = &self.aimd {
-            let p = &mut next.aimd;
-            set(&mut p.percentile, a.percentile);
-            set(&mut p.long_window, a.long_window);
-            set(&mut p.tolerance, a.tolerance);
-            set(&mut p.backoff, a.backoff);
-            set(&mut p.increase, a.increase);
-        }
-        next.validate("")?;
+        let mut value = serde_json::to_value(current).expect("the parameters serialise");
+        merge(&mut value, serde_json::Value::Object(self.0.clone()));
+        let next: AdaptiveConfig = policy::parse(value, "")?;
+        next.validate("").map_err(ParseError::Invalid)?;
         Ok(next)
-    }
-
-    /// Checks the update against `current` without applying it.
-    pub fn validate(&self, current: &AdaptiveConfig) -> Result<(), Invalid> {
-        self.apply_to(current).map(drop)
     }
 }
 
@@ -795,16 +718,18 @@ mod tests {
             (r#"{"interval_ms": 100000}"#, "`interval_ms` = 100000"),
         ] {
             let update: ParamsUpdate = serde_json::from_str(body).unwrap();
-            let err = update.validate(&current).expect_err(body).to_string();
+            let err = update.apply_to(&current).expect_err(body).to_string();
             assert!(err.contains(needle), "{body}: {err:?} lacks {needle:?}");
         }
         for (body, needle) in [
             (r#"{"flor": 0.5}"#, "unknown field `flor`"),
-            (r#"{"source": {"kind": "push"}}"#, "unknown field `source`"),
-            (r#"{"gradient": {"x": 1}}"#, "unknown field `x`"),
+            (r#"{"source": {"kind": "push"}}"#, "`source`"),
+            (r#"{"gradient": {"x": 1}}"#, "gradient.x: unknown field `x`"),
             (r#"{"algorithm": "pid"}"#, "unknown variant `pid`"),
+            (r#"{"enabled": "on"}"#, "enabled: invalid type"),
         ] {
-            let err = serde_json::from_str::<ParamsUpdate>(body).expect_err(body).to_string();
+            let update: ParamsUpdate = serde_json::from_str(body).unwrap();
+            let err = update.apply_to(&current).expect_err(body).to_string();
             assert!(err.contains(needle), "{body}: {err:?} lacks {needle:?}");
         }
     }

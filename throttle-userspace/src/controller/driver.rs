@@ -9,7 +9,7 @@ use std::{
 
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use super::{probe, AdaptiveConfig, Controller, Decision, ParamsUpdate, State, Status, Usage};
+use super::{probe, AdaptiveConfig, Controller, Decision, ParamsUpdate, State, Status, UpdateError, Usage};
 use crate::policy::Invalid;
 
 /// Most samples one `POST /v1/latency` may carry.
@@ -196,7 +196,7 @@ impl ControllerHandle {
     /// `PUT /v1/controller`: validates and applies `update`; turning the
     /// controller off brings the scale back to 1.0 at once. Nothing changes
     /// when it is refused.
-    pub fn update(&self, update: &ParamsUpdate) -> Result<Status, Invalid> {
+    pub fn update(&self, update: &ParamsUpdate) -> Result<Status, UpdateError> {
         let now = self.shared.now();
         let mut controller = self.shared.lock();
         let before = controller.state();

@@ -44,7 +44,7 @@ use self::{
     window::{Pending, Percentiles, Sorted},
 };
 pub use self::{
-    config::{AdaptiveConfig, Algorithm, ParamsUpdate, SourceConfig},
+    config::{AdaptiveConfig, Algorithm, ParamsUpdate, SourceConfig, UpdateError},
     driver::{spawn, ControllerHandle, ScaleSink},
 };
 use crate::policy::Invalid;
@@ -445,7 +445,7 @@ impl Controller {
 
     /// Applies a `PUT /v1/controller` body at `now`. Returns the decision when
     /// the scale changed (turned off: back to 1.0; a floor raised over it).
-    pub fn update(&mut self, now: Duration, update: &ParamsUpdate) -> Result<Option<Decision>, Invalid> {
+    pub fn update(&mut self, now: Duration, update: &ParamsUpdate) -> Result<Option<Decision>, UpdateError> {
         let next = update.apply_to(&self.config)?;
         let was_enabled = self.config.enabled;
         self.config = next;
