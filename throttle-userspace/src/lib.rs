@@ -3,13 +3,13 @@
 //! Its modules are layered, each knowing only those before it:
 //!
 //! ```text
-//! policy <- controller <- kernel <- control, store <- runtime <- api <- settings, client, daemon
+//! policy <- controller <- kernel <- store <- control <- runtime <- api <- settings <- client, daemon
 //! ```
 //!
 //! - [`policy`]: the domain types (limits, rules, scope) and their validation;
 //! - [`controller`]: the adaptive controller, fed samples and a clock;
 //! - [`kernel`]: policy -> plan (pure), and the XDP program and its maps;
-//! - [`control`], [`store`]: the running policy, every change to it, the state file;
+//! - [`store`], [`control`]: the state file; the running policy and every change to it;
 //! - [`runtime`]: the daemon's shared state and tasks (attach, sampler);
 //! - [`api`]: HTTP only;
 //! - [`settings`], [`client`], [`daemon`]: the file and flags, the CLI client, the daemon's main loop.

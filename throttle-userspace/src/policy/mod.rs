@@ -2,9 +2,8 @@
 //! scope), each as narrow as its values, and their validation.
 //!
 //! Nothing here knows about the kernel, HTTP or the file format: the TOML
-//! file ([`crate::settings`]), the API bodies ([`crate::api`]) and the
-//! client's requests ([`crate::client`]) are these types, deserialized
-//! through [`parse`] so that a refused value names its key.
+//! file, the API's bodies and the client's requests are these types,
+//! deserialized through [`parse`] so that a refused value names its key.
 
 mod invalid;
 mod limits;

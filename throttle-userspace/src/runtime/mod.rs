@@ -1,7 +1,7 @@
 //! The daemon's runtime: the state its tasks share (the control plane, the
 //! controller, readiness), the attach lifecycle, the bucket sampler and the
-//! controller's scale sink. The HTTP layer ([`crate::api`]) serves over it;
-//! the daemon ([`crate::daemon`]) starts and stops it.
+//! controller's scale sink. The HTTP layer serves over it; the daemon's main
+//! loop starts and stops it.
 
 mod lifecycle;
 mod sampler;
