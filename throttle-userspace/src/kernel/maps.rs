@@ -33,7 +33,7 @@ use throttle_common::{
 use super::{
     error::{map_err, syscall_err, KernelError},
     pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
-    plan::{Placement, Plan},
+    plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sys::{self, if_index},
     Attachment, Counters,
@@ -332,18 +332,8 @@ impl Dataplane {
                 .map(Region::from_words)
                 .map_err(map_err(map_name::RULE_FILTER))
         };
-        let rules_v4 = self
-            .rules_v4
-            .iter()
-            .map(|entry| entry.map(|(key, rule)| ((key.prefix_len() as u8, key.data()), rule)))
-            .collect::<Result<_, MapError>>()
-            .map_err(map_err(map_name::RULES_V4))?;
-        let rules_v6 = self
-            .rules_v6
-            .iter()
-            .map(|entry| entry.map(|(key, rule)| ((key.prefix_len() as u8, key.data()), rule)))
-            .collect::<Result<_, MapError>>()
-            .map_err(map_err(map_name::RULES_V6))?;
+        let rules_v4 = read_trie(&self.rules_v4, map_name::RULES_V4)?;
+        let rules_v6 = read_trie(&self.rules_v6, map_name::RULES_V6)?;
         Ok(Held {
             plan: Plan {
                 settings: Plan::settings_of(&config),
@@ -506,6 +496,17 @@ impl Dataplane {
             Err(source) => Err(KernelError::Map { map: map_name::BUCKETS, source }),
         }
     }
+}
+
+/// Every entry of a rule trie.
+fn read_trie<const N: usize>(
+    trie: &LpmTrie<MapData, [u8; N], Rule>,
+    map: &'static str,
+) -> Result<BTreeMap<TrieKey<N>, Rule>, KernelError> {
+    trie.iter()
+        .map(|entry| entry.map(|(key, rule)| ((key.prefix_len() as u8, key.data()), rule)))
+        .collect::<Result<_, MapError>>()
+        .map_err(map_err(map))
 }
 
 /// The bucket key of `addr` under the default limit, masked as `policy` says.

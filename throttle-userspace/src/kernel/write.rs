@@ -10,13 +10,15 @@
 //!
 //! Buckets are never touched: every source keeps its state.
 
-use aya::maps::lpm_trie::Key;
-use throttle_common::{map_name, rule_filter, Config};
+use std::collections::BTreeMap;
+
+use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
+use throttle_common::{map_name, rule_filter, Config, Rule};
 
 use super::{
     error::{map_err, KernelError},
     maps::Dataplane,
-    plan::{Placement, Plan},
+    plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sys::if_index,
 };
@@ -32,16 +34,9 @@ impl Dataplane {
             }
         }
         // 2. Rules, new or changed.
-        for (&(len, addr), rule) in &plan.rules_v4 {
-            if self.held.plan.rules_v4.get(&(len, addr)) != Some(rule) {
-                self.rules_v4_insert(len, addr, *rule)?;
-            }
-        }
-        for (&(len, addr), rule) in &plan.rules_v6 {
-            if self.held.plan.rules_v6.get(&(len, addr)) != Some(rule) {
-                self.rules_v6_insert(len, addr, *rule)?;
-            }
-        }
+        let held = &mut self.held.plan;
+        insert_rules(&mut self.rules_v4, &mut held.rules_v4, &plan.rules_v4, map_name::RULES_V4)?;
+        insert_rules(&mut self.rules_v6, &mut held.rules_v6, &plan.rules_v6, map_name::RULES_V6)?;
         // 3. The rule filter, in the bank not in use unless the bank in use
         // holds it already.
         let placement = self.place_filter(plan)?;
@@ -56,16 +51,9 @@ impl Dataplane {
                 self.write_scope_word(word, new)?;
             }
         }
-        let stale: Vec<_> =
-            self.held.plan.rules_v4.keys().filter(|k| !plan.rules_v4.contains_key(k)).copied().collect();
-        for (len, addr) in stale {
-            self.rules_v4_remove(len, addr)?;
-        }
-        let stale: Vec<_> =
-            self.held.plan.rules_v6.keys().filter(|k| !plan.rules_v6.contains_key(k)).copied().collect();
-        for (len, addr) in stale {
-            self.rules_v6_remove(len, addr)?;
-        }
+        let held = &mut self.held.plan;
+        remove_rules(&mut self.rules_v4, &mut held.rules_v4, &plan.rules_v4, map_name::RULES_V4)?;
+        remove_rules(&mut self.rules_v6, &mut held.rules_v6, &plan.rules_v6, map_name::RULES_V6)?;
         debug_assert_eq!(self.held.plan, *plan);
         Ok(())
     }
@@ -149,44 +137,38 @@ impl Dataplane {
         self.held.plan.scope[word as usize] = bits;
         Ok(())
     }
+}
 
-    fn rules_v4_insert(
-        &mut self,
-        len: u8,
-        addr: [u8; 4],
-        rule: throttle_common::Rule,
-    ) -> Result<(), KernelError> {
-        self.rules_v4
-            .insert(&Key::new(u32::from(len), addr), rule, 0)
-            .map_err(map_err(map_name::RULES_V4))?;
-        self.held.plan.rules_v4.insert((len, addr), rule);
-        Ok(())
+/// Inserts the entries of `new` that `held` (what `trie` holds) lacks or
+/// holds otherwise.
+fn insert_rules<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], Rule>,
+    held: &mut BTreeMap<TrieKey<N>, Rule>,
+    new: &BTreeMap<TrieKey<N>, Rule>,
+    map: &'static str,
+) -> Result<(), KernelError> {
+    for (&(len, addr), &rule) in new {
+        if held.get(&(len, addr)) != Some(&rule) {
+            trie.insert(&Key::new(u32::from(len), addr), rule, 0).map_err(map_err(map))?;
+            held.insert((len, addr), rule);
+        }
     }
+    Ok(())
+}
 
-    fn rules_v6_insert(
-        &mut self,
-        len: u8,
-        addr: [u8; 16],
-        rule: throttle_common::Rule,
-    ) -> Result<(), KernelError> {
-        self.rules_v6
-            .insert(&Key::new(u32::from(len), addr), rule, 0)
-            .map_err(map_err(map_name::RULES_V6))?;
-        self.held.plan.rules_v6.insert((len, addr), rule);
-        Ok(())
+/// Removes the entries of `held` (what `trie` holds) that `new` lacks.
+fn remove_rules<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], Rule>,
+    held: &mut BTreeMap<TrieKey<N>, Rule>,
+    new: &BTreeMap<TrieKey<N>, Rule>,
+    map: &'static str,
+) -> Result<(), KernelError> {
+    let stale: Vec<TrieKey<N>> = held.keys().filter(|k| !new.contains_key(k)).copied().collect();
+    for (len, addr) in stale {
+        trie.remove(&Key::new(u32::from(len), addr)).map_err(map_err(map))?;
+        held.remove(&(len, addr));
     }
-
-    fn rules_v4_remove(&mut self, len: u8, addr: [u8; 4]) -> Result<(), KernelError> {
-        self.rules_v4.remove(&Key::new(u32::from(len), addr)).map_err(map_err(map_name::RULES_V4))?;
-        self.held.plan.rules_v4.remove(&(len, addr));
-        Ok(())
-    }
-
-    fn rules_v6_remove(&mut self, len: u8, addr: [u8; 16]) -> Result<(), KernelError> {
-        self.rules_v6.remove(&Key::new(u32::from(len), addr)).map_err(map_err(map_name::RULES_V6))?;
-        self.held.plan.rules_v6.remove(&(len, addr));
-        Ok(())
-    }
+    Ok(())
 }
 
 /// `shifts` with the masks of `bank` set to those of the regions.
