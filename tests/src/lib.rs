@@ -12,6 +12,7 @@
 
 pub mod daemon;
 pub mod ethtool;
+pub mod frames;
 pub mod measure;
 pub mod netns;
 pub mod service;

@@ -30,10 +30,9 @@ use aya::{
 use throttle::{
     config::{Limits, Policy, Scope, XdpMode},
     dataplane::{bucket_key, counters_label, Dataplane, DataplaneError, Options},
-    frames::Frame,
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
-use throttle_tests::{require_root, unique_id, Netns};
+use throttle_tests::{frames::Frame, require_root, unique_id, Netns};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -11,6 +11,5 @@ pub mod control;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
-pub mod frames;
 pub mod rule_filter;
 pub mod store;

@@ -38,10 +38,12 @@ use throttle::{
     },
     config::{Action, Limits, Policy, Proto, Scope, ScopePort, XdpMode},
     dataplane::{bucket_key, Dataplane, KernelRule},
-    frames::{arp, Frame},
 };
 use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey, Limit, UNIT_PACKETS};
-use throttle_tests::{mono_ns, Netns};
+use throttle_tests::{
+    frames::{arp, Frame},
+    mono_ns, Netns,
+};
 
 use crate::{kernel::map_of, median, Progress, Rng};
 

@@ -1,9 +1,9 @@
 //! Packet tests: the loaded XDP program run on crafted frames through
 //! `BPF_PROG_TEST_RUN`, with verdicts and counters checked for every path.
 //!
-//! Loading a program needs root (or `CAP_BPF`). Without it these tests say so
-//! and return, unless `THROTTLE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask
-//! test` in CI), where they fail.
+//! Loading a program needs root (or `CAP_BPF`). Each test starts with
+//! [`require_root!`], which skips it loudly when not root, or fails it when
+//! `THROTTLE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test` in CI).
 
 use std::net::IpAddr;
 
@@ -12,34 +12,16 @@ use throttle::{
     config::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
     control::RuleIds,
     dataplane::{bucket_key, Dataplane},
-    frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
 };
 use throttle_common::{reason, rule_filter};
+use throttle_tests::{
+    frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
+    require_root,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const ETH_HLEN: usize = 14;
-
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("THROTTLE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root and THROTTLE_REQUIRE_PRIVILEGED=1 forbids skipping it"
-    );
-    eprintln!("SKIPPED {test}: loading an XDP program needs root");
-    false
-}
-
-macro_rules! require_root {
-    () => {
-        if !privileged(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// A loaded program with `policy` applied, and its counters before a step.
 struct Harness {
