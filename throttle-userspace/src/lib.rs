@@ -3,8 +3,6 @@
 //! API, the adaptive controller, the daemon and the command-line client.
 
 pub mod api;
-#[doc(hidden)]
-pub mod baseline;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -32,10 +32,6 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
-    baseline::{
-        ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COARSE_CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM,
-        LRU8_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
-    },
     config::{Action, Limits, Policy, Proto, Scope, ScopePort, XdpMode},
     dataplane::{bucket_key, Dataplane, KernelRule},
 };
@@ -45,7 +41,14 @@ use throttle_tests::{
     mono_ns, Netns,
 };
 
-use crate::{kernel::map_of, median, Progress, Rng};
+use crate::{
+    baseline::{
+        ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COARSE_CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM,
+        LRU8_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
+    },
+    kernel::map_of,
+    median, Progress, Rng,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -33,10 +33,10 @@ use aya::{
     Ebpf,
 };
 use serde::Serialize;
-use throttle::baseline::{BASELINE_OBJECT, DROP_PROGRAM};
 use throttle_tests::{ethtool, mono_ns, netns::run_checked, unique_id, Daemon, Netns, Receiver, VethPair};
 
 use crate::{
+    baseline::{BASELINE_OBJECT, DROP_PROGRAM},
     kernel::{if_stats, kernel_cpu_ticks, ticks_per_sec},
     median, Progress,
 };
