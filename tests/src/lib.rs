@@ -18,15 +18,17 @@ pub mod netns;
 pub mod service;
 pub mod traffic;
 pub mod veth;
+pub mod xdp;
 
 use std::{
     io::Write as _,
+    path::Path,
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-pub use daemon::{Daemon, DaemonBuilder};
+pub use daemon::{start_daemon, Daemon, DaemonBuilder};
 pub use measure::Checks;
 pub use netns::Netns;
 pub use traffic::{Arrival, Arrivals, Flood, Flow, FlowReport, Receiver};
@@ -82,6 +84,16 @@ macro_rules! require_root {
 #[must_use]
 pub fn current_test_name() -> String {
     thread::current().name().unwrap_or("this privileged test").to_owned()
+}
+
+/// Removes the directory `dir` and everything in it, from a guard's drop: a
+/// warning, not a panic, when that fails, and nothing when it is gone already.
+pub fn remove_dir(dir: &Path) {
+    if let Err(err) = std::fs::remove_dir_all(dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            report(&format!("warning: removing {}: {err}", dir.display()));
+        }
+    }
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);

@@ -249,6 +249,21 @@ impl VethPair {
             .unwrap_or_else(|| panic!("the receiver has no address of {src}'s family"))
     }
 
+    /// Where a flow from `src` to `port` goes: the receiver's address of the
+    /// same family.
+    #[must_use]
+    pub fn dst_for(&self, src: IpAddr, port: u16) -> SocketAddr {
+        SocketAddr::new(self.receiver_ip_for(src), port)
+    }
+
+    /// The XDP programs `ip -d link` shows on the receiving end (`prog/xdp`
+    /// gives `xdp`), comma-separated; empty when none is attached.
+    #[must_use]
+    pub fn xdp_attachment(&self) -> String {
+        let link = self.receiver.ip(["-d", "link", "show", "dev", &self.rx_if]);
+        link.split_whitespace().filter_map(|word| word.strip_prefix("prog/")).collect::<Vec<_>>().join(", ")
+    }
+
     /// Waits until both ends report carrier.
     fn wait_carrier(&self) {
         for (ns, ifname) in [(&self.sender, &self.tx_if), (&self.receiver, &self.rx_if)] {

@@ -16,12 +16,7 @@
 //! admitted rate must be clearly lower, and the light clients must be served
 //! at least as often (and nearly always) and faster at the 99th percentile.
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, SocketAddr},
-    thread,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::IpAddr, thread, time::Duration};
 
 use throttle_tests::{
     mono_ns, report, require_root, secs_between,
@@ -66,8 +61,6 @@ const TARGET_MS: f64 = 60.0;
 const WARMUP: Duration = Duration::from_secs(8);
 /// The measured part of each phase.
 const MEASURE: Duration = Duration::from_secs(16);
-/// How long the daemon may take to load and attach.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn daemon_config(iface: &str, enabled: bool) -> String {
     format!(
@@ -168,11 +161,11 @@ fn note_controller(checks: &Checks, name: &str, status: &Json, sources: &Json) {
 fn run_phase(checks: &Checks, name: &'static str, enabled: bool) -> Phase {
     let pair = VethPair::builder().sender_addrs(LIGHT.iter().copied().chain([HEAVY])).build();
     let service = Service::start(&pair.receiver, SERVICE);
-    let mut daemon =
-        Daemon::builder(&pair.receiver, &pair.rx_if).config(&daemon_config(&pair.rx_if, enabled)).start();
-    daemon.wait_ready(READY_TIMEOUT);
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if)
+        .config(&daemon_config(&pair.rx_if, enabled))
+        .start_ready();
     let admin = daemon.admin();
-    let dst = SocketAddr::new(pair.receiver_ip_for(ip(HEAVY)), PORT);
+    let dst = pair.dst_for(ip(HEAVY), PORT);
 
     // The probe has measured the idle service before the load starts.
     thread::sleep(Duration::from_secs(2));

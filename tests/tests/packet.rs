@@ -7,9 +7,8 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use throttle::{
-    config::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
+    config::{Action, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
     control::RuleIds,
     dataplane::{bucket_key, Dataplane},
 };
@@ -17,10 +16,9 @@ use throttle_common::{reason, rule_filter};
 use throttle_tests::{
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
     require_root,
+    xdp::{policy, verdict, XDP_DROP, XDP_PASS},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const ETH_HLEN: usize = 14;
 
 /// A loaded program with `policy` applied, and its counters before a step.
@@ -46,14 +44,9 @@ impl Harness {
     }
 
     fn run(&self, frame: &[u8]) -> u32 {
-        let options = TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() };
-        let result = self.dataplane.program().test_run(options).expect("BPF_PROG_TEST_RUN");
-        assert!(
-            result.return_value == XDP_PASS || result.return_value == XDP_DROP,
-            "verdict {} for {frame:02x?}",
-            result.return_value
-        );
-        result.return_value
+        let verdict = verdict(self.dataplane.program(), frame);
+        assert!(verdict == XDP_PASS || verdict == XDP_DROP, "verdict {verdict} for {frame:02x?}");
+        verdict
     }
 
     /// Runs a frame and checks its verdict and the one reason it counted.
@@ -86,14 +79,6 @@ impl Harness {
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("an address")
-}
-
-fn policy(rate: u64, burst: u64) -> Policy {
-    Policy {
-        limits: Limits { rate, burst, new_source_rate: 0, ..Limits::default() },
-        scope: Scope::default(),
-        rules: Vec::new(),
-    }
 }
 
 fn udp_scope(port: u64) -> Scope {

@@ -28,14 +28,17 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use throttle::{
-    config::{Limits, Policy, Scope, XdpMode},
+    config::{Policy, XdpMode},
     dataplane::{bucket_key, counters_label, Dataplane, DataplaneError, Options},
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
-use throttle_tests::{frames::Frame, require_root, unique_id, Netns};
+use throttle_tests::{
+    frames::Frame,
+    remove_dir, require_root, unique_id,
+    xdp::{self, verdict, XDP_DROP, XDP_PASS},
+    Netns,
+};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// The limit of these tests: 1 packet per second after a burst of 5, so
 /// that a source stays over its limit for the length of a test.
 const RATE: u64 = 1;
@@ -105,11 +108,7 @@ fn pinned_names(links: &[(&str, &str)], modes: &[&str]) -> Vec<String> {
 
 impl Drop for PinDirGuard {
     fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.path) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("warning: removing {}: {err}", self.path.display());
-            }
-        }
+        remove_dir(&self.path);
     }
 }
 
@@ -152,11 +151,7 @@ impl Lab {
 }
 
 fn policy() -> Policy {
-    Policy {
-        limits: Limits { rate: RATE, burst: BURST, new_source_rate: 0, ..Limits::default() },
-        scope: Scope::default(),
-        rules: Vec::new(),
-    }
+    xdp::policy(RATE, BURST)
 }
 
 fn source() -> IpAddr {
@@ -168,8 +163,7 @@ fn frame() -> Vec<u8> {
 }
 
 fn run(dataplane: &Dataplane, frame: &[u8]) -> u32 {
-    let options = TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() };
-    dataplane.program().test_run(options).expect("BPF_PROG_TEST_RUN").return_value
+    verdict(dataplane.program(), frame)
 }
 
 /// The counters this test's frames move.

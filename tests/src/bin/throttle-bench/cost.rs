@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -38,7 +38,9 @@ use throttle::{
 use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey, Limit, UNIT_PACKETS};
 use throttle_tests::{
     frames::{arp, Frame},
-    mono_ns, Netns,
+    mono_ns,
+    xdp::{XDP_DROP, XDP_PASS},
+    Netns,
 };
 
 use crate::{
@@ -50,8 +52,6 @@ use crate::{
     median, Progress, Rng,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// The destination port of metered frames; the scoped set-up names it.
 const PORT: u16 = 9000;
 /// A port the scope does not name.
@@ -374,8 +374,7 @@ impl Baseline {
 
 /// Runs `frame` `repeat` times; the verdict and the kernel's mean ns per run.
 fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> (u32, f64) {
-    let options = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() };
-    let result = program.test_run(options).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+    let result = throttle_tests::xdp::test_run(program, frame, repeat);
     #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
     let ns = result.duration.as_nanos() as f64;
     (result.return_value, ns)
