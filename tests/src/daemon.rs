@@ -377,6 +377,14 @@ impl Daemon {
         self.admin
     }
 
+    /// `GET path` on the admin API, from `ns` (the daemon's own namespace
+    /// reaches its loopback); panics unless it answers 200 with JSON. No
+    /// token is sent.
+    #[must_use]
+    pub fn api_get(&self, ns: &Netns, path: &str) -> serde_json::Value {
+        crate::http::get_json(ns, self.admin, path)
+    }
+
     /// The `--token-file`, when the daemon was given a token
     /// ([`DaemonBuilder::token`]).
     #[must_use]

@@ -13,6 +13,7 @@
 pub mod daemon;
 pub mod ethtool;
 pub mod frames;
+mod http;
 pub mod measure;
 pub mod netns;
 pub mod service;
@@ -131,11 +132,17 @@ pub fn poll_until<T>(
 /// with it, so they can be compared with instants taken anywhere in a test.
 #[must_use]
 pub fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Nanoseconds on `clock` (a clock that always exists, such as
+/// `CLOCK_MONOTONIC` or `CLOCK_THREAD_CPUTIME_ID`).
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    u64::try_from(ts.tv_sec).expect("monotonic seconds are positive") * 1_000_000_000
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
+    u64::try_from(ts.tv_sec).expect("seconds are positive") * 1_000_000_000
         + u64::try_from(ts.tv_nsec).expect("nanoseconds are positive")
 }
 

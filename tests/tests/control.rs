@@ -76,12 +76,9 @@ fn curl(ns: &Netns, url: &str, headers: &[&str]) -> (u16, String) {
     (status, body.to_owned())
 }
 
-/// `GET /v1/stats` through curl on the daemon's loopback.
+/// `GET /v1/stats` on the daemon's loopback.
 fn stats(pair: &VethPair, daemon: &Daemon) -> Value {
-    let url = format!("http://{}/v1/stats", daemon.admin());
-    let (status, body) = curl(&pair.receiver, &url, &[]);
-    assert_eq!(status, 200, "GET {url}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url} is not JSON ({e}): {body}"))
+    daemon.api_get(&pair.receiver, "/v1/stats")
 }
 
 /// A verdict counter of a `/v1/stats` answer.
