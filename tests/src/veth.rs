@@ -29,7 +29,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::{poll_until, unique_id, Netns};
+use crate::{poll_until, unique_id, Flow, Netns};
 
 /// Longest interface name Linux takes (`IFNAMSIZ` less the NUL).
 const IFNAME_MAX: usize = 15;
@@ -254,6 +254,13 @@ impl VethPair {
     #[must_use]
     pub fn dst_for(&self, src: IpAddr, port: u16) -> SocketAddr {
         SocketAddr::new(self.receiver_ip_for(src), port)
+    }
+
+    /// One flow from each sender address, paced to `pps`, to `port` on the
+    /// receiver's address of its family.
+    #[must_use]
+    pub fn flows(&self, port: u16, pps: u64) -> Vec<Flow> {
+        self.sender_ips().into_iter().map(|src| Flow::new(src, self.dst_for(src, port)).rate(pps)).collect()
     }
 
     /// The XDP programs `ip -d link` shows on the receiving end (`prog/xdp`

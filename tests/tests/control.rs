@@ -230,11 +230,8 @@ fn a_deny_rule_added_then_removed() {
     let cidr = format!("{denied}/32");
 
     let before = stats(&pair, &daemon);
-    let flows = [denied, other]
-        .into_iter()
-        .map(|src| Flow::new(src, pair.dst_for(src, PORT)).rate(offered))
-        .collect();
-    let flood = Flood::start(&pair.sender, flows, None);
+    // A flow from each, `denied` first.
+    let flood = Flood::start(&pair.sender, pair.flows(PORT, offered), None);
     thread::sleep(phase);
     let add_asked = mono_ns();
     let added = json_of(&daemon.cli(&pair.receiver, ["rules", "--json", "add", &cidr, "deny"]));

@@ -46,12 +46,7 @@ fn several_sources(test: &str, cidrs: &[&str]) {
     // Alive until the checks are judged, so that a failure prints its log.
     let _daemon = start_daemon(&pair, rate_args(), &checks);
 
-    let flows = pair
-        .sender_ips()
-        .into_iter()
-        .map(|src| Flow::new(src, pair.dst_for(src, PORT)).rate(FLOOD_PPS))
-        .collect();
-    let reports = Flood::start(&pair.sender, flows, Some(FLOOD_TIME)).join();
+    let reports = Flood::start(&pair.sender, pair.flows(PORT, FLOOD_PPS), Some(FLOOD_TIME)).join();
     let arrivals = receiver.finish(QUIET);
 
     for report in &reports {
