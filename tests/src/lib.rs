@@ -1,6 +1,8 @@
-//! The harness of throttle's privileged end-to-end tests (tier 3).
+//! The support of throttle's privileged tests and benchmarks: the packet
+//! tests (tier 2) run the program on frames from [`frames`] through
+//! [`xdp`]; the end-to-end tests (tier 3) use the rest.
 //!
-//! Tests build a [`VethPair`] (a sender and a receiver network namespace
+//! End-to-end tests build a [`VethPair`] (a sender and a receiver network namespace
 //! joined by a veth pair), start the real daemon on the receiving end with a
 //! [`Daemon`] guard, push real UDP traffic through it with a [`Flood`] and
 //! count what arrived with a [`Receiver`]. Every namespace, interface and pin
