@@ -15,10 +15,12 @@ use std::{
     time::Duration,
 };
 
-use crate::{mono_ns, poll_until, unique_id, Netns};
+use crate::{mono_ns, poll_until, remove_dir, unique_id, Checks, Netns, VethPair};
 
 /// Absolute path of the `throttle` binary under test.
 pub const THROTTLE_BIN_ENV: &str = "THROTTLE_BIN";
+/// How long a daemon may take to load and attach.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The line the daemon logs once every interface is attached.
 pub const READY_LINE: &str = "throttle is ready";
 /// The line the daemon logs once a SIGHUP's configuration is in force.
@@ -127,8 +129,8 @@ impl DaemonBuilder<'_> {
 
     /// Adds arguments after the harness's own.
     #[must_use]
-    pub fn args<'s>(mut self, args: impl IntoIterator<Item = &'s str>) -> Self {
-        self.args.extend(args.into_iter().map(str::to_owned));
+    pub fn args(mut self, args: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        self.args.extend(args.into_iter().map(|arg| arg.as_ref().to_owned()));
         self
     }
 
@@ -154,6 +156,15 @@ impl DaemonBuilder<'_> {
     pub fn token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
         self
+    }
+
+    /// Starts the daemon and waits until it is ready (at most
+    /// [`READY_TIMEOUT`]; see [`Daemon::wait_ready`]).
+    #[must_use]
+    pub fn start_ready(self) -> Daemon {
+        let mut daemon = self.start();
+        daemon.wait_ready(READY_TIMEOUT);
+        daemon
     }
 
     /// Starts the daemon (it is not ready yet: see [`Daemon::wait_ready`]).
@@ -219,6 +230,19 @@ impl DaemonBuilder<'_> {
         daemon.spawn(self.ns);
         daemon
     }
+}
+
+/// Starts a daemon on `pair`'s receiving end with `args`, waits until it is
+/// ready and notes how XDP is attached.
+#[must_use]
+pub fn start_daemon(
+    pair: &VethPair,
+    args: impl IntoIterator<Item = impl AsRef<str>>,
+    checks: &Checks,
+) -> Daemon {
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if).args(args).start_ready();
+    checks.note(&format!("daemon ready on {} ({})", pair.rx_if, pair.xdp_attachment()));
+    daemon
 }
 
 /// A running `throttle daemon` in a namespace. Its stdout and stderr go to a
@@ -351,6 +375,14 @@ impl Daemon {
     #[must_use]
     pub fn admin(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// `GET path` on the admin API, from `ns` (the daemon's own namespace
+    /// reaches its loopback); panics unless it answers 200 with JSON. No
+    /// token is sent.
+    #[must_use]
+    pub fn api_get(&self, ns: &Netns, path: &str) -> serde_json::Value {
+        crate::http::get_json(ns, self.admin, path)
     }
 
     /// The `--token-file`, when the daemon was given a token
@@ -528,14 +560,8 @@ impl Drop for Daemon {
                 self.log()
             );
         }
-        if self.pin_dir.exists() {
-            if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
-                eprintln!("warning: remove {}: {e}", self.pin_dir.display());
-            }
-        }
-        if let Err(e) = fs::remove_dir_all(&self.workdir) {
-            eprintln!("warning: remove {}: {e}", self.workdir.display());
-        }
+        remove_dir(&self.pin_dir);
+        remove_dir(&self.workdir);
     }
 }
 

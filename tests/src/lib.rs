@@ -1,6 +1,8 @@
-//! The harness of throttle's privileged end-to-end tests (tier 3).
+//! The support of throttle's privileged tests and benchmarks: the packet
+//! tests (tier 2) run the program on frames from [`frames`] through
+//! [`xdp`]; the end-to-end tests (tier 3) use the rest.
 //!
-//! Tests build a [`VethPair`] (a sender and a receiver network namespace
+//! End-to-end tests build a [`VethPair`] (a sender and a receiver network namespace
 //! joined by a veth pair), start the real daemon on the receiving end with a
 //! [`Daemon`] guard, push real UDP traffic through it with a [`Flood`] and
 //! count what arrived with a [`Receiver`]. Every namespace, interface and pin
@@ -12,20 +14,24 @@
 
 pub mod daemon;
 pub mod ethtool;
+pub mod frames;
+mod http;
 pub mod measure;
 pub mod netns;
 pub mod service;
 pub mod traffic;
 pub mod veth;
+pub mod xdp;
 
 use std::{
     io::Write as _,
+    path::Path,
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-pub use daemon::{Daemon, DaemonBuilder};
+pub use daemon::{start_daemon, Daemon, DaemonBuilder};
 pub use measure::Checks;
 pub use netns::Netns;
 pub use traffic::{Arrival, Arrivals, Flood, Flow, FlowReport, Receiver};
@@ -83,6 +89,16 @@ pub fn current_test_name() -> String {
     thread::current().name().unwrap_or("this privileged test").to_owned()
 }
 
+/// Removes the directory `dir` and everything in it, from a guard's drop: a
+/// warning, not a panic, when that fails, and nothing when it is gone already.
+pub fn remove_dir(dir: &Path) {
+    if let Err(err) = std::fs::remove_dir_all(dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            report(&format!("warning: removing {}: {err}", dir.display()));
+        }
+    }
+}
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A short name part unique among the test processes running on this
@@ -118,11 +134,17 @@ pub fn poll_until<T>(
 /// with it, so they can be compared with instants taken anywhere in a test.
 #[must_use]
 pub fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Nanoseconds on `clock` (a clock that always exists, such as
+/// `CLOCK_MONOTONIC` or `CLOCK_THREAD_CPUTIME_ID`).
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    u64::try_from(ts.tv_sec).expect("monotonic seconds are positive") * 1_000_000_000
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
+    u64::try_from(ts.tv_sec).expect("seconds are positive") * 1_000_000_000
         + u64::try_from(ts.tv_nsec).expect("nanoseconds are positive")
 }
 

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use crate::{Arrivals, FlowReport};
+
 /// What one token bucket of `rate` per second and `burst` admits to a demand
 /// above its rate over `secs`: the burst, then the rate.
 #[must_use]
@@ -62,6 +64,35 @@ impl Checks {
     pub fn at_least(&mut self, what: &str, bound: f64, got: f64, why: &str) {
         let ok = got >= bound;
         self.record(ok, format!("{what}: got {got:.0}, must be at least {bound:.0} ({why})"));
+    }
+
+    /// Checks that a flow offered at least `min_pps` datagrams per second
+    /// (`why` says what the test needs them for).
+    pub fn offered(&mut self, what: &str, report: &FlowReport, min_pps: f64, why: &str) {
+        self.at_least(
+            &format!(
+                "{what} offered {} datagrams in {:.3} s ({} send errors), per second",
+                report.sent,
+                report.secs(),
+                report.send_errors
+            ),
+            min_pps,
+            report.pps(),
+            why,
+        );
+    }
+
+    /// Checks that the receiver lost nothing itself: what did not arrive was
+    /// dropped before its socket.
+    pub fn receiver_lost_nothing(&mut self, arrivals: &Arrivals) {
+        self.that(
+            arrivals.udp_drops == 0,
+            &format!(
+                "receiver socket drops: {} (datagrams read: {})",
+                arrivals.udp_drops,
+                arrivals.list.len()
+            ),
+        );
     }
 
     /// Records a condition with its explanation.

@@ -1,40 +1,58 @@
-//! A real HTTP/1.1 service whose latency grows with load, the clients that
-//! load it from other addresses, and a plain client for the daemon's admin
-//! API.
+//! A real HTTP/1.1 service whose latency grows with load, and the clients
+//! that load it from other addresses.
 //!
 //! The [`Service`] has a fixed pool of workers behind a bounded queue: each
 //! request costs a fixed amount of CPU (hashing, measured on the worker's own
 //! CPU clock, so that CPU contention slows it down like any real work) and
 //! then a fixed wait (a downstream call). Once every worker is busy, requests
 //! wait in the queue, so the latency grows with the load; once the queue is
-//! full, a request is refused at once with `503`. One thread per connection
-//! reads requests (HTTP/1.1 keep-alive, or `Connection: close`).
+//! full, a request is refused at once with `503`. hyper serves the
+//! connections (HTTP/1.1 keep-alive, or `Connection: close`) on a runtime of
+//! its own; the workers are threads.
 //!
-//! [`Load`] runs clients in a namespace, one thread each, every socket bound
-//! to its own source address: [`Client::light`] opens a new connection per
-//! request at a fixed pace, [`Client::heavy`] keeps one connection busy
-//! back to back. Every exchange is recorded with its outcome and latency.
+//! [`Load`] runs clients in a namespace, each a task on one runtime, every
+//! connection made from the client's own source address: [`Client::light`]
+//! opens a new connection per request at a fixed pace, [`Client::heavy`]
+//! keeps one connection busy back to back. Every exchange is recorded with
+//! its outcome and latency.
 
 use std::{
-    io::{self, Read as _, Write as _},
+    convert::Infallible,
     mem,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    net::{IpAddr, SocketAddr, TcpListener},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
+        mpsc::{self, Receiver, SyncSender},
         Arc, Mutex, PoisonError,
     },
     thread::{self, JoinHandle},
     time::Duration,
 };
 
-use crate::{mono_ns, Netns};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, CONNECTION, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Request, Response, StatusCode, Version,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    runtime::Runtime,
+    sync::{oneshot, watch},
+    task::JoinSet,
+};
 
-/// How often blocked threads look at their stop flag.
+use crate::{clock_ns, http, mono_ns, Netns};
+
+/// How often idle workers look at their stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// Largest request head the service reads.
-const MAX_HEAD: usize = 16 * 1024;
+/// The `Host` the clients name.
+const HOST: &str = "service";
+/// Threads of the service's and of the clients' runtimes.
+const RUNTIME_THREADS: usize = 2;
 
 /// The shape of a [`Service`].
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +78,7 @@ struct ServiceStats {
 
 /// One request handed to a worker; the worker answers on `done`.
 struct Job {
-    done: mpsc::Sender<()>,
+    done: oneshot::Sender<()>,
 }
 
 /// A running HTTP service in a namespace; its threads stop when it drops.
@@ -68,6 +86,7 @@ struct Job {
 pub struct Service {
     config: ServiceConfig,
     stop: Arc<AtomicBool>,
+    shutdown: Option<oneshot::Sender<()>>,
     stats: Arc<ServiceStats>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -77,7 +96,17 @@ impl Service {
     /// namespace's loopback included); returns once it accepts connections.
     #[must_use]
     pub fn start(ns: &Netns, config: ServiceConfig) -> Self {
+        let listener = ns.run(|| {
+            TcpListener::bind(("0.0.0.0", config.port))
+                .unwrap_or_else(|e| panic!("bind the service to port {}: {e}", config.port))
+        });
+        Self::on(listener, config)
+    }
+
+    /// Starts the service on `listener`, in whatever namespace it was made.
+    fn on(listener: TcpListener, config: ServiceConfig) -> Self {
         assert!(config.workers >= 1 && config.queue >= 1, "a service needs a worker and a queue");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServiceStats::default());
         let (jobs, queue) = mpsc::sync_channel::<Job>(config.queue);
@@ -91,18 +120,20 @@ impl Service {
                     .expect("spawn a worker")
             })
             .collect();
-        let listener = ns.run(|| {
-            TcpListener::bind(("0.0.0.0", config.port))
-                .unwrap_or_else(|e| panic!("bind the service to port {}: {e}", config.port))
-        });
-        let (accept_stop, accept_stats) = (Arc::clone(&stop), Arc::clone(&stats));
+        let (shutdown, stopped) = oneshot::channel();
+        let http_stats = Arc::clone(&stats);
         threads.push(
             thread::Builder::new()
-                .name("svc-accept".to_owned())
-                .spawn(move || accept(&listener, &jobs, &accept_stop, &accept_stats))
-                .expect("spawn the acceptor"),
+                .name("svc-http".to_owned())
+                .spawn(move || {
+                    let runtime = runtime("svc-http");
+                    runtime.block_on(serve(listener, jobs, http_stats, stopped));
+                    // Connections still open are dropped with the runtime.
+                    runtime.shutdown_timeout(STOP_POLL);
+                })
+                .expect("spawn the service's runtime"),
         );
-        Self { config, stop, stats, threads }
+        Self { config, stop, shutdown: Some(shutdown), stats, threads }
     }
 
     /// Its configuration.
@@ -126,11 +157,25 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
         self.stop.store(true, Ordering::Relaxed);
         for thread in mem::take(&mut self.threads) {
             let _ = thread.join();
         }
     }
+}
+
+/// A multi-threaded tokio runtime; its threads are made by the calling
+/// thread, in its network namespace.
+fn runtime(name: &str) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("a tokio runtime for {name}: {e}"))
 }
 
 /// A worker: takes jobs until told to stop.
@@ -144,17 +189,9 @@ fn work(queue: &Mutex<Receiver<Job>>, stop: &AtomicBool, config: ServiceConfig) 
     }
 }
 
-/// Nanoseconds of CPU this thread has used.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the clock always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// Hashes until this thread has spent `cpu` on it.
 fn burn_cpu(cpu: Duration) {
+    let thread_cpu_ns = || clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     let end = thread_cpu_ns() + u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     while thread_cpu_ns() < end {
@@ -166,255 +203,70 @@ fn burn_cpu(cpu: Duration) {
     }
 }
 
-/// Accepts connections until told to stop, a thread for each.
-fn accept(listener: &TcpListener, jobs: &SyncSender<Job>, stop: &Arc<AtomicBool>, stats: &Arc<ServiceStats>) {
-    let mut connections: Vec<JoinHandle<()>> = Vec::new();
-    let timeout = i32::try_from(STOP_POLL.as_millis()).unwrap_or(100);
-    while !stop.load(Ordering::Relaxed) {
-        let mut pollfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, for the length given.
-        let ready = unsafe { libc::poll(&raw mut pollfd, 1, timeout) };
-        if ready <= 0 {
-            continue;
-        }
-        let Ok((stream, _)) = listener.accept() else { continue };
-        connections.retain(|c| !c.is_finished());
-        let (jobs, stop, stats) = (jobs.clone(), Arc::clone(stop), Arc::clone(stats));
-        connections.push(
-            thread::Builder::new()
-                .name("svc-conn".to_owned())
-                .spawn(move || serve(stream, &jobs, &stop, &stats))
-                .expect("spawn a connection thread"),
-        );
-    }
-    for connection in connections {
-        let _ = connection.join();
-    }
-}
-
-/// Serves one connection's requests until the client closes it, asks to, or
-/// the service stops.
-fn serve(mut stream: TcpStream, jobs: &SyncSender<Job>, stop: &AtomicBool, stats: &ServiceStats) {
-    let _ = stream.set_read_timeout(Some(STOP_POLL));
-    let _ = stream.set_nodelay(true);
-    let mut buf = Vec::new();
-    while let Some(close) = read_request(&mut stream, &mut buf, stop) {
-        let (done, finished) = mpsc::channel();
-        let served = match jobs.try_send(Job { done }) {
-            Ok(()) => finished.recv().is_ok(),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-        };
-        let (code, body) = if served {
-            stats.served.fetch_add(1, Ordering::Relaxed);
-            ("200 OK", "ok\n")
-        } else {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            ("503 Service Unavailable", "busy\n")
-        };
-        let response = format!(
-            "HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        if stream.write_all(response.as_bytes()).is_err() || close {
-            return;
-        }
-    }
-}
-
-/// Reads one request head (a request body is not read: the service takes
-/// GETs); returns whether the connection closes after the answer, or None
-/// when it closed, failed, or the service stops.
-fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<bool> {
+/// Accepts connections until told to stop, and serves each on a task.
+async fn serve(
+    listener: TcpListener,
+    jobs: SyncSender<Job>,
+    stats: Arc<ServiceStats>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("a listener for the runtime");
     loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            buf.drain(..end + 4);
-            let http10 = head.lines().next().is_some_and(|line| line.ends_with("http/1.0"));
-            let close = head.lines().any(|line| line.replace(' ', "") == "connection:close")
-                || (http10 && !head.lines().any(|line| line.replace(' ', "") == "connection:keep-alive"));
-            return Some(close);
-        }
-        if buf.len() > MAX_HEAD {
-            return None;
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if is_timeout(&e) => {
-                if stop.load(Ordering::Relaxed) {
-                    return None;
-                }
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
-fn is_timeout(err: &io::Error) -> bool {
-    matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A response: its status, whether the server closes the connection, and
-/// its body.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    close: bool,
-    body: Vec<u8>,
-}
-
-/// Reads one response (`Content-Length` bodies, or to the end of the
-/// connection without one).
-fn read_response(stream: &mut TcpStream) -> io::Result<Response> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            break end;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(bad("response head too long"));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before a response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| bad("no status line"))?;
-    let (mut length, mut close) = (None, false);
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "connection" => close |= value.trim() == "close",
-                "transfer-encoding" => return Err(bad("chunked bodies are not read")),
-                _ => {}
-            }
-        }
-    }
-    let mut body = buf.split_off(end + 4);
-    if let Some(length) = length {
-        while body.len() < length {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body.truncate(length);
-    } else {
-        stream.read_to_end(&mut body)?;
-        close = true;
-    }
-    Ok(Response { status, close, body })
-}
-
-/// Sends `GET path` on `stream` and reads the answer.
-fn get(stream: &mut TcpStream, path: &str, close: bool) -> io::Result<Response> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: service\r\n{}\r\n",
-        if close { "Connection: close\r\n" } else { "" }
-    );
-    stream.write_all(request.as_bytes())?;
-    read_response(stream)
-}
-
-/// `addr` as a socket address for the kernel.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data for which all zeroes is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, libc::socklen_t::try_from(len).expect("a sockaddr's size fits socklen_t"))
-}
-
-/// A TCP connection from `src` (any port) to `dst`, made in the calling
-/// thread's namespace; connecting, reading and writing each time out after
-/// `timeout`. Nagle is off.
-pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: socket has no memory effects; the descriptor is owned at once.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // A blocking connect gives up after SO_SNDTIMEO.
-    let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    };
-    // SAFETY: a valid timeval, for its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&raw const tv).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).expect("fits"),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (local, local_len) = sockaddr(SocketAddr::new(src, 0));
-    // SAFETY: a valid socket address, for its length.
-    if unsafe { libc::bind(sock.as_raw_fd(), (&raw const local).cast(), local_len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (remote, remote_len) = sockaddr(dst);
-    // SAFETY: a valid socket address, for its length.
-    if unsafe { libc::connect(sock.as_raw_fd(), (&raw const remote).cast(), remote_len) } != 0 {
-        let err = io::Error::last_os_error();
-        return Err(if err.raw_os_error() == Some(libc::EINPROGRESS) {
-            io::Error::new(io::ErrorKind::TimedOut, format!("connect {src} -> {dst} timed out"))
-        } else {
-            err
+        let stream = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (jobs, stats) = (jobs.clone(), Arc::clone(&stats));
+        tokio::spawn(async move {
+            let answer = service_fn(move |request| answer(request, jobs.clone(), Arc::clone(&stats)));
+            // A connection ends when the client closes it or asks to.
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), answer).await;
         });
     }
-    let stream = TcpStream::from(sock);
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+}
+
+/// Answers one request: 200 once a worker did it, or 503 at once when the
+/// queue is full. A request body is not read: the service takes GETs.
+async fn answer(
+    request: Request<Incoming>,
+    jobs: SyncSender<Job>,
+    stats: Arc<ServiceStats>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (done, finished) = oneshot::channel();
+    let served = match jobs.try_send(Job { done }) {
+        Ok(()) => finished.await.is_ok(),
+        Err(_) => false,
+    };
+    let (code, body) = if served {
+        stats.served.fetch_add(1, Ordering::Relaxed);
+        (StatusCode::OK, "ok\n")
+    } else {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        (StatusCode::SERVICE_UNAVAILABLE, "busy\n")
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = code;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if wants_close(&request) {
+        // hyper closes the connection after this answer, and says so.
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+/// Whether the client asked for the connection to close after the answer:
+/// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
+fn wants_close<B>(request: &Request<B>) -> bool {
+    let has = |token: &str| {
+        request.headers().get_all(CONNECTION).iter().any(|value| {
+            value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has("close") || (request.version() == Version::HTTP_10 && !has("keep-alive"))
 }
 
 /// How one exchange ended.
@@ -460,7 +312,7 @@ enum Pace {
     Heavy { pause: Duration },
 }
 
-/// One client: a thread and a source address.
+/// One client: a task and a source address.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     src: IpAddr,
@@ -502,21 +354,26 @@ impl Client {
         self
     }
 
-    fn run(self, stop: &AtomicBool) -> Vec<Exchange> {
+    /// A new connection from the client's address.
+    async fn connect(&self) -> Result<http::Connection, http::Error> {
+        http::connect(Some(self.src), self.dst, self.timeout).await
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) -> Vec<Exchange> {
         let mut log = Vec::new();
         match self.pace {
             Pace::Light { every, after } => {
                 let every_ns = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX);
                 let mut next = mono_ns() + u64::try_from(after.as_nanos()).unwrap_or(0);
-                loop {
-                    if !sleep_until(next, stop) {
-                        break;
-                    }
+                while sleep_until(next, &mut stop).await {
                     let start_ns = mono_ns();
-                    let outcome = match connect_from(self.src, self.dst, self.timeout)
-                        .and_then(|mut stream| get(&mut stream, "/", true))
-                    {
-                        Ok(response) => outcome_of(response.status),
+                    let outcome = match self.connect().await {
+                        Ok(mut connection) => {
+                            match http::get(&mut connection, HOST, "/", true, self.timeout).await {
+                                Ok(response) => outcome_of(response.status),
+                                Err(_) => Outcome::Failed,
+                            }
+                        }
                         Err(_) => Outcome::Failed,
                     };
                     let end_ns = mono_ns();
@@ -525,26 +382,30 @@ impl Client {
                 }
             }
             Pace::Heavy { pause } => {
-                let mut conn: Option<TcpStream> = None;
-                while !stop.load(Ordering::Relaxed) {
+                let mut kept: Option<http::Connection> = None;
+                while !*stop.borrow() {
                     let start_ns = mono_ns();
-                    let result = match conn.take() {
-                        Some(stream) => Ok(stream),
-                        None => connect_from(self.src, self.dst, self.timeout),
-                    }
-                    .and_then(|mut stream| get(&mut stream, "/", false).map(|r| (stream, r)));
-                    let outcome = match result {
-                        Ok((stream, response)) => {
-                            if !response.close {
-                                conn = Some(stream);
+                    let connection = match kept.take() {
+                        Some(connection) => Ok(connection),
+                        None => self.connect().await,
+                    };
+                    let outcome = match connection {
+                        Ok(mut connection) => {
+                            match http::get(&mut connection, HOST, "/", false, self.timeout).await {
+                                Ok(response) => {
+                                    if !response.close {
+                                        kept = Some(connection);
+                                    }
+                                    outcome_of(response.status)
+                                }
+                                Err(_) => Outcome::Failed,
                             }
-                            outcome_of(response.status)
                         }
                         Err(_) => Outcome::Failed,
                     };
                     log.push(Exchange { src: self.src, start_ns, end_ns: mono_ns(), outcome });
                     if outcome == Outcome::Refused {
-                        thread::sleep(pause);
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }
@@ -553,67 +414,73 @@ impl Client {
     }
 }
 
-fn outcome_of(status: u16) -> Outcome {
+fn outcome_of(status: StatusCode) -> Outcome {
     match status {
-        200 => Outcome::Ok,
-        503 => Outcome::Refused,
+        StatusCode::OK => Outcome::Ok,
+        StatusCode::SERVICE_UNAVAILABLE => Outcome::Refused,
         _ => Outcome::Failed,
     }
 }
 
 /// Sleeps until monotonic instant `at`; false when told to stop first.
-fn sleep_until(at: u64, stop: &AtomicBool) -> bool {
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        let now = mono_ns();
-        if now >= at {
-            return true;
-        }
-        thread::sleep(Duration::from_nanos(at - now).min(STOP_POLL));
+async fn sleep_until(at: u64, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    let wait = Duration::from_nanos(at.saturating_sub(mono_ns()));
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        _ = stop.wait_for(|stopped| *stopped) => false,
     }
 }
 
-/// Clients running in a namespace, a thread each; they stop when this drops.
+/// Runs `clients` until `stop` says so; every exchange, in no particular
+/// order.
+async fn run_clients(clients: Vec<Client>, stop: watch::Receiver<bool>) -> Vec<Exchange> {
+    let mut tasks = JoinSet::new();
+    for client in clients {
+        tasks.spawn(client.run(stop.clone()));
+    }
+    let mut exchanges = Vec::new();
+    while let Some(log) = tasks.join_next().await {
+        exchanges.extend(log.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    exchanges
+}
+
+/// Clients running in a namespace, each a task of one runtime; they stop
+/// when this drops.
 #[derive(Debug)]
 pub struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Vec<Exchange>>>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<Vec<Exchange>>>,
 }
 
 impl Load {
     /// Starts `clients` in `ns`.
     #[must_use]
     pub fn start(ns: &Netns, clients: Vec<Client>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = clients
-            .into_iter()
-            .enumerate()
-            .map(|(i, client)| {
-                let stop = Arc::clone(&stop);
-                ns.spawn(&format!("client-{i}"), move || client.run(&stop))
-            })
-            .collect();
-        Self { stop, threads }
+        let (stop, stopped) = watch::channel(false);
+        // The runtime's threads are made in the namespace, and so are the
+        // clients' sockets.
+        let thread = ns.spawn("load", move || runtime("load").block_on(run_clients(clients, stopped)));
+        Self { stop, thread: Some(thread) }
     }
 
     /// Stops every client (each finishes the exchange it is in) and returns
     /// every exchange, in no particular order.
     #[must_use]
     pub fn stop(mut self) -> Vec<Exchange> {
-        self.stop.store(true, Ordering::Relaxed);
-        mem::take(&mut self.threads)
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        self.stop.send_replace(true);
+        let thread = self.thread.take().expect("stopped once");
+        thread.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 }
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in mem::take(&mut self.threads) {
+        self.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -634,249 +501,51 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[index]
 }
 
-/// `GET path` on the daemon's admin API at `admin` (on `ns`'s loopback);
-/// panics unless it answers 200 with JSON.
-#[must_use]
-pub fn admin_get(ns: &Netns, admin: SocketAddr, path: &str) -> Json {
-    let response = ns.run(|| {
-        let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect to the admin API at {admin}: {e}"));
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set a timeout");
-        get(&mut stream, path, true).unwrap_or_else(|e| panic!("GET {path} on {admin}: {e}"))
-    });
-    let body = String::from_utf8_lossy(&response.body);
-    assert_eq!(response.status, 200, "GET {path}: {body}");
-    Json::parse(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-/// A JSON value, enough to read the admin API's answers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Number(f64),
-    String(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// Parses a whole JSON text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parser = JsonParser { bytes: text.as_bytes(), at: 0 };
-        let value = parser.value()?;
-        parser.space();
-        if parser.at == parser.bytes.len() {
-            Ok(value)
-        } else {
-            Err(format!("trailing characters at byte {}", parser.at))
-        }
-    }
-
-    /// The member `key` of an object.
-    #[must_use]
-    pub fn get(&self, key: &str) -> Option<&Self> {
-        match self {
-            Self::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// The value at a path of object keys (`["latency", "p99"]`).
-    #[must_use]
-    pub fn at(&self, path: &[&str]) -> Option<&Self> {
-        path.iter().try_fold(self, |value, key| value.get(key))
-    }
-
-    #[must_use]
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Self::Number(n) => Some(*n),
-            _ => None,
-        }
-    }
-
-    #[must_use]
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Self::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    #[must_use]
-    pub fn as_array(&self) -> Option<&[Self]> {
-        match self {
-            Self::Array(items) => Some(items),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl JsonParser<'_> {
-    fn space(&mut self) {
-        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
-            self.at += 1;
-        }
-    }
-
-    fn error(&self, what: &str) -> String {
-        format!("{what} at byte {}", self.at)
-    }
-
-    fn eat(&mut self, byte: u8) -> Result<(), String> {
-        self.space();
-        if self.bytes.get(self.at) == Some(&byte) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected {:?}", char::from(byte))))
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.bytes[self.at..].starts_with(word.as_bytes()) {
-            self.at += word.len();
-            Ok(value)
-        } else {
-            Err(self.error("unexpected word"))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.space();
-        match self.bytes.get(self.at) {
-            None => Err(self.error("unexpected end")),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'"') => self.string().map(Json::String),
-            Some(b'[') => {
-                self.at += 1;
-                let mut items = Vec::new();
-                self.space();
-                if self.bytes.get(self.at) == Some(&b']') {
-                    self.at += 1;
-                    return Ok(Json::Array(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.space();
-                    match self.bytes.get(self.at) {
-                        Some(b',') => self.at += 1,
-                        Some(b']') => {
-                            self.at += 1;
-                            return Ok(Json::Array(items));
-                        }
-                        _ => return Err(self.error("expected ',' or ']'")),
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.at += 1;
-                let mut members = Vec::new();
-                self.space();
-                if self.bytes.get(self.at) == Some(&b'}') {
-                    self.at += 1;
-                    return Ok(Json::Object(members));
-                }
-                loop {
-                    self.space();
-                    let key = self.string()?;
-                    self.eat(b':')?;
-                    members.push((key, self.value()?));
-                    self.space();
-                    match self.bytes.get(self.at) {
-                        Some(b',') => self.at += 1,
-                        Some(b'}') => {
-                            self.at += 1;
-                            return Ok(Json::Object(members));
-                        }
-                        _ => return Err(self.error("expected ',' or '}'")),
-                    }
-                }
-            }
-            Some(_) => {
-                let start = self.at;
-                while self.bytes.get(self.at).is_some_and(|b| b"+-.eE0123456789".contains(b)) {
-                    self.at += 1;
-                }
-                std::str::from_utf8(&self.bytes[start..self.at])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .map(Json::Number)
-                    .ok_or_else(|| self.error("not a JSON value"))
-            }
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.eat(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let Some(&byte) = self.bytes.get(self.at) else { return Err(self.error("unterminated string")) };
-            self.at += 1;
-            match byte {
-                b'"' => return String::from_utf8(out).map_err(|_| self.error("not UTF-8")),
-                b'\\' => {
-                    let Some(&escape) = self.bytes.get(self.at) else { return Err(self.error("bad escape")) };
-                    self.at += 1;
-                    let c = match escape {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hex =
-                                self.bytes.get(self.at..self.at + 4).ok_or_else(|| self.error("bad \\u"))?;
-                            self.at += 4;
-                            let code = std::str::from_utf8(hex)
-                                .ok()
-                                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                                .ok_or_else(|| self.error("bad \\u"))?;
-                            char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER)
-                        }
-                        _ => return Err(self.error("bad escape")),
-                    };
-                    let mut utf8 = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                }
-                _ => out.push(byte),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
+    /// A service on this namespace's loopback, loaded by clients of its own:
+    /// what the queue cannot hold is refused, the rest served in turn.
     #[test]
-    fn json_reads_the_admin_apis_shapes() {
-        let v = Json::parse(
-            r#" {"enabled":true,"scale":0.25,"latency":{"p50":1.5e1,"p99":-2},"decisions":[{"reason":"a \"b\"\n\u00e9"},{}],"x":null} "#,
-        )
-        .unwrap();
-        assert_eq!(v.get("enabled"), Some(&Json::Bool(true)));
-        assert_eq!(v.get("scale").and_then(Json::as_f64), Some(0.25));
-        assert_eq!(v.at(&["latency", "p50"]).and_then(Json::as_f64), Some(15.0));
-        assert_eq!(v.at(&["latency", "p99"]).and_then(Json::as_f64), Some(-2.0));
-        let decisions = v.get("decisions").and_then(Json::as_array).unwrap();
-        assert_eq!(decisions.len(), 2);
-        assert_eq!(decisions[0].get("reason").and_then(Json::as_str), Some("a \"b\"\n\u{e9}"));
-        assert_eq!(v.get("x"), Some(&Json::Null));
-        for bad in ["", "{", "[1,]", "{\"a\" 1}", "nul", "\"abc", "1 2"] {
-            assert!(Json::parse(bad).is_err(), "{bad:?}");
-        }
+    fn the_service_serves_its_capacity_and_refuses_the_rest() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the loopback");
+        let dst = listener.local_addr().expect("bound");
+        let config = ServiceConfig {
+            port: dst.port(),
+            workers: 1,
+            queue: 1,
+            cpu: Duration::ZERO,
+            wait: Duration::from_millis(50),
+        };
+        let service = Service::on(listener, config);
+        // Two sources on the loopback's 127/8: the light client and the heavy one.
+        let (light, heavy) = (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let clients = vec![
+            Client::light(light, dst, Duration::from_millis(100)),
+            Client::heavy(heavy, dst, Duration::from_millis(10)),
+            Client::heavy(heavy, dst, Duration::from_millis(10)),
+            Client::heavy(heavy, dst, Duration::from_millis(10)),
+        ];
+        let (stop, stopped) = watch::channel(false);
+        let runtime = runtime("test-load");
+        let exchanges = runtime.block_on(async {
+            let load = tokio::spawn(run_clients(clients, stopped));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.send_replace(true);
+            load.await.expect("the clients")
+        });
+        let count = |outcome| exchanges.iter().filter(|e| e.outcome == outcome).count();
+        let (ok, refused, failed) = (count(Outcome::Ok), count(Outcome::Refused), count(Outcome::Failed));
+        // One worker at 50 ms a request: about 20 a second, whoever asks.
+        assert!((10..=25).contains(&ok), "{ok} served, {refused} refused, {failed} failed");
+        assert!(refused > 0 && failed == 0, "{ok} served, {refused} refused, {failed} failed");
+        assert_eq!((service.served(), service.refused()), (ok as u64, refused as u64));
+        // The light client asked every 100 ms, on a new connection each time.
+        let light: Vec<&Exchange> = exchanges.iter().filter(|e| e.src == light).collect();
+        assert!((8..=11).contains(&light.len()), "{light:?}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::{poll_until, unique_id, Netns};
+use crate::{poll_until, unique_id, Flow, Netns};
 
 /// Longest interface name Linux takes (`IFNAMSIZ` less the NUL).
 const IFNAME_MAX: usize = 15;
@@ -247,6 +247,28 @@ impl VethPair {
             .map(IpNet::addr)
             .find(|a| a.is_ipv4() == src.is_ipv4())
             .unwrap_or_else(|| panic!("the receiver has no address of {src}'s family"))
+    }
+
+    /// Where a flow from `src` to `port` goes: the receiver's address of the
+    /// same family.
+    #[must_use]
+    pub fn dst_for(&self, src: IpAddr, port: u16) -> SocketAddr {
+        SocketAddr::new(self.receiver_ip_for(src), port)
+    }
+
+    /// One flow from each sender address, paced to `pps`, to `port` on the
+    /// receiver's address of its family.
+    #[must_use]
+    pub fn flows(&self, port: u16, pps: u64) -> Vec<Flow> {
+        self.sender_ips().into_iter().map(|src| Flow::new(src, self.dst_for(src, port)).rate(pps)).collect()
+    }
+
+    /// The XDP programs `ip -d link` shows on the receiving end (`prog/xdp`
+    /// gives `xdp`), comma-separated; empty when none is attached.
+    #[must_use]
+    pub fn xdp_attachment(&self) -> String {
+        let link = self.receiver.ip(["-d", "link", "show", "dev", &self.rx_if]);
+        link.split_whitespace().filter_map(|word| word.strip_prefix("prog/")).collect::<Vec<_>>().join(", ")
     }
 
     /// Waits until both ends report carrier.

@@ -16,16 +16,12 @@
 //! admitted rate must be clearly lower, and the light clients must be served
 //! at least as often (and nearly always) and faster at the 99th percentile.
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, SocketAddr},
-    thread,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::IpAddr, thread, time::Duration};
 
+use serde_json::Value;
 use throttle_tests::{
     mono_ns, report, require_root, secs_between,
-    service::{admin_get, percentile, Client, Exchange, Json, Load, Outcome, Service, ServiceConfig},
+    service::{percentile, Client, Exchange, Load, Outcome, Service, ServiceConfig},
     Checks, Daemon, VethPair,
 };
 
@@ -66,8 +62,6 @@ const TARGET_MS: f64 = 60.0;
 const WARMUP: Duration = Duration::from_secs(8);
 /// The measured part of each phase.
 const MEASURE: Duration = Duration::from_secs(16);
-/// How long the daemon may take to load and attach.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn daemon_config(iface: &str, enabled: bool) -> String {
     format!(
@@ -131,14 +125,25 @@ impl Phase {
     }
 }
 
-fn number(value: &Json, path: &[&str]) -> f64 {
-    value.at(path).and_then(Json::as_f64).unwrap_or(f64::NAN)
+/// The number at `pointer` (`/latency/p99`) in `value`; NaN when there is none.
+fn number(value: &Value, pointer: &str) -> f64 {
+    value.pointer(pointer).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// The string `key` of `value`; `?` when there is none.
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or("?")
+}
+
+/// The array `key` of `value`; empty when there is none.
+fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value[key].as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Prints the first and last decisions of the controller and the busiest
 /// sources.
-fn note_controller(checks: &Checks, name: &str, status: &Json, sources: &Json) {
-    let decisions = status.get("decisions").and_then(Json::as_array).unwrap_or_default();
+fn note_controller(checks: &Checks, name: &str, status: &Value, sources: &Value) {
+    let decisions = list(status, "decisions");
     let shown = if decisions.len() > 6 {
         [&decisions[..3], &decisions[decisions.len() - 3..]].concat()
     } else {
@@ -147,18 +152,18 @@ fn note_controller(checks: &Checks, name: &str, status: &Json, sources: &Json) {
     for decision in &shown {
         checks.note(&format!(
             "{name}: decision at {:.1} s, {:.3} -> {:.3}: {}",
-            number(decision, &["at_ms"]) / 1e3,
-            number(decision, &["from"]),
-            number(decision, &["to"]),
-            decision.get("reason").and_then(Json::as_str).unwrap_or("?")
+            number(decision, "/at_ms") / 1e3,
+            number(decision, "/from"),
+            number(decision, "/to"),
+            text(decision, "reason")
         ));
     }
-    for source in sources.get("sources").and_then(Json::as_array).unwrap_or_default() {
+    for source in list(sources, "sources") {
         checks.note(&format!(
             "{name}: source {} passed {} dropped {}",
-            source.get("source").and_then(Json::as_str).unwrap_or("?"),
-            number(source, &["passed"]),
-            number(source, &["dropped"]),
+            text(source, "source"),
+            number(source, "/passed"),
+            number(source, "/dropped"),
         ));
     }
 }
@@ -168,20 +173,20 @@ fn note_controller(checks: &Checks, name: &str, status: &Json, sources: &Json) {
 fn run_phase(checks: &Checks, name: &'static str, enabled: bool) -> Phase {
     let pair = VethPair::builder().sender_addrs(LIGHT.iter().copied().chain([HEAVY])).build();
     let service = Service::start(&pair.receiver, SERVICE);
-    let mut daemon =
-        Daemon::builder(&pair.receiver, &pair.rx_if).config(&daemon_config(&pair.rx_if, enabled)).start();
-    daemon.wait_ready(READY_TIMEOUT);
-    let admin = daemon.admin();
-    let dst = SocketAddr::new(pair.receiver_ip_for(ip(HEAVY)), PORT);
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if)
+        .config(&daemon_config(&pair.rx_if, enabled))
+        .start_ready();
+    let api_get = |path| daemon.api_get(&pair.receiver, path);
+    let dst = pair.dst_for(ip(HEAVY), PORT);
 
     // The probe has measured the idle service before the load starts.
     thread::sleep(Duration::from_secs(2));
-    let idle = admin_get(&pair.receiver, admin, "/v1/controller");
+    let idle = api_get("/v1/controller");
     checks.note(&format!(
         "{name}: idle service, probe p50 {:.1} ms p99 {:.1} ms, state {}",
-        number(&idle, &["latency", "p50"]),
-        number(&idle, &["latency", "p99"]),
-        idle.get("state").and_then(Json::as_str).unwrap_or("?")
+        number(&idle, "/latency/p50"),
+        number(&idle, "/latency/p99"),
+        text(&idle, "state")
     ));
 
     let light_count = u32::try_from(LIGHT.len()).expect("a few");
@@ -207,17 +212,17 @@ fn run_phase(checks: &Checks, name: &'static str, enabled: bool) -> Phase {
         if from.is_none() && Duration::from_secs(second.into()) >= WARMUP {
             from = Some(mono_ns());
         }
-        let status = admin_get(&pair.receiver, admin, "/v1/controller");
-        let scale = number(&status, &["scale"]);
+        let status = api_get("/v1/controller");
+        let scale = number(&status, "/scale");
         if from.is_some() {
             measured_scales.push(scale);
         }
-        let _ = write!(track, " {scale:.2}/{:.0}", number(&status, &["latency", "p99"]));
+        let _ = write!(track, " {scale:.2}/{:.0}", number(&status, "/latency/p99"));
     }
     let to = mono_ns();
     let from = from.expect("the warm-up ends before the phase");
-    let status = admin_get(&pair.receiver, admin, "/v1/controller");
-    let sources = admin_get(&pair.receiver, admin, "/v1/sources?top=3");
+    let status = api_get("/v1/controller");
+    let sources = api_get("/v1/sources?top=3");
     let exchanges = load.stop();
     checks.note(&format!("{name}: scale/probe p99 (ms) each second:{track}"));
     note_controller(checks, name, &status, &sources);
@@ -225,8 +230,8 @@ fn run_phase(checks: &Checks, name: &'static str, enabled: bool) -> Phase {
         "{name}: service served {} refused {}; controller {}: {}",
         service.served(),
         service.refused(),
-        status.get("state").and_then(Json::as_str).unwrap_or("?"),
-        status.get("reason").and_then(Json::as_str).unwrap_or("?")
+        text(&status, "state"),
+        text(&status, "reason")
     ));
     drop(daemon);
     drop(service);
@@ -247,11 +252,11 @@ fn run_phase(checks: &Checks, name: &'static str, enabled: bool) -> Phase {
         light_p99: percentile(&light_ok, 99.0),
         heavy_ok_per_s: count(&heavy, Outcome::Ok) as f64 / secs,
         heavy_refused_per_s: count(&heavy, Outcome::Refused) as f64 / secs,
-        scale: number(&status, &["scale"]),
+        scale: number(&status, "/scale"),
         mean_scale: measured_scales.iter().sum::<f64>() / measured_scales.len().max(1) as f64,
-        decisions: status.get("decisions").and_then(Json::as_array).map_or(0, <[Json]>::len),
-        state: status.get("state").and_then(Json::as_str).unwrap_or("?").to_owned(),
-        probe_p99: status.at(&["latency", "p99"]).and_then(Json::as_f64),
+        decisions: list(&status, "decisions").len(),
+        state: text(&status, "state").to_owned(),
+        probe_p99: status.pointer("/latency/p99").and_then(Value::as_f64),
     }
 }
 

@@ -8,27 +8,18 @@
 //! never how fast something went. Every figure is printed; each tolerance is
 //! stated where it is used.
 
-use std::{
-    fs,
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    process::Stdio,
-    thread,
-    time::Duration,
-};
+use std::{fs, net::IpAddr, path::Path, process::Stdio, thread, time::Duration};
 
 use serde_json::Value;
 use throttle_tests::{
-    daemon::{throttle_bin, CliOutput},
+    daemon::{self, throttle_bin, CliOutput},
     measure::bucket_allowance,
-    mono_ns, require_root, secs_between, Arrivals, Checks, Daemon, Flood, Flow, FlowReport, Netns, Receiver,
-    VethPair,
+    mono_ns, require_root, secs_between, start_daemon, Arrivals, Checks, Daemon, Flood, Flow, FlowReport,
+    Netns, Receiver, VethPair,
 };
 
 /// The UDP port every flood goes to.
 const PORT: u16 = 9000;
-/// How long a daemon may take to load and attach.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the receiver must be quiet before it is done.
 const QUIET: Duration = Duration::from_millis(300);
 /// How far a count over a window of a second or more may stray from what
@@ -39,33 +30,14 @@ const TOLERANCE: f64 = 0.10;
 const EXIT_OK: i32 = 0;
 const EXIT_API_ERROR: i32 = 1;
 const EXIT_NOT_FOUND: i32 = 4;
+/// Why a flow must offer what it does.
+const OFFERED: &str = "the flow must offer what the test is built on";
 /// The log line of a daemon that found pinned maps and took them over.
 const ADOPTED_LINE: &str = "adopted the pinned maps";
-
-/// Starts a daemon on the pair's receiving end with `args`, waits until it
-/// is ready and notes how XDP is attached.
-fn start_daemon(pair: &VethPair, args: &[&str], checks: &Checks) -> Daemon {
-    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).args(args.iter().copied()).start();
-    daemon.wait_ready(READY_TIMEOUT);
-    checks.note(&format!("daemon ready on {} ({})", pair.rx_if, xdp_attachment(pair)));
-    daemon
-}
-
-/// The XDP programs `ip -d link` shows on the receiving end (`xdp id 12`),
-/// empty when none is attached.
-fn xdp_attachment(pair: &VethPair) -> String {
-    let link = pair.receiver.ip(["-d", "link", "show", "dev", &pair.rx_if]);
-    link.split_whitespace().filter_map(|word| word.strip_prefix("prog/")).collect::<Vec<_>>().join(", ")
-}
 
 /// Whether `ip -d link show` mentions XDP at all on the receiving end.
 fn xdp_attached(pair: &VethPair) -> bool {
     pair.receiver.ip(["-d", "link", "show", "dev", &pair.rx_if]).contains("xdp")
-}
-
-/// Where a flow from `src` goes.
-fn dst_for(pair: &VethPair, src: IpAddr) -> SocketAddr {
-    SocketAddr::new(pair.receiver_ip_for(src), PORT)
 }
 
 /// The JSON a successful `--json` command printed. The client's own flags
@@ -104,12 +76,9 @@ fn curl(ns: &Netns, url: &str, headers: &[&str]) -> (u16, String) {
     (status, body.to_owned())
 }
 
-/// `GET /v1/stats` through curl on the daemon's loopback.
+/// `GET /v1/stats` on the daemon's loopback.
 fn stats(pair: &VethPair, daemon: &Daemon) -> Value {
-    let url = format!("http://{}/v1/stats", daemon.admin());
-    let (status, body) = curl(&pair.receiver, &url, &[]);
-    assert_eq!(status, 200, "GET {url}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url} is not JSON ({e}): {body}"))
+    daemon.api_get(&pair.receiver, "/v1/stats")
 }
 
 /// A verdict counter of a `/v1/stats` answer.
@@ -134,7 +103,7 @@ fn check_interface_counters(
     let mode = after["interfaces"][iface]["mode"].as_str().unwrap_or_default().to_owned();
     checks.that(
         mode == "native" || mode == "generic",
-        &format!("{iface}'s counters name its XDP mode ({mode:?}; {}): {after}", xdp_attachment(pair)),
+        &format!("{iface}'s counters name its XDP mode ({mode:?}; {}): {after}", pair.xdp_attachment()),
     );
 }
 
@@ -148,29 +117,6 @@ fn iface_counter(stats: &Value, iface: &str, name: &str) -> u64 {
 /// `throttle source ADDR --json`: the source's bucket.
 fn bucket(pair: &VethPair, daemon: &Daemon, src: IpAddr) -> Value {
     json_of(&daemon.cli(&pair.receiver, ["source", &src.to_string(), "--json"]))
-}
-
-/// Checks that a flow offered at least `min_pps`.
-fn check_offered(checks: &mut Checks, what: &str, report: &FlowReport, min_pps: f64) {
-    checks.at_least(
-        &format!(
-            "{what} offered {} datagrams in {:.3} s ({} send errors), per second",
-            report.sent,
-            report.secs(),
-            report.send_errors
-        ),
-        min_pps,
-        report.pps(),
-        "the flow must offer what the test is built on",
-    );
-}
-
-/// Checks that the receiver lost nothing itself.
-fn check_receiver(checks: &mut Checks, arrivals: &Arrivals) {
-    checks.that(
-        arrivals.udp_drops == 0,
-        &format!("receiver socket drops: {} (datagrams read: {})", arrivals.udp_drops, arrivals.list.len()),
-    );
 }
 
 /// How a client run ended, on one line: its exit code and its stderr.
@@ -205,10 +151,10 @@ fn limits_changed_through_the_api_take_effect_within_a_second() {
     let settle = Duration::from_secs(1);
     let pair = VethPair::builder().sender_addr("10.99.1.1/16").build();
     let receiver = Receiver::start(&pair.receiver, PORT);
-    let daemon = start_daemon(&pair, &["--rate", &rate1.to_string(), "--burst", &burst.to_string()], &checks);
+    let daemon = start_daemon(&pair, ["--rate", &rate1.to_string(), "--burst", &burst.to_string()], &checks);
 
     let src = pair.sender_ips()[0];
-    let flood = Flood::start(&pair.sender, vec![Flow::new(src, dst_for(&pair, src)).rate(offered)], None);
+    let flood = Flood::start(&pair.sender, vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)], None);
     // Measurement phases, not waits for a condition.
     thread::sleep(Duration::from_secs(2));
     let asked = mono_ns();
@@ -219,7 +165,7 @@ fn limits_changed_through_the_api_take_effect_within_a_second() {
     let report = flood.stop().remove(0);
     let arrivals = receiver.finish(QUIET);
 
-    check_offered(&mut checks, &src.to_string(), &report, 0.75 * as_f64(offered));
+    checks.offered(&src.to_string(), &report, 0.75 * as_f64(offered), OFFERED);
     checks.note(&format!(
         "`throttle limits set --rate {rate2}` answered in {:.1} ms",
         secs_between(asked, answered) * 1e3
@@ -265,7 +211,7 @@ fn limits_changed_through_the_api_take_effect_within_a_second() {
         saved["limits"]["rate"] == rate2,
         &format!("{} saved the rate: {}", state_file.display(), saved["limits"]),
     );
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -279,14 +225,13 @@ fn a_deny_rule_added_then_removed() {
     let phase = Duration::from_secs(2);
     let pair = VethPair::builder().sender_addrs(["10.99.1.1/16", "10.99.1.2/16"]).build();
     let receiver = Receiver::start(&pair.receiver, PORT);
-    let daemon = start_daemon(&pair, &["--rate", &rate.to_string(), "--burst", &burst.to_string()], &checks);
+    let daemon = start_daemon(&pair, ["--rate", &rate.to_string(), "--burst", &burst.to_string()], &checks);
     let (denied, other) = (pair.sender_ips()[0], pair.sender_ips()[1]);
     let cidr = format!("{denied}/32");
 
     let before = stats(&pair, &daemon);
-    let flows =
-        [denied, other].into_iter().map(|src| Flow::new(src, dst_for(&pair, src)).rate(offered)).collect();
-    let flood = Flood::start(&pair.sender, flows, None);
+    // A flow from each, `denied` first.
+    let flood = Flood::start(&pair.sender, pair.flows(PORT, offered), None);
     thread::sleep(phase);
     let add_asked = mono_ns();
     let added = json_of(&daemon.cli(&pair.receiver, ["rules", "--json", "add", &cidr, "deny"]));
@@ -305,12 +250,7 @@ fn a_deny_rule_added_then_removed() {
     let after = stats(&pair, &daemon);
 
     for report in &reports {
-        check_offered(
-            &mut checks,
-            &report.sent_by_source[0].0.ip().to_string(),
-            report,
-            0.75 * as_f64(offered),
-        );
+        checks.offered(&report.sent_by_source[0].0.ip().to_string(), report, 0.75 * as_f64(offered), OFFERED);
     }
     checks.note(&format!("`rules add {cidr} deny` answered {added}"));
     checks.that(
@@ -372,7 +312,7 @@ fn a_deny_rule_added_then_removed() {
         "over_limit over the run: {} (the limit is far above the load)",
         counter(&after, "over_limit") - counter(&before, "over_limit")
     ));
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -386,13 +326,13 @@ fn top_names_the_flooding_source() {
         .sender_addrs(["10.99.1.1/16", "10.99.1.2/16", "10.99.1.3/16", "10.99.1.4/16"])
         .build();
     let receiver = Receiver::start(&pair.receiver, PORT);
-    let daemon = start_daemon(&pair, &["--rate", &rate.to_string(), "--burst", &burst.to_string()], &checks);
+    let daemon = start_daemon(&pair, ["--rate", &rate.to_string(), "--burst", &burst.to_string()], &checks);
     let sources = pair.sender_ips();
     let heavy = sources[0];
     let flows = sources
         .iter()
         .map(|&src| {
-            Flow::new(src, dst_for(&pair, src)).rate(if src == heavy { heavy_pps } else { light_pps })
+            Flow::new(src, pair.dst_for(src, PORT)).rate(if src == heavy { heavy_pps } else { light_pps })
         })
         .collect();
     let flood = Flood::start(&pair.sender, flows, None);
@@ -439,7 +379,7 @@ fn top_names_the_flooding_source() {
     let arrivals = receiver.finish(QUIET);
     let last = bucket(&pair, &daemon, heavy);
 
-    check_offered(&mut checks, &heavy.to_string(), &reports[0], 0.75 * as_f64(heavy_pps));
+    checks.offered(&heavy.to_string(), &reports[0], 0.75 * as_f64(heavy_pps), OFFERED);
     checks.note(&format!("`throttle source {heavy}` 1 s after the reset: {fresh}"));
     let judged = |b: &Value| num(b, "passed") + num(b, "dropped");
     checks.that(
@@ -468,7 +408,7 @@ fn top_names_the_flooding_source() {
         &format!("the bucket's passed ({passed}) is what arrived since the reset ({low} to {high})"),
     );
     check_unknown_sources(&mut checks, &pair, &daemon);
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -521,7 +461,7 @@ fn a_sigkill_and_restart_under_traffic_keeps_metering() {
     let pair = VethPair::builder().sender_addrs(["10.99.1.1/16", "10.99.1.2/16"]).build();
     let receiver = Receiver::start(&pair.receiver, PORT);
     let mut daemon =
-        start_daemon(&pair, &["--rate", &flag_rate.to_string(), "--burst", &burst.to_string()], &checks);
+        start_daemon(&pair, ["--rate", &flag_rate.to_string(), "--burst", &burst.to_string()], &checks);
     let (src, denied) = (pair.sender_ips()[0], pair.sender_ips()[1]);
     let _ = daemon.cli(&pair.receiver, ["limits", "set", "--rate", &rate.to_string()]).ok();
     let rule =
@@ -530,8 +470,8 @@ fn a_sigkill_and_restart_under_traffic_keeps_metering() {
     let flood = Flood::start(
         &pair.sender,
         vec![
-            Flow::new(src, dst_for(&pair, src)).rate(offered),
-            Flow::new(denied, dst_for(&pair, denied)).rate(denied_pps),
+            Flow::new(src, pair.dst_for(src, PORT)).rate(offered),
+            Flow::new(denied, pair.dst_for(denied, PORT)).rate(denied_pps),
         ],
         None,
     );
@@ -547,13 +487,13 @@ fn a_sigkill_and_restart_under_traffic_keeps_metering() {
         "SIGKILL: the daemon exited {status:?}, reaped {:.1} ms after the signal",
         secs_between(killed_at, dead_at) * 1e3
     ));
-    let attached = xdp_attachment(&pair);
+    let attached = pair.xdp_attachment();
     checks.that(!attached.is_empty(), &format!("with the daemon dead, XDP stays attached: {attached:?}"));
     thread::sleep(Duration::from_secs(2));
     let mark = daemon.log_len();
     let restarted_at = mono_ns();
     daemon.start_again(&pair.receiver);
-    let ready_at = daemon.wait_ready(READY_TIMEOUT);
+    let ready_at = daemon.wait_ready(daemon::READY_TIMEOUT);
     checks.that(
         daemon.log().get(mark..).is_some_and(|log| log.contains(ADOPTED_LINE)),
         &format!("the restarted daemon logged {ADOPTED_LINE:?}"),
@@ -569,7 +509,7 @@ fn a_sigkill_and_restart_under_traffic_keeps_metering() {
     let run =
         Restart { stats1, bucket1, bucket1_at, dead_at, restarted_at, ready_at, stats2, bucket2, bucket2_at };
 
-    check_offered(&mut checks, &src.to_string(), &reports[0], 0.75 * as_f64(offered));
+    checks.offered(&src.to_string(), &reports[0], 0.75 * as_f64(offered), OFFERED);
     check_metered_throughout(&mut checks, &arrivals, &reports[0], &run, (rate, burst, offered));
     check_carried_over(&mut checks, &arrivals, src, &run);
     // The restarted daemon found the interface's counters where they were.
@@ -604,7 +544,7 @@ fn a_sigkill_and_restart_under_traffic_keeps_metering() {
             rule["id"]
         ),
     );
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -712,8 +652,7 @@ fn the_token_is_enforced_beyond_loopback() {
     let token = "s3cret-token-of-the-test";
     let pair = VethPair::builder().sender_addr("10.99.1.1/16").build();
     let listen = pair.receiver_ip_for(pair.sender_ips()[0]);
-    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).admin_ip(listen).token(token).start();
-    daemon.wait_ready(READY_TIMEOUT);
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if).admin_ip(listen).token(token).start_ready();
     let base = format!("http://{}", daemon.admin());
     checks.note(&format!("admin API on {base}, reached with curl from the sender's namespace"));
     let token_file = daemon.token_file().expect("a token was given").to_owned();
@@ -784,7 +723,7 @@ fn the_token_is_enforced_beyond_loopback() {
 
     // Beyond loopback without a token: refused before anything is attached.
     let mut exposed = Daemon::builder(&pair.receiver, &pair.rx_if).admin_ip(listen).start();
-    let exited = exposed.wait_exit(READY_TIMEOUT);
+    let exited = exposed.wait_exit(daemon::READY_TIMEOUT);
     let log = exposed.log();
     checks.that(
         exited.is_some_and(|s| !s.success()),
@@ -816,7 +755,7 @@ fn a_clean_stop_removes_the_pins_and_keep_on_exit_keeps_them() {
     let src = pair.sender_ips()[0];
 
     // A plain stop: everything goes.
-    let mut daemon = start_daemon(&pair, &limit, &checks);
+    let mut daemon = start_daemon(&pair, limit, &checks);
     checks.that(
         pinned(daemon.pin_dir(), &pair.rx_if),
         &format!("running, the maps and the link are pinned under {}", daemon.pin_dir().display()),
@@ -847,30 +786,30 @@ fn a_clean_stop_removes_the_pins_and_keep_on_exit_keeps_them() {
         pinned(daemon.pin_dir(), &pair.rx_if),
         &format!("the maps and the link stay pinned under {}", daemon.pin_dir().display()),
     );
-    let left = xdp_attachment(&pair);
+    let left = pair.xdp_attachment();
     checks.that(!left.is_empty(), &format!("XDP stays attached: {left:?}"));
     // With no daemon at all, the program left behind still meters.
     let receiver = Receiver::start(&pair.receiver, PORT);
     let report = Flood::start(
         &pair.sender,
-        vec![Flow::new(src, dst_for(&pair, src)).rate(offered)],
+        vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)],
         Some(Duration::from_millis(1_500)),
     )
     .join()
     .remove(0);
     let arrivals = receiver.finish(QUIET);
-    check_offered(&mut checks, &src.to_string(), &report, 0.75 * as_f64(offered));
+    checks.offered(&src.to_string(), &report, 0.75 * as_f64(offered), OFFERED);
     checks.within(
         &format!("with no daemon running: arrived over {:.3} s (burst {burst} + {rate} * t)", report.secs()),
         bucket_allowance(rate, burst, report.secs()),
         arrivals.from_source(src),
         TOLERANCE,
     );
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
 
     let mark = daemon.log_len();
     daemon.start_again(&pair.receiver);
-    daemon.wait_ready(READY_TIMEOUT);
+    daemon.wait_ready(daemon::READY_TIMEOUT);
     checks.that(
         daemon.log().get(mark..).is_some_and(|log| log.contains(ADOPTED_LINE)),
         &format!("the next daemon logged {ADOPTED_LINE:?}"),
@@ -885,6 +824,6 @@ fn a_clean_stop_removes_the_pins_and_keep_on_exit_keeps_them() {
             arrivals.from_source(src)
         ),
     );
-    checks.that(!xdp_attachment(&pair).is_empty(), &format!("XDP attached: {}", xdp_attachment(&pair)));
+    checks.that(!pair.xdp_attachment().is_empty(), &format!("XDP attached: {}", pair.xdp_attachment()));
     checks.assert_all();
 }

@@ -6,11 +6,11 @@
 //! what the bucket admits: `burst + rate * t` over a send time `t`. Counts
 //! must land within 10 % of that. Each test prints its figures.
 
-use std::{net::SocketAddr, thread, time::Duration};
+use std::{thread, time::Duration};
 
 use throttle_tests::{
-    daemon::RELOADED_LINE, ethtool, measure::bucket_allowance, require_root, secs_between, Arrivals, Checks,
-    Daemon, Flood, Flow, FlowReport, Receiver, VethPair,
+    daemon::RELOADED_LINE, ethtool, measure::bucket_allowance, require_root, secs_between, start_daemon,
+    Checks, Daemon, Flood, Flow, FlowReport, Receiver, VethPair,
 };
 
 /// The UDP port every flood goes to.
@@ -28,55 +28,14 @@ const MIN_OFFERED_PPS: f64 = 5_000.0;
 const FLOOD_TIME: Duration = Duration::from_secs(3);
 /// How long the receiver must be quiet before it is done.
 const QUIET: Duration = Duration::from_millis(300);
-/// How long the daemon may take to load and attach.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn rate_args() -> [String; 4] {
     ["--rate".to_owned(), RATE.to_string(), "--burst".to_owned(), BURST.to_string()]
 }
 
-/// Starts the daemon on the pair's receiving end with `args` and waits until
-/// it is ready.
-fn start_daemon(pair: &VethPair, args: &[String], checks: &Checks) -> Daemon {
-    let mut daemon =
-        Daemon::builder(&pair.receiver, &pair.rx_if).args(args.iter().map(String::as_str)).start();
-    daemon.wait_ready(READY_TIMEOUT);
-    checks.note(&format!("daemon ready on {} ({})", pair.rx_if, xdp_attachment(pair)));
-    daemon
-}
-
-/// How XDP is attached to the receiving end, as `ip link` tells it.
-fn xdp_attachment(pair: &VethPair) -> String {
-    let link = pair.receiver.ip(["-d", "link", "show", "dev", &pair.rx_if]);
-    link.split_whitespace().filter_map(|word| word.strip_prefix("prog/")).collect::<Vec<_>>().join(", ")
-}
-
-/// Where a flow from `src` goes.
-fn dst_for(pair: &VethPair, src: std::net::IpAddr) -> SocketAddr {
-    SocketAddr::new(pair.receiver_ip_for(src), PORT)
-}
-
 /// Checks that a flow offered enough to test the limit.
 fn check_offered(checks: &mut Checks, what: &str, report: &FlowReport) {
-    checks.at_least(
-        &format!(
-            "{what} offered {} datagrams in {:.3} s ({} send errors), per second",
-            report.sent,
-            report.secs(),
-            report.send_errors
-        ),
-        MIN_OFFERED_PPS,
-        report.pps(),
-        "the flood must exceed the limit many times over",
-    );
-}
-
-/// Checks that the receiver lost nothing itself.
-fn check_receiver(checks: &mut Checks, arrivals: &Arrivals) {
-    checks.that(
-        arrivals.udp_drops == 0,
-        &format!("receiver socket drops: {} (datagrams read: {})", arrivals.udp_drops, arrivals.list.len()),
-    );
+    checks.offered(what, report, MIN_OFFERED_PPS, "the flood must exceed the limit many times over");
 }
 
 /// Several sources flood at once; each gets its own bucket.
@@ -85,14 +44,9 @@ fn several_sources(test: &str, cidrs: &[&str]) {
     let pair = VethPair::builder().sender_addrs(cidrs.iter().copied()).build();
     let receiver = Receiver::start(&pair.receiver, PORT);
     // Alive until the checks are judged, so that a failure prints its log.
-    let _daemon = start_daemon(&pair, &rate_args(), &checks);
+    let _daemon = start_daemon(&pair, rate_args(), &checks);
 
-    let flows = pair
-        .sender_ips()
-        .into_iter()
-        .map(|src| Flow::new(src, dst_for(&pair, src)).rate(FLOOD_PPS))
-        .collect();
-    let reports = Flood::start(&pair.sender, flows, Some(FLOOD_TIME)).join();
+    let reports = Flood::start(&pair.sender, pair.flows(PORT, FLOOD_PPS), Some(FLOOD_TIME)).join();
     let arrivals = receiver.finish(QUIET);
 
     for report in &reports {
@@ -105,7 +59,7 @@ fn several_sources(test: &str, cidrs: &[&str]) {
             TOLERANCE,
         );
     }
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -138,12 +92,12 @@ fn ipv6_rotating_within_a_64_share_one_bucket() {
     let pair = VethPair::builder().sender_addrs(cidrs.iter().map(String::as_str)).build();
     let receiver = Receiver::start(&pair.receiver, PORT);
     // Alive until the checks are judged, so that a failure prints its log.
-    let _daemon = start_daemon(&pair, &rate_args(), &checks);
+    let _daemon = start_daemon(&pair, rate_args(), &checks);
 
     // One thread, a datagram from each address in turn: 2 500/s from each,
     // 20 000/s from the /64.
     let sources = pair.sender_ips();
-    let dst = dst_for(&pair, sources[0]);
+    let dst = pair.dst_for(sources[0], PORT);
     let reports = Flood::start(
         &pair.sender,
         vec![Flow::rotating(sources.clone(), dst).rate(2 * FLOOD_PPS)],
@@ -170,7 +124,7 @@ fn ipv6_rotating_within_a_64_share_one_bucket() {
         total,
         TOLERANCE,
     );
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -195,7 +149,7 @@ fn one_source_on_two_cpus_gets_one_limit() {
     let _daemon = start_daemon(&pair, &args, &checks);
 
     let src = pair.sender_ips()[0];
-    let dst = dst_for(&pair, src);
+    let dst = pair.dst_for(src, PORT);
     let before = ethtool::veth_xdp_packets_per_queue(&pair.receiver, &pair.rx_if);
     // Different source ports too, as a second way apart (the flow hash).
     let reports = Flood::start(
@@ -243,7 +197,7 @@ fn one_source_on_two_cpus_gets_one_limit() {
         arrivals.from_source(src),
         TOLERANCE,
     );
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }
 
@@ -259,12 +213,12 @@ fn config_change_under_traffic_keeps_buckets() {
     let (rate1, rate2) = (RATE, 2 * RATE);
     let receiver = Receiver::start(&pair.receiver, PORT);
     // Alive until the checks are judged, so that a failure prints its log.
-    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(&config(rate1, BURST)).start();
-    daemon.wait_ready(READY_TIMEOUT);
-    checks.note(&format!("daemon ready ({})", xdp_attachment(&pair)));
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(&config(rate1, BURST)).start_ready();
+    checks.note(&format!("daemon ready ({})", pair.xdp_attachment()));
 
     let src = pair.sender_ips()[0];
-    let flood = Flood::start(&pair.sender, vec![Flow::new(src, dst_for(&pair, src)).rate(FLOOD_PPS)], None);
+    let flood =
+        Flood::start(&pair.sender, vec![Flow::new(src, pair.dst_for(src, PORT)).rate(FLOOD_PPS)], None);
     // Measurement phases, not waits for a condition.
     thread::sleep(Duration::from_secs(2));
     daemon.write_config(&config(rate2, BURST));
@@ -316,6 +270,6 @@ fn config_change_under_traffic_keeps_buckets() {
         arrivals.count(|a| a.sent_ns >= hup),
         &format!("{rate2} * t is the most an emptied bucket refills; a fresh burst would add {BURST}"),
     );
-    check_receiver(&mut checks, &arrivals);
+    checks.receiver_lost_nothing(&arrivals);
     checks.assert_all();
 }

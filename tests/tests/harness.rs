@@ -1,7 +1,7 @@
 //! Checks of the harness itself, without the daemon: traffic through a veth
 //! pair with no XDP program arrives whole.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use throttle_tests::{require_root, Checks, Flood, Flow, Receiver, VethPair};
 
@@ -14,12 +14,7 @@ fn paced_flows_arrive_whole_without_xdp() {
     let pair =
         VethPair::builder().sender_addrs(["10.99.1.1/16", "10.99.1.2/16", "fd00:99:0:1::2/48"]).build();
     let receiver = Receiver::start(&pair.receiver, PORT);
-    let flows = pair
-        .sender_ips()
-        .into_iter()
-        .map(|src| Flow::new(src, SocketAddr::new(pair.receiver_ip_for(src), PORT)).rate(2_000))
-        .collect();
-    let reports = Flood::start(&pair.sender, flows, Some(Duration::from_secs(1))).join();
+    let reports = Flood::start(&pair.sender, pair.flows(PORT, 2_000), Some(Duration::from_secs(1))).join();
     let arrivals = receiver.finish(Duration::from_millis(200));
     for report in &reports {
         let (src, sent) = report.sent_by_source[0];
@@ -48,7 +43,7 @@ fn unpaced_rotating_flow_reaches_the_receiver() {
         .sender_addrs(["fd00:99:0:7::1/48", "fd00:99:0:7::2/48", "fd00:99:0:7::3/48"])
         .build();
     let receiver = Receiver::start(&pair.receiver, PORT);
-    let dst = SocketAddr::new(pair.receiver_ip_for(pair.sender_ips()[0]), PORT);
+    let dst = pair.dst_for(pair.sender_ips()[0], PORT);
     let reports = Flood::start(
         &pair.sender,
         vec![

@@ -29,17 +29,17 @@ use aya::{
 };
 use throttle::{
     control::RuleIds,
-    frames::Frame,
-    kernel::{
-        bucket_key, coarse_resolution_ns, compile, counters_label, Dataplane, KernelError, Options, XdpMode,
-    },
-    policy::{Limits, Policy, Scope},
+    kernel::{bucket_key, counters_label, Dataplane, KernelError, Options, XdpMode},
+    policy::Policy,
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
-use throttle_tests::{require_root, unique_id, Netns};
+use throttle_tests::{
+    frames::Frame,
+    remove_dir, require_root, unique_id,
+    xdp::{self, verdict, XDP_DROP, XDP_PASS},
+    Netns,
+};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// The limit of these tests: 1 packet per second after a burst of 5, so
 /// that a source stays over its limit for the length of a test.
 const RATE: u64 = 1;
@@ -109,11 +109,7 @@ fn pinned_names(links: &[(&str, &str)], modes: &[&str]) -> Vec<String> {
 
 impl Drop for PinDirGuard {
     fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.path) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("warning: removing {}: {err}", self.path.display());
-            }
-        }
+        remove_dir(&self.path);
     }
 }
 
@@ -156,17 +152,12 @@ impl Lab {
 }
 
 fn policy() -> Policy {
-    Policy {
-        limits: Limits { rate: RATE, burst: BURST, new_source_rate: 0, ..Limits::default() },
-        scope: Scope::default(),
-        rules: Vec::new(),
-    }
+    xdp::policy(RATE, BURST)
 }
 
 /// Writes the plan of `policy` into the maps.
 fn write(dataplane: &mut Dataplane, policy: &Policy) {
-    let ids = RuleIds::default().resolve(policy).expect("a valid policy");
-    dataplane.write(&compile(policy, &ids, 1.0, coarse_resolution_ns())).expect("writing the plan");
+    xdp::write(dataplane, &mut RuleIds::default(), policy);
 }
 
 fn source() -> IpAddr {
@@ -178,8 +169,7 @@ fn frame() -> Vec<u8> {
 }
 
 fn run(dataplane: &Dataplane, frame: &[u8]) -> u32 {
-    let options = TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() };
-    dataplane.program().test_run(options).expect("BPF_PROG_TEST_RUN").return_value
+    verdict(dataplane.program(), frame)
 }
 
 /// The counters this test's frames move.

@@ -15,14 +15,10 @@
 //! - [`settings`], [`client`], [`daemon`]: the file and flags, the CLI client, the daemon's main loop.
 
 pub mod api;
-#[doc(hidden)]
-pub mod baseline;
 pub mod client;
 pub mod control;
 pub mod controller;
 pub mod daemon;
-#[doc(hidden)]
-pub mod frames;
 pub mod kernel;
 pub mod policy;
 pub mod runtime;

@@ -15,6 +15,8 @@ use crate::{
 /// The package and binary of the benchmarks.
 const BENCH_PACKAGE: &str = "throttle-tests";
 const BENCH_BIN: &str = "throttle-bench";
+/// The feature that builds the benchmark binary and its reference programs.
+const BENCH_FEATURE: &str = "throttle-tests/bench";
 /// Where the README's chart lives (the full run writes it).
 const CHART_COPY: &str = "docs/bench/flood.svg";
 
@@ -40,6 +42,8 @@ pub fn bench(options: &Options) -> Result<()> {
         "throttle",
         "--package",
         BENCH_PACKAGE,
+        "--features",
+        BENCH_FEATURE,
         "--bin",
         BENCH_BIN,
     ]))?;

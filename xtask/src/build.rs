@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result};
 use crate::{cmd, setup};
 
 /// The eBPF crate builds for bpfel-unknown-none with nightly only, through
-/// throttle-userspace's build script. `--workspace` ignores the
-/// `default-members` that leave it out, so every workspace-wide cargo
-/// command here excludes it by name.
+/// the build scripts of throttle-userspace and (for the benchmarks)
+/// throttle-tests. `--workspace` ignores the `default-members` that leave it
+/// out, so every workspace-wide cargo command here excludes it by name.
 pub const EBPF_CRATE: &str = "throttle-ebpf";
 
 #[derive(clap::Args)]
@@ -25,7 +25,7 @@ pub fn build(options: &Options) -> Result<()> {
 }
 
 /// `cargo build` of the workspace, the eBPF program included (through the
-/// build script).
+/// build script); not the benchmarks (`cargo xtask bench` builds those).
 pub fn cargo_build(release: bool) -> Result<()> {
     let mut cargo = Command::new("cargo");
     cargo.args(["build", "--workspace", "--exclude", EBPF_CRATE]);

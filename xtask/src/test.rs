@@ -45,8 +45,7 @@ pub fn test(options: &Options) -> Result<()> {
     build::cargo_build(false)?;
 
     let in_ci = env::var("CI").is_ok_and(|ci| ci == "true");
-    let unprivileged =
-        tier_outcome(unprivileged_tests(in_ci, &options.args).and_then(|mut cargo| cmd::run(&mut cargo)));
+    let unprivileged = tier_outcome(cmd::run(&mut unprivileged_tests(&options.args)));
     let privileged = match (&unprivileged, Privilege::detect()) {
         (Outcome::Passed, Some(privilege)) => tier_outcome(
             privileged_tests(privilege, in_ci, &options.args).and_then(|mut cargo| cmd::run(&mut cargo)),
@@ -80,33 +79,25 @@ fn tier_outcome(result: Result<()>) -> Outcome {
     }
 }
 
-/// `cargo test` with the environment of both tiers.
-fn cargo_test(in_ci: bool) -> Result<Command> {
+fn unprivileged_tests(args: &[String]) -> Command {
     let mut cargo = Command::new("cargo");
-    cargo.arg("test").env("THROTTLE_BIN", build::daemon_binary(false)?);
-    if in_ci {
-        // Tests that need root then fail instead of skipping. The packet
-        // tests in throttle-userspace are among them, so both tiers get it.
-        cargo.env("THROTTLE_REQUIRE_PRIVILEGED", "1");
-    }
-    Ok(cargo)
-}
-
-fn unprivileged_tests(in_ci: bool, args: &[String]) -> Result<Command> {
-    let mut cargo = cargo_test(in_ci)?;
-    cargo.arg("--workspace").args(["--exclude", EBPF_CRATE, "--exclude", PRIVILEGED_CRATE]);
+    cargo.args(["test", "--workspace", "--exclude", EBPF_CRATE, "--exclude", PRIVILEGED_CRATE]);
     if !args.is_empty() {
         cargo.arg("--").args(args);
     }
-    Ok(cargo)
+    cargo
 }
 
-/// The privileged tests. Cargo builds them as the invoking user; only the
-/// test binaries run as root, through a `sudo -E` runner when we are not root
-/// already.
+/// The privileged tests, against the daemon binary of the debug build. Cargo
+/// builds them as the invoking user; only the test binaries run as root,
+/// through a `sudo -E` runner when we are not root already.
 fn privileged_tests(privilege: Privilege, in_ci: bool, args: &[String]) -> Result<Command> {
-    let mut cargo = cargo_test(in_ci)?;
-    cargo.args(["--package", PRIVILEGED_CRATE]);
+    let mut cargo = Command::new("cargo");
+    cargo.args(["test", "--package", PRIVILEGED_CRATE]).env("THROTTLE_BIN", build::daemon_binary(false)?);
+    if in_ci {
+        // A test that cannot get root then fails instead of skipping.
+        cargo.env("THROTTLE_REQUIRE_PRIVILEGED", "1");
+    }
     if privilege == Privilege::Sudo {
         cargo.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
     }

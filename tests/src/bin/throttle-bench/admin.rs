@@ -5,7 +5,7 @@
 //! second and p99 of `GET /v1/status` and `GET /metrics` under wrk on the
 //! namespace's loopback.
 
-use std::{fs, time::Duration};
+use std::fs;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use serde::Serialize;
@@ -13,9 +13,6 @@ use throttle_common::{map_name, Bucket, BucketKey};
 use throttle_tests::{Daemon, Netns, VethPair};
 
 use crate::{median, scale, Progress};
-
-/// How long the daemon gets to attach.
-const DAEMON_READY: Duration = Duration::from_secs(30);
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +76,7 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
         "[daemon]\nxdp_mode = \"native\"\nmax_sources = {}\n\n[limits]\nrate = 100\nburst = 200\n",
         settings.sources
     );
-    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(&config).start();
-    daemon.wait_ready(DAEMON_READY);
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(&config).start_ready();
     let base = format!("http://{}", daemon.admin());
     progress.inc();
 

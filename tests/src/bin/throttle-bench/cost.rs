@@ -26,28 +26,33 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
+    control::RuleIds,
+    kernel::{bucket_key, Dataplane, XdpMode},
+    policy::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort},
+};
+use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey};
+use throttle_tests::{
+    frames::{arp, Frame},
+    mono_ns,
+    xdp::{self, XDP_DROP, XDP_PASS},
+    Netns,
+};
+
+use crate::{
     baseline::{
         ATOMICS_PROGRAM, BASELINE_OBJECT, CLOCK_PROGRAM, COARSE_CLOCK_PROGRAM, COUNT_MAP, DROP_PROGRAM,
         LRU8_PROGRAM, LRU_PROGRAM, PASS_PROGRAM,
     },
-    control::RuleIds,
-    frames::{arp, Frame},
-    kernel::{bucket_key, coarse_resolution_ns, compile, Dataplane, XdpMode},
-    policy::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort},
+    kernel::map_of,
+    median, Progress, Rng,
 };
-use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey};
-use throttle_tests::{mono_ns, Netns};
 
-use crate::{kernel::map_of, median, Progress, Rng};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// The destination port of metered frames; the scoped set-up names it.
 const PORT: u16 = 9000;
 /// A port the scope does not name.
@@ -370,8 +375,7 @@ impl Baseline {
 
 /// Runs `frame` `repeat` times; the verdict and the kernel's mean ns per run.
 fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> (u32, f64) {
-    let options = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() };
-    let result = program.test_run(options).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+    let result = xdp::test_run(program, frame, repeat);
     #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
     let ns = result.duration.as_nanos() as f64;
     (result.return_value, ns)
@@ -412,9 +416,7 @@ impl Target {
             }
         }
         let policy = Policy { limits, scope, rules };
-        let ids = RuleIds::default().resolve(&policy).unwrap_or_else(|e| panic!("the policy: {e}"));
-        let plan = compile(&policy, &ids, 1.0, coarse_resolution_ns());
-        dataplane.write(&plan).unwrap_or_else(|e| panic!("writing the policy: {e}"));
+        xdp::write(&mut dataplane, &mut RuleIds::default(), &policy);
         let buckets = BpfHashMap::try_from(Map::LruHashMap(map_of(dataplane.program(), map_name::BUCKETS)))
             .expect("BUCKETS is an LRU hash of buckets");
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))

@@ -33,10 +33,12 @@ use aya::{
     Ebpf,
 };
 use serde::Serialize;
-use throttle::baseline::{BASELINE_OBJECT, DROP_PROGRAM};
-use throttle_tests::{ethtool, mono_ns, netns::run_checked, unique_id, Daemon, Netns, Receiver, VethPair};
+use throttle_tests::{
+    ethtool, mono_ns, netns::run_checked, remove_dir, unique_id, Daemon, Netns, Receiver, VethPair,
+};
 
 use crate::{
+    baseline::{BASELINE_OBJECT, DROP_PROGRAM},
     kernel::{if_stats, kernel_cpu_ticks, ticks_per_sec},
     median, Progress,
 };
@@ -502,7 +504,7 @@ struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        remove_dir(&self.0);
     }
 }
 

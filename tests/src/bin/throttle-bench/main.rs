@@ -19,6 +19,7 @@
 //! ```
 
 mod admin;
+mod baseline;
 mod chart;
 mod cost;
 mod flood;

@@ -1,45 +1,25 @@
 //! Packet tests: the loaded XDP program run on crafted frames through
 //! `BPF_PROG_TEST_RUN`, with verdicts and counters checked for every path.
 //!
-//! Loading a program needs root (or `CAP_BPF`). Without it these tests say so
-//! and return, unless `THROTTLE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask
-//! test` in CI), where they fail.
+//! Loading a program needs root (or `CAP_BPF`). Each test starts with
+//! [`require_root!`], which skips it loudly when not root, or fails it when
+//! `THROTTLE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test` in CI).
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use throttle::{
     control::RuleIds,
-    frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
-    kernel::{bucket_key, coarse_resolution_ns, compile, Dataplane},
-    policy::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
+    kernel::{bucket_key, Dataplane},
+    policy::{Action, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
 };
 use throttle_common::{reason, rule_filter};
+use throttle_tests::{
+    frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
+    require_root,
+    xdp::{policy, verdict, write, XDP_DROP, XDP_PASS},
+};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const ETH_HLEN: usize = 14;
-
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("THROTTLE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root and THROTTLE_REQUIRE_PRIVILEGED=1 forbids skipping it"
-    );
-    eprintln!("SKIPPED {test}: loading an XDP program needs root");
-    false
-}
-
-macro_rules! require_root {
-    () => {
-        if !privileged(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// A loaded program with `policy` applied, and its counters before a step.
 struct Harness {
@@ -65,14 +45,9 @@ impl Harness {
     }
 
     fn run(&self, frame: &[u8]) -> u32 {
-        let options = TestRunOptions { data_in: Some(frame), ..TestRunOptions::default() };
-        let result = self.dataplane.program().test_run(options).expect("BPF_PROG_TEST_RUN");
-        assert!(
-            result.return_value == XDP_PASS || result.return_value == XDP_DROP,
-            "verdict {} for {frame:02x?}",
-            result.return_value
-        );
-        result.return_value
+        let verdict = verdict(self.dataplane.program(), frame);
+        assert!(verdict == XDP_PASS || verdict == XDP_DROP, "verdict {verdict} for {frame:02x?}");
+        verdict
     }
 
     /// Runs a frame and checks its verdict and the one reason it counted.
@@ -105,22 +80,6 @@ impl Harness {
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("an address")
-}
-
-fn policy(rate: u64, burst: u64) -> Policy {
-    Policy {
-        limits: Limits { rate, burst, new_source_rate: 0, ..Limits::default() },
-        scope: Scope::default(),
-        rules: Vec::new(),
-    }
-}
-
-/// Writes the plan of `policy` and checks that the maps hold it.
-fn write(dataplane: &mut Dataplane, ids: &mut RuleIds, policy: &Policy) {
-    let rule_ids = ids.resolve(policy).expect("a valid policy");
-    let plan = compile(policy, &rule_ids, 1.0, coarse_resolution_ns());
-    dataplane.write(&plan).expect("writing the plan");
-    assert_eq!(dataplane.read_plan().expect("reading the maps"), plan, "the maps hold the plan");
 }
 
 fn udp_scope(port: u16) -> Scope {

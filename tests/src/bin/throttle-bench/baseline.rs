@@ -1,5 +1,5 @@
 //! The benchmarks' reference XDP programs (`throttle-ebpf/src/bin/baseline.rs`),
-//! built for the BPF target by `build.rs`. Not part of the daemon.
+//! built for the BPF target by this crate's `build.rs` (`bench` feature).
 
 /// The object holding [`PASS_PROGRAM`], [`DROP_PROGRAM`], [`CLOCK_PROGRAM`],
 /// [`LRU_PROGRAM`] and [`ATOMICS_PROGRAM`].
