@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use throttle::{
     control::RuleIds,
     kernel::{bucket_key, Dataplane},
-    policy::{Action, Policy, Proto, RuleSpec, Scope, ScopePort, Unit},
+    policy::{Action, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, Unit},
 };
 use throttle_common::{reason, rule_filter};
 use throttle_tests::{
@@ -249,7 +249,11 @@ fn one_and_two_vlan_tags() {
 }
 
 fn rule(cidr: &str, action: Action, rate: Option<u64>, burst: Option<u64>) -> RuleSpec {
-    RuleSpec { rate, burst, ..RuleSpec::new(cidr.parse().expect("a prefix"), action) }
+    RuleSpec {
+        rate: rate.map(Rate::per_second),
+        burst,
+        ..RuleSpec::new(cidr.parse().expect("a prefix"), action)
+    }
 }
 
 #[test]
@@ -332,7 +336,7 @@ fn the_rule_filter_follows_every_change_of_the_rules() {
     // A change that leaves the filter as it is (a limit rule's rate).
     p.rules = vec![rule("192.0.2.0/24", Action::Limit, Some(5), Some(5))];
     h.apply(&p);
-    p.rules[0].rate = Some(6);
+    p.rules[0].rate = Some(Rate::per_second(6));
     h.apply(&p);
     assert_eq!(masks(&h), [1 + 8, 0]);
     h.expect(&Frame::udp(ip("192.0.2.1"), 1).build(), XDP_PASS, reason::NEW_SOURCE);
@@ -565,8 +569,8 @@ fn a_change_of_limit_keeps_every_bucket() {
     }
     // A higher rate, the same burst, for the default and the rule: the
     // spent sources stay spent (a reset would give them 2 more at once).
-    p.limits.rate = 2;
-    p.rules[0].rate = Some(2);
+    p.limits.rate = Rate::per_second(2);
+    p.rules[0].rate = Some(Rate::per_second(2));
     p.scope = udp_scope(1);
     h.apply(&p);
     for src in ["10.14.0.1", "10.13.0.1"] {

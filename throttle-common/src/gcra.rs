@@ -42,6 +42,13 @@ pub const MAX_BURST: u64 = 1_000_000_000;
 /// Largest cost of one packet: more than any frame's length.
 pub const MAX_COST: u64 = 1 << 24;
 
+/// Seconds in a day: the longest period of a rate.
+pub const SECS_PER_DAY: u64 = 86_400;
+/// The longest interval of a limit: one unit a day (2^50.3 ticks). A packet
+/// costs one unit then, and `cost * interval` stays below 2^64 for every
+/// cost of a rate of bytes, whose interval is at most [`TICKS_PER_SEC`].
+pub const MAX_INTERVAL: u64 = TICKS_PER_SEC * SECS_PER_DAY;
+
 /// What a limit counts.
 pub const UNIT_PACKETS: u32 = 0;
 /// Bytes: the cost of a packet is its frame length as received (L2 included).
@@ -85,7 +92,17 @@ impl Limit {
     /// and [`MIN_BURST`]..=[`MAX_BURST`] before they get here.
     #[must_use]
     pub const fn new(rate: u64, burst: u64, unit: u32) -> Self {
-        let interval = interval_ticks(rate);
+        Self::from_interval(interval_ticks(rate), burst, unit)
+    }
+
+    /// The limit of one unit every `interval` ticks with room for `burst`
+    /// units at once: any rate, per second or per day ([`MAX_INTERVAL`]
+    /// at most; a rate of bytes is at least one a second, [`TICKS_PER_SEC`],
+    /// so that a packet's cost times the interval stays far from overflow).
+    #[must_use]
+    pub const fn from_interval(interval: u64, burst: u64, unit: u32) -> Self {
+        let interval = if interval == 0 { 1 } else { interval };
+        let interval = if interval > MAX_INTERVAL { MAX_INTERVAL } else { interval };
         let burst = if burst == 0 { 1 } else { burst };
         Self { interval, tolerance: interval.saturating_mul(burst), unit, clock: CLOCK_FINE }
     }
@@ -342,7 +359,45 @@ mod tests {
         ]
     }
 
+    /// The reference for a rate of `count` per `period_secs`.
+    fn bound_per_period(count: u64, period_secs: u64, burst: u64, elapsed_ns: u64) -> u128 {
+        u128::from(burst) + u128::from(count) * u128::from(elapsed_ns) / u128::from(period_secs * NS_PER_SEC)
+    }
+
+    /// The interval of `count` per `period_secs`, as the daemon computes it.
+    fn period_interval(count: u64, period_secs: u64) -> u64 {
+        u64::try_from((u128::from(TICKS_PER_SEC) * u128::from(period_secs)).div_ceil(u128::from(count)))
+            .unwrap()
+    }
+
     proptest! {
+        /// Rates per minute, hour and day hold the same bound: over every
+        /// window of arrivals, never more than burst + count * elapsed /
+        /// period, with arrivals spread over many periods.
+        #[test]
+        fn never_admits_more_than_the_bound_over_any_period(
+            count in 1u64..=1_000,
+            period_secs in prop_oneof![Just(1u64), Just(60), Just(3_600), Just(SECS_PER_DAY)],
+            burst in MIN_BURST..=50u64,
+            gaps in prop::collection::vec(0u64..=1_000, 1..200),
+        ) {
+            let limit = Limit::from_interval(period_interval(count, period_secs), burst, UNIT_PACKETS);
+            // Gaps in thousandths of the time between two units at the rate.
+            let unit_ns = period_secs * NS_PER_SEC / count;
+            let mut t = NS_PER_SEC;
+            let arrivals: Vec<(u64, u64)> = gaps.iter().map(|g| { t += unit_ns / 1_000 * g; (t, 1) }).collect();
+            let admitted = run(&limit, &arrivals);
+            for i in 0..arrivals.len() {
+                let mut sum = 0u128;
+                for j in i..arrivals.len() {
+                    sum += u128::from(admitted[j]);
+                    let allowed = bound_per_period(count, period_secs, burst, arrivals[j].0 - arrivals[i].0);
+                    prop_assert!(sum <= allowed, "window {i}..={j}: {sum} > {allowed}");
+                }
+            }
+            prop_assert!(admitted.iter().filter(|&&a| a).count() as u64 >= burst.min(arrivals.len() as u64));
+        }
+
         /// Over every window [i, j] of arrivals, what was admitted never
         /// exceeds burst + rate * elapsed.
         #[test]

@@ -476,7 +476,11 @@ mod tests {
     fn an_empty_limits_set_is_a_usage_error() {
         assert_eq!(limits_patch(&LimitsPatch::default()).unwrap_err().exit_code(), EXIT_USAGE);
         assert_eq!(
-            limits_patch(&LimitsPatch { rate: Some(5), ..LimitsPatch::default() }).unwrap(),
+            limits_patch(&LimitsPatch {
+                rate: Some(crate::policy::Rate::per_second(5)),
+                ..LimitsPatch::default()
+            })
+            .unwrap(),
             json!({"rate": 5})
         );
     }

@@ -20,12 +20,8 @@ use throttle_common::{Bucket, BucketKey, FAMILY_V4};
 
 use crate::{
     controller::AdaptiveConfig,
-    kernel::{
-        bucket_key, compile,
-        plan::{scaled, Plan},
-        Attachment, BucketWalk, Kernel, KernelError, XdpMode,
-    },
-    policy::{validate_rules, Action, Invalid, Limits, LimitsPatch, Policy, RuleSpec, Scope},
+    kernel::{bucket_key, compile, plan::Plan, Attachment, BucketWalk, Kernel, KernelError, XdpMode},
+    policy::{validate_rules, Action, Invalid, Limits, LimitsPatch, Policy, Rate, RuleSpec, Scope},
     store::{SavedRuleId, State, Store, StoreError},
 };
 
@@ -378,15 +374,12 @@ impl Control {
     /// The configured rate of each limit and its effective (scaled) one, by
     /// the rule id its buckets carry (0: the default limit).
     #[must_use]
-    pub fn effective_rates(&self) -> Vec<(u32, u64, u64)> {
-        self.base_rates_in_order()
-            .into_iter()
-            .map(|(id, rate)| (id, rate, scaled(rate, self.scale)))
-            .collect()
+    pub fn effective_rates(&self) -> Vec<(u32, Rate, Rate)> {
+        self.base_rates_in_order().into_iter().map(|(id, rate)| (id, rate, rate.scaled(self.scale))).collect()
     }
 
     /// The configured (unscaled) rate of every limit, default first.
-    fn base_rates_in_order(&self) -> Vec<(u32, u64)> {
+    fn base_rates_in_order(&self) -> Vec<(u32, Rate)> {
         std::iter::once((0, self.policy.limits.rate))
             .chain(
                 self.rule_ids
@@ -400,7 +393,7 @@ impl Control {
     /// The configured (unscaled) rate of every limit, by the rule id its
     /// buckets carry (0: the default limit).
     #[must_use]
-    pub fn base_rates(&self) -> HashMap<u32, u64> {
+    pub fn base_rates(&self) -> HashMap<u32, Rate> {
         self.base_rates_in_order().into_iter().collect()
     }
 
@@ -666,11 +659,11 @@ mod tests {
         let saved = std::fs::read_to_string(dir.path().join("state.json")).ok();
         let before = written(&kernel);
         kernel.0.lock().unwrap().fail_next_write = true;
-        let err = control.set_limits(&Limits { rate: 5, ..Limits::default() }).unwrap_err();
+        let err = control.set_limits(&Limits { rate: Rate::per_second(5), ..Limits::default() }).unwrap_err();
         assert!(matches!(err, ChangeError::Kernel(_)), "{err}");
         assert_eq!(control.limits().rate, Limits::default().rate);
         assert_eq!(written(&kernel), before, "the previous plan is written back");
-        assert_eq!(written(&kernel).settings.default_limit.rate(), Limits::default().rate);
+        assert_eq!(written(&kernel).settings.default_limit.rate(), Limits::default().rate.count);
         assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).ok(), saved);
     }
 
@@ -679,14 +672,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel = FakeKernel::default();
         let mut first = control(&kernel, Some(Store::open(dir.path()).unwrap()));
-        first.patch_limits(&LimitsPatch { rate: Some(42), ..LimitsPatch::default() }).unwrap();
+        first
+            .patch_limits(&LimitsPatch { rate: Some(Rate::per_second(42)), ..LimitsPatch::default() })
+            .unwrap();
         let a = first.add_rule(deny("10.0.0.0/8")).unwrap();
         let b = first.add_rule(deny("2001:db8::/32")).unwrap();
         first.remove_rule(a).unwrap();
         let c = first.add_rule(deny("192.0.2.0/24")).unwrap();
         drop(first);
         let again = control(&kernel, Some(Store::open(dir.path()).unwrap()));
-        assert_eq!(again.limits().rate, 42);
+        assert_eq!(again.limits().rate, Rate::per_second(42));
         assert_eq!(again.limits().burst, Limits::default().burst, "unset fields come from the file");
         let ids: Vec<u32> = again.rules().iter().map(|r| r.id).collect();
         assert_eq!(ids, [b, c]);
@@ -698,7 +693,7 @@ mod tests {
         let mut control = control(&kernel, None);
         control
             .add_rule(RuleSpec {
-                rate: Some(100),
+                rate: Some(Rate::per_second(100)),
                 unit: Some(Unit::Packets),
                 ..RuleSpec::new("10.0.0.0/8".parse().unwrap(), Action::Limit)
             })
@@ -709,8 +704,12 @@ mod tests {
         let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!(rule.limit.rate(), 50);
         assert_eq!(rule.limit.burst(), 100, "the burst stays as configured");
-        assert_eq!(control.limits().rate, 1000);
-        assert_eq!(control.effective_rates(), [(0, 1000, 500), (1, 100, 50)]);
+        assert_eq!(control.limits().rate, Rate::per_second(1000));
+        let per_sec = Rate::per_second;
+        assert_eq!(
+            control.effective_rates(),
+            [(0, per_sec(1000), per_sec(500)), (1, per_sec(100), per_sec(50))]
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     state.set_ready();
     let policy = state.control(|c| c.policy().clone());
     tracing::info!(
-        rate = policy.limits.rate,
+        rate = %policy.limits.rate,
         burst = policy.limits.burst,
         unit = policy.limits.unit.name(),
         ipv4_prefix = policy.limits.ipv4_prefix,
@@ -143,7 +143,7 @@ async fn reload(args: &DaemonArgs, state: &Runtime) {
         .await;
     match result {
         Ok((version, limits)) => {
-            tracing::info!(version, rate = limits.rate, burst = limits.burst, "configuration reloaded");
+            tracing::info!(version, rate = %limits.rate, burst = limits.burst, "configuration reloaded");
         }
         Err(err) => tracing::error!("configuration not reloaded, the running one stays: {err}"),
     }

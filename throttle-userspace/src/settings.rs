@@ -289,12 +289,12 @@ mod tests {
     fn flags_override_the_file() {
         let file = FileConfig::parse("[limits]\nrate = 5\nburst = 9\n").unwrap();
         let args = DaemonArgs {
-            limits: LimitsPatch { rate: Some(7), ..LimitsPatch::default() },
+            limits: LimitsPatch { rate: Some(policy::Rate::per_second(7)), ..LimitsPatch::default() },
             interfaces: vec!["veth1".into()],
             ..DaemonArgs::default()
         };
         let settings = Settings::merge(file, &args).unwrap();
-        assert_eq!(settings.policy.limits.rate, 7);
+        assert_eq!(settings.policy.limits.rate, policy::Rate::per_second(7));
         assert_eq!(settings.policy.limits.burst, 9);
         assert_eq!(settings.interfaces, ["veth1"]);
     }

@@ -178,6 +178,7 @@ impl Drop for Staged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Rate;
 
     #[test]
     fn a_missing_file_is_no_state_and_a_saved_one_comes_back() {
@@ -185,7 +186,7 @@ mod tests {
         let store = Store::open(&dir.path().join("state")).unwrap();
         assert_eq!(store.load().unwrap(), None);
         let state = State {
-            limits: LimitsPatch { rate: Some(5), ..LimitsPatch::default() },
+            limits: LimitsPatch { rate: Some(Rate::per_second(5)), ..LimitsPatch::default() },
             rules: Some(vec![]),
             ..State::default()
         };
@@ -197,11 +198,15 @@ mod tests {
     fn an_uncommitted_stage_leaves_the_file_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let first =
-            State { limits: LimitsPatch { rate: Some(5), ..LimitsPatch::default() }, ..State::default() };
+        let first = State {
+            limits: LimitsPatch { rate: Some(Rate::per_second(5)), ..LimitsPatch::default() },
+            ..State::default()
+        };
         store.stage(&first).unwrap().commit().unwrap();
-        let second =
-            State { limits: LimitsPatch { rate: Some(6), ..LimitsPatch::default() }, ..State::default() };
+        let second = State {
+            limits: LimitsPatch { rate: Some(Rate::per_second(6)), ..LimitsPatch::default() },
+            ..State::default()
+        };
         drop(store.stage(&second).unwrap());
         assert_eq!(store.load().unwrap(), Some(first));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "the temporary file is gone");

@@ -22,7 +22,7 @@ use crate::{
     control::{top_buckets, ChangeError, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
     kernel::{counters_label, Counters, KernelError},
-    policy::{Action, Limits, LimitsPatch, RuleSpec, Scope},
+    policy::{Action, Limits, LimitsPatch, Rate, RuleSpec, Scope},
 };
 
 impl BodyKey for Limits {
@@ -409,8 +409,8 @@ fn tally(counters: &Counters) -> (std::collections::BTreeMap<String, u64>, u64, 
 pub struct RateView {
     /// `default`, or the id of a limit rule.
     pub limit: String,
-    pub configured: u64,
-    pub effective: u64,
+    pub configured: Rate,
+    pub effective: Rate,
 }
 
 fn controller_view(state: &AppState) -> Result<serde_json::Value, ApiError> {

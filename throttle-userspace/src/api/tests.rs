@@ -229,7 +229,7 @@ async fn changes_are_saved_and_restored() {
     api.call(Method::PUT, "/v1/controller", Some(json!({"floor": 0.4}))).await;
     let store = Store::open(api.dir.path()).unwrap();
     let control = Control::new(Box::new(FakeKernel::default()), Policy::default(), Some(store)).unwrap();
-    assert_eq!(control.limits().rate, 77);
+    assert_eq!(control.limits().rate, crate::policy::Rate::per_second(77));
     assert_eq!(control.rules()[0].id, u32::try_from(rule["id"].as_u64().unwrap()).unwrap());
     assert!((control.saved_controller().unwrap().floor - 0.4).abs() < f64::EPSILON);
 }
@@ -380,7 +380,11 @@ fn bad_inputs() -> Vec<Bad> {
         bad(M::PUT, "/v1/limits", &json!({"rate": 0}), 400, "invalid_value", "limits.rate"),
         bad(M::PUT, "/v1/limits", &json!({"rate": 100_000_001}), 400, "invalid_value", "limits.rate"),
         bad(M::PUT, "/v1/limits", &json!({"rate": -1}), 400, "invalid_body", "rate"),
-        bad(M::PUT, "/v1/limits", &json!({"rate": 1.5}), 400, "invalid_body", "rate"),
+        // A fraction per second is a rate per minute, hour or day (1.5 is
+        // 90/minute); one that is no whole count a day, or under 1/day, is not.
+        bad(M::PUT, "/v1/limits", &json!({"rate": 0.000_001}), 400, "invalid_value", "limits.rate"),
+        bad(M::PUT, "/v1/limits", &json!({"rate": "1.5/minute"}), 400, "invalid_value", "limits.rate"),
+        bad(M::PUT, "/v1/limits", &json!({"rate": "3/fortnight"}), 400, "invalid_body", "rate"),
         raw(M::PUT, "/v1/limits", JSON, r#"{"rate": 18446744073709551616}"#, 400, "invalid_body"),
         bad(M::PUT, "/v1/limits", &json!({"burst": 0}), 400, "invalid_value", "limits.burst"),
         bad(M::PUT, "/v1/limits", &json!({"burst": 1_000_000_001u64}), 400, "invalid_value", "limits.burst"),

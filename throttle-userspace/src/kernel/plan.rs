@@ -109,17 +109,6 @@ pub struct IdRule {
     pub net: IpNet,
 }
 
-/// `rate` scaled by the controller, never below 1 per second.
-#[must_use]
-pub fn scaled(rate: u64, scale: f64) -> u64 {
-    if (scale - 1.0).abs() < f64::EPSILON {
-        return rate;
-    }
-    #[expect(clippy::cast_precision_loss, clippy::cast_sign_loss, reason = "rates are at most 10^8")]
-    let rate = (rate as f64 * scale).round() as u64;
-    rate.max(1)
-}
-
 const fn unit(unit: Unit) -> u32 {
     match unit {
         Unit::Packets => UNIT_PACKETS,
@@ -153,7 +142,8 @@ pub fn compile(policy: &Policy, ids: &[u32], scale: f64, coarse_tick_ns: u64) ->
     let mut rules_v6 = BTreeMap::new();
     for (spec, &id) in policy.rules.iter().zip(ids) {
         let limit = spec.limit().map_or_else(Limit::default, |l| {
-            Limit::new(scaled(l.rate, scale), l.burst, unit(l.unit)).with_clock(coarse_tick_ns)
+            Limit::from_interval(l.rate.scaled(scale).interval_ticks(), l.burst, unit(l.unit))
+                .with_clock(coarse_tick_ns)
         });
         let action = match spec.action {
             Action::Allow => ACTION_ALLOW,
@@ -191,8 +181,12 @@ pub fn compile(policy: &Policy, ids: &[u32], scale: f64, coarse_tick_ns: u64) ->
     }
     let settings = Settings {
         flags,
-        default_limit: Limit::new(scaled(limits.rate, scale), limits.burst, unit(limits.unit))
-            .with_clock(coarse_tick_ns),
+        default_limit: Limit::from_interval(
+            limits.rate.scaled(scale).interval_ticks(),
+            limits.burst,
+            unit(limits.unit),
+        )
+        .with_clock(coarse_tick_ns),
         new_source_limit: Limit::new(limits.new_source_rate, limits.new_source_burst, UNIT_PACKETS)
             .with_clock(coarse_tick_ns),
         ipv4_mask: ipv4_mask(limits.ipv4_prefix),
@@ -208,13 +202,13 @@ mod tests {
     use throttle_common::{rule_filter, CLOCK_COARSE, CLOCK_FINE};
 
     use super::*;
-    use crate::policy::{Limits, RuleSpec, Scope, ScopePort};
+    use crate::policy::{Limits, Period, Rate, RuleSpec, Scope, ScopePort};
 
     /// A jiffy of a kernel with HZ=250.
     const TICK_NS: u64 = 4_000_000;
 
     fn limit_rule(cidr: &str, rate: u64) -> RuleSpec {
-        RuleSpec { rate: Some(rate), ..RuleSpec::new(cidr.parse().unwrap(), Action::Limit) }
+        RuleSpec { rate: Some(Rate::per_second(rate)), ..RuleSpec::new(cidr.parse().unwrap(), Action::Limit) }
     }
 
     #[test]
@@ -222,7 +216,7 @@ mod tests {
         let plan = compile(&Policy::default(), &[], 1.0, TICK_NS);
         let limits = Limits::default();
         assert_eq!(plan.settings.flags, flags::NEW_SOURCE_LIMIT);
-        assert_eq!(plan.settings.default_limit.rate(), limits.rate);
+        assert_eq!(plan.settings.default_limit.rate(), limits.rate.count);
         assert_eq!(plan.settings.default_limit.burst(), limits.burst);
         assert_eq!(plan.settings.ipv4_mask, u32::MAX);
         assert_eq!(plan.settings.ipv6_mask, [u32::MAX, u32::MAX, 0, 0]);
@@ -305,16 +299,27 @@ mod tests {
         let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!((rule.limit.rate(), rule.limit.burst()), (50, 100));
         assert_eq!(plan.settings.new_source_limit.rate(), Limits::default().new_source_rate, "not scaled");
-        assert_eq!(scaled(3, 0.1), 1);
-        assert_eq!(scaled(7, 1.0), 7);
+    }
+
+    #[test]
+    fn a_rate_per_minute_is_an_interval_of_its_period_over_its_count() {
+        let rule = RuleSpec {
+            rate: Some(Rate { count: 3, period: Period::Minute }),
+            burst: Some(5),
+            ..RuleSpec::new("198.51.100.0/24".parse().unwrap(), Action::Limit)
+        };
+        let plan = compile(&Policy { rules: vec![rule], ..Policy::default() }, &[1], 1.0, TICK_NS);
+        let limit = plan.rules_v4[&(24, [198, 51, 100, 0])].limit;
+        assert_eq!(limit.interval, 20 * throttle_common::gcra::TICKS_PER_SEC);
+        assert_eq!(limit.burst(), 5);
+        assert_eq!(limit.clock, CLOCK_COARSE, "a burst of 100 s spans many ticks");
     }
 
     #[test]
     fn the_coarse_clock_only_where_the_burst_spans_many_ticks() {
-        let long =
-            Policy { limits: Limits { rate: 100, burst: 100, ..Limits::default() }, ..Policy::default() };
-        let short =
-            Policy { limits: Limits { rate: 100_000, burst: 10, ..Limits::default() }, ..Policy::default() };
+        let limits = |rate, burst| Limits { rate: Rate::per_second(rate), burst, ..Limits::default() };
+        let long = Policy { limits: limits(100, 100), ..Policy::default() };
+        let short = Policy { limits: limits(100_000, 10), ..Policy::default() };
         assert_eq!(compile(&long, &[], 1.0, TICK_NS).settings.default_limit.clock, CLOCK_COARSE);
         assert_eq!(compile(&short, &[], 1.0, TICK_NS).settings.default_limit.clock, CLOCK_FINE);
         assert_eq!(compile(&long, &[], 1.0, 0).settings.default_limit.clock, CLOCK_FINE, "tick unknown");

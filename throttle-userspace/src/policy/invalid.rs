@@ -10,7 +10,9 @@
 use std::fmt;
 
 use serde::de::{self, DeserializeOwned};
-use throttle_common::gcra::{MAX_BURST, MAX_RATE, MIN_BURST, MIN_RATE};
+use throttle_common::gcra::{MAX_BURST, MAX_RATE, MIN_BURST};
+
+use super::{Rate, Unit};
 
 /// A value refused, with the key it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,13 +54,16 @@ where
     }
 }
 
-/// A rate per second the arithmetic holds to its bound.
-pub fn check_rate(key: &str, rate: u64) -> Result<(), Invalid> {
-    if (MIN_RATE..=MAX_RATE).contains(&rate) {
-        Ok(())
-    } else {
-        Err(Invalid::new(key, rate, format!("must be between {MIN_RATE} and {MAX_RATE} per second")))
+/// A rate the arithmetic holds to its bound: from 1/day to [`MAX_RATE`] a
+/// second, and a rate of bytes at least one a second.
+pub fn check_rate(key: &str, rate: Rate, unit: Unit) -> Result<(), Invalid> {
+    if Rate::new(rate.count, rate.period).is_none() {
+        return Err(Invalid::new(key, rate, format!("must be from 1/day to {MAX_RATE}/second")));
     }
+    if unit == Unit::Bytes && rate.per_sec() < 1.0 {
+        return Err(Invalid::new(key, rate, "a rate of bytes must be at least 1/second"));
+    }
+    Ok(())
 }
 
 /// A burst the arithmetic holds to its bound.

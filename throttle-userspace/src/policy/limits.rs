@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     invalid::{check_burst, check_range, check_rate, key},
     narrow::{prefix_len, some_prefix_len},
+    rate::Rate,
     Invalid,
 };
 
@@ -47,8 +48,8 @@ impl Unit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Per source, per second.
-    pub rate: u64,
+    /// Per source: a number per second, or `"N/second|minute|hour|day"`.
+    pub rate: Rate,
     /// Units a source may send at once after a quiet spell.
     pub burst: u64,
     pub unit: Unit,
@@ -69,7 +70,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            rate: DEFAULT_RATE,
+            rate: Rate::per_second(DEFAULT_RATE),
             burst: DEFAULT_BURST,
             unit: Unit::Packets,
             ipv4_prefix: DEFAULT_IPV4_PREFIX,
@@ -84,12 +85,16 @@ impl Default for Limits {
 impl Limits {
     /// Checks every field; `prefix` names the section (`limits`).
     pub fn validate(&self, prefix: &str) -> Result<(), Invalid> {
-        check_rate(&key(prefix, "rate"), self.rate)?;
+        check_rate(&key(prefix, "rate"), self.rate, self.unit)?;
         check_burst(&key(prefix, "burst"), self.burst)?;
         check_range(&key(prefix, "ipv4_prefix"), self.ipv4_prefix, 1, 32)?;
         check_range(&key(prefix, "ipv6_prefix"), self.ipv6_prefix, 1, 128)?;
         if self.new_source_rate != 0 {
-            check_rate(&key(prefix, "new_source_rate"), self.new_source_rate)?;
+            check_rate(
+                &key(prefix, "new_source_rate"),
+                Rate::per_second(self.new_source_rate),
+                Unit::Packets,
+            )?;
             check_burst(&key(prefix, "new_source_burst"), self.new_source_burst)?;
         }
         Ok(())
@@ -104,10 +109,11 @@ impl Limits {
 )]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
-    /// Per-source rate, per second [default: 1000].
+    /// Per-source rate: a number per second, or N/second|minute|hour|day
+    /// [default: 1000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
-    pub rate: Option<u64>,
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<Rate>,
     /// Per-source burst: units a source may send at once [default: 1000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long, value_name = "N")]
@@ -210,8 +216,9 @@ mod tests {
         let patch = LimitsPatch { burst: Some(7), ..LimitsPatch::default() };
         let limits = patch.over(&base);
         assert_eq!((limits.rate, limits.burst), (base.rate, 7));
-        let both = patch.then(&LimitsPatch { rate: Some(3), ..LimitsPatch::default() });
-        assert_eq!((both.rate, both.burst), (Some(3), Some(7)));
-        assert_eq!(LimitsPatch::all(&base).over(&Limits { rate: 1, ..base.clone() }), base);
+        let three = Rate::per_second(3);
+        let both = patch.then(&LimitsPatch { rate: Some(three), ..LimitsPatch::default() });
+        assert_eq!((both.rate, both.burst), (Some(three), Some(7)));
+        assert_eq!(LimitsPatch::all(&base).over(&Limits { rate: Rate::per_second(1), ..base.clone() }), base);
     }
 }

@@ -8,6 +8,7 @@
 mod invalid;
 mod limits;
 mod narrow;
+mod rate;
 mod rules;
 mod scope;
 
@@ -22,6 +23,7 @@ pub use self::{
         Limits, LimitsPatch, Unit, DEFAULT_BURST, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX,
         DEFAULT_NEW_SOURCE_RATE, DEFAULT_RATE,
     },
+    rate::{BadRate, Period, Rate},
     rules::{validate_rules, Action, RuleLimit, RuleSpec, MAX_RULES},
     scope::{Proto, Scope, ScopePort, MAX_SCOPE},
 };

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     invalid::{check_burst, check_rate, key, refuse},
-    Invalid, Unit,
+    Invalid, Rate, Unit,
 };
 
 /// Most rules per address family (the capacity of each rule trie).
@@ -52,11 +52,12 @@ pub struct RuleSpec {
     /// `allow`, `deny` or `limit`.
     #[arg(value_enum, value_name = "ACTION")]
     pub action: Action,
-    /// `limit` only: per source, per second.
+    /// `limit` only: per source, a number per second or
+    /// `N/second|minute|hour|day`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
-    pub rate: Option<u64>,
-    /// `limit` only; defaults to one second's worth of the rate.
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<Rate>,
+    /// `limit` only; defaults to one period's worth of the rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[arg(long, value_name = "N")]
     pub burst: Option<u64>,
@@ -77,7 +78,7 @@ fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error>
 /// A rule's limit, with the defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleLimit {
-    pub rate: u64,
+    pub rate: Rate,
     pub burst: u64,
     pub unit: Unit,
 }
@@ -103,7 +104,7 @@ impl RuleSpec {
                 let rate = self.rate.ok_or_else(|| {
                     Invalid::new(key(prefix, "rate"), "(missing)", "a limit rule needs a rate")
                 })?;
-                check_rate(&key(prefix, "rate"), rate)?;
+                check_rate(&key(prefix, "rate"), rate, self.unit.unwrap_or_default())?;
                 if let Some(burst) = self.burst {
                     check_burst(&key(prefix, "burst"), burst)?;
                 }
@@ -128,14 +129,18 @@ impl RuleSpec {
     }
 
     /// The rule's limit (a `limit` rule only): the burst defaults to one
-    /// second's worth of the rate, the unit to packets.
+    /// period's worth of the rate, the unit to packets.
     #[must_use]
     pub fn limit(&self) -> Option<RuleLimit> {
         if self.action != Action::Limit {
             return None;
         }
-        let rate = self.rate.unwrap_or(1);
-        Some(RuleLimit { rate, burst: self.burst.unwrap_or(rate), unit: self.unit.unwrap_or_default() })
+        let rate = self.rate.unwrap_or(Rate::per_second(1));
+        Some(RuleLimit {
+            rate,
+            burst: self.burst.unwrap_or(rate.default_burst()),
+            unit: self.unit.unwrap_or_default(),
+        })
     }
 }
 

@@ -59,15 +59,15 @@ impl Runtime {
         let (walk, bytes, base_rates) = self.control(|control| {
             (control.bucket_walk(), control.limits().unit == Unit::Bytes, control.base_rates())
         });
-        let default_rate = base_rates.get(&0).copied().unwrap_or(1);
+        let default_rate = base_rates.get(&0).map_or(1.0, |r| r.per_sec());
         walk(&mut |key, bucket| {
             sources += 1;
             passed.insert(*key, bucket.passed);
             if let (Some(secs), Some(before)) = (elapsed, previous.get(key)) {
                 if secs > 0.0 && !bytes {
-                    let base = base_rates.get(&key.rule).copied().unwrap_or(default_rate);
+                    let base = base_rates.get(&key.rule).map_or(default_rate, |r| r.per_sec());
                     #[expect(clippy::cast_precision_loss, reason = "a ratio")]
-                    let ratio = bucket.passed.saturating_sub(*before) as f64 / secs / base.max(1) as f64;
+                    let ratio = bucket.passed.saturating_sub(*before) as f64 / secs / base;
                     peak = Some(peak.map_or(ratio, |p: f64| p.max(ratio)));
                 }
             }

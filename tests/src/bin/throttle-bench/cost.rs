@@ -34,7 +34,7 @@ use serde::Serialize;
 use throttle::{
     control::RuleIds,
     kernel::{bucket_key, Dataplane, XdpMode},
-    policy::{Action, Limits, Policy, Proto, RuleSpec, Scope, ScopePort},
+    policy::{Action, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort},
 };
 use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey};
 use throttle_tests::{
@@ -392,11 +392,15 @@ impl Target {
     fn load(setup: Setup, filler: &[RuleSpec]) -> Self {
         let mut dataplane =
             Dataplane::load(MAX_SOURCES).unwrap_or_else(|e| panic!("loading throttle's program: {e}"));
-        let open =
-            Limits { rate: 100_000_000, burst: 1_000_000_000, new_source_rate: 0, ..Limits::default() };
+        let open = Limits {
+            rate: Rate::per_second(100_000_000),
+            burst: 1_000_000_000,
+            new_source_rate: 0,
+            ..Limits::default()
+        };
         let limits = match setup {
             Setup::Open | Setup::Scoped | Setup::Listed => open,
-            Setup::Tight => Limits { rate: 1, burst: 1, ..open },
+            Setup::Tight => Limits { rate: Rate::per_second(1), burst: 1, ..open },
             Setup::NewSourceBudget => Limits { new_source_rate: 1, new_source_burst: 1, ..open },
         };
         let scope = if setup == Setup::Scoped {
@@ -588,7 +592,11 @@ const STEPS: [(&str, &str); 5] = [
 /// Filler rules: `count` distinct limit prefixes per family, in ranges that
 /// no measured source falls in (`100.64.0.0/10` and `2001:db8:f000::/36`).
 fn filler(count: usize, rng: &mut Rng) -> Vec<RuleSpec> {
-    let rule = |net| RuleSpec { rate: Some(1_000), burst: Some(1_000), ..RuleSpec::new(net, Action::Limit) };
+    let rule = |net| RuleSpec {
+        rate: Some(Rate::per_second(1_000)),
+        burst: Some(1_000),
+        ..RuleSpec::new(net, Action::Limit)
+    };
     let mut seen = std::collections::HashSet::new();
     let mut rules = Vec::with_capacity(2 * count);
     while rules.len() < count {
