@@ -46,6 +46,12 @@ pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 pub const MAX_RULES: u32 = 16_384;
 /// Entries the scope set accepts.
 pub const MAX_SCOPE: u32 = 1_024;
+/// Most limit classes, the default one (class 0, `[limits]`) included.
+pub const MAX_CLASSES: u32 = 64;
+/// Most limits of a class; a packet passes only when every one admits it.
+pub const MAX_CLASS_LIMITS: u32 = 3;
+/// Most prefix tiers of a class.
+pub const MAX_TIERS: u32 = 2;
 /// IPv6 extension headers walked before giving up on finding L4.
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 /// Compare-and-swap attempts on a contended bucket before the packet is

@@ -5,6 +5,7 @@
 //! file, the API's bodies and the client's requests are these types,
 //! deserialized through [`parse`] so that a refused value names its key.
 
+mod classes;
 mod invalid;
 mod limits;
 mod narrow;
@@ -15,6 +16,10 @@ mod scope;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    classes::{
+        validate_classes, Ban, Class, ClassLimit, ClassName, Match, PortRange, Ports, Span, Tier, Unmatched,
+        UnmatchedAction, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS,
+    },
     invalid::{
         check_burst, check_f64, check_fraction, check_open, check_range, check_rate, key, parse, refuse,
         Invalid, ParseError,
