@@ -96,12 +96,11 @@ impl FromStr for PortRange {
 
     fn from_str(text: &str) -> Result<Self, ()> {
         let port = |t: &str| t.trim().parse::<u16>().ok().filter(|&p| p >= 1);
-        let (first, last) = match text.split_once('-') {
-            Some((a, b)) => (port(a).ok_or(())?, port(b).ok_or(())?),
-            None => {
-                let p = port(text).ok_or(())?;
-                (p, p)
-            }
+        let (first, last) = if let Some((a, b)) = text.split_once('-') {
+            (port(a).ok_or(())?, port(b).ok_or(())?)
+        } else {
+            let p = port(text).ok_or(())?;
+            (p, p)
         };
         (first <= last).then_some(Self { first, last }).ok_or(())
     }
