@@ -178,7 +178,7 @@ impl RuleIds {
 }
 
 /// A bucket's rank: its count, then its key (address, rule, family).
-type Ranked = (u64, [u32; 4], u32, u32);
+type Ranked = (u64, [u32; 4], u32, throttle_common::Family);
 
 /// A rule with its id, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -129,6 +129,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The object's license: the crate's. These programs call no `gpl_only`
+/// helper (see throttle's `LICENSE`).
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; 18] = *b"MIT OR Apache-2.0\0";

@@ -116,7 +116,7 @@ struct Sampled {
     /// `over_limit` at the previous controller tick.
     over_limit_seen: u64,
     /// `passed` of every bucket at the previous sample.
-    passed: HashMap<([u32; 4], u32, u32), u64>,
+    passed: HashMap<([u32; 4], u32, throttle_common::Family), u64>,
     peak_ratio: Option<f64>,
 }
 
@@ -247,7 +247,7 @@ impl ScaleSink for AppState {
     fn usage(&self) -> Usage {
         let over_limit = self
             .control(|c| c.kernel().counters())
-            .map_or(0, |counters| counters[reason::OVER_LIMIT as usize]);
+            .map_or(0, |counters| counters[reason::OVER_LIMIT.index()]);
         let mut sampled = lock(&self.0.sampled);
         let delta = over_limit.saturating_sub(sampled.over_limit_seen);
         sampled.over_limit_seen = over_limit;
