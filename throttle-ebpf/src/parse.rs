@@ -10,13 +10,17 @@ use throttle_common::{
 };
 
 const ETH_HLEN: usize = 14;
+/// Where the ethertype is in the Ethernet header, after the two addresses.
+const ETH_TYPE_OFFSET: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 /// VLAN tags followed: 802.1ad outer and 802.1Q inner (`QinQ`).
 const MAX_VLAN_TAGS: usize = 2;
+/// A VLAN tag (802.1Q, 802.1ad): the TCI, then the encapsulated ethertype.
 const VLAN_HLEN: usize = 4;
+const VLAN_TYPE_OFFSET: usize = 2;
 
 const IPV4_MIN_HLEN: usize = 20;
 /// Fragment offset bits of the IPv4 flags/offset field.
@@ -120,29 +124,17 @@ macro_rules! header {
 }
 
 header!(
-    /// An Ethernet header: destination, source, ethertype.
-    EthHdr,
-    ETH_HLEN
+    /// An ethertype field: at [`ETH_TYPE_OFFSET`] of the Ethernet header, or
+    /// at [`VLAN_TYPE_OFFSET`] of a VLAN tag, after its TCI. Read alone, it
+    /// is one load.
+    EtherType,
+    2
 );
 
-impl EthHdr {
+impl EtherType {
     #[inline(always)]
-    fn ethertype(&self) -> u16 {
-        be16(&self.0, 12)
-    }
-}
-
-header!(
-    /// A VLAN tag (802.1Q, 802.1ad): the TCI, then the encapsulated
-    /// ethertype.
-    VlanHdr,
-    VLAN_HLEN
-);
-
-impl VlanHdr {
-    #[inline(always)]
-    fn ethertype(self) -> u16 {
-        be16(&self.0, 2)
+    fn get(self) -> u16 {
+        be16(&self.0, 0)
     }
 }
 
@@ -295,13 +287,13 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
 /// the L3 header.
 #[inline(always)]
 fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Reason> {
-    let mut ethertype = EthHdr::at(ctx, 0).ok_or(reason::MALFORMED)?.ethertype();
+    let mut ethertype = EtherType::at(ctx, ETH_TYPE_OFFSET).ok_or(reason::MALFORMED)?.get();
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = VlanHdr::at(ctx, offset).ok_or(reason::MALFORMED)?.ethertype();
+        ethertype = EtherType::at(ctx, offset + VLAN_TYPE_OFFSET).ok_or(reason::MALFORMED)?.get();
         offset += VLAN_HLEN;
     }
     Ok((ethertype, offset))
