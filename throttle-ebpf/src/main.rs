@@ -87,6 +87,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 /// (<https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/helpers.c>), and
 /// the ring buffer's reserve, submit and discard behind aya-log
 /// (<https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/ringbuf.c>).
+// SAFETY: the object's only `license` section and only symbol of this name,
+// read by the loader and by nothing else.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 18] = *b"MIT OR Apache-2.0\0";

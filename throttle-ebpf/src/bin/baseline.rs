@@ -131,6 +131,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 /// The object's license: the crate's. These programs call no `gpl_only`
 /// helper (see throttle's `LICENSE`).
+// SAFETY: the object's only `license` section and only symbol of this name,
+// read by the loader and by nothing else.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 18] = *b"MIT OR Apache-2.0\0";
