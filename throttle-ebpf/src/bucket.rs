@@ -33,7 +33,7 @@ pub fn meter(ctx: &XdpContext, key: &BucketKey, limit: &Limit, cost: u64, config
     };
     let now = ticks_from_ns(ns);
     if let Some(bucket) = word::bucket(key) {
-        return charge(&bucket, now, cost, limit);
+        return charge(bucket, now, cost, limit);
     }
     first_seen(ctx, key, limit, cost, now, config)
 }
@@ -71,18 +71,18 @@ fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
 
 /// A tracked source: one GCRA step on its bucket, counted in it.
 #[inline(always)]
-fn charge(bucket: &BucketWords, now: u64, cost: u64, limit: &Limit) -> Reason {
-    match step(bucket.tat, now, cost, limit) {
+fn charge(bucket: BucketWords, now: u64, cost: u64, limit: &Limit) -> Reason {
+    match step(bucket.tat(), now, cost, limit) {
         Step::Admitted => {
-            bucket.passed.add(1);
+            bucket.passed().add(1);
             reason::PASSED
         }
         Step::Over => {
-            bucket.dropped.add(1);
+            bucket.dropped().add(1);
             reason::OVER_LIMIT
         }
         Step::Contended => {
-            bucket.dropped.add(1);
+            bucket.dropped().add(1);
             reason::CONTENDED
         }
     }
@@ -113,7 +113,7 @@ fn first_seen(
         Ok(()) => verdict,
         // Another CPU inserted it first: meter against that bucket.
         Err(err) if err == -EEXIST => match word::bucket(key) {
-            Some(bucket) => charge(&bucket, now, cost, limit),
+            Some(bucket) => charge(bucket, now, cost, limit),
             None => reason::ERROR,
         },
         Err(err) => {

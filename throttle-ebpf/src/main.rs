@@ -37,10 +37,8 @@ pub fn throttle(ctx: XdpContext) -> u32 {
         count(stats::base(&ctx), reason::ERROR);
         return XDP_PASS;
     };
-    let verdict = judge(&ctx, config);
-    // The counters' slot once the verdict is in: one value fewer to keep in
-    // a register across the parse.
     let counters = stats::base_of(&ctx, config);
+    let verdict = judge(&ctx, config);
     count(counters, verdict);
     if !reason::drops(verdict) {
         return XDP_PASS;

@@ -306,6 +306,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Reason> {
     if h.version() != 4 || hlen < IPV4_MIN_HLEN {
         return Err(reason::MALFORMED);
     }
+    let first_fragment = h.fragment_offset() == 0;
     // Options are legal; the whole header must be there.
     if hlen > IPV4_MIN_HLEN && !holds(ctx, l3 + hlen - 1) {
         return Err(reason::MALFORMED);
@@ -314,7 +315,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Reason> {
         family: FAMILY_V4,
         src: [h.src(), 0, 0, 0],
         proto: h.protocol(),
-        l4: if h.fragment_offset() == 0 { Some(l3 + hlen) } else { None },
+        l4: if first_fragment { Some(l3 + hlen) } else { None },
     })
 }
 

@@ -67,8 +67,8 @@ pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
     match lookup(packet, config) {
         None => Selected::Limit(&config.default_limit, 0),
         Some(rule) => match rule.action {
-            ACTION_DENY => Selected::Deny,
             ACTION_ALLOW => Selected::Allow,
+            ACTION_DENY => Selected::Deny,
             _ => Selected::Limit(&rule.limit, rule.id),
         },
     }

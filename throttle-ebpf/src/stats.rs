@@ -22,7 +22,9 @@ pub fn base(ctx: &XdpContext) -> u32 {
 /// interface: no lookup then.
 #[inline(always)]
 pub fn base_of(ctx: &XdpContext, config: &Config) -> u32 {
-    if config.flags & flags::ONE_IFACE != 0 && config.iface_slot < IFACE_SLOTS {
+    // Two plain loads in either order; this one compiles to fewer
+    // instructions on every path of the program (seen in its disassembly).
+    if config.iface_slot < IFACE_SLOTS && config.flags & flags::ONE_IFACE != 0 {
         return config.iface_slot * reason::COUNT;
     }
     base(ctx)

@@ -6,7 +6,7 @@ use core::{
     ptr::addr_of_mut,
 };
 
-use throttle_common::BucketKey;
+use throttle_common::{Bucket, BucketKey};
 
 use crate::maps::{BUCKETS, NEW_SOURCES};
 
@@ -55,27 +55,40 @@ impl Word {
     }
 }
 
-/// The words of a tracked source's [`throttle_common::Bucket`].
+/// A tracked source's [`Bucket`], by its words. Made only by [`bucket`],
+/// from a successful lookup.
+#[derive(Clone, Copy)]
 pub struct BucketWords {
+    bucket: *mut Bucket,
+}
+
+impl BucketWords {
     /// The GCRA theoretical arrival time.
-    pub tat: Word,
-    pub passed: Word,
-    pub dropped: Word,
+    #[inline(always)]
+    pub fn tat(self) -> Word {
+        // SAFETY: `bucket` comes from a successful lookup, and `Bucket` is
+        // `repr(C)` with aligned u64 fields; `addr_of_mut!` makes no
+        // reference.
+        unsafe { Word::new(addr_of_mut!((*self.bucket).tat)) }
+    }
+
+    #[inline(always)]
+    pub fn passed(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(addr_of_mut!((*self.bucket).passed)) }
+    }
+
+    #[inline(always)]
+    pub fn dropped(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(addr_of_mut!((*self.bucket).dropped)) }
+    }
 }
 
 /// The bucket of `key`, if the map tracks it.
 #[inline(always)]
 pub fn bucket(key: &BucketKey) -> Option<BucketWords> {
-    let bucket = BUCKETS.get_ptr_mut(key)?;
-    // SAFETY: `bucket` comes from a successful lookup, and `Bucket` is
-    // `repr(C)` with aligned u64 fields; `addr_of_mut!` makes no reference.
-    unsafe {
-        Some(BucketWords {
-            tat: Word::new(addr_of_mut!((*bucket).tat)),
-            passed: Word::new(addr_of_mut!((*bucket).passed)),
-            dropped: Word::new(addr_of_mut!((*bucket).dropped)),
-        })
-    }
+    BUCKETS.get_ptr_mut(key).map(|bucket| BucketWords { bucket })
 }
 
 /// The GCRA state of the first-seen budget.
