@@ -52,10 +52,10 @@ impl Harness {
 
     /// Runs a frame and checks its verdict and the one reason it counted.
     #[track_caller]
-    fn expect(&mut self, frame: &[u8], verdict: u32, why: u32) {
+    fn expect(&mut self, frame: &[u8], verdict: u32, why: throttle_common::Reason) {
         let got = self.run(frame);
         let delta = self.delta();
-        let name = reason::NAMES[why as usize];
+        let name = reason::NAMES[why.index()];
         assert_eq!(got, verdict, "verdict for {frame:02x?} (expected reason {name}), counted {delta:?}");
         let mut expected = vec![(name, 1)];
         if verdict == XDP_PASS && reason::drops(why) {

@@ -175,7 +175,7 @@ fn run(dataplane: &Dataplane, frame: &[u8]) -> u32 {
 /// The counters this test's frames move.
 fn metered(dataplane: &Dataplane) -> [u64; 3] {
     let counters = dataplane.counters().expect("counters");
-    [reason::NEW_SOURCE, reason::PASSED, reason::OVER_LIMIT].map(|slot| counters[slot as usize])
+    [reason::NEW_SOURCE, reason::PASSED, reason::OVER_LIMIT].map(|slot| counters[slot.index()])
 }
 
 #[test]
@@ -542,7 +542,7 @@ fn by_interface(dataplane: &Dataplane) -> Vec<(String, u64, u64)> {
         .into_iter()
         .map(|(attachment, c)| {
             let (name, _) = counters_label(attachment.as_ref());
-            (name, c[reason::NEW_SOURCE as usize], c[reason::OVER_LIMIT as usize])
+            (name, c[reason::NEW_SOURCE.index()], c[reason::OVER_LIMIT.index()])
         })
         .collect();
     out.sort();
@@ -581,7 +581,7 @@ fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
             by_interface(&dataplane),
             [("a0".to_owned(), 1, 1), ("a1".to_owned(), 0, 1), ("other".to_owned(), 0, 1)]
         );
-        assert_eq!(dataplane.counters().expect("counters")[reason::OVER_LIMIT as usize], 3);
+        assert_eq!(dataplane.counters().expect("counters")[reason::OVER_LIMIT.index()], 3);
         // Left pinned, as after a SIGKILL.
     });
     lab.ns.run(|| {

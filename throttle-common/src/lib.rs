@@ -66,9 +66,16 @@ pub const IFACE_SLOTS: u32 = 16;
 /// interface of a higher index counts in slot 0.
 pub const MAX_IFINDEX: u32 = 65_536;
 
-/// Address families as stored in [`BucketKey::family`].
-pub const FAMILY_V4: u32 = 4;
-pub const FAMILY_V6: u32 = 6;
+/// An address family, as stored in [`BucketKey::family`]: [`FAMILY_V4`] or
+/// [`FAMILY_V6`] (0 only in a zeroed key).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct Family(u32);
+
+pub const FAMILY_V4: Family = Family(4);
+pub const FAMILY_V6: Family = Family(6);
+
+const _: () = assert!(size_of::<Family>() == size_of::<u32>());
 
 /// IP protocol numbers the scope knows.
 pub const PROTO_TCP: u8 = 6;
@@ -300,7 +307,7 @@ pub struct BucketKey {
     /// Id of the `limit` rule, 0 for the default limit.
     pub rule: u32,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
-    pub family: u32,
+    pub family: Family,
 }
 
 const _: () = assert!(size_of::<BucketKey>() == 24);
@@ -319,41 +326,84 @@ pub struct Bucket {
 
 const _: () = assert!(size_of::<Bucket>() == 24);
 
-/// Verdict reasons: the slots of the per-CPU `COUNTERS` array, at
-/// `interface slot * COUNT + reason`. Each packet counts in exactly one
-/// slot, and in [`reason::DRY_RUN_PASS`] as well when dry-run let a drop
-/// through.
+/// A verdict reason: the counter a packet counts in, one of [`reason`]'s.
+/// Each packet counts in exactly one, and in [`reason::DRY_RUN_PASS`] as
+/// well when dry-run let a drop through.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct Reason(u32);
+
+const _: () = assert!(size_of::<Reason>() == size_of::<u32>());
+
+impl Reason {
+    /// The reason's slot among an interface's [`reason::COUNT`] counters: the
+    /// per-CPU `COUNTERS` array counts it at
+    /// `interface slot * reason::COUNT + slot`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(self) -> u32 {
+        self.0
+    }
+
+    /// [`Reason::slot`] as an index of an array of [`reason::COUNT`]
+    /// counters or of [`reason::NAMES`]: always in bounds.
+    #[inline(always)]
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The verdict reasons.
 pub mod reason {
+    use super::Reason;
+
     /// Neither IPv4 nor IPv6: passed.
-    pub const NON_IP: u32 = 0;
+    pub const NON_IP: Reason = Reason(0);
     /// A header truncated or malformed before the source could be read: passed.
-    pub const MALFORMED: u32 = 1;
+    pub const MALFORMED: Reason = Reason(1);
     /// Not in the scope set: passed.
-    pub const OUT_OF_SCOPE: u32 = 2;
+    pub const OUT_OF_SCOPE: Reason = Reason(2);
     /// An `allow` rule matched: passed.
-    pub const ALLOW_RULE: u32 = 3;
+    pub const ALLOW_RULE: Reason = Reason(3);
     /// A `deny` rule matched: dropped.
-    pub const DENY_RULE: u32 = 4;
+    pub const DENY_RULE: Reason = Reason(4);
     /// Within its source's budget: passed.
-    pub const PASSED: u32 = 5;
+    pub const PASSED: Reason = Reason(5);
     /// Over its source's budget: dropped.
-    pub const OVER_LIMIT: u32 = 6;
+    pub const OVER_LIMIT: Reason = Reason(6);
     /// The first packet of a source not tracked yet: passed.
-    pub const NEW_SOURCE: u32 = 7;
+    pub const NEW_SOURCE: Reason = Reason(7);
     /// A source not tracked yet, with the first-seen budget spent: dropped.
-    pub const NEW_SOURCE_LIMIT: u32 = 8;
+    pub const NEW_SOURCE_LIMIT: Reason = Reason(8);
     /// A bucket so contended that [`super::CAS_ATTEMPTS`] compare-and-swaps
     /// failed: dropped (its source is sending from several CPUs at once).
-    pub const CONTENDED: u32 = 9;
+    pub const CONTENDED: Reason = Reason(9);
     /// Dry-run: a packet that one of the dropping reasons above would have
     /// dropped, passed.
-    pub const DRY_RUN_PASS: u32 = 10;
+    pub const DRY_RUN_PASS: Reason = Reason(10);
     /// An internal error (a map update failed): passed.
-    pub const ERROR: u32 = 11;
-    /// Number of slots.
+    pub const ERROR: Reason = Reason(11);
+    /// Number of reasons, and of counters per interface slot.
     pub const COUNT: u32 = 12;
 
-    /// Names of the slots, as the API and the metrics show them.
+    /// Every reason, by slot.
+    pub const ALL: [Reason; COUNT as usize] = [
+        NON_IP,
+        MALFORMED,
+        OUT_OF_SCOPE,
+        ALLOW_RULE,
+        DENY_RULE,
+        PASSED,
+        OVER_LIMIT,
+        NEW_SOURCE,
+        NEW_SOURCE_LIMIT,
+        CONTENDED,
+        DRY_RUN_PASS,
+        ERROR,
+    ];
+
+    /// Names of the reasons by slot, as the API and the metrics show them.
     pub const NAMES: [&str; COUNT as usize] = [
         "non_ip",
         "malformed",
@@ -372,7 +422,7 @@ pub mod reason {
     /// Whether a reason drops the packet (unless dry-run is on).
     #[inline(always)]
     #[must_use]
-    pub const fn drops(reason: u32) -> bool {
+    pub const fn drops(reason: Reason) -> bool {
         matches!(reason, DENY_RULE | OVER_LIMIT | NEW_SOURCE_LIMIT | CONTENDED)
     }
 }
@@ -460,7 +510,10 @@ mod tests {
     #[test]
     fn reason_names_cover_every_slot() {
         assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
-        assert_eq!(reason::NAMES[reason::DRY_RUN_PASS as usize], "dry_run_pass");
+        assert_eq!(reason::NAMES[reason::DRY_RUN_PASS.index()], "dry_run_pass");
+        for (slot, reason) in reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), slot);
+        }
         assert!(reason::drops(reason::OVER_LIMIT));
         assert!(!reason::drops(reason::PASSED));
     }

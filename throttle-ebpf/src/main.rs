@@ -19,13 +19,14 @@ mod maps;
 mod parse;
 mod rules;
 mod stats;
+mod word;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     macros::xdp,
     programs::XdpContext,
 };
-use throttle_common::{flags, reason, Config, UNIT_BYTES};
+use throttle_common::{flags, reason, Config, Reason, UNIT_BYTES};
 
 use crate::{maps::CONFIG, rules::Selected, stats::count};
 
@@ -51,7 +52,7 @@ pub fn throttle(ctx: XdpContext) -> u32 {
 
 /// The verdict reason for one packet.
 #[inline(always)]
-fn judge(ctx: &XdpContext, config: &Config) -> u32 {
+fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     let packet = match parse::packet(ctx) {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
@@ -77,6 +78,15 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The object's license: the crate's. A program whose license the kernel
+/// does not count as GPL-compatible may call every helper that is not
+/// `gpl_only`, and each one this program calls is such: map lookup and
+/// update, `bpf_ktime_get_ns` and `bpf_ktime_get_coarse_ns`
+/// (<https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/helpers.c>), and
+/// the ring buffer's reserve, submit and discard behind aya-log
+/// (<https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/ringbuf.c>).
+// SAFETY: the object's only `license` section and only symbol of this name,
+// read by the loader and by nothing else.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; 18] = *b"MIT OR Apache-2.0\0";

@@ -1,7 +1,7 @@
 //! Per-CPU verdict counters, per interface.
 
 use aya_ebpf::programs::XdpContext;
-use throttle_common::{flags, reason, Config, IFACE_SLOTS};
+use throttle_common::{flags, reason, Config, Reason, IFACE_SLOTS};
 
 use crate::maps::{COUNTERS, IFACE_SLOT};
 
@@ -22,7 +22,9 @@ pub fn base(ctx: &XdpContext) -> u32 {
 /// interface: no lookup then.
 #[inline(always)]
 pub fn base_of(ctx: &XdpContext, config: &Config) -> u32 {
-    if config.flags & flags::ONE_IFACE != 0 && config.iface_slot < IFACE_SLOTS {
+    // Two plain loads in either order; this one compiles to fewer
+    // instructions on every path of the program (seen in its disassembly).
+    if config.iface_slot < IFACE_SLOTS && config.flags & flags::ONE_IFACE != 0 {
         return config.iface_slot * reason::COUNT;
     }
     base(ctx)
@@ -31,8 +33,8 @@ pub fn base_of(ctx: &XdpContext, config: &Config) -> u32 {
 /// Counts one packet under `reason`, from the interface's `base`. A per-CPU
 /// slot needs no atomic.
 #[inline(always)]
-pub fn count(base: u32, reason: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(base + reason) {
+pub fn count(base: u32, reason: Reason) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(base + reason.slot()) {
         // SAFETY: the pointer comes from a successful lookup in this CPU's
         // slice of the array, which nothing else writes while we run.
         unsafe { *slot += 1 };

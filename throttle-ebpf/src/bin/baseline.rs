@@ -129,6 +129,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The object's license: the crate's. These programs call no `gpl_only`
+/// helper (see throttle's `LICENSE`).
+// SAFETY: the object's only `license` section and only symbol of this name,
+// read by the loader and by nothing else.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; 18] = *b"MIT OR Apache-2.0\0";

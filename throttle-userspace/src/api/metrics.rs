@@ -158,7 +158,7 @@ fn packets(by_interface: &[(Option<Attachment>, Counters)]) -> Family<Labels, Co
     for (attachment, counters) in by_interface {
         let (interface, mode) = counters_label(attachment.as_ref());
         for (slot, (&name, &count)) in reason::NAMES.iter().zip(counters).enumerate() {
-            let verdict = if reason::drops(slot as u32) { "drop" } else { "pass" };
+            let verdict = if reason::drops(reason::ALL[slot]) { "drop" } else { "pass" };
             packets
                 .get_or_create(&vec![
                     ("interface", interface.clone()),

@@ -395,13 +395,13 @@ fn tally(counters: &Counters) -> (std::collections::BTreeMap<String, u64>, u64, 
     let mut named = std::collections::BTreeMap::new();
     for (slot, (&name, &count)) in reason::NAMES.iter().zip(counters).enumerate() {
         named.insert(name.to_owned(), count);
-        if reason::drops(slot as u32) {
+        if reason::drops(reason::ALL[slot]) {
             dropped += count;
         } else {
             passed += count;
         }
     }
-    (named, passed, dropped.saturating_sub(counters[reason::DRY_RUN_PASS as usize]))
+    (named, passed, dropped.saturating_sub(counters[reason::DRY_RUN_PASS.index()]))
 }
 
 /// The configured and the effective (scaled) rate of a limit.

@@ -188,7 +188,7 @@ async fn every_endpoint_answers() {
     assert_eq!(api.call(Method::DELETE, "/v1/sources/192.0.2.2", None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(api.call(Method::GET, "/v1/sources/192.0.2.2", None).await.0, StatusCode::NOT_FOUND);
 
-    api.kernel.0.lock().unwrap().counters[throttle_common::reason::OVER_LIMIT as usize] = 7;
+    api.kernel.0.lock().unwrap().counters[throttle_common::reason::OVER_LIMIT.index()] = 7;
     let (status, body) = api.call(Method::GET, "/v1/stats", None).await;
     assert_eq!(
         (status, &body["counters"]["over_limit"], &body["dropped"]),

@@ -84,7 +84,7 @@ impl ScaleSink for Runtime {
     fn usage(&self) -> Usage {
         let over_limit = self
             .control(|c| c.kernel().counters())
-            .map_or(0, |counters| counters[reason::OVER_LIMIT as usize]);
+            .map_or(0, |counters| counters[reason::OVER_LIMIT.index()]);
         let mut sampled = lock(&self.0.sampled);
         let delta = over_limit.saturating_sub(sampled.over_limit_seen);
         sampled.over_limit_seen = over_limit;

@@ -127,7 +127,7 @@ impl Path {
         }
     }
 
-    fn reason(self) -> u32 {
+    fn reason(self) -> throttle_common::Reason {
         match self {
             Self::NonIp => reason::NON_IP,
             Self::OutOfScope => reason::OUT_OF_SCOPE,
@@ -438,7 +438,7 @@ impl Target {
         let before = self.counters();
         let (verdict, ns) = test_run(self.dataplane.program(), frame, repeat);
         let after = self.counters();
-        let want = spec.path.reason() as usize;
+        let want = spec.path.reason().index();
         let strays: Vec<String> = (0..reason::COUNT as usize)
             .filter(|&i| after[i] != before[i] && i != want)
             .map(|i| format!("{} +{}", reason::NAMES[i], after[i] - before[i]))
@@ -565,7 +565,7 @@ impl SpreadRun {
             throttle_ns += ns;
         }
         let after = target.counters();
-        let over = reason::OVER_LIMIT as usize;
+        let over = reason::OVER_LIMIT.index();
         let moved = after[over] - before[over];
         let total: u64 = after.iter().sum::<u64>() - before.iter().sum::<u64>();
         if moved != calls as u64 || total != moved {
