@@ -6,7 +6,7 @@ use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
 use throttle::{
     control::RuleIds,
     kernel::{coarse_resolution_ns, compile, Dataplane},
-    policy::{Limits, Policy, Rate, Scope},
+    policy::{Limits, Policy, Rate},
 };
 
 /// The verdict of a dropped frame.
@@ -35,8 +35,7 @@ pub fn verdict(program: &Xdp, frame: &[u8]) -> u32 {
 pub fn policy(rate: u64, burst: u64) -> Policy {
     Policy {
         limits: Limits { rate: Rate::per_second(rate), burst, new_source_rate: 0, ..Limits::default() },
-        scope: Scope::default(),
-        rules: Vec::new(),
+        ..Policy::default()
     }
 }
 

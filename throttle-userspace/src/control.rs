@@ -158,6 +158,8 @@ fn effective(base: &Policy, state: &State) -> Policy {
     Policy {
         limits: state.limits.over(&base.limits),
         scope: state.scope.clone().unwrap_or_else(|| base.scope.clone()),
+        classes: base.classes.clone(),
+        unmatched: base.unmatched,
         rules: state.rules.clone().unwrap_or_else(|| base.rules.clone()),
     }
 }

@@ -157,7 +157,7 @@ impl Settings {
     pub fn merge(file: FileConfig, args: &DaemonArgs) -> Result<Self, Invalid> {
         let FileConfig { daemon, limits, scope, rules, adaptive } = file;
         let limits = args.limits.over(&limits);
-        let policy = Policy { limits, scope, rules };
+        let policy = Policy { limits, scope, rules, ..Policy::default() };
         policy.validate()?;
         if let Some(adaptive) = &adaptive {
             adaptive.validate("adaptive")?;

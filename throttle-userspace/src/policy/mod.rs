@@ -33,11 +33,15 @@ pub use self::{
     scope::{Proto, Scope, ScopePort, MAX_SCOPE},
 };
 
-/// The policy the data path enforces: limits, scope and rules.
+/// The policy the data path enforces: the default class (`[limits]`, which
+/// meters what `[scope]` names), the limit classes, what no class matches,
+/// and the rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub limits: Limits,
     pub scope: Scope,
+    pub classes: Vec<Class>,
+    pub unmatched: Unmatched,
     pub rules: Vec<RuleSpec>,
 }
 
@@ -46,6 +50,7 @@ impl Policy {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.limits.validate("limits")?;
         self.scope.validate("scope")?;
+        validate_classes(&self.classes, &self.scope, "classes")?;
         validate_rules(&self.rules, "rules")
     }
 }

@@ -419,7 +419,7 @@ impl Target {
                 rules.push(RuleSpec::new(cidr.parse().expect("a prefix"), action));
             }
         }
-        let policy = Policy { limits, scope, rules };
+        let policy = Policy { limits, scope, rules, ..Policy::default() };
         xdp::write(&mut dataplane, &mut RuleIds::default(), &policy);
         let buckets = BpfHashMap::try_from(Map::LruHashMap(map_of(dataplane.program(), map_name::BUCKETS)))
             .expect("BUCKETS is an LRU hash of buckets");
