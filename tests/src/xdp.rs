@@ -4,8 +4,8 @@
 
 use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
 use throttle::{
-    control::RuleIds,
-    kernel::{coarse_resolution_ns, compile, Dataplane},
+    control::{ClassIds, RuleIds},
+    kernel::{coarse_resolution_ns, compile, plan::Ids, Dataplane},
     policy::{Limits, Policy, Rate},
 };
 
@@ -43,7 +43,9 @@ pub fn policy(rate: u64, burst: u64) -> Policy {
 /// maps, and checks that they hold exactly the plan.
 pub fn write(dataplane: &mut Dataplane, ids: &mut RuleIds, policy: &Policy) {
     let rule_ids = ids.resolve(policy).unwrap_or_else(|e| panic!("the policy: {e}"));
-    let plan = compile(policy, &rule_ids, 1.0, coarse_resolution_ns());
+    // Classes get ids in their order, as a daemon that starts with them does.
+    let class_ids = ClassIds::default().resolve(&policy.classes);
+    let plan = compile(policy, Ids { rules: &rule_ids, classes: &class_ids }, 1.0, coarse_resolution_ns());
     dataplane.write(&plan).unwrap_or_else(|e| panic!("writing the plan: {e}"));
     assert_eq!(dataplane.read_plan().expect("reading the maps"), plan, "the maps hold the plan");
 }

@@ -352,8 +352,8 @@ fn pinned_maps_of_another_layout_are_refused_with_a_way_out() {
     // The right layout, but a map of another type under a name.
     set_layout(LAYOUT_VERSION);
     let swap = pins.path.join("maps").join("swap");
-    fs::rename(pins.map(map_name::SCOPE), &swap).expect("rename");
-    fs::rename(pins.map(map_name::RULES_V4), pins.map(map_name::SCOPE)).expect("rename");
+    fs::rename(pins.map(map_name::CLASS_OF), &swap).expect("rename");
+    fs::rename(pins.map(map_name::RULES_V4), pins.map(map_name::CLASS_OF)).expect("rename");
     fs::rename(&swap, pins.map(map_name::RULES_V4)).expect("rename");
     let err = Dataplane::open(&pins.options(MAX_SOURCES)).err().expect("a map of another type is refused");
     assert!(

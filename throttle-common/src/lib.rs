@@ -18,7 +18,7 @@ pub use gcra::{admit, ceiling, Limit, CLOCK_COARSE, CLOCK_FINE, UNIT_BYTES, UNIT
 
 /// Version of the layout of every map below. A daemon refuses pinned maps of
 /// another layout version; bump it whenever a key, a value or a map changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps in the XDP object (at most 15 bytes each: the kernel's
 /// `BPF_OBJ_NAME_LEN` less the NUL).
@@ -26,15 +26,26 @@ pub mod map_name {
     pub const CONFIG: &str = "CONFIG";
     pub const RULES_V4: &str = "RULES_V4";
     pub const RULES_V6: &str = "RULES_V6";
-    pub const SCOPE: &str = "SCOPE";
+    pub const CLASS_OF: &str = "CLASS_OF";
+    pub const CLASSES: &str = "CLASSES";
     pub const BUCKETS: &str = "BUCKETS";
     pub const NEW_SOURCES: &str = "NEW_SOURCES";
     pub const COUNTERS: &str = "COUNTERS";
     pub const RULE_FILTER: &str = "RULE_FILTER";
     pub const IFACE_SLOT: &str = "IFACE_SLOT";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 9] =
-        [CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER, IFACE_SLOT];
+    pub const ALL: [&str; 10] = [
+        CONFIG,
+        RULES_V4,
+        RULES_V6,
+        CLASS_OF,
+        CLASSES,
+        BUCKETS,
+        NEW_SOURCES,
+        COUNTERS,
+        RULE_FILTER,
+        IFACE_SLOT,
+    ];
 }
 
 /// Name of the XDP program.
@@ -85,13 +96,15 @@ pub const PROTO_UDP: u8 = 17;
 pub mod flags {
     /// Pass what would be dropped, and count it as `dry_run_pass`.
     pub const DRY_RUN: u32 = 1 << 0;
-    /// The scope set is not empty: only what it names is metered.
-    pub const SCOPE: u32 = 1 << 1;
-    /// The scope names TCP: a TCP packet whose port cannot be read (a
-    /// non-first fragment, a truncated header) is in scope.
-    pub const SCOPE_TCP: u32 = 1 << 2;
+    /// A class or the scope claims some (protocol, port): `CLASS_OF` is
+    /// looked up.
+    pub const CLAIMS: u32 = 1 << 1;
+    /// Some TCP port is claimed: a TCP packet whose port cannot be read (a
+    /// non-first fragment, a truncated header) is metered by the default
+    /// class, so that fragments are no way around a limit.
+    pub const CLAIMS_TCP: u32 = 1 << 2;
     /// The same for UDP.
-    pub const SCOPE_UDP: u32 = 1 << 3;
+    pub const CLAIMS_UDP: u32 = 1 << 3;
     /// The IPv4 rule trie is not empty.
     pub const RULES_V4: u32 = 1 << 4;
     /// The IPv6 rule trie is not empty.
@@ -107,6 +120,9 @@ pub mod flags {
     /// The program is attached to one interface, whose counters slot is
     /// [`super::Config::iface_slot`]: no per-packet lookup of the slot.
     pub const ONE_IFACE: u32 = 1 << 9;
+    /// A packet no class claims is metered by the default class (no scope,
+    /// and `[unmatched] action = "limit"`); without it, it passes.
+    pub const UNMATCHED_LIMIT: u32 = 1 << 10;
 }
 
 /// Global settings: the single entry of the `CONFIG` array.
@@ -123,26 +139,41 @@ pub struct Config {
     pub layout: u32,
     /// [`flags`].
     pub flags: u32,
-    /// The limit of a source that no `limit` rule selects.
-    pub default_limit: Limit,
+    /// The default class (`[limits]`, class 0): here rather than in
+    /// `CLASSES`, so that the default path looks nothing more up.
+    pub default_class: ClassConfig,
     /// The global budget of first-seen sources (cost: one per source).
     pub new_source_limit: Limit,
-    /// IPv4 aggregation mask, in packet byte order.
-    pub ipv4_mask: u32,
     /// The bank of `RULE_FILTER` in use, 0 or 1 ([`rule_filter`]).
     pub rule_filter_bank: u32,
-    /// IPv6 aggregation mask, in packet byte order.
-    pub ipv6_mask: [u32; 4],
     /// With [`flags::ONE_IFACE`]: the counters slot of the one interface.
     pub iface_slot: u32,
     /// The rule filter's masks, a byte per (bank, family)
     /// ([`rule_filter::shift_of`]), so that the data path reads a mask from
     /// the configuration instead of looking it up. 0: no mask, walk the
-    /// trie (as a daemon that predates them leaves it).
+    /// trie.
     pub rule_filter_shifts: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 96);
+const _: () = assert!(size_of::<Config>() == 152);
+
+/// A limit class as the data path meters it: the `CLASSES` entry of class
+/// `1..MAX_CLASSES`, and [`Config::default_class`] for class 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ClassConfig {
+    /// The limits that must all admit a packet; the first `limit_count`.
+    pub limits: [Limit; MAX_CLASS_LIMITS as usize],
+    /// IPv4 aggregation mask of the class's sources, in packet byte order.
+    pub ipv4_mask: u32,
+    /// How many of `limits` are in force (1 to [`MAX_CLASS_LIMITS`]).
+    pub limit_count: u32,
+    /// IPv6 aggregation mask, in packet byte order.
+    pub ipv6_mask: [u32; 4],
+}
+
+const _: () = assert!(size_of::<ClassConfig>() == 96);
 
 /// Actions of a rule.
 pub const ACTION_ALLOW: u32 = 1;
@@ -163,32 +194,56 @@ pub struct Rule {
 
 const _: () = assert!(size_of::<Rule>() == 32);
 
-/// The scope set as a bitmap in the `SCOPE` array of u64 words: two bits for
-/// each (protocol, destination port), so that the data path finds a port
-/// with one array lookup, which the verifier turns into pointer arithmetic,
-/// instead of a hash.
-pub mod scope {
+/// Which class claims a (protocol, destination port): the `CLASS_OF` array
+/// of one u32 per TCP and per UDP port, so that a packet's class is one
+/// array lookup, which the verifier turns into pointer arithmetic.
+pub mod class_of {
     use super::{PROTO_TCP, PROTO_UDP};
 
-    /// The port is in scope.
-    pub const IN_SCOPE: u64 = 0b01;
-    /// Only TCP segments with SYN set and ACK clear are in scope.
-    pub const SYN_ONLY: u64 = 0b10;
-    /// Words of the bitmap: 2 protocols x 65 536 ports x 2 bits / 64.
-    pub const WORDS: u32 = 2 * 65_536 * 2 / 64;
+    /// Entries: 2 protocols x 65 536 ports.
+    pub const ENTRIES: u32 = 2 * 65_536;
+    /// The port is claimed, by the class in [`CLASS`] (0: the default class,
+    /// for a port the scope names).
+    pub const CLAIMED: u32 = 1 << 31;
+    /// Only TCP segments with SYN set and ACK clear belong to the class; the
+    /// port's other segments pass.
+    pub const SYN_ONLY: u32 = 1 << 30;
+    /// The bits of the class id.
+    pub const CLASS: u32 = 0xff;
 
-    /// The word and the shift of the two bits of `port` under `proto`
-    /// ([`PROTO_TCP`] or [`PROTO_UDP`]); `None` for any other protocol.
+    /// The entry of `port` under `proto` ([`PROTO_TCP`] or [`PROTO_UDP`]);
+    /// `None` for any other protocol.
     #[inline(always)]
     #[must_use]
-    pub const fn slot(proto: u8, port: u16) -> Option<(u32, u32)> {
-        let index = match proto {
-            PROTO_TCP => 0,
-            PROTO_UDP => 1,
-            _ => return None,
-        };
-        let bit = ((index << 16) | port as u32) * 2;
-        Some((bit / 64, bit % 64))
+    pub const fn index(proto: u8, port: u16) -> Option<u32> {
+        match proto {
+            PROTO_TCP => Some(port as u32),
+            PROTO_UDP => Some((1 << 16) | port as u32),
+            _ => None,
+        }
+    }
+
+    /// The entry that gives a port to `class`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn entry(class: u32, syn_only: bool) -> u32 {
+        CLAIMED | (class & CLASS) | if syn_only { SYN_ONLY } else { 0 }
+    }
+}
+
+/// The `rule` word of the bucket key of a class's limit `slot` (0 for the
+/// default class's first limit, as for a bucket of the default limit
+/// before classes): rule ids stay under [`CLASS_OWNER`].
+pub const CLASS_OWNER: u32 = 1 << 31;
+
+/// The `rule` word of [`BucketKey`] for limit `slot` of `class`.
+#[inline(always)]
+#[must_use]
+pub const fn class_owner(class: u32, slot: u32) -> u32 {
+    if class == 0 && slot == 0 {
+        0
+    } else {
+        CLASS_OWNER | (class << 8) | slot
     }
 }
 
@@ -304,7 +359,9 @@ pub mod rule_filter {
 pub struct BucketKey {
     /// The masked source address in packet byte order; IPv4 uses `addr[0]`.
     pub addr: [u32; 4],
-    /// Id of the `limit` rule, 0 for the default limit.
+    /// Whose limit the bucket meters: the id of a `limit` rule (under
+    /// [`CLASS_OWNER`]), or a class's limit ([`class_owner`]; 0 for the
+    /// default class's first limit).
     pub rule: u32,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: Family,
@@ -467,6 +524,7 @@ mod user {
     // SAFETY: every type is `#[repr(C)]` and `bytemuck::Pod`, so any bit
     // pattern is valid and there is no padding.
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ClassConfig {}
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
@@ -491,20 +549,26 @@ mod tests {
     }
 
     #[test]
-    fn scope_slots_are_distinct_and_in_the_bitmap() {
+    fn every_port_of_tcp_and_udp_has_an_entry_of_its_own() {
         extern crate std;
-        let mut seen = std::vec![0u64; scope::WORDS as usize];
+        let mut seen = std::vec![false; class_of::ENTRIES as usize];
         for proto in [PROTO_TCP, PROTO_UDP] {
             for port in 0..=u16::MAX {
-                let (word, shift) = scope::slot(proto, port).expect("TCP and UDP have slots");
-                assert!(word < scope::WORDS && shift <= 62 && shift % 2 == 0);
-                let bits = (scope::IN_SCOPE | scope::SYN_ONLY) << shift;
-                assert_eq!(seen[word as usize] & bits, 0, "{proto}/{port}");
-                seen[word as usize] |= bits;
+                let index = class_of::index(proto, port).expect("TCP and UDP have entries");
+                assert!(index < class_of::ENTRIES);
+                assert!(!seen[index as usize], "{proto}/{port}");
+                seen[index as usize] = true;
             }
         }
-        assert!(seen.iter().all(|w| *w == u64::MAX));
-        assert_eq!(scope::slot(1, 80), None);
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(class_of::index(1, 80), None);
+        let entry = class_of::entry(63, true);
+        assert_eq!(
+            (entry & class_of::CLASS, entry & class_of::SYN_ONLY != 0, entry & class_of::CLAIMED != 0),
+            (63, true, true)
+        );
+        assert_eq!(class_owner(0, 0), 0, "the default limit's buckets keep their keys");
+        assert!(class_owner(0, 1) >= CLASS_OWNER && class_owner(5, 0) != class_owner(5, 1));
     }
 
     #[test]

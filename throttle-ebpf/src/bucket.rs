@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use throttle_common::{
-    admit, ceiling, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, Config, Family, Limit, Reason,
-    CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
+    admit, ceiling, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, ClassConfig, Config, Family,
+    Limit, Reason, CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
 };
 
 use crate::{
@@ -19,9 +19,17 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// Meters `cost` units of the source `key` against `limit`.
+/// Meters `cost` units of the source `key` against `limit`; a bucket made
+/// for it draws on the first-seen budget when `budget`.
 #[inline(always)]
-pub fn meter(ctx: &XdpContext, key: &BucketKey, limit: &Limit, cost: u64, config: &Config) -> Reason {
+pub fn meter(
+    ctx: &XdpContext,
+    key: &BucketKey,
+    limit: &Limit,
+    cost: u64,
+    config: &Config,
+    budget: bool,
+) -> Reason {
     // SAFETY: helpers without arguments. Both read CLOCK_MONOTONIC, the
     // coarse one as of the last tick (`Limit::with_clock`).
     let ns = unsafe {
@@ -35,7 +43,15 @@ pub fn meter(ctx: &XdpContext, key: &BucketKey, limit: &Limit, cost: u64, config
     if let Some(bucket) = word::bucket(key) {
         return charge(bucket, now, cost, limit);
     }
-    first_seen(ctx, key, limit, cost, now, config)
+    let budget = (budget && config.flags & flags::NEW_SOURCE_LIMIT != 0).then_some(&config.new_source_limit);
+    first_seen(ctx, key, limit, &Arrival { now, cost }, budget)
+}
+
+/// When a packet came and what it costs (one argument of a BPF call, which
+/// takes five at most).
+struct Arrival {
+    now: u64,
+    cost: u64,
 }
 
 /// What one GCRA step on a shared TAT came to.
@@ -88,18 +104,18 @@ fn charge(bucket: BucketWords, now: u64, cost: u64, limit: &Limit) -> Reason {
     }
 }
 
-/// A source not tracked yet: it draws on the first-seen budget, then gets a
-/// bucket with a full burst less this packet.
+/// A source not tracked yet: it draws on the first-seen `budget` if any,
+/// then gets a bucket with a full burst less this packet.
 #[inline(never)]
 fn first_seen(
     ctx: &XdpContext,
     key: &BucketKey,
     limit: &Limit,
-    cost: u64,
-    now: u64,
-    config: &Config,
+    arrival: &Arrival,
+    budget: Option<&Limit>,
 ) -> Reason {
-    if config.flags & flags::NEW_SOURCE_LIMIT != 0 && !take_new_source(now, &config.new_source_limit) {
+    let Arrival { now, cost } = *arrival;
+    if budget.is_some_and(|budget| !take_new_source(now, budget)) {
         // Not tracked: a flood of spoofed sources neither passes nor pushes
         // real sources out of the bucket map.
         return reason::NEW_SOURCE_LIMIT;
@@ -132,13 +148,14 @@ fn take_new_source(now: u64, limit: &Limit) -> bool {
     matches!(step(state, now, 1, limit), Step::Admitted)
 }
 
-/// The bucket key of a source: its address masked to the aggregation prefix.
+/// The bucket key of a source: its address masked to its class's
+/// aggregation prefix.
 #[inline(always)]
-pub fn key(family: Family, src: &[u32; 4], rule: u32, config: &Config) -> BucketKey {
+pub fn key(family: Family, src: &[u32; 4], rule: u32, class: &ClassConfig) -> BucketKey {
     let addr = if family == FAMILY_V4 {
-        [src[0] & config.ipv4_mask, 0, 0, 0]
+        [src[0] & class.ipv4_mask, 0, 0, 0]
     } else {
-        let m = &config.ipv6_mask;
+        let m = &class.ipv6_mask;
         [src[0] & m[0], src[1] & m[1], src[2] & m[2], src[3] & m[3]]
     };
     BucketKey { addr, rule, family }

@@ -2,9 +2,10 @@
 //! bucket and drops what is over budget.
 //!
 //! Per packet: L2 (up to two VLAN tags), L3 (IPv4 with options, IPv6 with a
-//! bounded walk over extension headers), the scope (out of scope: passed
-//! unless a deny rule matches), the rules (longest prefix of the source:
-//! allow, deny or limit), the source's bucket, the verdict. Every verdict
+//! bounded walk over extension headers), the class of its protocol and
+//! destination port (in none: passed unless a deny rule matches), the rules
+//! (longest prefix of the source: allow, deny or limit), the source's
+//! buckets (one per limit of its class), the verdict. Every verdict
 //! reason has a per-CPU counter for each interface. The program fails open:
 //! whatever a packet contains, it returns `XDP_PASS` or `XDP_DROP`, never
 //! `XDP_ABORTED`.
@@ -26,9 +27,15 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use throttle_common::{flags, reason, Config, Reason, UNIT_BYTES};
+use throttle_common::{
+    class_owner, flags, reason, ClassConfig, Config, Limit, Reason, MAX_CLASS_LIMITS, UNIT_BYTES,
+};
 
-use crate::{maps::CONFIG, rules::Selected, stats::count};
+use crate::{
+    maps::{CLASSES, CONFIG},
+    rules::Selected,
+    stats::count,
+};
 
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "the #[xdp] macro's signature")]
@@ -57,19 +64,72 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
-    // The scope first: it is an array lookup, the rules a trie walk, and
-    // out of scope only a deny rule changes the verdict.
-    if config.flags & flags::SCOPE != 0 && !rules::in_scope(ctx, &packet, config.flags) {
+    // The class first: it is an array lookup, the rules a trie walk, and
+    // out of every class only a deny rule changes the verdict.
+    let Some(class_id) = rules::classify(ctx, &packet, config.flags) else {
         return if rules::denied(&packet, config) { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };
-    }
-    let (limit, rule) = match rules::select(&packet, config) {
-        Selected::Allow => return reason::ALLOW_RULE,
-        Selected::Deny => return reason::DENY_RULE,
-        Selected::Limit(limit, rule) => (limit, rule),
     };
-    let key = bucket::key(packet.family, &packet.src, rule, config);
-    let cost = if limit.unit == UNIT_BYTES { (ctx.data_end() - ctx.data()) as u64 } else { 1 };
-    bucket::meter(ctx, &key, limit, cost, config)
+    let class = if class_id == 0 {
+        &config.default_class
+    } else {
+        match CLASSES.get(class_id) {
+            Some(class) => class,
+            None => return reason::ERROR,
+        }
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match rules::select(&packet, config) {
+        Selected::Allow => reason::ALLOW_RULE,
+        Selected::Deny => reason::DENY_RULE,
+        Selected::Rule(limit, rule) => {
+            let key = bucket::key(packet.family, &packet.src, rule, class);
+            bucket::meter(ctx, &key, limit, cost(limit, len), config, true)
+        }
+        Selected::Class => meter_class(ctx, &packet, class_id, class, len, config),
+    }
+}
+
+/// The cost of a packet of `len` bytes under `limit`.
+#[inline(always)]
+fn cost(limit: &Limit, len: u64) -> u64 {
+    if limit.unit == UNIT_BYTES {
+        len
+    } else {
+        1
+    }
+}
+
+/// Meters the packet against each limit of its class in turn; the first
+/// that refuses it drops it (the limits before it have counted it, which
+/// only makes them stricter). The source's first bucket draws on the
+/// first-seen budget, the others do not.
+#[inline(always)]
+fn meter_class(
+    ctx: &XdpContext,
+    packet: &parse::Packet,
+    class_id: u32,
+    class: &ClassConfig,
+    len: u64,
+    config: &Config,
+) -> Reason {
+    let first = &class.limits[0];
+    let key = bucket::key(packet.family, &packet.src, class_owner(class_id, 0), class);
+    let verdict = bucket::meter(ctx, &key, first, cost(first, len), config, true);
+    if reason::drops(verdict) || class.limit_count < 2 {
+        return verdict;
+    }
+    for slot in 1..MAX_CLASS_LIMITS {
+        if slot >= class.limit_count {
+            break;
+        }
+        let limit = &class.limits[slot as usize];
+        let key = bucket::key(packet.family, &packet.src, class_owner(class_id, slot), class);
+        let next = bucket::meter(ctx, &key, limit, cost(limit, len), config, false);
+        if reason::drops(next) {
+            return next;
+        }
+    }
+    verdict
 }
 
 #[cfg(not(test))]

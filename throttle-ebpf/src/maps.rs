@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
 };
 use throttle_common::{
-    reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, DEFAULT_MAX_SOURCES, IFACE_SLOTS,
-    MAX_IFINDEX, MAX_RULES,
+    class_of, reason, rule_filter, Bucket, BucketKey, ClassConfig, Config, Rule, DEFAULT_MAX_SOURCES,
+    IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
 /// Global settings, one entry.
@@ -20,10 +20,14 @@ pub static RULES_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(MAX_RULE
 #[map(name = "RULES_V6")]
 pub static RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
-/// The (protocol, destination port) pairs the limits apply to, as a bitmap
-/// ([`throttle_common::scope`]).
-#[map(name = "SCOPE")]
-pub static SCOPE: Array<u64> = Array::with_max_entries(scope::WORDS, 0);
+/// The class of each (protocol, destination port)
+/// ([`throttle_common::class_of`]).
+#[map(name = "CLASS_OF")]
+pub static CLASS_OF: Array<u32> = Array::with_max_entries(class_of::ENTRIES, 0);
+
+/// The limit classes by id; class 0, the default one, is in `CONFIG`.
+#[map(name = "CLASSES")]
+pub static CLASSES: Array<ClassConfig> = Array::with_max_entries(MAX_CLASSES, 0);
 
 /// The filter in front of the rule tries ([`throttle_common::rule_filter`]).
 #[map(name = "RULE_FILTER")]

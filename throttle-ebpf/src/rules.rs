@@ -1,23 +1,25 @@
-//! Rules (longest-prefix match on the source) and the scope set.
+//! Rules (longest-prefix match on the source) and classes (which class a
+//! packet's protocol and destination port belong to).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use throttle_common::{
-    flags, rule_filter, scope, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP,
+    class_of, flags, rule_filter, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP,
     PROTO_UDP,
 };
 
 use crate::{
-    maps::{RULES_V4, RULES_V6, RULE_FILTER, SCOPE},
+    maps::{CLASS_OF, RULES_V4, RULES_V6, RULE_FILTER},
     parse::{self, Packet},
 };
 
 /// What the rules say of a source.
-pub enum Selected<'a> {
+pub enum Selected {
     Allow,
     Deny,
-    /// Meter it against this limit, in the bucket of this rule id (0: the
-    /// default limit).
-    Limit(&'a Limit, u32),
+    /// Meter it against this rule's limit, in the bucket of the rule's id.
+    Rule(&'static Limit, u32),
+    /// No rule: its class's limits.
+    Class,
 }
 
 /// The rule whose prefix is the longest match of the source, if any. An
@@ -61,15 +63,15 @@ fn may_match(config: &Config, ipv6: bool, addr: u64) -> bool {
     }
 }
 
-/// What the rules say of the packet's source: its rule, or the default limit.
+/// What the rules say of the packet's source: its rule, or none.
 #[inline(always)]
-pub fn select<'a>(packet: &Packet, config: &'a Config) -> Selected<'a> {
+pub fn select(packet: &Packet, config: &Config) -> Selected {
     match lookup(packet, config) {
-        None => Selected::Limit(&config.default_limit, 0),
+        None => Selected::Class,
         Some(rule) => match rule.action {
             ACTION_ALLOW => Selected::Allow,
             ACTION_DENY => Selected::Deny,
-            _ => Selected::Limit(&rule.limit, rule.id),
+            _ => Selected::Rule(&rule.limit, rule.id),
         },
     }
 }
@@ -85,28 +87,40 @@ pub fn denied(packet: &Packet, config: &Config) -> bool {
     matches!(lookup(packet, config), Some(rule) if rule.action == ACTION_DENY)
 }
 
-/// Whether the scope set names this packet. Only called when the set is not
-/// empty.
+/// The class of the packet: the class that claims its protocol and
+/// destination port, or the default class (0) for what no class claims when
+/// the configuration meters that; `None` when it is in no class (out of
+/// scope), and for the segments of a SYN-only port that are not SYNs.
 ///
 /// A TCP or UDP packet whose destination port cannot be read (a non-first
-/// fragment, a truncated L4 header) is in scope when the set names its
-/// protocol at all: fragments must not be a way around the limit.
+/// fragment, a truncated L4 header) is in the default class when a port of
+/// its protocol is claimed at all: fragments must not be a way around a
+/// limit.
 #[inline(always)]
-pub fn in_scope(ctx: &XdpContext, packet: &Packet, config_flags: u32) -> bool {
+pub fn classify(ctx: &XdpContext, packet: &Packet, config_flags: u32) -> Option<u32> {
+    let unmatched = if config_flags & flags::UNMATCHED_LIMIT != 0 { Some(0) } else { None };
+    if config_flags & flags::CLAIMS == 0 {
+        return unmatched;
+    }
     let proto_flag = match packet.proto {
-        PROTO_TCP => flags::SCOPE_TCP,
-        PROTO_UDP => flags::SCOPE_UDP,
-        _ => return false,
+        PROTO_TCP => flags::CLAIMS_TCP,
+        PROTO_UDP => flags::CLAIMS_UDP,
+        _ => return unmatched,
     };
     let Some(ports) = parse::ports(ctx, packet) else {
-        return config_flags & proto_flag != 0;
+        return if config_flags & proto_flag != 0 { Some(0) } else { unmatched };
     };
-    let Some((word, shift)) = scope::slot(packet.proto, ports.dst) else {
-        return false;
+    let Some(index) = class_of::index(packet.proto, ports.dst) else {
+        return unmatched;
     };
-    let Some(bits) = SCOPE.get(word) else {
-        return false;
+    let Some(&entry) = CLASS_OF.get(index) else {
+        return unmatched;
     };
-    let bits = *bits >> shift;
-    bits & scope::IN_SCOPE != 0 && (bits & scope::SYN_ONLY == 0 || ports.syn)
+    if entry & class_of::CLAIMED == 0 {
+        return unmatched;
+    }
+    if entry & class_of::SYN_ONLY != 0 && !ports.syn {
+        return None;
+    }
+    Some(entry & class_of::CLASS)
 }

@@ -20,9 +20,16 @@ use throttle_common::{Bucket, BucketKey, FAMILY_V4};
 
 use crate::{
     controller::AdaptiveConfig,
-    kernel::{bucket_key, compile, plan::Plan, Attachment, BucketWalk, Kernel, KernelError, XdpMode},
-    policy::{validate_rules, Action, Invalid, Limits, LimitsPatch, Policy, Rate, RuleSpec, Scope},
-    store::{SavedRuleId, State, Store, StoreError},
+    kernel::{
+        bucket_key, compile,
+        plan::{Ids, Plan},
+        Attachment, BucketWalk, Kernel, KernelError, XdpMode,
+    },
+    policy::{
+        validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch, Policy, Rate, RuleSpec,
+        Scope, MAX_CLASSES,
+    },
+    store::{SavedClassId, SavedRuleId, State, Store, StoreError},
 };
 
 /// Why a change was not made.
@@ -91,6 +98,50 @@ impl RuleIds {
     }
 }
 
+/// Stable ids for classes: a class keeps its id (and so its sources keep
+/// their buckets) while it exists, across changes of other classes and
+/// restarts; a new class takes the lowest id no class holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassIds {
+    by_name: HashMap<ClassName, u32>,
+}
+
+impl ClassIds {
+    /// The ids saved in the state file.
+    #[must_use]
+    pub fn from_saved(saved: &[SavedClassId]) -> Self {
+        Self { by_name: saved.iter().map(|s| (s.name.clone(), s.id)).collect() }
+    }
+
+    /// The ids to save, in id order.
+    #[must_use]
+    pub fn saved(&self) -> Vec<SavedClassId> {
+        let mut saved: Vec<SavedClassId> =
+            self.by_name.iter().map(|(name, &id)| SavedClassId { name: name.clone(), id }).collect();
+        saved.sort_by_key(|s| s.id);
+        saved
+    }
+
+    /// The ids of `classes` (validated: at most [`MAX_CLASSES`] less one),
+    /// in order; the ids of classes no longer there are freed.
+    pub fn resolve(&mut self, classes: &[Class]) -> Vec<u32> {
+        self.by_name.retain(|name, _| classes.iter().any(|c| c.name == *name));
+        classes
+            .iter()
+            .map(|class| {
+                if let Some(&id) = self.by_name.get(&class.name) {
+                    return id;
+                }
+                let id = (1..MAX_CLASSES as u32)
+                    .find(|id| !self.by_name.values().any(|v| v == id))
+                    .expect("validated: fewer classes than ids");
+                self.by_name.insert(class.name.clone(), id);
+                id
+            })
+            .collect()
+    }
+}
+
 /// A rule with its id, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RuleView {
@@ -143,10 +194,13 @@ pub struct Control {
     state: State,
     store: Option<Store>,
     ids: RuleIds,
+    classes: ClassIds,
     /// In force: `base` under `state`.
     policy: Policy,
     /// The id of each rule of `policy`, in order.
     rule_ids: Vec<u32>,
+    /// The id of each class of `policy`, in order.
+    class_ids: Vec<u32>,
     /// The controller's factor on every rate (1.0: as configured).
     scale: f64,
     /// What the kernel holds.
@@ -180,13 +234,30 @@ impl Control {
             path: store.as_ref().map(|s| s.path().display().to_string()),
             source,
         })?;
+        let mut classes = ClassIds::from_saved(&state.class_ids);
+        let class_ids = classes.resolve(&policy.classes);
         let walk = kernel.bucket_walk()?;
-        let plan = compile(&policy, &rule_ids, 1.0, kernel.coarse_tick_ns());
-        let mut control =
-            Self { kernel, walk, base, state, store, ids, policy, rule_ids, scale: 1.0, plan: plan.clone() };
+        let plan =
+            compile(&policy, Ids { rules: &rule_ids, classes: &class_ids }, 1.0, kernel.coarse_tick_ns());
+        let mut control = Self {
+            kernel,
+            walk,
+            base,
+            state,
+            store,
+            ids,
+            classes,
+            policy,
+            rule_ids,
+            class_ids,
+            scale: 1.0,
+            plan: plan.clone(),
+        };
         control.kernel.write(&plan)?;
-        if control.ids.saved() != control.state.rule_ids {
+        if control.ids.saved() != control.state.rule_ids || control.classes.saved() != control.state.class_ids
+        {
             control.state.rule_ids = control.ids.saved();
+            control.state.class_ids = control.classes.saved();
             if let Some(store) = &control.store {
                 store.stage(&control.state)?.commit()?;
             }
@@ -266,9 +337,17 @@ impl Control {
     fn switch(&mut self, policy: Policy, mut state: State, base: Option<Policy>) -> Result<(), ChangeError> {
         let mut ids = self.ids.clone();
         let rule_ids = ids.resolve(&policy)?;
+        let mut classes = self.classes.clone();
+        let class_ids = classes.resolve(&policy.classes);
         state.rule_ids = ids.saved();
+        state.class_ids = classes.saved();
         let staged = self.store.as_ref().map(|store| store.stage(&state)).transpose()?;
-        let plan = compile(&policy, &rule_ids, self.scale, self.kernel.coarse_tick_ns());
+        let plan = compile(
+            &policy,
+            Ids { rules: &rule_ids, classes: &class_ids },
+            self.scale,
+            self.kernel.coarse_tick_ns(),
+        );
         if let Err(err) = self.kernel.write(&plan) {
             self.restore();
             return Err(err.into());
@@ -280,8 +359,10 @@ impl Control {
             }
         }
         self.ids = ids;
+        self.classes = classes;
         self.policy = policy;
         self.rule_ids = rule_ids;
+        self.class_ids = class_ids;
         self.state = state;
         self.plan = plan;
         if let Some(base) = base {
@@ -366,7 +447,8 @@ impl Control {
 
     /// The controller's factor on every rate; the buckets are kept.
     pub fn set_scale(&mut self, scale: f64) -> Result<(), KernelError> {
-        let plan = compile(&self.policy, &self.rule_ids, scale, self.kernel.coarse_tick_ns());
+        let ids = Ids { rules: &self.rule_ids, classes: &self.class_ids };
+        let plan = compile(&self.policy, ids, scale, self.kernel.coarse_tick_ns());
         self.kernel.write(&plan)?;
         self.scale = scale;
         self.plan = plan;
@@ -665,7 +747,7 @@ mod tests {
         assert!(matches!(err, ChangeError::Kernel(_)), "{err}");
         assert_eq!(control.limits().rate, Limits::default().rate);
         assert_eq!(written(&kernel), before, "the previous plan is written back");
-        assert_eq!(written(&kernel).settings.default_limit.rate(), Limits::default().rate.count);
+        assert_eq!(written(&kernel).settings.default_class.limits[0].rate(), Limits::default().rate.count);
         assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).ok(), saved);
     }
 
@@ -702,7 +784,7 @@ mod tests {
             .unwrap();
         control.set_scale(0.5).unwrap();
         let plan = written(&kernel);
-        assert_eq!(plan.settings.default_limit.rate(), 500);
+        assert_eq!(plan.settings.default_class.limits[0].rate(), 500);
         let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!(rule.limit.rate(), 50);
         assert_eq!(rule.limit.burst(), 100, "the burst stays as configured");

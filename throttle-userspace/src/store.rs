@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     controller::AdaptiveConfig,
-    policy::{LimitsPatch, RuleSpec, Scope},
+    policy::{ClassName, LimitsPatch, RuleSpec, Scope},
 };
 
 /// The state file's name in the state directory.
@@ -32,6 +32,15 @@ pub const STATE_FORMAT: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct SavedRuleId {
     pub cidr: IpNet,
+    pub id: u32,
+}
+
+/// The id a class was given; kept so that a class's sources keep their
+/// buckets across changes of other classes and restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedClassId {
+    pub name: ClassName,
     pub id: u32,
 }
 
@@ -49,6 +58,8 @@ pub struct State {
     pub rules: Option<Vec<RuleSpec>>,
     #[serde(default)]
     pub rule_ids: Vec<SavedRuleId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_ids: Vec<SavedClassId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<AdaptiveConfig>,
 }
@@ -61,6 +72,7 @@ impl Default for State {
             scope: None,
             rules: None,
             rule_ids: Vec::new(),
+            class_ids: Vec::new(),
             controller: None,
         }
     }

@@ -26,8 +26,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use throttle_common::{
-    flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Rule,
-    FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_IFINDEX, PROGRAM_NAME,
+    class_of, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, Bucket, BucketKey, ClassConfig,
+    Config, Rule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, PROGRAM_NAME,
 };
 
 use super::{
@@ -85,7 +85,8 @@ pub struct Dataplane {
     pub(super) config: Array<MapData, Config>,
     pub(super) rules_v4: LpmTrie<MapData, [u8; 4], Rule>,
     pub(super) rules_v6: LpmTrie<MapData, [u8; 16], Rule>,
-    pub(super) scope: Array<MapData, u64>,
+    pub(super) class_of: Array<MapData, u32>,
+    pub(super) classes: Array<MapData, ClassConfig>,
     pub(super) rule_filter: Array<MapData, u64>,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     pub(super) counters: PerCpuArray<MapData, u64>,
@@ -252,7 +253,8 @@ impl Dataplane {
             config,
             rules_v4: take(&mut ebpf, map_name::RULES_V4)?,
             rules_v6: take(&mut ebpf, map_name::RULES_V6)?,
-            scope: take(&mut ebpf, map_name::SCOPE)?,
+            class_of: take(&mut ebpf, map_name::CLASS_OF)?,
+            classes: take(&mut ebpf, map_name::CLASSES)?,
             rule_filter: take(&mut ebpf, map_name::RULE_FILTER)?,
             buckets,
             counters: take(&mut ebpf, map_name::COUNTERS)?,
@@ -320,10 +322,8 @@ impl Dataplane {
     fn read_held(&self) -> Result<Held, KernelError> {
         let config = self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
         let bank = config.rule_filter_bank & 1;
-        let scope = (0..scope::WORDS)
-            .map(|word| self.scope.get(&word, 0))
-            .collect::<Result<Vec<u64>, MapError>>()
-            .map_err(map_err(map_name::SCOPE))?;
+        let class_of = read_array(&self.class_of, class_of::ENTRIES, map_name::CLASS_OF)?;
+        let classes = read_array(&self.classes, MAX_CLASSES, map_name::CLASSES)?;
         let region = |bank: u32, ipv6: bool| -> Result<Region, KernelError> {
             let start = rule_filter::region(bank, ipv6);
             (start..start + rule_filter::REGION)
@@ -337,7 +337,8 @@ impl Dataplane {
         Ok(Held {
             plan: Plan {
                 settings: Plan::settings_of(&config),
-                scope,
+                class_of,
+                classes,
                 rules_v4,
                 rules_v6,
                 filter_v4: region(bank, false)?,
@@ -496,6 +497,28 @@ impl Dataplane {
             Err(source) => Err(KernelError::Map { map: map_name::BUCKETS, source }),
         }
     }
+}
+
+/// Every entry of an array map of `len` entries, in batches where the
+/// kernel has them, else one by one.
+fn read_array<V: aya::Pod + Default>(
+    array: &Array<MapData, V>,
+    len: u32,
+    map: &'static str,
+) -> Result<Vec<V>, KernelError> {
+    let mut values = vec![V::default(); len as usize];
+    let fd = array.map().fd().as_fd().as_raw_fd();
+    let mut seen = 0u32;
+    let batched = sys::lookup_all::<u32, V>(fd, &mut |&index, value| {
+        if let Some(slot) = values.get_mut(index as usize) {
+            *slot = *value;
+            seen += 1;
+        }
+    });
+    if batched.is_ok() && seen == len {
+        return Ok(values);
+    }
+    (0..len).map(|index| array.get(&index, 0)).collect::<Result<_, MapError>>().map_err(map_err(map))
 }
 
 /// Every entry of a rule trie.

@@ -3,8 +3,8 @@
 //! adopted.
 //!
 //! ```text
-//! DIR/maps/CONFIG, RULES_V4, RULES_V6, SCOPE, BUCKETS, NEW_SOURCES, COUNTERS, RULE_FILTER,
-//!          IFACE_SLOT
+//! DIR/maps/CONFIG, RULES_V4, RULES_V6, CLASS_OF, CLASSES, BUCKETS, NEW_SOURCES, COUNTERS,
+//!          RULE_FILTER, IFACE_SLOT
 //! DIR/links/native/<iface>, DIR/links/generic/<iface>
 //! ```
 //!
@@ -29,8 +29,8 @@ use aya::{
     Ebpf,
 };
 use throttle_common::{
-    map_name, reason, rule_filter, scope, Bucket, BucketKey, Config, Rule, IFACE_SLOTS, LAYOUT_VERSION,
-    MAX_IFINDEX, MAX_RULES,
+    class_of, map_name, reason, rule_filter, Bucket, BucketKey, ClassConfig, Config, Rule, IFACE_SLOTS,
+    LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
 use super::{
@@ -274,11 +274,18 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         max_entries: Some(MAX_RULES),
     },
     Expected {
-        name: map_name::SCOPE,
+        name: map_name::CLASS_OF,
         map_type: MapType::Array,
         key_size: size_of::<u32>(),
-        value_size: size_of::<u64>(),
-        max_entries: Some(scope::WORDS),
+        value_size: size_of::<u32>(),
+        max_entries: Some(class_of::ENTRIES),
+    },
+    Expected {
+        name: map_name::CLASSES,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<ClassConfig>(),
+        max_entries: Some(MAX_CLASSES),
     },
     Expected {
         name: map_name::BUCKETS,

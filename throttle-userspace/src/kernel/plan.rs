@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use throttle_common::{
-    flags, ipv4_mask, ipv6_mask, scope, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT,
-    LAYOUT_VERSION, UNIT_BYTES, UNIT_PACKETS,
+    class_of, flags, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY,
+    ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS, UNIT_BYTES, UNIT_PACKETS,
 };
 
 use super::rule_filter::Region;
-use crate::policy::{Action, Policy, Proto, Unit};
+use crate::policy::{Action, Class, Policy, Proto, Rate, Unit, UnmatchedAction};
 
 /// A rule trie's key: prefix length and address bytes.
 pub type TrieKey<const N: usize> = (u8, [u8; N]);
@@ -24,18 +24,20 @@ pub type TrieKey<const N: usize> = (u8, [u8; N]);
 pub struct Settings {
     /// [`flags`], less [`flags::ONE_IFACE`] (the attachments decide it).
     pub flags: u32,
-    pub default_limit: Limit,
+    /// The default class (`[limits]`).
+    pub default_class: ClassConfig,
     pub new_source_limit: Limit,
-    pub ipv4_mask: u32,
-    pub ipv6_mask: [u32; 4],
 }
 
 /// Everything the maps must hold for a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub settings: Settings,
-    /// The `SCOPE` bitmap, [`scope::WORDS`] words.
-    pub scope: Vec<u64>,
+    /// The `CLASS_OF` array, [`class_of::ENTRIES`] entries.
+    pub class_of: Vec<u32>,
+    /// The `CLASSES` array by class id, [`MAX_CLASSES`] entries (id 0, the
+    /// default class, is in the settings; its entry stays zero).
+    pub classes: Vec<ClassConfig>,
     pub rules_v4: BTreeMap<TrieKey<4>, Rule>,
     pub rules_v6: BTreeMap<TrieKey<16>, Rule>,
     /// The rule filter's region of each family, whichever bank it goes to.
@@ -48,7 +50,8 @@ impl Default for Plan {
     fn default() -> Self {
         Self {
             settings: Settings::default(),
-            scope: vec![0; scope::WORDS as usize],
+            class_of: vec![0; class_of::ENTRIES as usize],
+            classes: vec![ClassConfig::default(); MAX_CLASSES as usize],
             rules_v4: BTreeMap::new(),
             rules_v6: BTreeMap::new(),
             filter_v4: Region::default(),
@@ -79,13 +82,12 @@ impl Plan {
             version: placement.version,
             layout: LAYOUT_VERSION,
             flags: s.flags | if placement.one_iface_slot.is_some() { flags::ONE_IFACE } else { 0 },
-            default_limit: s.default_limit,
+            default_class: s.default_class,
             new_source_limit: s.new_source_limit,
-            ipv4_mask: s.ipv4_mask,
             rule_filter_bank: placement.bank,
-            ipv6_mask: s.ipv6_mask,
             iface_slot: placement.one_iface_slot.unwrap_or(0),
             rule_filter_shifts: placement.shifts,
+            _pad: 0,
         }
     }
 
@@ -94,19 +96,20 @@ impl Plan {
     pub fn settings_of(config: &Config) -> Settings {
         Settings {
             flags: config.flags & !flags::ONE_IFACE,
-            default_limit: config.default_limit,
+            default_class: config.default_class,
             new_source_limit: config.new_source_limit,
-            ipv4_mask: config.ipv4_mask,
-            ipv6_mask: config.ipv6_mask,
         }
     }
 }
 
-/// A rule of the policy with the id its buckets carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRule {
-    pub id: u32,
-    pub net: IpNet,
+/// The ids the buckets of a policy's rules and classes carry, one per rule
+/// and one per class, in the policy's order; kept across changes so that a
+/// change keeps the buckets of what it does not touch.
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a> {
+    pub rules: &'a [u32],
+    /// From 1 to [`MAX_CLASSES`] less one: 0 is the default class.
+    pub classes: &'a [u32],
 }
 
 const fn unit(unit: Unit) -> u32 {
@@ -116,35 +119,69 @@ const fn unit(unit: Unit) -> u32 {
     }
 }
 
-/// What the maps must hold for `policy` (validated), whose rules have the
-/// ids `ids` (one per rule, in order), with every rate scaled by `scale`
-/// (bursts stay as configured), metered with the coarse clock where its
-/// tick (`coarse_tick_ns`, 0: unknown) allows.
+/// A limit of `rate` (scaled by the controller) and `burst`.
+fn limit(rate: Rate, burst: u64, of: Unit, scale: f64, coarse_tick_ns: u64) -> Limit {
+    Limit::from_interval(rate.scaled(scale).interval_ticks(), burst, unit(of)).with_clock(coarse_tick_ns)
+}
+
+/// The kernel form of a class.
+fn class_config(class: &Class, scale: f64, coarse_tick_ns: u64) -> ClassConfig {
+    let scale = if class.adaptive { scale } else { 1.0 };
+    let mut limits = [Limit::default(); MAX_CLASS_LIMITS as usize];
+    for (slot, l) in limits.iter_mut().zip(&class.limits) {
+        *slot = limit(l.rate, l.burst(), class.unit, scale, coarse_tick_ns);
+    }
+    ClassConfig {
+        limits,
+        ipv4_mask: ipv4_mask(class.ipv4_prefix),
+        limit_count: u32::try_from(class.limits.len()).expect("at most 3 limits"),
+        ipv6_mask: ipv6_mask(class.ipv6_prefix),
+    }
+}
+
+/// Gives (`proto`, `port`) to `class`.
+fn claim(class_of: &mut [u32], flags: &mut u32, proto: Proto, port: u16, class: u32, syn_only: bool) {
+    let index = class_of::index(proto.number(), port).expect("TCP or UDP");
+    class_of[index as usize] = class_of::entry(class, syn_only);
+    *flags |= flags::CLAIMS
+        | match proto {
+            Proto::Tcp => flags::CLAIMS_TCP,
+            Proto::Udp => flags::CLAIMS_UDP,
+        };
+}
+
+/// What the maps must hold for `policy` (validated), whose rules and classes
+/// have the ids `ids`, with the rates of the default class, of the limit
+/// rules and of the adaptive classes scaled by `scale` (bursts stay as
+/// configured), metered with the coarse clock where its tick
+/// (`coarse_tick_ns`, 0: unknown) allows.
 #[must_use]
-pub fn compile(policy: &Policy, ids: &[u32], scale: f64, coarse_tick_ns: u64) -> Plan {
-    assert_eq!(ids.len(), policy.rules.len(), "one id per rule");
+pub fn compile(policy: &Policy, ids: Ids<'_>, scale: f64, coarse_tick_ns: u64) -> Plan {
+    assert_eq!(ids.rules.len(), policy.rules.len(), "one id per rule");
+    assert_eq!(ids.classes.len(), policy.classes.len(), "one id per class");
+    let mut plan = Plan::default();
     let mut flags = 0;
 
-    let mut scope_words = vec![0u64; scope::WORDS as usize];
     for entry in &policy.scope.ports {
-        let (word, shift) =
-            scope::slot(entry.proto.number(), entry.port).expect("the scope names TCP or UDP");
-        let bits = scope::IN_SCOPE | if entry.syn_only { scope::SYN_ONLY } else { 0 };
-        scope_words[word as usize] |= bits << shift;
-        flags |= flags::SCOPE
-            | match entry.proto {
-                Proto::Tcp => flags::SCOPE_TCP,
-                Proto::Udp => flags::SCOPE_UDP,
-            };
+        claim(&mut plan.class_of, &mut flags, entry.proto, entry.port, 0, entry.syn_only);
+    }
+    for (class, &id) in policy.classes.iter().zip(ids.classes) {
+        assert!(id > 0 && id < MAX_CLASSES, "class ids are 1 to {}", MAX_CLASSES - 1);
+        for m in &class.matches {
+            for port in m.ports.0.iter().flat_map(|range| range.ports()) {
+                claim(&mut plan.class_of, &mut flags, m.proto, port, id, m.syn_only);
+            }
+        }
+        plan.classes[id as usize] = class_config(class, scale, coarse_tick_ns);
+    }
+    if policy.scope.ports.is_empty() && policy.unmatched.action == UnmatchedAction::Limit {
+        flags |= flags::UNMATCHED_LIMIT;
     }
 
-    let mut rules_v4 = BTreeMap::new();
-    let mut rules_v6 = BTreeMap::new();
-    for (spec, &id) in policy.rules.iter().zip(ids) {
-        let limit = spec.limit().map_or_else(Limit::default, |l| {
-            Limit::from_interval(l.rate.scaled(scale).interval_ticks(), l.burst, unit(l.unit))
-                .with_clock(coarse_tick_ns)
-        });
+    for (spec, &id) in policy.rules.iter().zip(ids.rules) {
+        let limit = spec
+            .limit()
+            .map_or_else(Limit::default, |l| limit(l.rate, l.burst, l.unit, scale, coarse_tick_ns));
         let action = match spec.action {
             Action::Allow => ACTION_ALLOW,
             Action::Deny => ACTION_DENY,
@@ -154,20 +191,20 @@ pub fn compile(policy: &Policy, ids: &[u32], scale: f64, coarse_tick_ns: u64) ->
         let deny = spec.action == Action::Deny;
         match spec.cidr {
             IpNet::V4(net) => {
-                rules_v4.insert((net.prefix_len(), net.addr().octets()), value);
+                plan.rules_v4.insert((net.prefix_len(), net.addr().octets()), value);
                 flags |= flags::RULES_V4 | if deny { flags::DENY_V4 } else { 0 };
             }
             IpNet::V6(net) => {
-                rules_v6.insert((net.prefix_len(), net.addr().octets()), value);
+                plan.rules_v6.insert((net.prefix_len(), net.addr().octets()), value);
                 flags |= flags::RULES_V6 | if deny { flags::DENY_V6 } else { 0 };
             }
         }
     }
-    let filter_v4 = Region::ipv4(policy.rules.iter().filter_map(|r| match r.cidr {
+    plan.filter_v4 = Region::ipv4(policy.rules.iter().filter_map(|r| match r.cidr {
         IpNet::V4(net) => Some((net.network(), net.prefix_len())),
         IpNet::V6(_) => None,
     }));
-    let filter_v6 = Region::ipv6(policy.rules.iter().filter_map(|r| match r.cidr {
+    plan.filter_v6 = Region::ipv6(policy.rules.iter().filter_map(|r| match r.cidr {
         IpNet::V6(net) => Some((net.network(), net.prefix_len())),
         IpNet::V4(_) => None,
     }));
@@ -179,20 +216,20 @@ pub fn compile(policy: &Policy, ids: &[u32], scale: f64, coarse_tick_ns: u64) ->
     if limits.new_source_rate > 0 {
         flags |= flags::NEW_SOURCE_LIMIT;
     }
-    let settings = Settings {
+    let mut default_limits = [Limit::default(); MAX_CLASS_LIMITS as usize];
+    default_limits[0] = limit(limits.rate, limits.burst, limits.unit, scale, coarse_tick_ns);
+    plan.settings = Settings {
         flags,
-        default_limit: Limit::from_interval(
-            limits.rate.scaled(scale).interval_ticks(),
-            limits.burst,
-            unit(limits.unit),
-        )
-        .with_clock(coarse_tick_ns),
+        default_class: ClassConfig {
+            limits: default_limits,
+            ipv4_mask: ipv4_mask(limits.ipv4_prefix),
+            limit_count: 1,
+            ipv6_mask: ipv6_mask(limits.ipv6_prefix),
+        },
         new_source_limit: Limit::new(limits.new_source_rate, limits.new_source_burst, UNIT_PACKETS)
             .with_clock(coarse_tick_ns),
-        ipv4_mask: ipv4_mask(limits.ipv4_prefix),
-        ipv6_mask: ipv6_mask(limits.ipv6_prefix),
     };
-    Plan { settings, scope: scope_words, rules_v4, rules_v6, filter_v4, filter_v6 }
+    plan
 }
 
 #[cfg(test)]
@@ -202,10 +239,15 @@ mod tests {
     use throttle_common::{rule_filter, CLOCK_COARSE, CLOCK_FINE};
 
     use super::*;
-    use crate::policy::{Limits, Period, Rate, RuleSpec, Scope, ScopePort};
+    use crate::policy::{Limits, Period, RuleSpec, Scope, ScopePort, Unmatched};
 
     /// A jiffy of a kernel with HZ=250.
     const TICK_NS: u64 = 4_000_000;
+
+    /// The ids of a policy of `rules` rules and no classes.
+    fn ids(rules: &[u32]) -> Ids<'_> {
+        Ids { rules, classes: &[] }
+    }
 
     fn limit_rule(cidr: &str, rate: u64) -> RuleSpec {
         RuleSpec { rate: Some(Rate::per_second(rate)), ..RuleSpec::new(cidr.parse().unwrap(), Action::Limit) }
@@ -213,20 +255,23 @@ mod tests {
 
     #[test]
     fn the_default_policy_meters_everything_at_the_default_limit() {
-        let plan = compile(&Policy::default(), &[], 1.0, TICK_NS);
+        let plan = compile(&Policy::default(), ids(&[]), 1.0, TICK_NS);
         let limits = Limits::default();
-        assert_eq!(plan.settings.flags, flags::NEW_SOURCE_LIMIT);
-        assert_eq!(plan.settings.default_limit.rate(), limits.rate.count);
-        assert_eq!(plan.settings.default_limit.burst(), limits.burst);
-        assert_eq!(plan.settings.ipv4_mask, u32::MAX);
-        assert_eq!(plan.settings.ipv6_mask, [u32::MAX, u32::MAX, 0, 0]);
-        assert!(plan.scope.iter().all(|&w| w == 0));
+        assert_eq!(plan.settings.flags, flags::NEW_SOURCE_LIMIT | flags::UNMATCHED_LIMIT);
+        let class = plan.settings.default_class;
+        assert_eq!(class.limit_count, 1);
+        assert_eq!(class.limits[0].rate(), limits.rate.count);
+        assert_eq!(class.limits[0].burst(), limits.burst);
+        assert_eq!(class.ipv4_mask, u32::MAX);
+        assert_eq!(class.ipv6_mask, [u32::MAX, u32::MAX, 0, 0]);
+        assert!(plan.class_of.iter().all(|&e| e == 0));
+        assert!(plan.classes.iter().all(|c| *c == ClassConfig::default()));
         assert!(plan.rules_v4.is_empty() && plan.rules_v6.is_empty());
         assert_eq!(plan.filter_v4.shift_byte(), rule_filter::shift_byte(0), "no rules: no mask");
     }
 
     #[test]
-    fn the_scope_sets_two_bits_per_port_and_the_flags_of_its_protocols() {
+    fn the_scope_gives_its_ports_to_the_default_class_and_stops_metering_the_rest() {
         let policy = Policy {
             scope: Scope {
                 ports: vec![
@@ -236,17 +281,15 @@ mod tests {
             },
             ..Policy::default()
         };
-        let plan = compile(&policy, &[], 1.0, 0);
-        let bits = |proto, port| {
-            let (word, shift) = scope::slot(proto, port).unwrap();
-            (plan.scope[word as usize] >> shift) & 0b11
-        };
-        assert_eq!(bits(throttle_common::PROTO_TCP, 443), scope::IN_SCOPE | scope::SYN_ONLY);
-        assert_eq!(bits(throttle_common::PROTO_UDP, 53), scope::IN_SCOPE);
-        assert_eq!(bits(throttle_common::PROTO_TCP, 53), 0);
-        assert_eq!(plan.scope.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
-        let want = flags::SCOPE | flags::SCOPE_TCP | flags::SCOPE_UDP;
+        let plan = compile(&policy, ids(&[]), 1.0, 0);
+        let entry = |proto, port| plan.class_of[class_of::index(proto, port).unwrap() as usize];
+        assert_eq!(entry(throttle_common::PROTO_TCP, 443), class_of::entry(0, true));
+        assert_eq!(entry(throttle_common::PROTO_UDP, 53), class_of::entry(0, false));
+        assert_eq!(entry(throttle_common::PROTO_TCP, 53), 0);
+        assert_eq!(plan.class_of.iter().filter(|&&e| e != 0).count(), 2);
+        let want = flags::CLAIMS | flags::CLAIMS_TCP | flags::CLAIMS_UDP;
         assert_eq!(plan.settings.flags & want, want);
+        assert_eq!(plan.settings.flags & flags::UNMATCHED_LIMIT, 0, "what the scope does not name passes");
     }
 
     #[test]
@@ -259,7 +302,7 @@ mod tests {
             ],
             ..Policy::default()
         };
-        let plan = compile(&policy, &[7, 3, 9], 1.0, 0);
+        let plan = compile(&policy, ids(&[7, 3, 9]), 1.0, 0);
         let deny = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!((deny.action, deny.id), (ACTION_DENY, 7));
         let limit = plan.rules_v4[&(24, [192, 0, 2, 0])];
@@ -283,7 +326,7 @@ mod tests {
             rules: vec![limit_rule("10.1.0.0/16", 5), limit_rule("10.2.3.0/24", 5)],
             ..Policy::default()
         };
-        let plan = compile(&policy, &[1, 2], 1.0, 0);
+        let plan = compile(&policy, ids(&[1, 2]), 1.0, 0);
         for addr in [Ipv4Addr::new(10, 1, 200, 7), Ipv4Addr::new(10, 2, 3, 255)] {
             assert!(plan.filter_v4.may_match(rule_filter::ipv4(u32::from_ne_bytes(addr.octets()))), "{addr}");
         }
@@ -293,9 +336,9 @@ mod tests {
     #[test]
     fn the_scale_cuts_rates_never_bursts_and_never_below_one() {
         let policy = Policy { rules: vec![limit_rule("10.0.0.0/8", 100)], ..Policy::default() };
-        let plan = compile(&policy, &[1], 0.5, 0);
-        assert_eq!(plan.settings.default_limit.rate(), 500);
-        assert_eq!(plan.settings.default_limit.burst(), 1_000);
+        let plan = compile(&policy, ids(&[1]), 0.5, 0);
+        assert_eq!(plan.settings.default_class.limits[0].rate(), 500);
+        assert_eq!(plan.settings.default_class.limits[0].burst(), 1_000);
         let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!((rule.limit.rate(), rule.limit.burst()), (50, 100));
         assert_eq!(plan.settings.new_source_limit.rate(), Limits::default().new_source_rate, "not scaled");
@@ -308,7 +351,7 @@ mod tests {
             burst: Some(5),
             ..RuleSpec::new("198.51.100.0/24".parse().unwrap(), Action::Limit)
         };
-        let plan = compile(&Policy { rules: vec![rule], ..Policy::default() }, &[1], 1.0, TICK_NS);
+        let plan = compile(&Policy { rules: vec![rule], ..Policy::default() }, ids(&[1]), 1.0, TICK_NS);
         let limit = plan.rules_v4[&(24, [198, 51, 100, 0])].limit;
         assert_eq!(limit.interval, 20 * throttle_common::gcra::TICKS_PER_SEC);
         assert_eq!(limit.burst(), 5);
@@ -320,19 +363,85 @@ mod tests {
         let limits = |rate, burst| Limits { rate: Rate::per_second(rate), burst, ..Limits::default() };
         let long = Policy { limits: limits(100, 100), ..Policy::default() };
         let short = Policy { limits: limits(100_000, 10), ..Policy::default() };
-        assert_eq!(compile(&long, &[], 1.0, TICK_NS).settings.default_limit.clock, CLOCK_COARSE);
-        assert_eq!(compile(&short, &[], 1.0, TICK_NS).settings.default_limit.clock, CLOCK_FINE);
-        assert_eq!(compile(&long, &[], 1.0, 0).settings.default_limit.clock, CLOCK_FINE, "tick unknown");
+        assert_eq!(
+            compile(&long, ids(&[]), 1.0, TICK_NS).settings.default_class.limits[0].clock,
+            CLOCK_COARSE
+        );
+        assert_eq!(
+            compile(&short, ids(&[]), 1.0, TICK_NS).settings.default_class.limits[0].clock,
+            CLOCK_FINE
+        );
+        assert_eq!(
+            compile(&long, ids(&[]), 1.0, 0).settings.default_class.limits[0].clock,
+            CLOCK_FINE,
+            "tick unknown"
+        );
     }
 
     #[test]
     fn a_placed_config_carries_the_writers_fields() {
-        let plan = compile(&Policy::default(), &[], 1.0, 0);
+        let plan = compile(&Policy::default(), ids(&[]), 1.0, 0);
         let placement = Placement { version: 9, bank: 1, shifts: 0x0102_0304, one_iface_slot: Some(3) };
         let config = plan.config(placement);
         assert_eq!((config.version, config.layout, config.rule_filter_bank), (9, LAYOUT_VERSION, 1));
         assert_eq!((config.iface_slot, config.rule_filter_shifts), (3, 0x0102_0304));
         assert_ne!(config.flags & flags::ONE_IFACE, 0);
         assert_eq!(Plan::settings_of(&config), plan.settings);
+    }
+
+    fn example_classes() -> Vec<Class> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            classes: Vec<Class>,
+        }
+        let doc: Doc = toml::from_str(
+            r#"
+            [[classes]]
+            name = "ssh"
+            match = [{ proto = "tcp", ports = "22", syn_only = true }]
+            limits = [{ rate = "3/minute", burst = 5 }]
+            [[classes]]
+            name = "dns"
+            match = [{ proto = "udp", ports = "53" }]
+            limits = [{ rate = "50/second", burst = 100 }, { rate = "1000/minute" }]
+            ipv4_prefix = 24
+            [[classes]]
+            name = "web"
+            match = [{ proto = "tcp", ports = [443, "8000-8100"], syn_only = true }]
+            limits = [{ rate = "20/s", burst = 40 }]
+            adaptive = true
+            "#,
+        )
+        .unwrap();
+        doc.classes
+    }
+
+    #[test]
+    fn classes_claim_their_ports_under_their_ids_with_their_limits() {
+        let policy = Policy { classes: example_classes(), ..Policy::default() };
+        policy.validate().unwrap();
+        let plan = compile(&policy, Ids { rules: &[], classes: &[4, 2, 9] }, 0.5, TICK_NS);
+        let entry = |proto, port| plan.class_of[class_of::index(proto, port).unwrap() as usize];
+        assert_eq!(entry(throttle_common::PROTO_TCP, 22), class_of::entry(4, true));
+        assert_eq!(entry(throttle_common::PROTO_UDP, 53), class_of::entry(2, false));
+        for port in [443, 8000, 8050, 8100] {
+            assert_eq!(entry(throttle_common::PROTO_TCP, port), class_of::entry(9, true), "{port}");
+        }
+        assert_eq!(entry(throttle_common::PROTO_TCP, 8101), 0);
+        assert_eq!(plan.class_of.iter().filter(|&&e| e != 0).count(), 1 + 1 + 1 + 101);
+        let dns = plan.classes[2];
+        assert_eq!(dns.limit_count, 2);
+        assert_eq!((dns.limits[0].rate(), dns.limits[0].burst()), (50, 100), "not adaptive: not scaled");
+        assert_eq!(dns.limits[1].interval, throttle_common::gcra::TICKS_PER_SEC * 60 / 1000);
+        assert_eq!(dns.limits[1].burst(), 1000);
+        assert_eq!(dns.ipv4_mask, ipv4_mask(24));
+        let web = plan.classes[9];
+        assert_eq!(web.limits[0].rate(), 10, "adaptive: scaled");
+        assert_eq!(plan.classes[4].limits[0].interval, 20 * throttle_common::gcra::TICKS_PER_SEC);
+        assert_eq!(plan.classes.iter().filter(|c| c.limit_count > 0).count(), 3);
+        assert_ne!(plan.settings.flags & flags::UNMATCHED_LIMIT, 0, "no scope: the rest is metered");
+        let pass = Policy { unmatched: Unmatched { action: UnmatchedAction::Pass }, ..policy.clone() };
+        let plan = compile(&pass, Ids { rules: &[], classes: &[4, 2, 9] }, 1.0, TICK_NS);
+        assert_eq!(plan.settings.flags & flags::UNMATCHED_LIMIT, 0);
     }
 }

@@ -1,19 +1,21 @@
 //! Writing a plan into the maps, diffed against what they hold, in the order
 //! that keeps every packet's verdict that of the old plan or of the new one:
 //!
-//! 1. scope words that gain bits take the union of old and new, so that
-//!    while the change lands a port is in scope if either plan says so;
+//! 1. new and changed classes, then the ports they or the scope claim anew
+//!    or from another class (each entry one word: a packet meets the old
+//!    class or the new one);
 //! 2. new and changed rules;
 //! 3. the new rule filter, into the bank not in use, with its masks;
 //! 4. the global settings, which switch to that bank (the version grows);
-//! 5. the scope's final words, and the removal of rules no longer there.
+//! 5. the ports no longer claimed, the classes nothing claims any more, and
+//!    the rules no longer there.
 //!
 //! Buckets are never touched: every source keeps its state.
 
 use std::collections::BTreeMap;
 
 use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
-use throttle_common::{map_name, rule_filter, Config, Rule};
+use throttle_common::{map_name, rule_filter, ClassConfig, Config, Rule};
 
 use super::{
     error::{map_err, KernelError},
@@ -27,10 +29,14 @@ impl Dataplane {
     /// Puts `plan` in force.
     pub fn write(&mut self, plan: &Plan) -> Result<(), KernelError> {
         // 1. Scope words that gain bits: the union.
-        for (word, &new) in (0..).zip(&plan.scope) {
-            let old = self.held.plan.scope[word as usize];
-            if new & !old != 0 {
-                self.write_scope_word(word, old | new)?;
+        for (id, class) in (0..).zip(&plan.classes) {
+            if *class != ClassConfig::default() && self.held.plan.classes[id as usize] != *class {
+                self.write_class(id, *class)?;
+            }
+        }
+        for (index, &new) in (0..).zip(&plan.class_of) {
+            if new != 0 && self.held.plan.class_of[index as usize] != new {
+                self.write_class_of(index, new)?;
             }
         }
         // 2. Rules, new or changed.
@@ -46,9 +52,14 @@ impl Dataplane {
         self.held.plan.settings = plan.settings;
         self.written = true;
         // 5. What is no longer there, now that nothing refers to it.
-        for (word, &new) in (0..).zip(&plan.scope) {
-            if self.held.plan.scope[word as usize] != new {
-                self.write_scope_word(word, new)?;
+        for (index, &new) in (0..).zip(&plan.class_of) {
+            if self.held.plan.class_of[index as usize] != new {
+                self.write_class_of(index, new)?;
+            }
+        }
+        for (id, class) in (0..).zip(&plan.classes) {
+            if self.held.plan.classes[id as usize] != *class {
+                self.write_class(id, *class)?;
             }
         }
         let held = &mut self.held.plan;
@@ -132,9 +143,15 @@ impl Dataplane {
         self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))
     }
 
-    fn write_scope_word(&mut self, word: u32, bits: u64) -> Result<(), KernelError> {
-        self.scope.set(word, bits, 0).map_err(map_err(map_name::SCOPE))?;
-        self.held.plan.scope[word as usize] = bits;
+    fn write_class_of(&mut self, index: u32, entry: u32) -> Result<(), KernelError> {
+        self.class_of.set(index, entry, 0).map_err(map_err(map_name::CLASS_OF))?;
+        self.held.plan.class_of[index as usize] = entry;
+        Ok(())
+    }
+
+    fn write_class(&mut self, id: u32, class: ClassConfig) -> Result<(), KernelError> {
+        self.classes.set(id, class, 0).map_err(map_err(map_name::CLASSES))?;
+        self.held.plan.classes[id as usize] = class;
         Ok(())
     }
 }
