@@ -39,12 +39,19 @@ pub fn policy(rate: u64, burst: u64) -> Policy {
     }
 }
 
-/// Compiles `policy` (its rules' ids from `ids`), writes the plan into the
-/// maps, and checks that they hold exactly the plan.
-pub fn write(dataplane: &mut Dataplane, ids: &mut RuleIds, policy: &Policy) {
-    let rule_ids = ids.resolve(policy).unwrap_or_else(|e| panic!("the policy: {e}"));
-    // Classes get ids in their order, as a daemon that starts with them does.
-    let class_ids = ClassIds::default().resolve(&policy.classes);
+/// The ids of rules and classes, kept from one policy to the next as the
+/// daemon keeps them.
+#[derive(Debug, Default)]
+pub struct PolicyIds {
+    pub rules: RuleIds,
+    pub classes: ClassIds,
+}
+
+/// Compiles `policy` (its rules' and classes' ids from `ids`), writes the
+/// plan into the maps, and checks that they hold exactly the plan.
+pub fn write(dataplane: &mut Dataplane, ids: &mut PolicyIds, policy: &Policy) {
+    let rule_ids = ids.rules.resolve(policy).unwrap_or_else(|e| panic!("the policy: {e}"));
+    let class_ids = ids.classes.resolve(&policy.classes);
     let plan = compile(policy, Ids { rules: &rule_ids, classes: &class_ids }, 1.0, coarse_resolution_ns());
     dataplane.write(&plan).unwrap_or_else(|e| panic!("writing the plan: {e}"));
     assert_eq!(dataplane.read_plan().expect("reading the maps"), plan, "the maps hold the plan");

@@ -8,15 +8,16 @@
 use std::net::IpAddr;
 
 use throttle::{
-    control::RuleIds,
     kernel::{bucket_key, Dataplane},
-    policy::{Action, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, Unit},
+    policy::{
+        Action, Class, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, Unit, Unmatched, UnmatchedAction,
+    },
 };
 use throttle_common::{reason, rule_filter};
 use throttle_tests::{
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
     require_root,
-    xdp::{policy, verdict, write, XDP_DROP, XDP_PASS},
+    xdp::{policy, verdict, write, PolicyIds, XDP_DROP, XDP_PASS},
 };
 
 const ETH_HLEN: usize = 14;
@@ -24,7 +25,7 @@ const ETH_HLEN: usize = 14;
 /// A loaded program with `policy` applied, and its counters before a step.
 struct Harness {
     dataplane: Dataplane,
-    ids: RuleIds,
+    ids: PolicyIds,
     before: [u64; reason::COUNT as usize],
 }
 
@@ -32,7 +33,7 @@ impl Harness {
     fn new(policy: &Policy) -> Self {
         let dataplane = Dataplane::load(4_096).expect("loading the program");
         let before = dataplane.counters().expect("counters");
-        let mut harness = Self { dataplane, ids: RuleIds::default(), before };
+        let mut harness = Self { dataplane, ids: PolicyIds::default(), before };
         harness.apply(policy);
         harness.before = harness.dataplane.counters().expect("counters");
         harness
@@ -635,7 +636,7 @@ fn the_batched_walk_reads_every_bucket_the_one_by_one_walk_reads() {
     // Room for every source: a small LRU map evicts early.
     let mut dataplane = Dataplane::load(65_536).expect("loading the program");
     let p = policy(1_000, 1_000);
-    write(&mut dataplane, &mut RuleIds::default(), &p);
+    write(&mut dataplane, &mut PolicyIds::default(), &p);
     let mut h = Harness::new(&p);
     h.dataplane = dataplane;
     // More sources than one batch holds, both families.
@@ -654,4 +655,100 @@ fn the_batched_walk_reads_every_bucket_the_one_by_one_walk_reads() {
     batched.sort_unstable_by_key(|(k, _)| (k.family, k.addr, k.rule));
     assert_eq!(walked.len(), 5_300);
     assert_eq!(batched, walked);
+}
+
+/// The example classes: SSH SYNs at 3 a minute (burst 2), DNS at 5 a second
+/// (burst 4) and 6 a minute, web SYNs on 443 and 8000-8100 at 2 a second.
+fn classes(unmatched: UnmatchedAction) -> Policy {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        classes: Vec<Class>,
+    }
+    let doc: Doc = toml::from_str(
+        r#"
+        [[classes]]
+        name = "ssh"
+        match = [{ proto = "tcp", ports = "22", syn_only = true }]
+        limits = [{ rate = "3/minute", burst = 2 }]
+        [[classes]]
+        name = "dns"
+        match = [{ proto = "udp", ports = "53" }]
+        limits = [{ rate = "5/second", burst = 4 }, { rate = "6/minute" }]
+        [[classes]]
+        name = "web"
+        match = [{ proto = "tcp", ports = [443, "8000-8100"], syn_only = true }]
+        limits = [{ rate = 2, burst = 2 }]
+        ipv4_prefix = 24
+        "#,
+    )
+    .expect("the example classes");
+    Policy { classes: doc.classes, unmatched: Unmatched { action: unmatched }, ..policy(1_000, 1) }
+}
+
+#[test]
+fn each_class_meters_its_own_ports_with_its_own_limit() {
+    require_root!();
+    let mut h = Harness::new(&classes(UnmatchedAction::Limit));
+    let src = ip("192.0.2.10");
+    // SSH: 2 SYNs, then over; its ACKs are no SSH attempts and pass.
+    let syn = Frame::tcp(src, 22, TCP_SYN).build();
+    h.expect(&syn, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&syn, XDP_PASS, reason::PASSED);
+    h.expect(&syn, XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::tcp(src, 22, TCP_ACK).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    // Web: its own bucket, keyed by the /24: another address of it shares it.
+    let web = |a| Frame::tcp(ip(a), 8042, TCP_SYN).build();
+    h.expect(&web("192.0.2.10"), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&web("192.0.2.99"), XDP_PASS, reason::PASSED);
+    h.expect(&web("192.0.2.200"), XDP_DROP, reason::OVER_LIMIT);
+    // Unmatched traffic, whatever its port: the default class, burst 1.
+    h.expect(&Frame::tcp(src, 8101, TCP_SYN).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(src, 9999).build(), XDP_DROP, reason::OVER_LIMIT);
+}
+
+#[test]
+fn a_packet_passes_only_when_every_limit_of_its_class_admits_it() {
+    require_root!();
+    let mut h = Harness::new(&classes(UnmatchedAction::Limit));
+    // DNS: 4 at once by the per-second limit, then the per-minute one (6)
+    // stops it once the first refills: 6 in all over these 2 s.
+    let dns = Frame::udp(ip("198.51.100.7"), 53).build();
+    h.expect(&dns, XDP_PASS, reason::NEW_SOURCE);
+    for _ in 0..3 {
+        h.expect(&dns, XDP_PASS, reason::PASSED);
+    }
+    h.expect(&dns, XDP_DROP, reason::OVER_LIMIT);
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let mut passed = 0;
+    for _ in 0..6 {
+        if h.run(&dns) == XDP_PASS {
+            passed += 1;
+        }
+    }
+    let delta = h.delta();
+    assert_eq!(passed, 2, "the per-minute limit's burst of 6 is spent: {delta:?}");
+    assert_eq!(delta, [("over_limit", 4), ("passed", 2)]);
+}
+
+#[test]
+fn unmatched_traffic_passes_when_told_and_deny_rules_still_apply() {
+    require_root!();
+    let mut p = classes(UnmatchedAction::Pass);
+    p.rules = vec![rule("203.0.113.0/24", Action::Deny, None, None)];
+    let mut h = Harness::new(&p);
+    let other = Frame::udp(ip("192.0.2.10"), 9999).build();
+    for _ in 0..3 {
+        h.expect(&other, XDP_PASS, reason::OUT_OF_SCOPE);
+    }
+    h.expect(&Frame::udp(ip("203.0.113.5"), 9999).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("203.0.113.5"), 53).build(), XDP_DROP, reason::DENY_RULE);
+    // A class change keeps the other classes' buckets: SSH's budget stays spent.
+    let syn = Frame::tcp(ip("192.0.2.10"), 22, TCP_SYN).build();
+    h.expect(&syn, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&syn, XDP_PASS, reason::PASSED);
+    h.expect(&syn, XDP_DROP, reason::OVER_LIMIT);
+    p.classes.retain(|c| c.name.as_str() != "dns");
+    h.apply(&p);
+    h.expect(&syn, XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("192.0.2.10"), 53).build(), XDP_PASS, reason::OUT_OF_SCOPE);
 }

@@ -28,7 +28,6 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use throttle::{
-    control::RuleIds,
     kernel::{bucket_key, counters_label, Dataplane, KernelError, Options, XdpMode},
     policy::Policy,
 };
@@ -157,7 +156,7 @@ fn policy() -> Policy {
 
 /// Writes the plan of `policy` into the maps.
 fn write(dataplane: &mut Dataplane, policy: &Policy) {
-    xdp::write(dataplane, &mut RuleIds::default(), policy);
+    xdp::write(dataplane, &mut xdp::PolicyIds::default(), policy);
 }
 
 fn source() -> IpAddr {

@@ -32,7 +32,6 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
-    control::RuleIds,
     kernel::{bucket_key, Dataplane, XdpMode},
     policy::{Action, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort},
 };
@@ -420,7 +419,7 @@ impl Target {
             }
         }
         let policy = Policy { limits, scope, rules, ..Policy::default() };
-        xdp::write(&mut dataplane, &mut RuleIds::default(), &policy);
+        xdp::write(&mut dataplane, &mut xdp::PolicyIds::default(), &policy);
         let buckets = BpfHashMap::try_from(Map::LruHashMap(map_of(dataplane.program(), map_name::BUCKETS)))
             .expect("BUCKETS is an LRU hash of buckets");
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))
