@@ -752,3 +752,37 @@ fn unmatched_traffic_passes_when_told_and_deny_rules_still_apply() {
     h.expect(&syn, XDP_DROP, reason::OVER_LIMIT);
     h.expect(&Frame::udp(ip("192.0.2.10"), 53).build(), XDP_PASS, reason::OUT_OF_SCOPE);
 }
+
+#[test]
+fn a_prefix_tier_caps_the_sources_of_a_prefix_together() {
+    require_root!();
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        classes: Vec<Class>,
+    }
+    let doc: Doc = toml::from_str(
+        r#"
+        [[classes]]
+        name = "api"
+        match = [{ proto = "udp", ports = "8443" }]
+        limits = [{ rate = 1, burst = 2 }]
+        tiers = [{ ipv4_prefix = 24, rate = 1, burst = 3 }]
+        "#,
+    )
+    .expect("a class with a tier");
+    let mut h = Harness::new(&Policy { classes: doc.classes, ..policy(1_000, 1) });
+    let from = |a: &str| Frame::udp(ip(a), 8443).build();
+    // Each address has a burst of 2 of its own; their /24 has 3 in all.
+    h.expect(&from("192.0.2.1"), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&from("192.0.2.1"), XDP_PASS, reason::PASSED);
+    h.expect(&from("192.0.2.2"), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&from("192.0.2.2"), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&from("192.0.2.3"), XDP_DROP, reason::OVER_LIMIT);
+    // Another /24 has its own tier bucket; IPv6 has no tier here.
+    h.expect(&from("198.51.100.1"), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&from("198.51.100.1"), XDP_PASS, reason::PASSED);
+    let v6 = Frame::udp(ip("2001:db8::1"), 8443).build();
+    h.expect(&v6, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&v6, XDP_PASS, reason::PASSED);
+    h.expect(&v6, XDP_DROP, reason::OVER_LIMIT);
+}

@@ -156,7 +156,7 @@ pub struct Config {
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 152);
+const _: () = assert!(size_of::<Config>() == 256);
 
 /// A limit class as the data path meters it: the `CLASSES` entry of class
 /// `1..MAX_CLASSES`, and [`Config::default_class`] for class 0.
@@ -171,9 +171,38 @@ pub struct ClassConfig {
     pub limit_count: u32,
     /// IPv6 aggregation mask, in packet byte order.
     pub ipv6_mask: [u32; 4],
+    /// The prefix tiers; the first `tier_count`.
+    pub tiers: [TierConfig; MAX_TIERS as usize],
+    /// How many of `tiers` are in force (0 to [`MAX_TIERS`]).
+    pub tier_count: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<ClassConfig>() == 96);
+const _: () = assert!(size_of::<ClassConfig>() == 200);
+
+/// A prefix tier of a class: its sources also count against the bucket of
+/// their masked prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TierConfig {
+    pub limit: Limit,
+    /// The tier's IPv6 prefix mask, in packet byte order.
+    pub ipv6_mask: [u32; 4],
+    /// The tier's IPv4 prefix mask, in packet byte order.
+    pub ipv4_mask: u32,
+    /// The families it applies to: [`TIER_V4`], [`TIER_V6`] or both.
+    pub families: u32,
+}
+
+const _: () = assert!(size_of::<TierConfig>() == 48);
+
+/// [`TierConfig::families`]: the tier applies to IPv4 sources.
+pub const TIER_V4: u32 = 1 << 0;
+/// [`TierConfig::families`]: the tier applies to IPv6 sources.
+pub const TIER_V6: u32 = 1 << 1;
+/// The `slot` of [`class_owner`] of a class's first tier (a limit's slot is
+/// under it).
+pub const TIER_SLOT: u32 = 8;
 
 /// Actions of a rule.
 pub const ACTION_ALLOW: u32 = 1;

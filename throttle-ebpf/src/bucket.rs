@@ -152,10 +152,22 @@ fn take_new_source(now: u64, limit: &Limit) -> bool {
 /// aggregation prefix.
 #[inline(always)]
 pub fn key(family: Family, src: &[u32; 4], rule: u32, class: &ClassConfig) -> BucketKey {
+    masked_key(family, src, rule, class.ipv4_mask, &class.ipv6_mask)
+}
+
+/// The bucket key of a source masked with these masks.
+#[inline(always)]
+pub fn masked_key(
+    family: Family,
+    src: &[u32; 4],
+    rule: u32,
+    ipv4_mask: u32,
+    ipv6_mask: &[u32; 4],
+) -> BucketKey {
     let addr = if family == FAMILY_V4 {
-        [src[0] & class.ipv4_mask, 0, 0, 0]
+        [src[0] & ipv4_mask, 0, 0, 0]
     } else {
-        let m = &class.ipv6_mask;
+        let m = ipv6_mask;
         [src[0] & m[0], src[1] & m[1], src[2] & m[2], src[3] & m[3]]
     };
     BucketKey { addr, rule, family }

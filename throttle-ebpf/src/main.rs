@@ -28,7 +28,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use throttle_common::{
-    class_owner, flags, reason, ClassConfig, Config, Limit, Reason, MAX_CLASS_LIMITS, UNIT_BYTES,
+    class_owner, flags, reason, ClassConfig, Config, Limit, Reason, FAMILY_V4, MAX_CLASS_LIMITS, MAX_TIERS,
+    TIER_SLOT, TIER_V4, TIER_V6, UNIT_BYTES,
 };
 
 use crate::{
@@ -99,10 +100,10 @@ fn cost(limit: &Limit, len: u64) -> u64 {
     }
 }
 
-/// Meters the packet against each limit of its class in turn; the first
-/// that refuses it drops it (the limits before it have counted it, which
-/// only makes them stricter). The source's first bucket draws on the
-/// first-seen budget, the others do not.
+/// Meters the packet against each limit of its class in turn, then against
+/// each of its prefix tiers; the first that refuses it drops it (those
+/// before it have counted it, which only makes them stricter). The source's
+/// first bucket draws on the first-seen budget, the others do not.
 #[inline(always)]
 fn meter_class(
     ctx: &XdpContext,
@@ -115,7 +116,7 @@ fn meter_class(
     let first = &class.limits[0];
     let key = bucket::key(packet.family, &packet.src, class_owner(class_id, 0), class);
     let verdict = bucket::meter(ctx, &key, first, cost(first, len), config, true);
-    if reason::drops(verdict) || class.limit_count < 2 {
+    if reason::drops(verdict) {
         return verdict;
     }
     for slot in 1..MAX_CLASS_LIMITS {
@@ -125,6 +126,22 @@ fn meter_class(
         let limit = &class.limits[slot as usize];
         let key = bucket::key(packet.family, &packet.src, class_owner(class_id, slot), class);
         let next = bucket::meter(ctx, &key, limit, cost(limit, len), config, false);
+        if reason::drops(next) {
+            return next;
+        }
+    }
+    let family = if packet.family == FAMILY_V4 { TIER_V4 } else { TIER_V6 };
+    for index in 0..MAX_TIERS {
+        if index >= class.tier_count {
+            break;
+        }
+        let tier = &class.tiers[index as usize];
+        if tier.families & family == 0 {
+            continue;
+        }
+        let owner = class_owner(class_id, TIER_SLOT + index);
+        let key = bucket::masked_key(packet.family, &packet.src, owner, tier.ipv4_mask, &tier.ipv6_mask);
+        let next = bucket::meter(ctx, &key, &tier.limit, cost(&tier.limit, len), config, false);
         if reason::drops(next) {
             return next;
         }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use throttle_common::{
-    class_of, flags, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY,
-    ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS, UNIT_BYTES, UNIT_PACKETS,
+    class_of, flags, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, TierConfig, ACTION_ALLOW,
+    ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS, TIER_V4, TIER_V6,
+    UNIT_BYTES, UNIT_PACKETS,
 };
 
 use super::rule_filter::Region;
@@ -131,11 +132,25 @@ fn class_config(class: &Class, scale: f64, coarse_tick_ns: u64) -> ClassConfig {
     for (slot, l) in limits.iter_mut().zip(&class.limits) {
         *slot = limit(l.rate, l.burst(), class.unit, scale, coarse_tick_ns);
     }
+    let mut tiers = [TierConfig::default(); MAX_TIERS as usize];
+    for (slot, tier) in tiers.iter_mut().zip(&class.tiers) {
+        let l = tier.limit();
+        *slot = TierConfig {
+            limit: limit(l.rate, l.burst(), class.unit, scale, coarse_tick_ns),
+            ipv6_mask: ipv6_mask(tier.ipv6_prefix.unwrap_or(0)),
+            ipv4_mask: ipv4_mask(tier.ipv4_prefix.unwrap_or(0)),
+            families: if tier.ipv4_prefix.is_some() { TIER_V4 } else { 0 }
+                | if tier.ipv6_prefix.is_some() { TIER_V6 } else { 0 },
+        };
+    }
     ClassConfig {
         limits,
         ipv4_mask: ipv4_mask(class.ipv4_prefix),
         limit_count: u32::try_from(class.limits.len()).expect("at most 3 limits"),
         ipv6_mask: ipv6_mask(class.ipv6_prefix),
+        tiers,
+        tier_count: u32::try_from(class.tiers.len()).expect("at most 2 tiers"),
+        _pad: 0,
     }
 }
 
@@ -225,6 +240,7 @@ pub fn compile(policy: &Policy, ids: Ids<'_>, scale: f64, coarse_tick_ns: u64) -
             ipv4_mask: ipv4_mask(limits.ipv4_prefix),
             limit_count: 1,
             ipv6_mask: ipv6_mask(limits.ipv6_prefix),
+            ..ClassConfig::default()
         },
         new_source_limit: Limit::new(limits.new_source_rate, limits.new_source_burst, UNIT_PACKETS)
             .with_clock(coarse_tick_ns),
