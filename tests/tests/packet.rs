@@ -659,12 +659,17 @@ fn the_batched_walk_reads_every_bucket_the_one_by_one_walk_reads() {
 
 /// The example classes: SSH SYNs at 3 a minute (burst 2), DNS at 5 a second
 /// (burst 4) and 6 a minute, web SYNs on 443 and 8000-8100 at 2 a second.
-fn classes(unmatched: UnmatchedAction) -> Policy {
+/// Classes as the configuration file spells them.
+fn parse_classes(text: &str) -> Vec<Class> {
     #[derive(serde::Deserialize)]
     struct Doc {
         classes: Vec<Class>,
     }
-    let doc: Doc = toml::from_str(
+    toml::from_str::<Doc>(text).expect("classes").classes
+}
+
+fn classes(unmatched: UnmatchedAction) -> Policy {
+    let classes = parse_classes(
         r#"
         [[classes]]
         name = "ssh"
@@ -680,9 +685,8 @@ fn classes(unmatched: UnmatchedAction) -> Policy {
         limits = [{ rate = 2, burst = 2 }]
         ipv4_prefix = 24
         "#,
-    )
-    .expect("the example classes");
-    Policy { classes: doc.classes, unmatched: Unmatched { action: unmatched }, ..policy(1_000, 1) }
+    );
+    Policy { classes, unmatched: Unmatched { action: unmatched }, ..policy(1_000, 1) }
 }
 
 #[test]
@@ -756,11 +760,7 @@ fn unmatched_traffic_passes_when_told_and_deny_rules_still_apply() {
 #[test]
 fn a_prefix_tier_caps_the_sources_of_a_prefix_together() {
     require_root!();
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        classes: Vec<Class>,
-    }
-    let doc: Doc = toml::from_str(
+    let classes = parse_classes(
         r#"
         [[classes]]
         name = "api"
@@ -768,9 +768,8 @@ fn a_prefix_tier_caps_the_sources_of_a_prefix_together() {
         limits = [{ rate = 1, burst = 2 }]
         tiers = [{ ipv4_prefix = 24, rate = 1, burst = 3 }]
         "#,
-    )
-    .expect("a class with a tier");
-    let mut h = Harness::new(&Policy { classes: doc.classes, ..policy(1_000, 1) });
+    );
+    let mut h = Harness::new(&Policy { classes, ..policy(1_000, 1) });
     let from = |a: &str| Frame::udp(ip(a), 8443).build();
     // Each address has a burst of 2 of its own; their /24 has 3 in all.
     h.expect(&from("192.0.2.1"), XDP_PASS, reason::NEW_SOURCE);
