@@ -785,3 +785,37 @@ fn a_prefix_tier_caps_the_sources_of_a_prefix_together() {
     h.expect(&v6, XDP_PASS, reason::PASSED);
     h.expect(&v6, XDP_DROP, reason::OVER_LIMIT);
 }
+
+#[test]
+fn a_source_over_its_limit_long_enough_is_banned_then_let_go() {
+    require_root!();
+    let classes = parse_classes(
+        r#"
+        [[classes]]
+        name = "ssh"
+        match = [{ proto = "tcp", ports = "22", syn_only = true }]
+        limits = [{ rate = "1/minute", burst = 1 }]
+        ban = { after = "400ms", duration = "1s" }
+        "#,
+    );
+    let mut h = Harness::new(&Policy { classes: classes.clone(), ..policy(1_000, 1_000) });
+    let syn = Frame::tcp(ip("192.0.2.66"), 22, TCP_SYN).build();
+    let other = Frame::tcp(ip("192.0.2.67"), 22, TCP_SYN).build();
+    h.expect(&syn, XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&syn, XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&syn, XDP_DROP, reason::OVER_LIMIT);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Over its limit for longer than `after`: banned from now on.
+    h.expect(&syn, XDP_DROP, reason::BANNED);
+    h.expect(&syn, XDP_DROP, reason::BANNED);
+    // Another source of the class is not.
+    h.expect(&other, XDP_PASS, reason::NEW_SOURCE);
+    // A limit raised under the ban does not lift it.
+    let mut raised = classes.clone();
+    raised[0].limits[0].rate = "1000/s".parse().expect("a rate");
+    h.apply(&Policy { classes: raised, ..policy(1_000, 1_000) });
+    h.expect(&syn, XDP_DROP, reason::BANNED);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // The ban is over: the source starts again from its end, with its burst.
+    h.expect(&syn, XDP_PASS, reason::PASSED);
+}

@@ -156,7 +156,7 @@ pub struct Config {
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 256);
+const _: () = assert!(size_of::<Config>() == 272);
 
 /// A limit class as the data path meters it: the `CLASSES` entry of class
 /// `1..MAX_CLASSES`, and [`Config::default_class`] for class 0.
@@ -176,9 +176,13 @@ pub struct ClassConfig {
     /// How many of `tiers` are in force (0 to [`MAX_TIERS`]).
     pub tier_count: u32,
     pub _pad: u32,
+    /// The ban: a source over one of the class's limits for `ban_after`
+    /// ticks in a row is denied for `ban_for` ticks; 0: no ban.
+    pub ban_after: u64,
+    pub ban_for: u64,
 }
 
-const _: () = assert!(size_of::<ClassConfig>() == 200);
+const _: () = assert!(size_of::<ClassConfig>() == 216);
 
 /// A prefix tier of a class: its sources also count against the bucket of
 /// their masked prefix.
@@ -408,9 +412,17 @@ pub struct Bucket {
     pub passed: u64,
     /// Packets over the limit (dropped, or passed in dry-run).
     pub dropped: u64,
+    /// Under a class with a ban: since when (ticks) every packet of the
+    /// source was over the limit; 0 when the last one passed.
+    pub over_since: u64,
 }
 
-const _: () = assert!(size_of::<Bucket>() == 24);
+const _: () = assert!(size_of::<Bucket>() == 32);
+
+/// A TAT with this bit is a ban: the source is denied until the TAT less the
+/// bit. No TAT reaches it otherwise (2^63 ticks are 18 years), and neither
+/// a rate change nor a shrinking limit lowers a marked TAT.
+pub const BAN_MARK: u64 = 1 << 63;
 
 /// A verdict reason: the counter a packet counts in, one of [`reason`]'s.
 /// Each packet counts in exactly one, and in [`reason::DRY_RUN_PASS`] as
@@ -470,8 +482,10 @@ pub mod reason {
     pub const DRY_RUN_PASS: Reason = Reason(10);
     /// An internal error (a map update failed): passed.
     pub const ERROR: Reason = Reason(11);
+    /// A source its class banned, while the ban lasts: dropped.
+    pub const BANNED: Reason = Reason(12);
     /// Number of reasons, and of counters per interface slot.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// Every reason, by slot.
     pub const ALL: [Reason; COUNT as usize] = [
@@ -487,6 +501,7 @@ pub mod reason {
         CONTENDED,
         DRY_RUN_PASS,
         ERROR,
+        BANNED,
     ];
 
     /// Names of the reasons by slot, as the API and the metrics show them.
@@ -503,13 +518,14 @@ pub mod reason {
         "contended",
         "dry_run_pass",
         "error",
+        "banned",
     ];
 
     /// Whether a reason drops the packet (unless dry-run is on).
     #[inline(always)]
     #[must_use]
     pub const fn drops(reason: Reason) -> bool {
-        matches!(reason, DENY_RULE | OVER_LIMIT | NEW_SOURCE_LIMIT | CONTENDED)
+        matches!(reason, DENY_RULE | OVER_LIMIT | NEW_SOURCE_LIMIT | CONTENDED | BANNED)
     }
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use throttle_common::{
     admit, ceiling, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, ClassConfig, Config, Family,
-    Limit, Reason, CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
+    Limit, Reason, BAN_MARK, CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
 };
 
 use crate::{
@@ -19,8 +19,20 @@ use crate::{
 
 const EEXIST: i32 = 17;
 
-/// Meters `cost` units of the source `key` against `limit`; a bucket made
-/// for it draws on the first-seen budget when `budget`.
+/// A class's ban, in ticks (`for_ticks` 0: none).
+#[derive(Clone, Copy)]
+pub struct Ban {
+    pub after: u64,
+    pub for_ticks: u64,
+}
+
+impl Ban {
+    /// No ban.
+    pub const NONE: Self = Self { after: 0, for_ticks: 0 };
+}
+
+/// Meters `cost` units of the source `key` against `limit`, under `ban`; a
+/// bucket made for it draws on the first-seen budget when `budget`.
 #[inline(always)]
 pub fn meter(
     ctx: &XdpContext,
@@ -29,6 +41,7 @@ pub fn meter(
     cost: u64,
     config: &Config,
     budget: bool,
+    ban: Ban,
 ) -> Reason {
     // SAFETY: helpers without arguments. Both read CLOCK_MONOTONIC, the
     // coarse one as of the last tick (`Limit::with_clock`).
@@ -40,18 +53,20 @@ pub fn meter(
         }
     };
     let now = ticks_from_ns(ns);
+    let arrival = Arrival { now, cost, ban };
     if let Some(bucket) = word::bucket(key) {
-        return charge(bucket, now, cost, limit);
+        return charge(bucket, &arrival, limit);
     }
     let budget = (budget && config.flags & flags::NEW_SOURCE_LIMIT != 0).then_some(&config.new_source_limit);
-    first_seen(ctx, key, limit, &Arrival { now, cost }, budget)
+    first_seen(ctx, key, limit, &arrival, budget)
 }
 
-/// When a packet came and what it costs (one argument of a BPF call, which
-/// takes five at most).
+/// When a packet came, what it costs, and its class's ban (one argument of
+/// a BPF call, which takes five at most).
 struct Arrival {
     now: u64,
     cost: u64,
+    ban: Ban,
 }
 
 /// What one GCRA step on a shared TAT came to.
@@ -70,6 +85,11 @@ enum Step {
 fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
     for _ in 0..CAS_ATTEMPTS {
         let seen = tat.load();
+        if seen & BAN_MARK != 0 {
+            // Banned by another CPU since the caller looked: nothing here
+            // may lower the mark.
+            return Step::Over;
+        }
         let Some(next) = admit(seen, now, cost, limit) else {
             if let Some(top) = ceiling(seen, now, limit) {
                 // The limit shrank under this state: keep it exactly empty
@@ -85,16 +105,39 @@ fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
     Step::Contended
 }
 
-/// A tracked source: one GCRA step on its bucket, counted in it.
+/// A tracked source: its ban, or one GCRA step on its bucket, counted in
+/// it. A source that costs nothing but the mark test unless its class
+/// bans.
 #[inline(always)]
-fn charge(bucket: BucketWords, now: u64, cost: u64, limit: &Limit) -> Reason {
-    match step(bucket.tat(), now, cost, limit) {
+fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit) -> Reason {
+    let Arrival { now, cost, ban } = *arrival;
+    let tat = bucket.tat();
+    let seen = tat.load();
+    if seen & BAN_MARK != 0 {
+        if seen & !BAN_MARK > now {
+            bucket.dropped().add(1);
+            return reason::BANNED;
+        }
+        // The ban is over: the source starts again from its end.
+        tat.compare_exchange(seen, seen & !BAN_MARK);
+    }
+    match step(tat, now, cost, limit) {
         Step::Admitted => {
             bucket.passed().add(1);
+            if ban.for_ticks != 0 {
+                let since = bucket.over_since();
+                let over = since.load();
+                if over != 0 {
+                    since.compare_exchange(over, 0);
+                }
+            }
             reason::PASSED
         }
         Step::Over => {
             bucket.dropped().add(1);
+            if ban.for_ticks != 0 {
+                return over_under_ban(bucket, now, ban);
+            }
             reason::OVER_LIMIT
         }
         Step::Contended => {
@@ -102,6 +145,27 @@ fn charge(bucket: BucketWords, now: u64, cost: u64, limit: &Limit) -> Reason {
             reason::CONTENDED
         }
     }
+}
+
+/// A source over its limit under a class that bans: it starts being over,
+/// or it has been for the ban's `after` and is banned from now on.
+#[inline(always)]
+fn over_under_ban(bucket: BucketWords, now: u64, ban: Ban) -> Reason {
+    let since = bucket.over_since();
+    let over = since.load();
+    if over == 0 {
+        since.compare_exchange(0, now);
+        return reason::OVER_LIMIT;
+    }
+    if now.saturating_sub(over) < ban.after {
+        return reason::OVER_LIMIT;
+    }
+    let tat = bucket.tat();
+    let seen = tat.load();
+    if seen & BAN_MARK == 0 && tat.compare_exchange(seen, (now + ban.for_ticks) | BAN_MARK) {
+        since.compare_exchange(over, 0);
+    }
+    reason::BANNED
 }
 
 /// A source not tracked yet: it draws on the first-seen `budget` if any,
@@ -114,22 +178,22 @@ fn first_seen(
     arrival: &Arrival,
     budget: Option<&Limit>,
 ) -> Reason {
-    let Arrival { now, cost } = *arrival;
+    let Arrival { now, cost, .. } = *arrival;
     if budget.is_some_and(|budget| !take_new_source(now, budget)) {
         // Not tracked: a flood of spoofed sources neither passes nor pushes
         // real sources out of the bucket map.
         return reason::NEW_SOURCE_LIMIT;
     }
     let (fresh, verdict) = match admit(0, now, cost, limit) {
-        Some(tat) => (Bucket { tat, passed: 1, dropped: 0 }, reason::NEW_SOURCE),
+        Some(tat) => (Bucket { tat, passed: 1, dropped: 0, over_since: 0 }, reason::NEW_SOURCE),
         // Larger than the whole burst (a byte limit below the frame size).
-        None => (Bucket { tat: 0, passed: 0, dropped: 1 }, reason::OVER_LIMIT),
+        None => (Bucket { tat: 0, passed: 0, dropped: 1, over_since: 0 }, reason::OVER_LIMIT),
     };
     match BUCKETS.insert(key, fresh, u64::from(BPF_NOEXIST)) {
         Ok(()) => verdict,
         // Another CPU inserted it first: meter against that bucket.
         Err(err) if err == -EEXIST => match word::bucket(key) {
-            Some(bucket) => charge(bucket, now, cost, limit),
+            Some(bucket) => charge(bucket, arrival, limit),
             None => reason::ERROR,
         },
         Err(err) => {

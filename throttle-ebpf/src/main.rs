@@ -33,6 +33,7 @@ use throttle_common::{
 };
 
 use crate::{
+    bucket::Ban,
     maps::{CLASSES, CONFIG},
     rules::Selected,
     stats::count,
@@ -84,7 +85,7 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
         Selected::Deny => reason::DENY_RULE,
         Selected::Rule(limit, rule) => {
             let key = bucket::key(packet.family, &packet.src, rule, class);
-            bucket::meter(ctx, &key, limit, cost(limit, len), config, true)
+            bucket::meter(ctx, &key, limit, cost(limit, len), config, true, Ban::NONE)
         }
         Selected::Class => meter_class(ctx, &packet, class_id, class, len, config),
     }
@@ -113,9 +114,10 @@ fn meter_class(
     len: u64,
     config: &Config,
 ) -> Reason {
+    let ban = Ban { after: class.ban_after, for_ticks: class.ban_for };
     let first = &class.limits[0];
     let key = bucket::key(packet.family, &packet.src, class_owner(class_id, 0), class);
-    let verdict = bucket::meter(ctx, &key, first, cost(first, len), config, true);
+    let verdict = bucket::meter(ctx, &key, first, cost(first, len), config, true, ban);
     if reason::drops(verdict) {
         return verdict;
     }
@@ -125,7 +127,7 @@ fn meter_class(
         }
         let limit = &class.limits[slot as usize];
         let key = bucket::key(packet.family, &packet.src, class_owner(class_id, slot), class);
-        let next = bucket::meter(ctx, &key, limit, cost(limit, len), config, false);
+        let next = bucket::meter(ctx, &key, limit, cost(limit, len), config, false, ban);
         if reason::drops(next) {
             return next;
         }
@@ -141,7 +143,7 @@ fn meter_class(
         }
         let owner = class_owner(class_id, TIER_SLOT + index);
         let key = bucket::masked_key(packet.family, &packet.src, owner, tier.ipv4_mask, &tier.ipv6_mask);
-        let next = bucket::meter(ctx, &key, &tier.limit, cost(&tier.limit, len), config, false);
+        let next = bucket::meter(ctx, &key, &tier.limit, cost(&tier.limit, len), config, false, Ban::NONE);
         if reason::drops(next) {
             return next;
         }

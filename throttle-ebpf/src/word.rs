@@ -83,6 +83,13 @@ impl BucketWords {
         // SAFETY: as in `tat`.
         unsafe { Word::new(addr_of_mut!((*self.bucket).dropped)) }
     }
+
+    /// Since when the source has been over its limit (0: it is not).
+    #[inline(always)]
+    pub fn over_since(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(addr_of_mut!((*self.bucket).over_since)) }
+    }
 }
 
 /// The bucket of `key`, if the map tracks it.

@@ -816,7 +816,8 @@ mod tests {
         let control = control(&kernel, None);
         for i in 0..100u32 {
             let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 0, 32, 64);
-            let bucket = Bucket { tat: 0, passed: u64::from(i), dropped: u64::from(i * 7 % 100) };
+            let bucket =
+                Bucket { tat: 0, passed: u64::from(i), dropped: u64::from(i * 7 % 100), over_since: 0 };
             kernel.0.lock().unwrap().buckets.push((key, bucket));
         }
         let top = control.top(3, RankBy::Dropped);

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use throttle_common::{
-    class_of, flags, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, TierConfig, ACTION_ALLOW,
-    ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS, TIER_V4, TIER_V6,
-    UNIT_BYTES, UNIT_PACKETS,
+    class_of, flags, gcra::ticks_from_ns, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, TierConfig,
+    ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS,
+    TIER_V4, TIER_V6, UNIT_BYTES, UNIT_PACKETS,
 };
 
 use super::rule_filter::Region;
@@ -151,7 +151,14 @@ fn class_config(class: &Class, scale: f64, coarse_tick_ns: u64) -> ClassConfig {
         tiers,
         tier_count: u32::try_from(class.tiers.len()).expect("at most 2 tiers"),
         _pad: 0,
+        ban_after: class.ban.map_or(0, |ban| ticks(ban.after.0)),
+        ban_for: class.ban.map_or(0, |ban| ticks(ban.duration.0)),
     }
+}
+
+/// A duration in ticks of the GCRA clock.
+fn ticks(duration: std::time::Duration) -> u64 {
+    ticks_from_ns(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Gives (`proto`, `port`) to `class`.

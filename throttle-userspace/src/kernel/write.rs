@@ -112,7 +112,7 @@ impl Dataplane {
     /// only (the program then skips looking the slot up).
     pub(super) fn write_config(&mut self, plan: &Plan, placement: Placement) -> Result<(), KernelError> {
         let placement = Placement { one_iface_slot: self.one_iface_slot(false), ..placement };
-        self.set_config(plan.config(placement))?;
+        self.set_config(&plan.config(placement))?;
         self.held.placement = placement;
         Ok(())
     }
@@ -125,7 +125,7 @@ impl Dataplane {
             return Ok(());
         }
         let placement = Placement { one_iface_slot: self.one_iface_slot(attaching), ..self.held.placement };
-        self.set_config(self.held.plan.config(placement))?;
+        self.set_config(&self.held.plan.config(placement))?;
         self.held.placement = placement;
         Ok(())
     }
@@ -139,8 +139,8 @@ impl Dataplane {
         }
     }
 
-    fn set_config(&mut self, config: Config) -> Result<(), KernelError> {
-        self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))
+    fn set_config(&mut self, config: &Config) -> Result<(), KernelError> {
+        self.config.set(0, *config, 0).map_err(map_err(map_name::CONFIG))
     }
 
     fn write_class_of(&mut self, index: u32, entry: u32) -> Result<(), KernelError> {

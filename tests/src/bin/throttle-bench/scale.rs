@@ -69,7 +69,12 @@ pub fn fill(
     let mut rng = Rng::new(seed);
     for i in 0..sources {
         let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 0, 32, 64);
-        let bucket = Bucket { tat: 0, passed: rng.next_u64() % 1_000, dropped: rng.next_u64() % 1_000_000 };
+        let bucket = Bucket {
+            tat: 0,
+            passed: rng.next_u64() % 1_000,
+            dropped: rng.next_u64() % 1_000_000,
+            over_since: 0,
+        };
         buckets.insert(key, bucket, 0).map_err(|e| format!("inserting source {i}: {e}"))?;
     }
     Ok(())
