@@ -26,8 +26,8 @@ use crate::{
         Attachment, BucketWalk, Kernel, KernelError, XdpMode,
     },
     policy::{
-        validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch, Policy, Rate, RuleSpec,
-        Scope, MAX_CLASSES,
+        validate_classes, validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch, Policy,
+        Rate, RuleSpec, Scope, Unmatched, MAX_CLASSES,
     },
     store::{SavedClassId, SavedRuleId, State, Store, StoreError},
 };
@@ -44,6 +44,15 @@ pub enum ChangeError {
     /// No rule has that id.
     #[error("no rule has id {0}")]
     NoSuchRule(u32),
+    /// No class has that name.
+    #[error("no class is named \"{0}\": the classes are listed by GET /v1/classes")]
+    NoSuchClass(ClassName),
+    /// A class given for one name names another.
+    #[error(
+        "the body names class \"{given}\" but the path names \"{path}\": \
+         they must be the same (or leave the body's name out)"
+    )]
+    ClassNameMismatch { path: ClassName, given: ClassName },
     /// The source has no bucket.
     #[error("{0} is not tracked (no packet metered lately)")]
     NotTracked(IpAddr),
@@ -212,8 +221,8 @@ fn effective(base: &Policy, state: &State) -> Policy {
     Policy {
         limits: state.limits.over(&base.limits),
         scope: state.scope.clone().unwrap_or_else(|| base.scope.clone()),
-        classes: base.classes.clone(),
-        unmatched: base.unmatched,
+        classes: state.classes.clone().unwrap_or_else(|| base.classes.clone()),
+        unmatched: state.unmatched.unwrap_or(base.unmatched),
         rules: state.rules.clone().unwrap_or_else(|| base.rules.clone()),
     }
 }
@@ -279,6 +288,27 @@ impl Control {
     #[must_use]
     pub fn scope(&self) -> &Scope {
         &self.policy.scope
+    }
+
+    /// The limit classes in force, in order.
+    #[must_use]
+    pub fn classes(&self) -> &[Class] {
+        &self.policy.classes
+    }
+
+    /// The class named `name`.
+    pub fn class(&self, name: &ClassName) -> Result<&Class, ChangeError> {
+        self.policy
+            .classes
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| ChangeError::NoSuchClass(name.clone()))
+    }
+
+    /// What happens to what no class matches.
+    #[must_use]
+    pub fn unmatched(&self) -> Unmatched {
+        self.policy.unmatched
     }
 
     /// The rules in force, with their ids.
@@ -405,6 +435,65 @@ impl Control {
         scope.validate("scope")?;
         let mut state = self.state.clone();
         state.scope = Some(scope);
+        self.commit(state)
+    }
+
+    /// `PUT /v1/classes`: the whole list, in its order.
+    pub fn set_classes(&mut self, classes: Vec<Class>) -> Result<(), ChangeError> {
+        validate_classes(&classes, &self.policy.scope, "classes")?;
+        self.commit_classes(classes)
+    }
+
+    /// `PUT /v1/classes/{name}`: replaces the class of that name where it
+    /// stands, or adds it at the end; whether it was added.
+    pub fn put_class(&mut self, class: Class) -> Result<bool, ChangeError> {
+        class.validate("class")?;
+        let mut classes = self.policy.classes.clone();
+        let created = if let Some(entry) = classes.iter_mut().find(|c| c.name == class.name) {
+            *entry = class;
+            false
+        } else {
+            classes.push(class);
+            true
+        };
+        validate_classes(&classes, &self.policy.scope, "classes")?;
+        self.commit_classes(classes)?;
+        Ok(created)
+    }
+
+    /// `PUT /v1/classes/{name}`: [`Self::put_class`], once the class's
+    /// name is the path's (the API gives a body without a name the path's).
+    pub fn put_class_at(&mut self, name: &ClassName, class: Class) -> Result<bool, ChangeError> {
+        if &class.name != name {
+            return Err(ChangeError::ClassNameMismatch { path: name.clone(), given: class.name });
+        }
+        self.put_class(class)
+    }
+
+    /// `DELETE /v1/classes/{name}`; the other classes keep their order.
+    pub fn remove_class(&mut self, name: &ClassName) -> Result<(), ChangeError> {
+        let index = self
+            .policy
+            .classes
+            .iter()
+            .position(|c| &c.name == name)
+            .ok_or_else(|| ChangeError::NoSuchClass(name.clone()))?;
+        let mut classes = self.policy.classes.clone();
+        classes.remove(index);
+        self.commit_classes(classes)
+    }
+
+    /// The class list saved whole and put in force, or nothing changed.
+    fn commit_classes(&mut self, classes: Vec<Class>) -> Result<(), ChangeError> {
+        let mut state = self.state.clone();
+        state.classes = Some(classes);
+        self.commit(state)
+    }
+
+    /// `PUT /v1/unmatched`.
+    pub fn set_unmatched(&mut self, unmatched: Unmatched) -> Result<(), ChangeError> {
+        let mut state = self.state.clone();
+        state.unmatched = Some(unmatched);
         self.commit(state)
     }
 
@@ -721,7 +810,7 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::{fake::FakeKernel, *};
-    use crate::policy::Unit;
+    use crate::policy::{Unit, UnmatchedAction};
 
     fn control(kernel: &FakeKernel, store: Option<Store>) -> Control {
         Control::new(Box::new(kernel.clone()), Policy::default(), store).unwrap()
@@ -769,6 +858,97 @@ mod tests {
         assert_eq!(again.limits().burst, Limits::default().burst, "unset fields come from the file");
         let ids: Vec<u32> = again.rules().iter().map(|r| r.id).collect();
         assert_eq!(ids, [b, c]);
+    }
+
+    fn class(name: &str, proto: &str, ports: &str, rate: &str) -> Class {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "match": [{"proto": proto, "ports": ports}],
+            "limits": [{"rate": rate}],
+        }))
+        .unwrap()
+    }
+
+    fn names(control: &Control) -> Vec<&str> {
+        control.classes().iter().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn class_changes_survive_a_restart_over_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = FakeKernel::default();
+        let base = Policy { classes: vec![class("file", "udp", "123", "5")], ..Policy::default() };
+        let start = |base: &Policy| {
+            Control::new(Box::new(kernel.clone()), base.clone(), Some(Store::open(dir.path()).unwrap()))
+                .unwrap()
+        };
+        let mut first = start(&base);
+        assert_eq!(names(&first), ["file"], "the file's classes until the API changes them");
+        first
+            .set_classes(vec![class("dns", "udp", "53", "50/second"), class("ssh", "tcp", "22", "3/minute")])
+            .unwrap();
+        assert!(!first.put_class(class("dns", "udp", "53", "100/second")).unwrap());
+        assert!(first.put_class(class("web", "tcp", "443", "20/s")).unwrap());
+        first.remove_class(&"ssh".parse().unwrap()).unwrap();
+        first.set_unmatched(Unmatched { action: UnmatchedAction::Pass }).unwrap();
+        let expected = first.classes().to_vec();
+        drop(first);
+        let again = start(&base);
+        assert_eq!(again.classes(), expected);
+        assert_eq!(names(&again), ["dns", "web"]);
+        assert_eq!(again.classes()[0].limits[0].rate, Rate::per_second(100));
+        assert_eq!(again.unmatched().action, UnmatchedAction::Pass);
+        assert_eq!(again.policy().classes, again.classes());
+    }
+
+    #[test]
+    fn a_change_to_one_class_leaves_the_others_where_they_stand() {
+        let kernel = FakeKernel::default();
+        let mut control = control(&kernel, None);
+        let list = vec![
+            class("a", "udp", "53", "5"),
+            class("b", "tcp", "22", "3/minute"),
+            class("c", "tcp", "8000-8100", "20"),
+        ];
+        control.set_classes(list.clone()).unwrap();
+        let writes = kernel.0.lock().unwrap().writes;
+        let b = class("b", "tcp", "2222", "6/minute");
+        assert!(!control.put_class(b.clone()).unwrap());
+        assert_eq!(control.classes(), [list[0].clone(), b, list[2].clone()]);
+        assert_eq!(kernel.0.lock().unwrap().writes, writes + 1, "written once");
+        control.remove_class(&"a".parse().unwrap()).unwrap();
+        assert_eq!(names(&control), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_missing_class_a_mismatched_name_and_an_overlap_are_told_apart_and_change_nothing() {
+        let kernel = FakeKernel::default();
+        let mut control = control(&kernel, None);
+        control.set_classes(vec![class("dns", "udp", "53", "5")]).unwrap();
+        let before = control.classes().to_vec();
+        let ghost: ClassName = "ghost".parse().unwrap();
+        assert!(matches!(control.remove_class(&ghost), Err(ChangeError::NoSuchClass(n)) if n == ghost));
+        assert!(matches!(control.class(&ghost), Err(ChangeError::NoSuchClass(_))));
+        let err = control.put_class_at(&ghost, class("dns", "udp", "53", "9")).unwrap_err();
+        assert!(
+            matches!(&err, ChangeError::ClassNameMismatch { path, given } if path == &ghost && given.as_str() == "dns"),
+            "{err}"
+        );
+        let err = control.put_class(class("alt", "udp", "50-60", "9")).unwrap_err().to_string();
+        assert!(err.contains("`classes[1].match[0].ports` = udp/53") && err.contains("\"dns\""), "{err}");
+        let err = control
+            .set_scope(Scope {
+                ports: vec![crate::policy::ScopePort {
+                    proto: crate::policy::Proto::Udp,
+                    port: 53,
+                    syn_only: false,
+                }],
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scope.ports[0]"), "the scope is checked with the classes: {err}");
+        assert_eq!(control.classes(), before);
+        assert!(control.scope().ports.is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     controller::AdaptiveConfig,
     kernel::XdpMode,
-    policy::{self, Invalid, Limits, LimitsPatch, ParseError, Policy, RuleSpec, Scope},
+    policy::{self, Class, Invalid, Limits, LimitsPatch, ParseError, Policy, RuleSpec, Scope, Unmatched},
 };
 
 /// Where the admin API listens unless told otherwise.
@@ -63,6 +63,10 @@ pub struct FileConfig {
     pub daemon: DaemonSection,
     pub limits: Limits,
     pub scope: Scope,
+    /// The `[[classes]]`: limit classes besides the default one.
+    pub classes: Vec<Class>,
+    /// The `[unmatched]` section: what no class (and no scope entry) matches.
+    pub unmatched: Unmatched,
     pub rules: Vec<RuleSpec>,
     /// The `[adaptive]` section: absent, the controller is not started.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,9 +159,9 @@ impl Settings {
 
     /// The file's values under the flags'.
     pub fn merge(file: FileConfig, args: &DaemonArgs) -> Result<Self, Invalid> {
-        let FileConfig { daemon, limits, scope, rules, adaptive } = file;
+        let FileConfig { daemon, limits, scope, classes, unmatched, rules, adaptive } = file;
         let limits = args.limits.over(&limits);
-        let policy = Policy { limits, scope, rules, ..Policy::default() };
+        let policy = Policy { limits, scope, classes, unmatched, rules };
         policy.validate()?;
         if let Some(adaptive) = &adaptive {
             adaptive.validate("adaptive")?;
@@ -285,6 +289,101 @@ mod tests {
         assert!(err.contains("unknown field `flor`"), "{err}");
     }
 
+    /// The limit classes of the README's example.
+    const CLASSES: &str = r#"
+        [[classes]]
+        name = "ssh"                                   # [a-z0-9_-], 1..32 chars, unique
+        match = [{ proto = "tcp", ports = "22", syn_only = true }]
+        limits = [{ rate = "3/minute", burst = 5 }]
+        ban = { after = "30s", duration = "15m" }
+
+        [[classes]]
+        name = "dns"
+        match = [{ proto = "udp", ports = "53" }]
+        limits = [{ rate = "50/second", burst = 100 }, { rate = "1000/minute" }]
+
+        [[classes]]
+        name = "web"
+        match = [{ proto = "tcp", ports = [443, "8000-8100"], syn_only = true }]
+        limits = [{ rate = "20/s", burst = 40 }]
+        tiers = [{ ipv4_prefix = 24, ipv6_prefix = 48, rate = "200/s", burst = 400 }]
+        adaptive = true
+
+        [unmatched]
+        action = "limit"      # "limit": metered by [limits] as today; "pass"
+    "#;
+
+    #[test]
+    fn the_classes_and_the_unmatched_section() {
+        let settings = parse("").unwrap();
+        assert!(settings.policy.classes.is_empty());
+        assert_eq!(settings.policy.unmatched, Unmatched::default());
+        let settings = parse(CLASSES).unwrap();
+        let classes = &settings.policy.classes;
+        let names: Vec<&str> = classes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["ssh", "dns", "web"]);
+        assert_eq!(classes[0].limits[0].rate.to_string(), "3/minute");
+        assert_eq!(classes[0].ban.unwrap().duration.0, std::time::Duration::from_secs(15 * 60));
+        assert_eq!(classes[1].limits[1].burst(), 1000, "the burst defaults to the rate's count");
+        assert_eq!(classes[2].tiers[0].ipv6_prefix, Some(48));
+        assert!(classes[2].adaptive && !classes[0].adaptive);
+        assert_eq!(settings.policy.unmatched.action, policy::UnmatchedAction::Limit);
+        let pass = parse(&CLASSES.replace(r#"action = "limit""#, r#"action = "pass""#)).unwrap();
+        assert_eq!(pass.policy.unmatched.action, policy::UnmatchedAction::Pass);
+    }
+
+    #[test]
+    fn bad_classes_name_their_key_and_value() {
+        let class = |name: &str, m: &str, rest: &str| {
+            format!("[[classes]]\nname = \"{name}\"\nmatch = [{m}]\nlimits = [{{ rate = 5 }}]\n{rest}\n")
+        };
+        let udp53 = r#"{ proto = "udp", ports = 53 }"#;
+        for (text, needles) in [
+            (
+                format!("{CLASSES}\n{}", class("alt", r#"{ proto = "tcp", ports = "8050-8060" }"#, "")),
+                &["`classes[3].match[0].ports` = tcp/8050", "\"alt\"", "\"web\""][..],
+            ),
+            (
+                format!(
+                    "{}{}",
+                    class("a", udp53, ""),
+                    class("b", r#"{ proto = "udp", ports = [5353, 53] }"#, "")
+                ),
+                &["`classes[1].match[0].ports` = udp/53", "\"a\"", "\"b\""],
+            ),
+            (
+                format!("[scope]\nports = [{{ proto = \"udp\", port = 53 }}]\n{}", class("dns", udp53, "")),
+                &["`classes[0].match[0].ports` = udp/53", "scope.ports[0]"],
+            ),
+            (
+                format!("{}{}", class("a", udp53, ""), class("a", r#"{ proto = "udp", ports = 54 }"#, "")),
+                &["`classes[1].name` = \"a\""],
+            ),
+            (class("Bad_Name", udp53, ""), &["`classes[0].name` = \"Bad_Name\""]),
+            (class("a", r#"{ proto = "udp", ports = "0" }"#, ""), &["`classes[0].match[0].ports` = \"0\""]),
+            (
+                class("a", udp53, "limits = [{ rate = 1 }, { rate = 2 }, { rate = 3 }, { rate = 4 }]")
+                    .replace("limits = [{ rate = 5 }]\n", ""),
+                &["`classes[0].limits` = 4 limits"],
+            ),
+            (
+                class("a", udp53, "").replace("rate = 5", "rate = \"0/minute\""),
+                &["`classes[0].limits[0].rate` = \"0/minute\""],
+            ),
+            (
+                class("a", udp53, "ban = { after = \"soon\", duration = \"1m\" }"),
+                &["`classes[0].ban.after` = \"soon\""],
+            ),
+            (class("a", udp53, "tiers = [{ rate = 5 }]"), &["`classes[0].tiers[0]`"]),
+            ("[unmatched]\naction = \"drop\"".to_owned(), &["unknown variant `drop`"]),
+        ] {
+            let err = parse(&text).expect_err(&text);
+            for needle in needles {
+                assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");
+            }
+        }
+    }
+
     #[test]
     fn flags_override_the_file() {
         let file = FileConfig::parse("[limits]\nrate = 5\nburst = 9\n").unwrap();
@@ -340,6 +439,9 @@ mod tests {
             ("[scope]\nports = [{ proto = \"icmp\", port = 1 }]", "unknown variant `icmp`"),
             ("[limits]\nrate = -1", "line 2"),
             ("[nonsense]", "unknown field `nonsense`"),
+            ("[[classes]]\nname = \"a\"\nmatch = [{ proto = \"udp\", ports = 53 }]\nlimits = [{ rate = 5 }]\nlimit = 1", "unknown field `limit`"),
+            ("[[classes]]\nname = \"a\"\nmatch = [{ proto = \"udp\", port = 53 }]\nlimits = [{ rate = 5 }]", "unknown field `port`"),
+            ("[unmatched]\naction = \"pass\"\nlog = true", "unknown field `log`"),
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");

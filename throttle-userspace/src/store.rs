@@ -1,10 +1,14 @@
 //! The state directory: what was changed at run time through the admin API
-//! (limits, scope, rules, controller parameters) and the rule ids, kept in
+//! (limits, scope, classes, what no class matches, rules, controller
+//! parameters) and the rule ids, kept in
 //! one JSON file written atomically and read back on start.
 //!
 //! The configuration file stays the source of defaults: a limit field the API
-//! never set comes from the file, and so do the scope and the rules until the
-//! API changes them. Once it has, the state file holds that whole section.
+//! never set comes from the file, and so do the scope, the classes, the
+//! `[unmatched]` section and the rules until the API changes them. Once it
+//! has, the state file holds that whole section. A field absent from the
+//! file is one the API never changed, so files written before a section
+//! could be changed still load, in the same format.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -18,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     controller::AdaptiveConfig,
-    policy::{ClassName, LimitsPatch, RuleSpec, Scope},
+    policy::{Class, ClassName, LimitsPatch, RuleSpec, Scope, Unmatched},
 };
 
 /// The state file's name in the state directory.
@@ -54,6 +58,11 @@ pub struct State {
     pub limits: LimitsPatch,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// The whole class list, once the API changed any class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<Class>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched: Option<Unmatched>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<RuleSpec>>,
     #[serde(default)]
@@ -70,6 +79,8 @@ impl Default for State {
             format: STATE_FORMAT,
             limits: LimitsPatch::default(),
             scope: None,
+            classes: None,
+            unmatched: None,
             rules: None,
             rule_ids: Vec::new(),
             class_ids: Vec::new(),
@@ -200,10 +211,22 @@ mod tests {
         let state = State {
             limits: LimitsPatch { rate: Some(Rate::per_second(5)), ..LimitsPatch::default() },
             rules: Some(vec![]),
+            classes: Some(vec![]),
+            unmatched: Some(Unmatched { action: crate::policy::UnmatchedAction::Pass }),
             ..State::default()
         };
         store.stage(&state).unwrap().commit().unwrap();
         assert_eq!(store.load().unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_file_of_the_same_format_without_classes_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::write(store.path(), "{\"format\": 1, \"limits\": {\"rate\": 5}, \"rules\": []}").unwrap();
+        let state = store.load().unwrap().unwrap();
+        assert_eq!((state.classes, state.unmatched), (None, None));
+        assert_eq!(state.rules, Some(vec![]));
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, for scripts: `invalid_value`, `malformed_json`, `invalid_body`,
     /// `unsupported_media_type`, `payload_too_large`, `invalid_path`,
-    /// `invalid_query`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `invalid_query`, `not_found`, `rule_not_found`, `class_not_found`,
+    /// `class_name_mismatch`, `source_not_tracked`, `method_not_allowed`, `conflict`,
     /// `unauthorized`, `kernel_error`, `store_error`.
     pub code: String,
     /// For people: what was wrong, naming the value.
@@ -91,6 +92,16 @@ impl From<ChangeError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
             }
             err @ ChangeError::NoSuchRule(_) => Self::not_found("rule_not_found", err.to_string()),
+            err @ ChangeError::NoSuchClass(_) => {
+                let mut api = Self::not_found("class_not_found", err.to_string());
+                api.field = Some("name".into());
+                api
+            }
+            err @ ChangeError::ClassNameMismatch { .. } => {
+                let mut api = Self::bad_request("class_name_mismatch", err.to_string());
+                api.field = Some("class.name".into());
+                api
+            }
             err @ (ChangeError::NotTracked(_) | ChangeError::NotMetered { .. }) => {
                 Self::not_found("source_not_tracked", err.to_string())
             }

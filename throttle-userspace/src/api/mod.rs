@@ -21,6 +21,7 @@ use axum::{
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 use prometheus_client::metrics::{counter::Counter, family::Family};
+pub use routes::ClassList;
 use subtle::ConstantTimeEq as _;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;

@@ -22,7 +22,7 @@ use crate::{
     control::{top_buckets, ChangeError, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
     kernel::{counters_label, Counters, KernelError},
-    policy::{Action, Limits, LimitsPatch, Rate, RuleSpec, Scope},
+    policy::{self, Action, Class, ClassName, Limits, LimitsPatch, Rate, RuleSpec, Scope, Unmatched},
 };
 
 impl BodyKey for Limits {
@@ -35,6 +35,19 @@ impl BodyKey for LimitsPatch {
 
 impl BodyKey for Scope {
     const KEY: &'static str = "scope";
+}
+
+/// The list's own key is its field's, so errors read `classes[0].limits[0].rate`.
+impl BodyKey for ClassList {
+    const KEY: &'static str = "";
+}
+
+impl BodyKey for ClassObject {
+    const KEY: &'static str = "class";
+}
+
+impl BodyKey for Unmatched {
+    const KEY: &'static str = "unmatched";
 }
 
 impl BodyKey for RuleSpec {
@@ -62,6 +75,9 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(status))
         .routes(routes!(get_limits, put_limits, patch_limits))
         .routes(routes!(get_scope, put_scope))
+        .routes(routes!(get_classes, put_classes))
+        .routes(routes!(get_class, put_class, remove_class))
+        .routes(routes!(get_unmatched, put_unmatched))
         .routes(routes!(list_rules, add_rule))
         .routes(routes!(remove_rule))
         .routes(routes!(top_sources))
@@ -201,6 +217,129 @@ async fn get_scope(State(state): State<AppState>) -> Json<Scope> {
 async fn put_scope(State(state): State<AppState>, Body(scope): Body<Scope>) -> Result<Json<Scope>, ApiError> {
     state
         .with_control(move |c| c.set_scope(scope).map(|()| Json(c.scope().clone())))
+        .await
+        .map_err(Into::into)
+}
+
+/// The limit classes, in order: the body of `GET` and `PUT /v1/classes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassList {
+    pub classes: Vec<Class>,
+}
+
+/// The body of `PUT /v1/classes/{name}`: a class whose `name` may be left
+/// out (it is the path's). Read as an object first, so that the path's
+/// name fills a missing one before the class is parsed.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct ClassObject(serde_json::Map<String, serde_json::Value>);
+
+fn class_name(text: &str) -> Result<ClassName, ApiError> {
+    text.parse().map_err(|invalid: policy::Invalid| {
+        let mut err = ApiError::bad_request("invalid_path", invalid.to_string());
+        err.field = Some("name".into());
+        err
+    })
+}
+
+/// The limit classes, in order.
+#[utoipa::path(get, path = "/v1/classes", tag = "classes", responses((status = 200, body = ClassList)))]
+async fn get_classes(State(state): State<AppState>) -> Json<ClassList> {
+    Json(ClassList { classes: state.control(|c| c.classes().to_vec()) })
+}
+
+/// Replaces the whole list of classes (checked whole, with the scope).
+#[utoipa::path(
+    put, path = "/v1/classes", tag = "classes", request_body = ClassList,
+    responses((status = 200, body = ClassList), (status = 400, body = ErrorBody))
+)]
+async fn put_classes(
+    State(state): State<AppState>,
+    Body(list): Body<ClassList>,
+) -> Result<Json<ClassList>, ApiError> {
+    state
+        .with_control(move |c| {
+            c.set_classes(list.classes).map(|()| Json(ClassList { classes: c.classes().to_vec() }))
+        })
+        .await
+        .map_err(Into::into)
+}
+
+/// One class.
+#[utoipa::path(
+    get, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    responses((status = 200, body = Class), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn get_class(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+) -> Result<Json<Class>, ApiError> {
+    let name = class_name(&name)?;
+    state.control(|c| c.class(&name).cloned()).map(Json).map_err(Into::into)
+}
+
+/// Creates the class (`201`) or replaces it where it stands (`200`); the
+/// others are left as they are. The body's `name` may be left out; given,
+/// it must be the path's.
+#[utoipa::path(
+    put, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    request_body = Class,
+    responses((status = 200, body = Class), (status = 201, body = Class), (status = 400, body = ErrorBody))
+)]
+async fn put_class(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+    Body(ClassObject(mut object)): Body<ClassObject>,
+) -> Result<Response, ApiError> {
+    let name = class_name(&name)?;
+    object.entry("name").or_insert_with(|| name.as_str().into());
+    let class: Class = policy::parse(serde_json::Value::Object(object), ClassObject::KEY)?;
+    let (created, class) = state
+        .with_control(move |c| {
+            let created = c.put_class_at(&name, class)?;
+            Ok::<_, ChangeError>((created, c.class(&name)?.clone()))
+        })
+        .await?;
+    Ok(if created {
+        let location = format!("/v1/classes/{}", class.name);
+        (StatusCode::CREATED, [(header::LOCATION, location)], Json(class)).into_response()
+    } else {
+        Json(class).into_response()
+    })
+}
+
+/// Removes a class; the others keep their order.
+#[utoipa::path(
+    delete, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn remove_class(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+) -> Result<StatusCode, ApiError> {
+    let name = class_name(&name)?;
+    state.with_control(move |c| c.remove_class(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What happens to a packet no class (and no scope entry) matches:
+/// `limit`, metered by the default limit, or `pass`.
+#[utoipa::path(get, path = "/v1/unmatched", tag = "classes", responses((status = 200, body = Unmatched)))]
+async fn get_unmatched(State(state): State<AppState>) -> Json<Unmatched> {
+    Json(state.control(|c| c.unmatched()))
+}
+
+#[utoipa::path(
+    put, path = "/v1/unmatched", tag = "classes", request_body = Unmatched,
+    responses((status = 200, body = Unmatched), (status = 400, body = ErrorBody))
+)]
+async fn put_unmatched(
+    State(state): State<AppState>,
+    Body(unmatched): Body<Unmatched>,
+) -> Result<Json<Unmatched>, ApiError> {
+    state
+        .with_control(move |c| c.set_unmatched(unmatched).map(|()| Json(c.unmatched())))
         .await
         .map_err(Into::into)
 }

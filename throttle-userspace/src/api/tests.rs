@@ -79,6 +79,8 @@ impl Api {
             "limits": self.call(Method::GET, "/v1/limits", None).await.1,
             "scope": self.call(Method::GET, "/v1/scope", None).await.1,
             "rules": self.call(Method::GET, "/v1/rules", None).await.1,
+            "classes": self.call(Method::GET, "/v1/classes", None).await.1,
+            "unmatched": self.call(Method::GET, "/v1/unmatched", None).await.1,
             "controller": self.state.controller().unwrap().config().floor,
             "kernel_writes": self.kernel.0.lock().unwrap().writes,
             "buckets": self.kernel.0.lock().unwrap().buckets.len(),
@@ -223,6 +225,102 @@ async fn every_endpoint_answers() {
     }
 }
 
+/// The README's example classes, as the API takes them.
+fn example_classes() -> Value {
+    json!({"classes": [
+        {
+            "name": "ssh",
+            "match": [{"proto": "tcp", "ports": "22", "syn_only": true}],
+            "limits": [{"rate": "3/minute", "burst": 5}],
+            "ban": {"after": "30s", "duration": "15m"},
+        },
+        {
+            "name": "dns",
+            "match": [{"proto": "udp", "ports": "53"}],
+            "limits": [{"rate": "50/second", "burst": 100}, {"rate": "1000/minute"}],
+        },
+        {
+            "name": "web",
+            "match": [{"proto": "tcp", "ports": [443, "8000-8100"], "syn_only": true}],
+            "limits": [{"rate": "20/s", "burst": 40}],
+            "tiers": [{"ipv4_prefix": 24, "ipv6_prefix": 48, "rate": "200/s", "burst": 400}],
+            "adaptive": true,
+        },
+    ]})
+}
+
+#[tokio::test]
+async fn the_classes_go_in_whole_and_come_back_as_written() {
+    let api = Api::new(None);
+    assert_eq!(api.call(Method::GET, "/v1/classes", None).await, (StatusCode::OK, json!({"classes": []})));
+    let writes = api.kernel.0.lock().unwrap().writes;
+    let (status, put) = api.call(Method::PUT, "/v1/classes", Some(example_classes())).await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(api.kernel.0.lock().unwrap().writes, writes + 1, "compiled and written");
+    let (status, got) = api.call(Method::GET, "/v1/classes", None).await;
+    assert_eq!((status, &got), (StatusCode::OK, &put));
+    let ssh = &got["classes"][0];
+    assert_eq!(ssh["limits"][0], json!({"rate": "3/minute", "burst": 5}));
+    assert_eq!(ssh["ban"], json!({"after": "30s", "duration": "15m"}));
+    assert_eq!(got["classes"][1]["limits"][0]["rate"], 50, "a rate per second is a number, as elsewhere");
+    assert_eq!(got["classes"][2]["match"][0]["ports"], json!(["443", "8000-8100"]));
+    // What came back goes in again unchanged.
+    assert_eq!(api.call(Method::PUT, "/v1/classes", Some(got.clone())).await, (StatusCode::OK, got.clone()));
+    let store = Store::open(api.dir.path()).unwrap();
+    let control = Control::new(Box::new(FakeKernel::default()), Policy::default(), Some(store)).unwrap();
+    assert_eq!(serde_json::to_value(control.classes()).unwrap(), got["classes"], "saved");
+
+    assert_eq!(
+        api.call(Method::GET, "/v1/unmatched", None).await,
+        (StatusCode::OK, json!({"action": "limit"}))
+    );
+    let pass = json!({"action": "pass"});
+    assert_eq!(
+        api.call(Method::PUT, "/v1/unmatched", Some(pass.clone())).await,
+        (StatusCode::OK, pass.clone())
+    );
+    assert_eq!(api.call(Method::GET, "/v1/unmatched", None).await.1, pass);
+}
+
+#[tokio::test]
+async fn one_class_is_put_read_and_removed_leaving_the_others() {
+    let api = Api::new(None);
+    let (_, before) = api.call(Method::PUT, "/v1/classes", Some(example_classes())).await;
+    let ntp = json!({"match": [{"proto": "udp", "ports": 123}], "limits": [{"rate": "10/minute"}]});
+    let request = Request::put("/v1/classes/ntp")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(ntp.to_string()))
+        .unwrap();
+    let (status, body, headers) = api.send(request).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers[header::LOCATION], "/v1/classes/ntp");
+    assert_eq!(body["name"], "ntp", "the path names a class whose body does not");
+    assert_eq!(body["match"][0]["ports"], json!(["123"]));
+    let (status, got) = api.call(Method::GET, "/v1/classes/ntp", None).await;
+    assert_eq!((status, &got), (StatusCode::OK, &body));
+
+    let mut dns = api.call(Method::GET, "/v1/classes/dns", None).await.1;
+    dns["limits"] = json!([{"rate": 80}]);
+    let (status, replaced) = api.call(Method::PUT, "/v1/classes/dns", Some(dns.clone())).await;
+    assert_eq!((status, &replaced), (StatusCode::OK, &dns), "replaced, not created");
+    let (_, all) = api.call(Method::GET, "/v1/classes", None).await;
+    assert_eq!(
+        all["classes"],
+        json!([before["classes"][0], dns, before["classes"][2], got]),
+        "in place, the others untouched"
+    );
+
+    assert_eq!(api.call(Method::DELETE, "/v1/classes/ssh", None).await.0, StatusCode::NO_CONTENT);
+    let (status, body) = api.call(Method::GET, "/v1/classes/ssh", None).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("class_not_found")));
+    assert!(body["error"]["message"].as_str().unwrap().contains("\"ssh\""), "{body}");
+    let (_, all) = api.call(Method::GET, "/v1/classes", None).await;
+    let names: Vec<&str> =
+        all["classes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["dns", "web", "ntp"]);
+    assert_eq!(api.call(Method::DELETE, "/v1/classes/ssh", None).await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn changes_are_saved_and_restored() {
     let api = Api::new(None);
@@ -268,6 +366,8 @@ async fn the_openapi_document_lists_every_route() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/classes",
+            "/v1/classes/{name}",
             "/v1/controller",
             "/v1/latency",
             "/v1/limits",
@@ -278,8 +378,20 @@ async fn the_openapi_document_lists_every_route() {
             "/v1/sources/{addr}",
             "/v1/stats",
             "/v1/status",
+            "/v1/unmatched",
         ]
     );
+    let one = &doc["paths"]["/v1/classes/{name}"];
+    assert!(one["get"].is_object() && one["put"].is_object() && one["delete"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    for (schema, property) in
+        [("Class", "match"), ("Class", "tiers"), ("Match", "ports"), ("ClassLimit", "rate"), ("Ban", "after")]
+    {
+        assert!(schemas[schema]["properties"][property].is_object(), "{schema}.{property}");
+    }
+    assert_eq!(schemas["Ports"]["oneOf"].as_array().map(Vec::len), Some(3), "a port, a range, a list");
+    assert_eq!(schemas["Span"]["type"], "string");
+    assert_eq!(schemas["ClassName"]["type"], "string");
     let limits = &doc["paths"]["/v1/limits"];
     assert!(limits["get"].is_object() && limits["put"].is_object() && limits["patch"].is_object());
     assert!(doc["components"]["schemas"]["Limits"]["properties"]["rate"].is_object());
@@ -372,6 +484,11 @@ fn raw(
         code,
         names: None,
     }
+}
+
+/// A class of one UDP port (or range) at 5/second.
+fn udp_class(name: &str, ports: &str) -> Value {
+    json!({"name": name, "match": [{"proto": "udp", "ports": ports}], "limits": [{"rate": 5}]})
 }
 
 #[expect(clippy::too_many_lines, reason = "one line per bad input: a table")]
@@ -552,6 +669,136 @@ fn bad_inputs() -> Vec<Bad> {
         bad(M::DELETE, "/v1/rules/abc", &json!(null), 400, "invalid_path", "abc"),
         bad(M::DELETE, "/v1/rules/-1", &json!(null), 400, "invalid_path", "-1"),
         bad(M::DELETE, "/v1/rules/9999", &json!(null), 404, "rule_not_found", "9999"),
+        // Classes ("dns" matches udp/53).
+        bad(
+            M::PUT,
+            "/v1/classes/alt",
+            &json!({"match": [{"proto": "udp", "ports": "50-60"}], "limits": [{"rate": 5}]}),
+            400,
+            "invalid_value",
+            "udp/53",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes",
+            &json!({"classes": [udp_class("a", "53"), udp_class("b", "5353,53")]}),
+            400,
+            "invalid_value",
+            "5353,53",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes",
+            &json!({"classes": [udp_class("a", "53"), udp_class("b", "50-60")]}),
+            400,
+            "invalid_value",
+            "classes[1].match[0].ports",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes",
+            &json!({"classes": [udp_class("Bad Name", "53")]}),
+            400,
+            "invalid_value",
+            "classes[0].name",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes",
+            &json!({"classes": [udp_class("a", "53"), udp_class("a", "54")]}),
+            400,
+            "invalid_value",
+            "classes[1].name",
+        ),
+        bad(M::PUT, "/v1/classes/Bad%20Name", &udp_class("x", "54"), 400, "invalid_path", "Bad Name"),
+        bad(
+            M::GET,
+            "/v1/classes/-x-far-too-long-for-a-class-name-",
+            &json!(null),
+            400,
+            "invalid_path",
+            "name",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [{"proto": "udp", "ports": 54}], "limits": [{"rate": 1}, {"rate": 2}, {"rate": 3}, {"rate": 4}]}),
+            400,
+            "invalid_value",
+            "class.limits",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes",
+            &json!({"classes": [{"name": "a", "match": [{"proto": "udp", "ports": 54}], "limits": [{"rate": "0/minute"}]}]}),
+            400,
+            "invalid_value",
+            "classes[0].limits[0].rate",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [{"proto": "udp", "ports": 54}], "limits": [{"rate": 5}], "ban": {"after": "soon", "duration": "1m"}}),
+            400,
+            "invalid_value",
+            "class.ban.after",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [{"proto": "udp", "ports": 54}], "limits": [{"rate": 5}], "ban": {"after": "0s", "duration": "1m"}}),
+            400,
+            "invalid_value",
+            "class.ban.after",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [{"proto": "udp", "ports": 54}], "limits": [{"rate": 5}], "tiers": [{"rate": 5}]}),
+            400,
+            "invalid_value",
+            "class.tiers[0]",
+        ),
+        bad(M::PUT, "/v1/classes/a", &udp_class("b", "54"), 400, "class_name_mismatch", "\"b\""),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [], "limits": [{"rate": 5}]}),
+            400,
+            "invalid_value",
+            "class.match",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [{"proto": "udp", "ports": 54, "syn_only": true}], "limits": [{"rate": 5}]}),
+            400,
+            "invalid_value",
+            "class.match[0].syn_only",
+        ),
+        bad(
+            M::PUT,
+            "/v1/classes/a",
+            &json!({"match": [{"proto": "udp", "ports": 54}], "limits": [{"rate": 5}], "limitz": 1}),
+            400,
+            "invalid_body",
+            "limitz",
+        ),
+        bad(M::PUT, "/v1/classes", &json!({"classes": [], "more": 1}), 400, "invalid_body", "more"),
+        bad(M::PUT, "/v1/classes", &json!([]), 400, "invalid_body", ""),
+        bad(M::GET, "/v1/classes/ghost", &json!(null), 404, "class_not_found", "ghost"),
+        bad(M::DELETE, "/v1/classes/ghost", &json!(null), 404, "class_not_found", "ghost"),
+        bad(M::PUT, "/v1/unmatched", &json!({"action": "drop"}), 400, "invalid_body", "drop"),
+        bad(M::PUT, "/v1/unmatched", &json!({"action": "pass", "log": true}), 400, "invalid_body", "log"),
+        // A scope entry a class already claims.
+        bad(
+            M::PUT,
+            "/v1/scope",
+            &json!({"ports": [{"proto": "udp", "port": 53}]}),
+            400,
+            "invalid_value",
+            "scope.ports[0]",
+        ),
         // Sources.
         bad(M::GET, "/v1/sources?top=0", &json!(null), 400, "invalid_query", "top"),
         bad(M::GET, "/v1/sources?top=10001", &json!(null), 400, "invalid_query", "top"),
@@ -589,6 +836,8 @@ async fn bad_inputs_get_a_4xx_naming_the_value_and_change_nothing() {
         api.call(Method::POST, "/v1/rules", Some(json!({"cidr": "192.0.2.0/24", "action": "allow"}))).await;
     assert_eq!(status, StatusCode::CREATED);
     api.track(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)), 5, 5);
+    let (status, _) = api.call(Method::PUT, "/v1/classes/dns", Some(udp_class("dns", "53"))).await;
+    assert_eq!(status, StatusCode::CREATED);
     let table = bad_inputs();
     assert!(table.len() >= 40, "{} bad inputs", table.len());
     let before = api.snapshot().await;

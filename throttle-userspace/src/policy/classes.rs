@@ -188,8 +188,65 @@ impl<'de> Deserialize<'de> for Ports {
     }
 }
 
+/// A string schema with a pattern, a description and an example.
+fn string_schema(
+    pattern: &str,
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .examples([serde_json::Value::from(example)])
+        .into()
+}
+
+impl utoipa::PartialSchema for ClassName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema("^[a-z0-9_-]{1,32}$", NAME_RULE, "ssh")
+    }
+}
+
+impl utoipa::ToSchema for ClassName {}
+
+/// The pattern of one port or range.
+const PORT_PATTERN: &str = r"^\s*[0-9]{1,5}\s*(-\s*[0-9]{1,5}\s*)?$";
+
+impl utoipa::PartialSchema for Ports {
+    /// Given as a port, a range or a list of those; shown as a list of
+    /// strings (`["443", "8000-8100"]`).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, SchemaType, Type};
+        let port = || {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::Integer))
+                .minimum(Some(1))
+                .maximum(Some(65_535))
+                .description(Some("a port"))
+        };
+        let range = || {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .pattern(Some(PORT_PATTERN))
+                .description(Some("a port or a range \"8000-8100\""))
+        };
+        let item = OneOfBuilder::new().item(port()).item(range());
+        OneOfBuilder::new()
+            .item(port())
+            .item(range())
+            .item(ArrayBuilder::new().items(item).min_items(Some(1)))
+            .description(Some(PORTS_RULE))
+            .examples([serde_json::json!(["443", "8000-8100"])])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Ports {}
+
 /// What a class matches: a protocol and its destination ports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     pub proto: Proto,
@@ -201,7 +258,7 @@ pub struct Match {
 }
 
 /// One limit of a class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassLimit {
     pub rate: Rate,
@@ -220,7 +277,7 @@ impl ClassLimit {
 
 /// A prefix tier: the class's sources also count against the bucket of
 /// their masked prefix (a /24, a /48) at this limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// The tier applies to IPv4 sources, aggregated to this prefix.
@@ -230,6 +287,7 @@ pub struct Tier {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "some_prefix_len")]
     pub ipv6_prefix: Option<u8>,
     pub rate: Rate,
+    /// Default: the rate's count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
 }
@@ -261,9 +319,21 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+impl utoipa::PartialSchema for Span {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            r"^\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$",
+            "a duration: \"30s\", \"15m\", \"1h 30m\", \"500ms\"",
+            "30s",
+        )
+    }
+}
+
+impl utoipa::ToSchema for Span {}
+
 /// A class's ban: a source over one of its limits for `after` in a row is
 /// denied for `duration`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ban {
     pub after: Span,
@@ -271,7 +341,7 @@ pub struct Ban {
 }
 
 /// A limit class.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Class {
     pub name: ClassName,
@@ -375,7 +445,7 @@ impl Class {
 }
 
 /// What happens to a packet no class matches (and the scope does not name).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UnmatchedAction {
     /// Metered by `[limits]`, as without classes (when `[scope]` is empty).
@@ -386,7 +456,7 @@ pub enum UnmatchedAction {
 }
 
 /// The `[unmatched]` section.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Unmatched {
     pub action: UnmatchedAction,
