@@ -1,0 +1,106 @@
+//! End to end, as root: limit classes in the real daemon, from its
+//! configuration file, with real traffic from several sources at once.
+//!
+//! Every flood offers many times its bound, so what arrives is what the
+//! buckets admit. For a class of several limits that is the smallest of
+//! their allowances; for a prefix tier, one allowance shared by the sources
+//! of the prefix. Counts must land within 10 % of that.
+
+use std::time::Duration;
+
+use throttle_tests::{
+    measure::bucket_allowance, require_root, Checks, Daemon, Flood, Flow, Receiver, VethPair,
+};
+
+/// How far a count may stray from its allowance.
+const TOLERANCE: f64 = 0.10;
+/// Offered load of each flood.
+const FLOOD_PPS: u64 = 4_000;
+/// How long each flood lasts.
+const FLOOD_TIME: Duration = Duration::from_secs(4);
+/// How long the receivers must be quiet before they are done.
+const QUIET: Duration = Duration::from_millis(300);
+
+const DNS_PORT: u16 = 5353;
+const GAME_PORTS: [u16; 2] = [27_001, 27_005];
+const OTHER_PORT: u16 = 9000;
+
+const CONFIG: &str = r#"
+[limits]
+rate = 300
+burst = 100
+
+[[classes]]
+name = "dns"
+match = [{ proto = "udp", ports = "5353" }]
+limits = [{ rate = "400/second", burst = 100 }, { rate = "1200/minute", burst = 200 }]
+
+[[classes]]
+name = "game"
+match = [{ proto = "udp", ports = "27000-27010" }]
+limits = [{ rate = "50/s", burst = 50 }]
+ipv4_prefix = 24
+"#;
+
+#[test]
+fn classes_meter_their_ports_at_once_each_within_its_bound() {
+    require_root!();
+    let test = "classes_meter_their_ports_at_once_each_within_its_bound";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().sender_addrs(["10.99.5.1/16", "10.99.5.2/16", "10.99.5.3/16"]).build();
+    let sources = pair.sender_ips();
+    let receivers: Vec<(u16, Receiver)> = [DNS_PORT, GAME_PORTS[0], GAME_PORTS[1], OTHER_PORT]
+        .into_iter()
+        .map(|port| (port, Receiver::start(&pair.receiver, port)))
+        .collect();
+    // Alive until the checks are judged, so that a failure prints its log.
+    let _daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(CONFIG).start_ready();
+    checks.note(&format!("daemon ready on {} ({})", pair.rx_if, pair.xdp_attachment()));
+
+    let flow = |src, port| Flow::new(src, pair.dst_for(src, port)).rate(FLOOD_PPS);
+    let flows = vec![
+        // One source on DNS: its per-minute limit binds.
+        flow(sources[0], DNS_PORT),
+        // Two sources of one /24 on the game ports: one tier of a bucket.
+        flow(sources[1], GAME_PORTS[0]),
+        flow(sources[2], GAME_PORTS[1]),
+        // Unmatched traffic: the default class.
+        flow(sources[0], OTHER_PORT),
+    ];
+    let reports = Flood::start(&pair.sender, flows, Some(FLOOD_TIME)).join();
+    let arrivals: Vec<(u16, u64)> = receivers
+        .into_iter()
+        .map(|(port, receiver)| (port, receiver.finish(QUIET).count(|_| true)))
+        .collect();
+    let arrived = |port: u16| arrivals.iter().find(|(p, _)| *p == port).map_or(0, |(_, n)| *n);
+
+    for report in &reports {
+        checks.offered("a flood", report, 2_000.0, "far over every bound");
+    }
+    let secs = reports[0].secs();
+    let dns = bucket_allowance(400, 100, secs).min(200.0 + 1_200.0 / 60.0 * secs);
+    checks.within(
+        &format!("dns from {}: the smaller of its two limits over {secs:.3} s", sources[0]),
+        dns,
+        arrived(DNS_PORT),
+        TOLERANCE,
+    );
+    let game_secs = reports[1].secs().max(reports[2].secs());
+    checks.within(
+        &format!(
+            "game from {} and {}: one bucket for their /24 over {game_secs:.3} s",
+            sources[1], sources[2]
+        ),
+        bucket_allowance(50, 50, game_secs),
+        arrived(GAME_PORTS[0]) + arrived(GAME_PORTS[1]),
+        TOLERANCE,
+    );
+    let other_secs = reports[3].secs();
+    checks.within(
+        &format!("unmatched port {OTHER_PORT} from {}: the default limit over {other_secs:.3} s", sources[0]),
+        bucket_allowance(300, 100, other_secs),
+        arrived(OTHER_PORT),
+        TOLERANCE,
+    );
+    checks.assert_all();
+}
