@@ -80,14 +80,30 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
         }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match rules::select(&packet, config) {
-        Selected::Allow => reason::ALLOW_RULE,
-        Selected::Deny => reason::DENY_RULE,
-        Selected::Rule(limit, rule) => {
-            let key = bucket::key(packet.family, &packet.src, rule, class);
-            bucket::meter(ctx, &key, limit, cost(limit, len), config, true, Ban::NONE)
-        }
-        Selected::Class => meter_class(ctx, &packet, class_id, class, len, config),
+    // One bucket step here for every metered packet: a rule's limit, or
+    // the first of its class's; the class's other limits and its tiers in
+    // a call of their own, for the classes that have them.
+    let (limit, owner, ban, by_rule) = match rules::select(&packet, config) {
+        Selected::Allow => return reason::ALLOW_RULE,
+        Selected::Deny => return reason::DENY_RULE,
+        Selected::Rule(limit, rule) => (limit, rule, Ban::NONE, true),
+        Selected::Class => (
+            &class.limits[0],
+            class_owner(class_id, 0),
+            Ban { after: class.ban_after, for_ticks: class.ban_for },
+            false,
+        ),
+    };
+    let key = bucket::key(packet.family, &packet.src, owner, class);
+    let verdict = bucket::meter(ctx, &key, limit, cost(limit, len), config, true, ban);
+    if reason::drops(verdict) || by_rule || (class.limit_count < 2 && class.tier_count == 0) {
+        return verdict;
+    }
+    let rest = meter_rest(ctx, &packet, class, &Rest { class_id, len, ban }, config);
+    if reason::drops(rest) {
+        rest
+    } else {
+        verdict
     }
 }
 
@@ -101,26 +117,27 @@ fn cost(limit: &Limit, len: u64) -> u64 {
     }
 }
 
-/// Meters the packet against each limit of its class in turn, then against
-/// each of its prefix tiers; the first that refuses it drops it (those
-/// before it have counted it, which only makes them stricter). The source's
-/// first bucket draws on the first-seen budget, the others do not.
-#[inline(always)]
-fn meter_class(
+/// What [`meter_rest`] needs besides the packet and its class (a BPF call
+/// takes five arguments at most).
+struct Rest {
+    class_id: u32,
+    len: u64,
+    ban: Ban,
+}
+
+/// Meters the packet against its class's limits after the first, in turn,
+/// then against each of its prefix tiers; the first that refuses it drops
+/// it (those before it have counted it, which only makes them stricter,
+/// never looser). Only the first bucket draws on the first-seen budget.
+#[inline(never)]
+fn meter_rest(
     ctx: &XdpContext,
     packet: &parse::Packet,
-    class_id: u32,
     class: &ClassConfig,
-    len: u64,
+    rest: &Rest,
     config: &Config,
 ) -> Reason {
-    let ban = Ban { after: class.ban_after, for_ticks: class.ban_for };
-    let first = &class.limits[0];
-    let key = bucket::key(packet.family, &packet.src, class_owner(class_id, 0), class);
-    let verdict = bucket::meter(ctx, &key, first, cost(first, len), config, true, ban);
-    if reason::drops(verdict) {
-        return verdict;
-    }
+    let Rest { class_id, len, ban } = *rest;
     for slot in 1..MAX_CLASS_LIMITS {
         if slot >= class.limit_count {
             break;
@@ -148,7 +165,7 @@ fn meter_class(
             return next;
         }
     }
-    verdict
+    reason::PASSED
 }
 
 #[cfg(not(test))]
