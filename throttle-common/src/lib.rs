@@ -139,9 +139,6 @@ pub struct Config {
     pub layout: u32,
     /// [`flags`].
     pub flags: u32,
-    /// The default class (`[limits]`, class 0): here rather than in
-    /// `CLASSES`, so that the default path looks nothing more up.
-    pub default_class: ClassConfig,
     /// The global budget of first-seen sources (cost: one per source).
     pub new_source_limit: Limit,
     /// The bank of `RULE_FILTER` in use, 0 or 1 ([`rule_filter`]).
@@ -156,10 +153,10 @@ pub struct Config {
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 272);
+const _: () = assert!(size_of::<Config>() == 56);
 
-/// A limit class as the data path meters it: the `CLASSES` entry of class
-/// `1..MAX_CLASSES`, and [`Config::default_class`] for class 0.
+/// A limit class as the data path meters it: the `CLASSES` entry of its id
+/// (0: the default class, `[limits]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClassConfig {

@@ -71,13 +71,8 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     let Some(class_id) = rules::classify(ctx, &packet, config.flags) else {
         return if rules::denied(&packet, config) { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };
     };
-    let class = if class_id == 0 {
-        &config.default_class
-    } else {
-        match CLASSES.get(class_id) {
-            Some(class) => class,
-            None => return reason::ERROR,
-        }
+    let Some(class) = CLASSES.get(class_id) else {
+        return reason::ERROR;
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     // One bucket step here for every metered packet: a rule's limit, or

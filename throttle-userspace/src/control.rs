@@ -836,7 +836,7 @@ mod tests {
         assert!(matches!(err, ChangeError::Kernel(_)), "{err}");
         assert_eq!(control.limits().rate, Limits::default().rate);
         assert_eq!(written(&kernel), before, "the previous plan is written back");
-        assert_eq!(written(&kernel).settings.default_class.limits[0].rate(), Limits::default().rate.count);
+        assert_eq!(written(&kernel).classes[0].limits[0].rate(), Limits::default().rate.count);
         assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).ok(), saved);
     }
 
@@ -964,7 +964,7 @@ mod tests {
             .unwrap();
         control.set_scale(0.5).unwrap();
         let plan = written(&kernel);
-        assert_eq!(plan.settings.default_class.limits[0].rate(), 500);
+        assert_eq!(plan.classes[0].limits[0].rate(), 500);
         let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!(rule.limit.rate(), 50);
         assert_eq!(rule.limit.burst(), 100, "the burst stays as configured");

@@ -155,10 +155,7 @@ async fn every_endpoint_answers() {
         (status, &body["rate"], &body["burst"], &body["dry_run"]),
         (StatusCode::OK, &json!(50), &json!(30), &json!(true))
     );
-    assert_eq!(
-        api.kernel.0.lock().unwrap().plan.as_ref().unwrap().settings.default_class.limits[0].burst(),
-        30
-    );
+    assert_eq!(api.kernel.0.lock().unwrap().plan.as_ref().unwrap().classes[0].limits[0].burst(), 30);
 
     let scope = json!({"ports": [{"proto": "tcp", "port": 443, "syn_only": true}, {"proto": "udp", "port": 53, "syn_only": false}]});
     let (status, body) = api.call(Method::PUT, "/v1/scope", Some(scope.clone())).await;
@@ -347,7 +344,7 @@ async fn a_kernel_failure_is_a_500_and_changes_nothing() {
     after["kernel_writes"] = before["kernel_writes"].clone();
     assert_eq!(after, before);
     assert_eq!(
-        api.kernel.0.lock().unwrap().plan.as_ref().unwrap().settings.default_class.limits[0].rate(),
+        api.kernel.0.lock().unwrap().plan.as_ref().unwrap().classes[0].limits[0].rate(),
         1000,
         "the old policy is back"
     );

@@ -25,8 +25,6 @@ pub type TrieKey<const N: usize> = (u8, [u8; N]);
 pub struct Settings {
     /// [`flags`], less [`flags::ONE_IFACE`] (the attachments decide it).
     pub flags: u32,
-    /// The default class (`[limits]`).
-    pub default_class: ClassConfig,
     pub new_source_limit: Limit,
 }
 
@@ -36,8 +34,8 @@ pub struct Plan {
     pub settings: Settings,
     /// The `CLASS_OF` array, [`class_of::ENTRIES`] entries.
     pub class_of: Vec<u32>,
-    /// The `CLASSES` array by class id, [`MAX_CLASSES`] entries (id 0, the
-    /// default class, is in the settings; its entry stays zero).
+    /// The `CLASSES` array by class id, [`MAX_CLASSES`] entries; id 0 is the
+    /// default class (`[limits]`).
     pub classes: Vec<ClassConfig>,
     pub rules_v4: BTreeMap<TrieKey<4>, Rule>,
     pub rules_v6: BTreeMap<TrieKey<16>, Rule>,
@@ -83,7 +81,6 @@ impl Plan {
             version: placement.version,
             layout: LAYOUT_VERSION,
             flags: s.flags | if placement.one_iface_slot.is_some() { flags::ONE_IFACE } else { 0 },
-            default_class: s.default_class,
             new_source_limit: s.new_source_limit,
             rule_filter_bank: placement.bank,
             iface_slot: placement.one_iface_slot.unwrap_or(0),
@@ -95,11 +92,7 @@ impl Plan {
     /// The plan's settings as a `CONFIG` entry holds them.
     #[must_use]
     pub fn settings_of(config: &Config) -> Settings {
-        Settings {
-            flags: config.flags & !flags::ONE_IFACE,
-            default_class: config.default_class,
-            new_source_limit: config.new_source_limit,
-        }
+        Settings { flags: config.flags & !flags::ONE_IFACE, new_source_limit: config.new_source_limit }
     }
 }
 
@@ -240,15 +233,16 @@ pub fn compile(policy: &Policy, ids: Ids<'_>, scale: f64, coarse_tick_ns: u64) -
     }
     let mut default_limits = [Limit::default(); MAX_CLASS_LIMITS as usize];
     default_limits[0] = limit(limits.rate, limits.burst, limits.unit, scale, coarse_tick_ns);
+    let default_class = ClassConfig {
+        limits: default_limits,
+        ipv4_mask: ipv4_mask(limits.ipv4_prefix),
+        limit_count: 1,
+        ipv6_mask: ipv6_mask(limits.ipv6_prefix),
+        ..ClassConfig::default()
+    };
+    plan.classes[0] = default_class;
     plan.settings = Settings {
         flags,
-        default_class: ClassConfig {
-            limits: default_limits,
-            ipv4_mask: ipv4_mask(limits.ipv4_prefix),
-            limit_count: 1,
-            ipv6_mask: ipv6_mask(limits.ipv6_prefix),
-            ..ClassConfig::default()
-        },
         new_source_limit: Limit::new(limits.new_source_rate, limits.new_source_burst, UNIT_PACKETS)
             .with_clock(coarse_tick_ns),
     };
@@ -281,14 +275,14 @@ mod tests {
         let plan = compile(&Policy::default(), ids(&[]), 1.0, TICK_NS);
         let limits = Limits::default();
         assert_eq!(plan.settings.flags, flags::NEW_SOURCE_LIMIT | flags::UNMATCHED_LIMIT);
-        let class = plan.settings.default_class;
+        let class = plan.classes[0];
         assert_eq!(class.limit_count, 1);
         assert_eq!(class.limits[0].rate(), limits.rate.count);
         assert_eq!(class.limits[0].burst(), limits.burst);
         assert_eq!(class.ipv4_mask, u32::MAX);
         assert_eq!(class.ipv6_mask, [u32::MAX, u32::MAX, 0, 0]);
         assert!(plan.class_of.iter().all(|&e| e == 0));
-        assert!(plan.classes.iter().all(|c| *c == ClassConfig::default()));
+        assert!(plan.classes[1..].iter().all(|c| *c == ClassConfig::default()));
         assert!(plan.rules_v4.is_empty() && plan.rules_v6.is_empty());
         assert_eq!(plan.filter_v4.shift_byte(), rule_filter::shift_byte(0), "no rules: no mask");
     }
@@ -360,8 +354,8 @@ mod tests {
     fn the_scale_cuts_rates_never_bursts_and_never_below_one() {
         let policy = Policy { rules: vec![limit_rule("10.0.0.0/8", 100)], ..Policy::default() };
         let plan = compile(&policy, ids(&[1]), 0.5, 0);
-        assert_eq!(plan.settings.default_class.limits[0].rate(), 500);
-        assert_eq!(plan.settings.default_class.limits[0].burst(), 1_000);
+        assert_eq!(plan.classes[0].limits[0].rate(), 500);
+        assert_eq!(plan.classes[0].limits[0].burst(), 1_000);
         let rule = plan.rules_v4[&(8, [10, 0, 0, 0])];
         assert_eq!((rule.limit.rate(), rule.limit.burst()), (50, 100));
         assert_eq!(plan.settings.new_source_limit.rate(), Limits::default().new_source_rate, "not scaled");
@@ -386,19 +380,9 @@ mod tests {
         let limits = |rate, burst| Limits { rate: Rate::per_second(rate), burst, ..Limits::default() };
         let long = Policy { limits: limits(100, 100), ..Policy::default() };
         let short = Policy { limits: limits(100_000, 10), ..Policy::default() };
-        assert_eq!(
-            compile(&long, ids(&[]), 1.0, TICK_NS).settings.default_class.limits[0].clock,
-            CLOCK_COARSE
-        );
-        assert_eq!(
-            compile(&short, ids(&[]), 1.0, TICK_NS).settings.default_class.limits[0].clock,
-            CLOCK_FINE
-        );
-        assert_eq!(
-            compile(&long, ids(&[]), 1.0, 0).settings.default_class.limits[0].clock,
-            CLOCK_FINE,
-            "tick unknown"
-        );
+        assert_eq!(compile(&long, ids(&[]), 1.0, TICK_NS).classes[0].limits[0].clock, CLOCK_COARSE);
+        assert_eq!(compile(&short, ids(&[]), 1.0, TICK_NS).classes[0].limits[0].clock, CLOCK_FINE);
+        assert_eq!(compile(&long, ids(&[]), 1.0, 0).classes[0].limits[0].clock, CLOCK_FINE, "tick unknown");
     }
 
     #[test]
@@ -461,7 +445,7 @@ mod tests {
         let web = plan.classes[9];
         assert_eq!(web.limits[0].rate(), 10, "adaptive: scaled");
         assert_eq!(plan.classes[4].limits[0].interval, 20 * throttle_common::gcra::TICKS_PER_SEC);
-        assert_eq!(plan.classes.iter().filter(|c| c.limit_count > 0).count(), 3);
+        assert_eq!(plan.classes.iter().filter(|c| c.limit_count > 0).count(), 1 + 3, "the default and three");
         assert_ne!(plan.settings.flags & flags::UNMATCHED_LIMIT, 0, "no scope: the rest is metered");
         let pass = Policy { unmatched: Unmatched { action: UnmatchedAction::Pass }, ..policy.clone() };
         let plan = compile(&pass, Ids { rules: &[], classes: &[4, 2, 9] }, 1.0, TICK_NS);
