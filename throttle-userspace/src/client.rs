@@ -1,5 +1,5 @@
 //! The command-line client of the admin API: `throttle status`, `limits`,
-//! `rules`, `top`, `source`, `controller`.
+//! `classes`, `rules`, `top`, `source`, `controller`.
 //!
 //! Tables for people, `--json` for scripts (the API's body as it came). An
 //! error of the API is printed as the API worded it. Exit codes:
@@ -18,8 +18,9 @@ use hyper_util::{
 use serde_json::Value;
 
 use crate::{
+    api::ClassList,
     controller::Algorithm,
-    policy::{LimitsPatch, RuleSpec},
+    policy::{Class, ClassLimit, LimitsPatch, RuleSpec},
 };
 
 /// Success.
@@ -55,6 +56,12 @@ pub struct ClientArgs {
 pub enum LimitsCommand {
     /// Change the fields given (PATCH /v1/limits).
     Set(LimitsPatch),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClassesCommand {
+    /// One class, every field (GET /v1/classes/NAME).
+    Show { name: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -98,6 +105,7 @@ pub struct ControllerSet {
 pub enum ClientCommand {
     Status,
     Limits(Option<LimitsPatch>),
+    Classes(Option<ClassesCommand>),
     Rules(RulesCommand),
     Top { n: usize, by: String },
     Source { addr: String, reset: bool },
@@ -221,6 +229,10 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         ClientCommand::Limits(Some(set)) => {
             let body = limits_patch(&set)?;
             (client.call(Method::PATCH, "/v1/limits", Some(&body)).await?, limits_table)
+        }
+        ClientCommand::Classes(None) => (client.call(Method::GET, "/v1/classes", None).await?, classes_table),
+        ClientCommand::Classes(Some(ClassesCommand::Show { name })) => {
+            (client.call(Method::GET, &format!("/v1/classes/{}", encode(&name)), None).await?, class_table)
         }
         ClientCommand::Rules(RulesCommand::List) => {
             (client.call(Method::GET, "/v1/rules", None).await?, rules_table)
@@ -371,6 +383,88 @@ fn limits_table(v: &Value) -> String {
     )
 }
 
+/// The API's JSON as it came, for an answer this client cannot read.
+fn as_json(v: &Value) -> String {
+    format!("{}\n", serde_json::to_string_pretty(v).expect("JSON serialises"))
+}
+
+/// A limit as people write it: `3/minute burst 5` (the burst filled in).
+fn limit_cell(limit: &ClassLimit) -> String {
+    format!("{} burst {}", limit.rate, limit.burst())
+}
+
+/// What a class shows in each column: name, matches, limits, tiers, ban,
+/// adaptive.
+fn class_cells(class: &Class) -> Vec<String> {
+    let or_dash =
+        |cells: Vec<String>, sep: &str| if cells.is_empty() { "-".to_owned() } else { cells.join(sep) };
+    let matches = class
+        .matches
+        .iter()
+        .map(|m| {
+            let ports: Vec<String> = m.ports.0.iter().map(ToString::to_string).collect();
+            format!("{}/{}{}", m.proto.name(), ports.join(","), if m.syn_only { " syn" } else { "" })
+        })
+        .collect();
+    let tiers = class
+        .tiers
+        .iter()
+        .map(|t| {
+            let prefixes: Vec<String> = [("v4", t.ipv4_prefix), ("v6", t.ipv6_prefix)]
+                .into_iter()
+                .filter_map(|(family, len)| len.map(|len| format!("{family}/{len}")))
+                .collect();
+            format!("{} {}", prefixes.join(" "), limit_cell(&t.limit()))
+        })
+        .collect();
+    let ban = class.ban.map_or_else(
+        || "-".to_owned(),
+        |b| {
+            format!(
+                "{} after {}",
+                humantime::format_duration(b.duration.0),
+                humantime::format_duration(b.after.0)
+            )
+        },
+    );
+    vec![
+        class.name.to_string(),
+        or_dash(matches, "; "),
+        or_dash(class.limits.iter().map(limit_cell).collect(), ", "),
+        or_dash(tiers, ", "),
+        ban,
+        if class.adaptive { "yes" } else { "no" }.to_owned(),
+    ]
+}
+
+/// The column names of [`class_cells`].
+const CLASS_COLUMNS: [&str; 6] = ["NAME", "MATCH", "LIMITS", "TIERS", "BAN", "ADAPTIVE"];
+
+fn classes_table(v: &Value) -> String {
+    match serde_json::from_value::<ClassList>(v.clone()) {
+        Ok(list) => table(&CLASS_COLUMNS, &list.classes.iter().map(class_cells).collect::<Vec<_>>()),
+        Err(_) => as_json(v),
+    }
+}
+
+fn class_table(v: &Value) -> String {
+    let Ok(class) = serde_json::from_value::<Class>(v.clone()) else {
+        return as_json(v);
+    };
+    let mut fields: Vec<(String, String)> =
+        CLASS_COLUMNS.iter().map(|c| c.to_ascii_lowercase()).zip(class_cells(&class)).collect();
+    fields.extend([
+        ("unit".to_owned(), class.unit.name().to_owned()),
+        ("ipv4_prefix".to_owned(), class.ipv4_prefix.to_string()),
+        ("ipv6_prefix".to_owned(), class.ipv6_prefix.to_string()),
+    ]);
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    fields.iter().fold(String::new(), |mut out, (key, value)| {
+        let _ = writeln!(out, "{key:<width$}  {value}");
+        out
+    })
+}
+
 fn rules_table(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v["rules"]
         .as_array()
@@ -463,6 +557,61 @@ mod tests {
              1   10.0.0.0/8     deny    -     -      -\n\
              12  2001:db8::/32  limit   100   50     -\n"
         );
+    }
+
+    fn example() -> Value {
+        json!({"classes": [
+            {
+                "name": "ssh",
+                "match": [{"proto": "tcp", "ports": ["22"], "syn_only": true}],
+                "limits": [{"rate": "3/minute", "burst": 5}],
+                "ban": {"after": "30s", "duration": "15m"},
+                "adaptive": false, "unit": "packets", "ipv4_prefix": 32, "ipv6_prefix": 64,
+            },
+            {
+                "name": "dns",
+                "match": [{"proto": "udp", "ports": ["53"], "syn_only": false}],
+                "limits": [{"rate": 50, "burst": 100}, {"rate": "1000/minute"}],
+                "adaptive": false, "unit": "packets", "ipv4_prefix": 32, "ipv6_prefix": 64,
+            },
+            {
+                "name": "web",
+                "match": [{"proto": "tcp", "ports": ["443", "8000-8100"], "syn_only": true}],
+                "limits": [{"rate": 20, "burst": 40}],
+                "tiers": [{"ipv4_prefix": 24, "ipv6_prefix": 48, "rate": 200, "burst": 400}],
+                "adaptive": true, "unit": "packets", "ipv4_prefix": 32, "ipv6_prefix": 64,
+            },
+        ]})
+    }
+
+    #[test]
+    fn the_classes_table_prints_rates_as_people_write_them() {
+        assert_eq!(
+            classes_table(&example()),
+            "NAME  MATCH                  LIMITS                                       TIERS                             BAN            ADAPTIVE\n\
+             ssh   tcp/22 syn             3/minute burst 5                             -                                 15m after 30s  no\n\
+             dns   udp/53                 50/second burst 100, 1000/minute burst 1000  -                                 -              no\n\
+             web   tcp/443,8000-8100 syn  20/second burst 40                           v4/24 v6/48 200/second burst 400  -              yes\n"
+        );
+        assert_eq!(classes_table(&json!({"classes": []})), "NAME  MATCH  LIMITS  TIERS  BAN  ADAPTIVE\n");
+    }
+
+    #[test]
+    fn one_class_shows_every_field() {
+        assert_eq!(
+            class_table(&example()["classes"][0]),
+            "name         ssh\n\
+             match        tcp/22 syn\n\
+             limits       3/minute burst 5\n\
+             tiers        -\n\
+             ban          15m after 30s\n\
+             adaptive     no\n\
+             unit         packets\n\
+             ipv4_prefix  32\n\
+             ipv6_prefix  64\n"
+        );
+        // An answer this client cannot read is shown as it came.
+        assert_eq!(class_table(&json!({"name": 5})), "{\n  \"name\": 5\n}\n");
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use throttle::{
-    client::{self, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand, RulesCommand},
+    client::{
+        self, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand, RulesCommand,
+    },
     settings::DaemonArgs,
 };
 use tracing_subscriber::EnvFilter;
@@ -28,6 +30,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         set: Option<LimitsCommand>,
+    },
+    /// The limit classes as a table, or one with `classes show NAME`.
+    Classes {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Option<ClassesCommand>,
     },
     /// List, add and remove rules.
     Rules {
@@ -94,6 +103,7 @@ fn main() -> ExitCode {
         Command::Limits { client, set } => {
             (client, ClientCommand::Limits(set.map(|LimitsCommand::Set(s)| s)))
         }
+        Command::Classes { client, command } => (client, ClientCommand::Classes(command)),
         Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
         Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),
