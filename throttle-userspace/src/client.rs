@@ -65,6 +65,12 @@ pub enum ClassesCommand {
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
+pub enum BansCommand {
+    /// Lift a source's bans (DELETE /v1/bans/ADDR): it starts afresh.
+    Rm { addr: String },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum RulesCommand {
     /// The rules with their ids.
     List,
@@ -106,6 +112,7 @@ pub enum ClientCommand {
     Status,
     Limits(Option<LimitsPatch>),
     Classes(Option<ClassesCommand>),
+    Bans(Option<BansCommand>),
     Rules(RulesCommand),
     Top { n: usize, by: String },
     Source { addr: String, reset: bool },
@@ -231,6 +238,12 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
             (client.call(Method::PATCH, "/v1/limits", Some(&body)).await?, limits_table)
         }
         ClientCommand::Classes(None) => (client.call(Method::GET, "/v1/classes", None).await?, classes_table),
+        ClientCommand::Bans(None) => (client.call(Method::GET, "/v1/bans", None).await?, bans_table),
+        ClientCommand::Bans(Some(BansCommand::Rm { addr })) => {
+            (client.call(Method::DELETE, &format!("/v1/bans/{}", encode(&addr)), None).await?, |_| {
+                "lifted\n".into()
+            })
+        }
         ClientCommand::Classes(Some(ClassesCommand::Show { name })) => {
             (client.call(Method::GET, &format!("/v1/classes/{}", encode(&name)), None).await?, class_table)
         }
@@ -463,6 +476,27 @@ fn class_table(v: &Value) -> String {
         let _ = writeln!(out, "{key:<width$}  {value}");
         out
     })
+}
+
+fn bans_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["bans"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    let secs = b["remaining_ms"].as_u64().map_or_else(
+                        || cell(&b["remaining_ms"]),
+                        |ms| format!("{:.1} s", Duration::from_millis(ms).as_secs_f64()),
+                    );
+                    vec![cell(&b["source"]), cell(&b["class"]), secs]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no source is banned\n".to_owned();
+    }
+    table(&["SOURCE", "CLASS", "REMAINING"], &rows)
 }
 
 fn rules_table(v: &Value) -> String {

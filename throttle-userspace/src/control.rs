@@ -16,7 +16,9 @@ use std::{
 
 use ipnet::IpNet;
 use serde::Serialize;
-use throttle_common::{Bucket, BucketKey, FAMILY_V4};
+use throttle_common::{
+    class_owner, gcra::TICKS_PER_SEC, Bucket, BucketKey, BAN_MARK, CLASS_OWNER, FAMILY_V4, TIER_SLOT,
+};
 
 use crate::{
     controller::AdaptiveConfig,
@@ -56,6 +58,9 @@ pub enum ChangeError {
     /// The source has no bucket.
     #[error("{0} is not tracked (no packet metered lately)")]
     NotTracked(IpAddr),
+    /// No class bans the source now.
+    #[error("{0} is not banned")]
+    NotBanned(IpAddr),
     /// The source falls under a rule that does not meter it.
     #[error("{addr} falls under rule {id} ({} {cidr}): it is not metered", action.name())]
     NotMetered { addr: IpAddr, id: u32, action: Action, cidr: IpNet },
@@ -184,12 +189,33 @@ impl RankBy {
 pub struct SourceView {
     /// The address, or the prefix sources are aggregated to (`10.1.2.0/24`).
     pub source: String,
-    /// The limit rule that meters it; none: the default limit.
+    /// The limit rule that meters it; none: its class's limits.
     pub rule: Option<u32>,
+    /// The class whose limit it is (none: a rule's, or the default class's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Which of the class's limits (0, 1, 2), or `tier:N` for a prefix tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
     pub passed: u64,
     pub dropped: u64,
-    /// The GCRA's theoretical arrival time (1/16 ns of `CLOCK_MONOTONIC`).
+    /// The GCRA's theoretical arrival time (1/16 ns of `CLOCK_MONOTONIC`),
+    /// [`throttle_common::BAN_MARK`] set while the source is banned.
     pub tat: u64,
+    /// Whether its class banned it, and it still is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub banned: bool,
+}
+
+/// A banned source, as `GET /v1/bans` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BanView {
+    /// The address, or its class's aggregation prefix.
+    pub source: String,
+    /// The class that banned it.
+    pub class: String,
+    /// How long the ban still lasts.
+    pub remaining_ms: u64,
 }
 
 /// The daemon's policy: the configuration file's under the state file's,
@@ -633,24 +659,108 @@ impl Control {
         buckets.iter().map(|(key, bucket)| self.view(key, bucket)).collect()
     }
 
+    /// The class of a bucket whose key names a class's limit, and which of
+    /// its limits or tiers: `None` for a rule's bucket.
+    fn class_of_key(&self, key: &BucketKey) -> Option<(Option<&Class>, u32)> {
+        if key.rule != 0 && key.rule & CLASS_OWNER == 0 {
+            return None;
+        }
+        let id = (key.rule & !CLASS_OWNER) >> 8;
+        let slot = key.rule & 0xff;
+        let class = self.class_ids.iter().zip(&self.policy.classes).find(|(&c, _)| c == id).map(|(_, c)| c);
+        Some((class, slot))
+    }
+
     fn view(&self, key: &BucketKey, bucket: &Bucket) -> SourceView {
         let limits = &self.policy.limits;
+        let owner = self.class_of_key(key);
         let words = key.addr;
+        let (v4, v6) = match owner {
+            Some((Some(class), slot)) if slot >= TIER_SLOT => class
+                .tiers
+                .get((slot - TIER_SLOT) as usize)
+                .map_or((class.ipv4_prefix, class.ipv6_prefix), |t| {
+                    (t.ipv4_prefix.unwrap_or(32), t.ipv6_prefix.unwrap_or(128))
+                }),
+            Some((Some(class), _)) => (class.ipv4_prefix, class.ipv6_prefix),
+            _ => (limits.ipv4_prefix, limits.ipv6_prefix),
+        };
         let (addr, prefix, full): (IpAddr, u8, u8) = if key.family == FAMILY_V4 {
-            (Ipv4Addr::from(words[0].to_ne_bytes()).into(), limits.ipv4_prefix, 32)
+            (Ipv4Addr::from(words[0].to_ne_bytes()).into(), v4, 32)
         } else {
             let mut octets = [0u8; 16];
             for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
                 chunk.copy_from_slice(&word.to_ne_bytes());
             }
-            (Ipv6Addr::from(octets).into(), limits.ipv6_prefix, 128)
+            (Ipv6Addr::from(octets).into(), v6, 128)
         };
+        let now = self.kernel.now_ticks();
         SourceView {
             source: if prefix == full { addr.to_string() } else { format!("{addr}/{prefix}") },
-            rule: (key.rule != 0).then_some(key.rule),
+            rule: owner.is_none().then_some(key.rule),
+            class: owner.and_then(|(class, _)| class).map(|c| c.name.to_string()),
+            limit: owner.filter(|(class, _)| class.is_some()).map(|(_, slot)| {
+                if slot >= TIER_SLOT {
+                    format!("tier:{}", slot - TIER_SLOT)
+                } else {
+                    slot.to_string()
+                }
+            }),
             passed: bucket.passed,
             dropped: bucket.dropped,
             tat: bucket.tat,
+            banned: bucket.tat & BAN_MARK != 0 && bucket.tat & !BAN_MARK > now,
+        }
+    }
+
+    /// The sources banned now, longest ban first.
+    #[must_use]
+    pub fn bans(&self) -> Vec<BanView> {
+        let now = self.kernel.now_ticks();
+        let mut banned = Vec::new();
+        (self.walk)(&mut |key, bucket| {
+            if bucket.tat & BAN_MARK != 0 && bucket.tat & !BAN_MARK > now {
+                banned.push((*key, *bucket));
+            }
+        });
+        let mut bans: Vec<BanView> = banned
+            .iter()
+            .map(|(key, bucket)| {
+                let view = self.view(key, bucket);
+                BanView {
+                    source: view.source,
+                    class: view.class.unwrap_or_else(|| "(removed)".to_owned()),
+                    remaining_ms: ((bucket.tat & !BAN_MARK) - now) / (TICKS_PER_SEC / 1_000),
+                }
+            })
+            .collect();
+        bans.sort_by(|a, b| b.remaining_ms.cmp(&a.remaining_ms).then_with(|| a.source.cmp(&b.source)));
+        bans
+    }
+
+    /// Lifts every ban of the source `addr`: its banned buckets are
+    /// forgotten, so it starts afresh with a full burst. False when it was
+    /// banned by no class.
+    pub fn lift_ban(&mut self, addr: IpAddr) -> Result<(), ChangeError> {
+        let now = self.kernel.now_ticks();
+        let mut lifted = false;
+        for (&id, class) in self.class_ids.iter().zip(&self.policy.classes) {
+            if class.ban.is_none() {
+                continue;
+            }
+            for slot in 0..u32::try_from(class.limits.len()).expect("at most 3 limits") {
+                let key = bucket_key(addr, class_owner(id, slot), class.ipv4_prefix, class.ipv6_prefix);
+                if let Some(bucket) = self.kernel.bucket(&key)? {
+                    if bucket.tat & BAN_MARK != 0 && bucket.tat & !BAN_MARK > now {
+                        lifted |= self.kernel.remove_bucket(&key)?;
+                    }
+                }
+            }
+        }
+        if lifted {
+            Ok(())
+        } else {
+            Err(ChangeError::NotBanned(addr))
         }
     }
 }
@@ -719,6 +829,8 @@ pub mod fake {
         pub walk_gate: Option<Arc<Barrier>>,
         /// The next write fails as a full map would.
         pub fail_next_write: bool,
+        /// Now, in ticks.
+        pub now: u64,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -740,6 +852,10 @@ pub mod fake {
         fn coarse_tick_ns(&self) -> u64 {
             // HZ=250.
             4_000_000
+        }
+
+        fn now_ticks(&self) -> u64 {
+            self.0.lock().unwrap().now
         }
 
         fn counters(&self) -> Result<Counters, KernelError> {
@@ -988,6 +1104,44 @@ mod tests {
         assert!(matches!(control.source(addr), Err(ChangeError::NotMetered { action: Action::Deny, .. })));
         let other: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(matches!(control.source(other), Err(ChangeError::NotTracked(a)) if a == other));
+    }
+
+    #[test]
+    fn bans_are_listed_while_they_last_and_lifted_on_request() {
+        let kernel = FakeKernel::default();
+        let class: Class = serde_json::from_value(serde_json::json!({
+            "name": "ssh", "match": [{"proto": "tcp", "ports": "22", "syn_only": true}],
+            "limits": [{"rate": "3/minute", "burst": 5}], "ban": {"after": "30s", "duration": "15m"}
+        }))
+        .unwrap();
+        let policy = Policy { classes: vec![class], ..Policy::default() };
+        let mut control = Control::new(Box::new(kernel.clone()), policy, None).unwrap();
+        let now = 1_000 * TICKS_PER_SEC;
+        let banned: IpAddr = "192.0.2.7".parse().unwrap();
+        let over: IpAddr = "192.0.2.8".parse().unwrap();
+        {
+            let mut s = kernel.0.lock().unwrap();
+            s.now = now;
+            let until = (now + 90 * TICKS_PER_SEC) | BAN_MARK;
+            let bucket = |tat| Bucket { tat, passed: 5, dropped: 40, over_since: 0 };
+            s.buckets.push((bucket_key(banned, class_owner(1, 0), 32, 64), bucket(until)));
+            // A ban that is over, and a source merely over its limit.
+            s.buckets.push((bucket_key(over, class_owner(1, 0), 32, 64), bucket((now - 1) | BAN_MARK)));
+            s.buckets
+                .push((bucket_key("192.0.2.9".parse().unwrap(), class_owner(1, 0), 32, 64), bucket(now + 5)));
+        }
+        let bans = control.bans();
+        assert_eq!(bans, [BanView { source: "192.0.2.7".into(), class: "ssh".into(), remaining_ms: 90_000 }]);
+        let buckets = kernel.0.lock().unwrap().buckets.clone();
+        let view = control.views(&buckets);
+        assert_eq!(view[0].class.as_deref(), Some("ssh"));
+        assert_eq!(view[0].limit.as_deref(), Some("0"));
+        assert_eq!(view[0].rule, None);
+        assert!(view[0].banned && !view[1].banned && !view[2].banned);
+        control.lift_ban(banned).unwrap();
+        assert!(control.bans().is_empty());
+        assert!(matches!(control.lift_ban(banned), Err(ChangeError::NotBanned(a)) if a == banned));
+        assert!(matches!(control.lift_ban(over), Err(ChangeError::NotBanned(_))), "an ended ban is no ban");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use throttle::{
     client::{
-        self, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand, RulesCommand,
+        self, BansCommand, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand,
+        RulesCommand,
     },
     settings::DaemonArgs,
 };
@@ -37,6 +38,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: Option<ClassesCommand>,
+    },
+    /// The sources their class bans now, or `bans rm ADDR` to lift one's.
+    Bans {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Option<BansCommand>,
     },
     /// List, add and remove rules.
     Rules {
@@ -104,6 +112,7 @@ fn main() -> ExitCode {
             (client, ClientCommand::Limits(set.map(|LimitsCommand::Set(s)| s)))
         }
         Command::Classes { client, command } => (client, ClientCommand::Classes(command)),
+        Command::Bans { client, command } => (client, ClientCommand::Bans(command)),
         Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
         Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),

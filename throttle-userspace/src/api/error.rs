@@ -102,6 +102,7 @@ impl From<ChangeError> for ApiError {
                 api.field = Some("class.name".into());
                 api
             }
+            err @ ChangeError::NotBanned(_) => Self::not_found("not_banned", err.to_string()),
             err @ (ChangeError::NotTracked(_) | ChangeError::NotMetered { .. }) => {
                 Self::not_found("source_not_tracked", err.to_string())
             }

@@ -19,7 +19,7 @@ use super::{
     metrics, AppState, ErrorBody,
 };
 use crate::{
-    control::{top_buckets, ChangeError, RankBy, RuleView, SourceView},
+    control::{top_buckets, BanView, ChangeError, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
     kernel::{counters_label, Counters, KernelError},
     policy::{self, Action, Class, ClassName, Limits, LimitsPatch, Rate, RuleSpec, Scope, Unmatched},
@@ -82,6 +82,8 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(remove_rule))
         .routes(routes!(top_sources))
         .routes(routes!(get_source, reset_source))
+        .routes(routes!(list_bans))
+        .routes(routes!(lift_ban))
         .routes(routes!(stats))
         .routes(routes!(get_controller, put_controller))
         .routes(routes!(push_latency))
@@ -449,6 +451,31 @@ fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
         err.field = Some("addr".into());
         err
     })
+}
+
+/// The banned sources.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BansView {
+    pub bans: Vec<BanView>,
+}
+
+/// The sources their class bans now, longest ban first.
+#[utoipa::path(get, path = "/v1/bans", tag = "bans", responses((status = 200, body = BansView)))]
+async fn list_bans(State(state): State<AppState>) -> Json<BansView> {
+    // The walk holds no lock the rest of the API waits on.
+    let bans = state.with_control(|c| c.bans()).await;
+    Json(BansView { bans })
+}
+
+/// Lifts a source's bans: it starts afresh, with a full burst.
+#[utoipa::path(
+    delete, path = "/v1/bans/{addr}", tag = "bans", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn lift_ban(State(state): State<AppState>, PathParam(addr): PathParam) -> Result<StatusCode, ApiError> {
+    let addr = source_addr(&addr)?;
+    state.with_control(move |c| c.lift_ban(addr)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// One source's bucket.

@@ -363,6 +363,8 @@ async fn the_openapi_document_lists_every_route() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/bans",
+            "/v1/bans/{addr}",
             "/v1/classes",
             "/v1/classes/{name}",
             "/v1/controller",
@@ -806,6 +808,8 @@ fn bad_inputs() -> Vec<Bad> {
         bad(M::GET, "/v1/sources/10.0.0.300", &json!(null), 400, "invalid_path", "10.0.0.300"),
         bad(M::GET, "/v1/sources/198.51.100.1", &json!(null), 404, "source_not_tracked", "198.51.100.1"),
         bad(M::DELETE, "/v1/sources/198.51.100.1", &json!(null), 404, "source_not_tracked", "198.51.100.1"),
+        bad(M::DELETE, "/v1/bans/198.51.100.1", &json!(null), 404, "not_banned", "198.51.100.1"),
+        bad(M::DELETE, "/v1/bans/not-an-ip", &json!(null), 400, "invalid_path", "not-an-ip"),
         bad(M::GET, "/v1/sources/192.0.2.9", &json!(null), 404, "source_not_tracked", "allow"),
         // Controller and latency.
         bad(M::PUT, "/v1/controller", &json!({"floor": 0}), 400, "invalid_value", "floor"),

@@ -90,6 +90,9 @@ pub trait Kernel: Send {
     /// The resolution of the clock the data path meters long bursts with
     /// (ns, 0: unknown), which the plan's limits are compiled for.
     fn coarse_tick_ns(&self) -> u64;
+    /// Now on the data path's clock, in ticks of the GCRA (1/16 ns of
+    /// `CLOCK_MONOTONIC`).
+    fn now_ticks(&self) -> u64;
     fn counters(&self) -> Result<Counters, KernelError>;
     /// The counters of each attached interface, and of any other (`None`)
     /// when it counted something.
@@ -119,6 +122,10 @@ impl Kernel for Dataplane {
 
     fn coarse_tick_ns(&self) -> u64 {
         coarse_resolution_ns()
+    }
+
+    fn now_ticks(&self) -> u64 {
+        throttle_common::gcra::ticks_from_ns(sys::monotonic_ns())
     }
 
     fn counters(&self) -> Result<Counters, KernelError> {

@@ -137,6 +137,18 @@ pub fn if_index(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) } != 0 {
+        return 0;
+    }
+    u64::try_from(now.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000)
+        + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
 /// The resolution of `CLOCK_MONOTONIC_COARSE` (the clock of
 /// `bpf_ktime_get_coarse_ns`) in ns: one scheduler tick. 0 when it cannot be
 /// read, which keeps every limit on the fine clock.
