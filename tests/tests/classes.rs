@@ -104,3 +104,78 @@ fn classes_meter_their_ports_at_once_each_within_its_bound() {
     );
     checks.assert_all();
 }
+
+#[test]
+fn a_ban_starts_is_listed_and_ends() {
+    require_root!();
+    let test = "a_ban_starts_is_listed_and_ends";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().sender_addrs(["10.99.6.1/16"]).build();
+    let src = pair.sender_ips()[0];
+    let receiver = Receiver::start(&pair.receiver, 7777);
+    let config = r#"
+        [[classes]]
+        name = "game"
+        match = [{ proto = "udp", ports = "7777" }]
+        limits = [{ rate = 10, burst = 10 }]
+        ban = { after = "1s", duration = "3s" }
+    "#;
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(config).start_ready();
+    // Over its limit for 2 s in a row: banned after the first.
+    let flood = Flood::start(
+        &pair.sender,
+        vec![Flow::new(src, pair.dst_for(src, 7777)).rate(1_000)],
+        Some(Duration::from_secs(2)),
+    );
+    let report = flood.join().remove(0);
+    let bans = daemon.api_get(&pair.receiver, "/v1/bans");
+    let listed: Vec<String> = bans["bans"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    format!("{} {}", b["source"].as_str().unwrap_or("?"), b["class"].as_str().unwrap_or("?"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    checks.that(listed == [format!("{src} game")], &format!("/v1/bans lists {src} under game: {listed:?}"));
+    let stats = daemon.api_get(&pair.receiver, "/v1/stats");
+    let banned = stats["counters"]["banned"].as_u64().unwrap_or(0);
+    checks.that(banned > 0, &format!("packets counted as banned: {banned}"));
+    // While banned nothing passes; before, the burst and 1 s of the rate did.
+    let during = receiver.finish(Duration::from_millis(300)).from_source(src);
+    let before_ban = bucket_allowance(10, 10, 1.0);
+    checks.within(
+        &format!(
+            "arrived of {} offered over {:.3} s: the burst and the rate until the ban",
+            report.sent_by_source[0].1,
+            report.secs()
+        ),
+        before_ban,
+        during,
+        0.25,
+    );
+    // The ban ends after its 3 s: listed no more, and the source gets its burst again.
+    std::thread::sleep(Duration::from_millis(3_200));
+    let bans = daemon.api_get(&pair.receiver, "/v1/bans");
+    checks.that(
+        bans["bans"].as_array().is_some_and(Vec::is_empty),
+        &format!("/v1/bans is empty once the ban ended: {bans}"),
+    );
+    let receiver = Receiver::start(&pair.receiver, 7777);
+    let _ = Flood::start(
+        &pair.sender,
+        vec![Flow::new(src, pair.dst_for(src, 7777)).rate(200)],
+        Some(Duration::from_millis(200)),
+    )
+    .join();
+    let after = receiver.finish(Duration::from_millis(300)).from_source(src);
+    checks.within(
+        "arrived after the ban, in 0.2 s: the burst again",
+        bucket_allowance(10, 10, 0.2),
+        after,
+        0.25,
+    );
+    checks.assert_all();
+}

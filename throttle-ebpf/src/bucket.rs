@@ -71,8 +71,8 @@ struct Arrival {
 
 /// What one GCRA step on a shared TAT came to.
 enum Step {
-    /// The TAT moved on: the units fit.
-    Admitted,
+    /// The TAT moved on from this value: the units fit.
+    Admitted(u64),
     /// They do not fit; the TAT stays (or comes down to the ceiling).
     Over,
     /// Other CPUs changed the TAT at every one of [`CAS_ATTEMPTS`] tries.
@@ -99,7 +99,7 @@ fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
             return Step::Over;
         };
         if tat.compare_exchange(seen, next) {
-            return Step::Admitted;
+            return Step::Admitted(seen);
         }
     }
     Step::Contended
@@ -122,9 +122,12 @@ fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit) -> Reason {
         tat.compare_exchange(seen, seen & !BAN_MARK);
     }
     match step(tat, now, cost, limit) {
-        Step::Admitted => {
+        Step::Admitted(seen) => {
             bucket.passed().add(1);
-            if ban.for_ticks != 0 {
+            // A source that floods gets a packet through now and then at
+            // its rate, from an empty bucket: still over its limit. Its
+            // streak ends when it passes with half its burst to spare.
+            if ban.for_ticks != 0 && seen <= now + limit.tolerance / 2 {
                 let since = bucket.over_since();
                 let over = since.load();
                 if over != 0 {
@@ -209,7 +212,7 @@ fn take_new_source(now: u64, limit: &Limit) -> bool {
     let Some(state) = word::new_sources() else {
         return true;
     };
-    matches!(step(state, now, 1, limit), Step::Admitted)
+    matches!(step(state, now, 1, limit), Step::Admitted(_))
 }
 
 /// The bucket key of a source: its address masked to its class's
