@@ -290,28 +290,7 @@ mod tests {
     }
 
     /// The limit classes of the README's example.
-    const CLASSES: &str = r#"
-        [[classes]]
-        name = "ssh"                                   # [a-z0-9_-], 1..32 chars, unique
-        match = [{ proto = "tcp", ports = "22", syn_only = true }]
-        limits = [{ rate = "3/minute", burst = 5 }]
-        ban = { after = "30s", duration = "15m" }
-
-        [[classes]]
-        name = "dns"
-        match = [{ proto = "udp", ports = "53" }]
-        limits = [{ rate = "50/second", burst = 100 }, { rate = "1000/minute" }]
-
-        [[classes]]
-        name = "web"
-        match = [{ proto = "tcp", ports = [443, "8000-8100"], syn_only = true }]
-        limits = [{ rate = "20/s", burst = 40 }]
-        tiers = [{ ipv4_prefix = 24, ipv6_prefix = 48, rate = "200/s", burst = 400 }]
-        adaptive = true
-
-        [unmatched]
-        action = "limit"      # "limit": metered by [limits] as today; "pass"
-    "#;
+    const CLASSES: &str = include_str!("../../docs/examples/classes.toml");
 
     #[test]
     fn the_classes_and_the_unmatched_section() {
