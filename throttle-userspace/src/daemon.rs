@@ -93,6 +93,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         dry_run = policy.limits.dry_run,
         rules = policy.rules.len(),
         scope = policy.scope.ports.len(),
+        classes = policy.classes.len(),
         "throttle is ready"
     );
 
