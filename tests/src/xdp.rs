@@ -5,7 +5,11 @@
 use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
 use throttle::{
     control::{ClassIds, RuleIds},
-    kernel::{coarse_resolution_ns, compile, plan::Ids, Dataplane},
+    kernel::{
+        coarse_resolution_ns, compile,
+        plan::{Ids, Plan},
+        Dataplane,
+    },
     policy::{Limits, Policy, Rate},
 };
 
@@ -49,10 +53,11 @@ pub struct PolicyIds {
 
 /// Compiles `policy` (its rules' and classes' ids from `ids`), writes the
 /// plan into the maps, and checks that they hold exactly the plan.
-pub fn write(dataplane: &mut Dataplane, ids: &mut PolicyIds, policy: &Policy) {
+pub fn write(dataplane: &mut Dataplane, ids: &mut PolicyIds, policy: &Policy) -> Plan {
     let rule_ids = ids.rules.resolve(policy).unwrap_or_else(|e| panic!("the policy: {e}"));
     let class_ids = ids.classes.resolve(&policy.classes);
     let plan = compile(policy, Ids { rules: &rule_ids, classes: &class_ids }, 1.0, coarse_resolution_ns());
     dataplane.write(&plan).unwrap_or_else(|e| panic!("writing the plan: {e}"));
     assert_eq!(dataplane.read_plan().expect("reading the maps"), plan, "the maps hold the plan");
+    plan
 }

@@ -140,6 +140,11 @@ fn a_ban_starts_is_listed_and_ends() {
         })
         .unwrap_or_default();
     checks.that(listed == [format!("{src} game")], &format!("/v1/bans lists {src} under game: {listed:?}"));
+    let said = daemon.api_get(&pair.receiver, &format!("/v1/explain?source={src}&proto=udp&port=7777"));
+    checks.that(
+        said["verdict"] == "banned" && said["class"] == "game" && said["drops"] == true,
+        &format!("explain says a packet of {src} to udp/7777 is banned by game: {said}"),
+    );
     let stats = daemon.api_get(&pair.receiver, "/v1/stats");
     let banned = stats["counters"]["banned"].as_u64().unwrap_or(0);
     checks.that(banned > 0, &format!("packets counted as banned: {banned}"));
@@ -176,6 +181,13 @@ fn a_ban_starts_is_listed_and_ends() {
         bucket_allowance(10, 10, 0.2),
         after,
         0.25,
+    );
+    let said = daemon.api_get(&pair.receiver, &format!("/v1/explain?source={src}&proto=udp&port=7777"));
+    // Its burst was spent 0.3 s and more ago: refilled at 10/s since.
+    let tokens = said["limits"][0]["tokens"].as_u64().unwrap_or(0);
+    checks.that(
+        said["verdict"] == "passed" && (2..10).contains(&tokens),
+        &format!("explain agrees: passed again, the burst partly refilled ({tokens} tokens): {said}"),
     );
     checks.assert_all();
 }

@@ -8,12 +8,17 @@
 use std::net::IpAddr;
 
 use throttle::{
-    kernel::{bucket_key, Dataplane},
+    kernel::{
+        bucket_key,
+        explain::{explain, Probe},
+        plan::Plan,
+        Dataplane,
+    },
     policy::{
         Action, Class, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, Unit, Unmatched, UnmatchedAction,
     },
 };
-use throttle_common::{reason, rule_filter};
+use throttle_common::{reason, rule_filter, PROTO_TCP, PROTO_UDP};
 use throttle_tests::{
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
     require_root,
@@ -34,15 +39,15 @@ impl Harness {
         let dataplane = Dataplane::load(4_096).expect("loading the program");
         let before = dataplane.counters().expect("counters");
         let mut harness = Self { dataplane, ids: PolicyIds::default(), before };
-        harness.apply(policy);
+        let _ = harness.apply(policy);
         harness.before = harness.dataplane.counters().expect("counters");
         harness
     }
 
     /// Compiles `policy`, writes the plan, and checks that the maps hold
     /// exactly the plan.
-    fn apply(&mut self, policy: &Policy) {
-        write(&mut self.dataplane, &mut self.ids, policy);
+    fn apply(&mut self, policy: &Policy) -> Plan {
+        write(&mut self.dataplane, &mut self.ids, policy)
     }
 
     fn run(&self, frame: &[u8]) -> u32 {
@@ -818,4 +823,68 @@ fn a_source_over_its_limit_long_enough_is_banned_then_let_go() {
     std::thread::sleep(std::time::Duration::from_millis(1_100));
     // The ban is over: the source starts again from its end, with its burst.
     h.expect(&syn, XDP_PASS, reason::PASSED);
+}
+
+#[test]
+fn explain_agrees_with_the_program_packet_by_packet() {
+    require_root!();
+    let mut p = classes(UnmatchedAction::Limit);
+    p.classes[0].ban = parse_classes(
+        r#"
+        [[classes]]
+        name = "x"
+        match = [{ proto = "udp", ports = 1 }]
+        limits = [{ rate = 1 }]
+        ban = { after = "10ms", duration = "1m" }
+        "#,
+    )[0]
+    .ban;
+    p.rules = vec![
+        rule("203.0.113.0/24", Action::Deny, None, None),
+        rule("198.51.100.0/24", Action::Limit, Some(2), Some(2)),
+        rule("192.0.2.128/25", Action::Allow, None, None),
+    ];
+    let mut h = Harness::new(&p);
+    let plan = h.apply(&p);
+    let tcp = |src: &str, port, flags| {
+        (Frame::tcp(ip(src), port, flags).build(), ip(src), PROTO_TCP, port, flags == TCP_SYN)
+    };
+    let udp = |src: &str, port| (Frame::udp(ip(src), port).build(), ip(src), PROTO_UDP, port, false);
+    let mut sequence = Vec::new();
+    for _ in 0..4 {
+        sequence.push(tcp("192.0.2.10", 22, TCP_SYN));
+        sequence.push(udp("192.0.2.10", 53));
+        sequence.push(udp("198.51.100.9", 53));
+        sequence.push(tcp("192.0.2.11", 8042, TCP_SYN));
+        sequence.push(tcp("192.0.2.12", 8050, TCP_SYN));
+        sequence.push(udp("192.0.2.10", 9999));
+    }
+    sequence.push(tcp("192.0.2.10", 22, TCP_ACK));
+    sequence.push(udp("203.0.113.1", 53));
+    sequence.push(udp("203.0.113.1", 9999));
+    sequence.push(udp("192.0.2.200", 53));
+    sequence.push(udp("2001:db8::1", 53));
+    // Past the SSH class's ban's `after`: the source over its limit since
+    // its third SYN is banned.
+    let pause = sequence.len();
+    sequence.push(tcp("192.0.2.10", 22, TCP_SYN));
+    sequence.push(tcp("192.0.2.10", 22, TCP_SYN));
+    for (i, (frame, source, proto, port, syn)) in sequence.into_iter().enumerate() {
+        if i == pause {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        let probe = Probe { source, proto, port: Some(port), syn, len: frame.len() as u64 };
+        let now = throttle_common::gcra::ticks_from_ns(throttle_tests::mono_ns());
+        let bucket = |key: &throttle_common::BucketKey| h.dataplane.bucket(key).expect("a bucket lookup");
+        let said = explain(&plan, &probe, &bucket, now);
+        let verdict = h.run(&frame);
+        let counted = h.delta();
+        let name = reason::NAMES[said.reason.index()];
+        assert_eq!(
+            counted,
+            [(name, 1)],
+            "{probe:?}: explain said {name} ({said:?}), the program counted {counted:?}"
+        );
+        assert_eq!(verdict == XDP_DROP, reason::drops(said.reason), "{probe:?}");
+    }
 }

@@ -113,6 +113,7 @@ pub enum ClientCommand {
     Limits(Option<LimitsPatch>),
     Classes(Option<ClassesCommand>),
     Bans(Option<BansCommand>),
+    Explain { addr: String, to: Option<String>, syn: bool },
     Rules(RulesCommand),
     Top { n: usize, by: String },
     Source { addr: String, reset: bool },
@@ -239,6 +240,16 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         }
         ClientCommand::Classes(None) => (client.call(Method::GET, "/v1/classes", None).await?, classes_table),
         ClientCommand::Bans(None) => (client.call(Method::GET, "/v1/bans", None).await?, bans_table),
+        ClientCommand::Explain { addr, to, syn } => {
+            let mut path = format!("/v1/explain?source={}&syn={syn}", encode(&addr));
+            if let Some(to) = to {
+                let (proto, port) = to.split_once('/').ok_or_else(|| {
+                    ClientError::Usage(format!("explain: {to:?} is not PROTO/PORT like tcp/22 or udp/53"))
+                })?;
+                let _ = write!(path, "&proto={}&port={}", encode(proto), encode(port));
+            }
+            (client.call(Method::GET, &path, None).await?, explain_table)
+        }
         ClientCommand::Bans(Some(BansCommand::Rm { addr })) => {
             (client.call(Method::DELETE, &format!("/v1/bans/{}", encode(&addr)), None).await?, |_| {
                 "lifted\n".into()
@@ -476,6 +487,36 @@ fn class_table(v: &Value) -> String {
         let _ = writeln!(out, "{key:<width$}  {value}");
         out
     })
+}
+
+fn explain_table(v: &Value) -> String {
+    let mut out = String::new();
+    let class = v["class"].as_str().unwrap_or("(none: not metered)");
+    let _ = writeln!(out, "source   {}", cell(&v["source"]));
+    let _ = writeln!(out, "class    {class}");
+    if v["rule"].is_object() {
+        let r = &v["rule"];
+        let _ = writeln!(out, "rule     {} {} {}", cell(&r["id"]), cell(&r["cidr"]), cell(&r["action"]));
+    }
+    let rows: Vec<Vec<String>> = v["limits"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| {
+                    ["limit", "bucket", "rate", "burst", "tokens", "wait_ms", "verdict"]
+                        .iter()
+                        .map(|k| cell(&l[*k]))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !rows.is_empty() {
+        out.push_str(&table(&["LIMIT", "BUCKET", "RATE", "BURST", "TOKENS", "WAIT MS", "VERDICT"], &rows));
+    }
+    let retry = v["retry_after_ms"].as_u64().map(|ms| format!(", retry after {ms} ms")).unwrap_or_default();
+    let _ = writeln!(out, "verdict  {}{retry}", cell(&v["verdict"]));
+    out
 }
 
 fn bans_table(v: &Value) -> String {

@@ -17,13 +17,14 @@ use std::{
 use ipnet::IpNet;
 use serde::Serialize;
 use throttle_common::{
-    class_owner, gcra::TICKS_PER_SEC, Bucket, BucketKey, BAN_MARK, CLASS_OWNER, FAMILY_V4, TIER_SLOT,
+    class_owner, gcra::TICKS_PER_SEC, reason, Bucket, BucketKey, BAN_MARK, CLASS_OWNER, FAMILY_V4, TIER_SLOT,
 };
 
 use crate::{
     controller::AdaptiveConfig,
     kernel::{
         bucket_key, compile,
+        explain::{explain, Probe},
         plan::{Ids, Plan},
         Attachment, BucketWalk, Kernel, KernelError, XdpMode,
     },
@@ -205,6 +206,42 @@ pub struct SourceView {
     /// Whether its class banned it, and it still is.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub banned: bool,
+}
+
+/// What the data path would do with a packet now, as `GET /v1/explain`
+/// answers.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ExplainView {
+    pub source: String,
+    /// The class that meters it (`default` for `[limits]`); none: in no class.
+    pub class: Option<String>,
+    /// The rule its source falls under, if any.
+    pub rule: Option<RuleView>,
+    /// Each bucket it meets, in order, up to the first that refuses it.
+    pub limits: Vec<ExplainStep>,
+    /// The verdict reason it would count (`passed`, `over_limit`, `banned`...).
+    pub verdict: String,
+    /// Whether it would be dropped.
+    pub drops: bool,
+    /// When a packet like it would pass again, if it would not now.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// One bucket a packet meets.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ExplainStep {
+    /// `0`..`2` of the class's limits, `tier:N`, or `rule`.
+    pub limit: String,
+    /// The bucket's source: the address or its masked prefix.
+    pub bucket: String,
+    pub rate: Rate,
+    pub burst: u64,
+    /// Units it admits now.
+    pub tokens: u64,
+    /// Until it admits one more, in milliseconds (0: now).
+    pub wait_ms: u64,
+    pub tracked: bool,
+    pub verdict: String,
 }
 
 /// A banned source, as `GET /v1/bans` lists it.
@@ -711,6 +748,64 @@ impl Control {
             tat: bucket.tat,
             banned: bucket.tat & BAN_MARK != 0 && bucket.tat & !BAN_MARK > now,
         }
+    }
+
+    /// What the data path would do now with a packet of `probe`, worked
+    /// out from what the maps hold, as the program works it out (the
+    /// first-seen budget taken as not spent).
+    pub fn explain(&self, probe: &Probe) -> Result<ExplainView, ChangeError> {
+        let now = self.kernel.now_ticks();
+        let lookup_error = std::cell::RefCell::new(None);
+        let bucket = |key: &BucketKey| match self.kernel.bucket(key) {
+            Ok(bucket) => bucket,
+            Err(err) => {
+                lookup_error.borrow_mut().get_or_insert(err);
+                None
+            }
+        };
+        let said = explain(&self.plan, probe, &bucket, now);
+        if let Some(err) = lookup_error.into_inner() {
+            return Err(err.into());
+        }
+        let ms = |ticks: u64| ticks.div_ceil(TICKS_PER_SEC / 1_000);
+        let class = said.class.map(|id| {
+            if id == 0 {
+                "default".to_owned()
+            } else {
+                self.class_ids
+                    .iter()
+                    .zip(&self.policy.classes)
+                    .find(|(&c, _)| c == id)
+                    .map_or_else(|| format!("#{id}"), |(_, class)| class.name.to_string())
+            }
+        });
+        let rule = said.rule.and_then(|r| self.rules().into_iter().find(|v| v.id == r.id));
+        let limits = said
+            .steps
+            .iter()
+            .map(|step| {
+                let view = self.view(&step.key, &step.bucket.unwrap_or_default());
+                ExplainStep {
+                    limit: step.limit.clone(),
+                    bucket: view.source,
+                    rate: Rate::from_interval_ticks(step.rule.interval),
+                    burst: step.rule.burst(),
+                    tokens: step.tokens,
+                    wait_ms: ms(step.wait),
+                    tracked: step.bucket.is_some(),
+                    verdict: reason::NAMES[step.reason.index()].to_owned(),
+                }
+            })
+            .collect();
+        Ok(ExplainView {
+            source: probe.source.to_string(),
+            class,
+            rule,
+            limits,
+            verdict: reason::NAMES[said.reason.index()].to_owned(),
+            drops: reason::drops(said.reason),
+            retry_after_ms: said.retry_after.map(ms),
+        })
     }
 
     /// The sources banned now, longest ban first.

@@ -39,6 +39,18 @@ enum Command {
         #[command(subcommand)]
         command: Option<ClassesCommand>,
     },
+    /// What the data path would do with a packet now: `explain 192.0.2.7 tcp/22 --syn`.
+    Explain {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The packet's source address.
+        addr: String,
+        /// Its protocol and destination port: `tcp/22`, `udp/53`.
+        to: Option<String>,
+        /// A TCP SYN without ACK.
+        #[arg(long)]
+        syn: bool,
+    },
     /// The sources their class bans now, or `bans rm ADDR` to lift one's.
     Bans {
         #[command(flatten)]
@@ -113,6 +125,7 @@ fn main() -> ExitCode {
         }
         Command::Classes { client, command } => (client, ClientCommand::Classes(command)),
         Command::Bans { client, command } => (client, ClientCommand::Bans(command)),
+        Command::Explain { client, addr, to, syn } => (client, ClientCommand::Explain { addr, to, syn }),
         Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
         Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),

@@ -19,10 +19,10 @@ use super::{
     metrics, AppState, ErrorBody,
 };
 use crate::{
-    control::{top_buckets, BanView, ChangeError, RankBy, RuleView, SourceView},
+    control::{top_buckets, BanView, ChangeError, ExplainView, RankBy, RuleView, SourceView},
     controller::ParamsUpdate,
-    kernel::{counters_label, Counters, KernelError},
-    policy::{self, Action, Class, ClassName, Limits, LimitsPatch, Rate, RuleSpec, Scope, Unmatched},
+    kernel::{counters_label, explain::Probe, Counters, KernelError},
+    policy::{self, Action, Class, ClassName, Limits, LimitsPatch, Proto, Rate, RuleSpec, Scope, Unmatched},
 };
 
 impl BodyKey for Limits {
@@ -82,6 +82,7 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(remove_rule))
         .routes(routes!(top_sources))
         .routes(routes!(get_source, reset_source))
+        .routes(routes!(explain_packet))
         .routes(routes!(list_bans))
         .routes(routes!(lift_ban))
         .routes(routes!(stats))
@@ -451,6 +452,42 @@ fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
         err.field = Some("addr".into());
         err
     })
+}
+
+/// The packet `GET /v1/explain` explains.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExplainQuery {
+    /// Its source address.
+    pub source: String,
+    /// `tcp` or `udp`; none: another protocol.
+    pub proto: Option<Proto>,
+    /// Its destination port.
+    pub port: Option<u16>,
+    /// A TCP SYN without ACK (default false).
+    pub syn: Option<bool>,
+}
+
+/// What the data path would do with such a packet now: its class, its rule,
+/// each limit and tier with its bucket's state, and the verdict.
+#[utoipa::path(
+    get, path = "/v1/explain", tag = "sources", params(ExplainQuery),
+    responses((status = 200, body = ExplainView), (status = 400, body = ErrorBody))
+)]
+async fn explain_packet(
+    State(state): State<AppState>,
+    Query(query): Query<ExplainQuery>,
+) -> Result<Json<ExplainView>, ApiError> {
+    let source = source_addr(&query.source)?;
+    let probe = Probe {
+        source,
+        proto: query.proto.map_or(0, Proto::number),
+        port: query.port,
+        syn: query.syn.unwrap_or(false),
+        len: 64,
+    };
+    state.with_control(move |c| c.explain(&probe)).await.map(Json).map_err(Into::into)
 }
 
 /// The banned sources.

@@ -12,6 +12,7 @@
 //! The control plane sees all of it through [`Kernel`].
 
 mod error;
+pub mod explain;
 mod links;
 mod maps;
 mod pins;

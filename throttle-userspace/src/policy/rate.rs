@@ -97,6 +97,24 @@ impl Rate {
         u64::try_from(exact.div_ceil(u128::from(self.count.max(1)))).unwrap_or(u64::MAX)
     }
 
+    /// The rate of a limit of one unit every `interval` ticks, in the
+    /// shortest period that counts it whole (to the nearest unit a day).
+    #[must_use]
+    pub fn from_interval_ticks(interval: u64) -> Self {
+        let interval = interval.max(1);
+        Period::ALL
+            .into_iter()
+            .find_map(|period| {
+                let ticks = u128::from(TICKS_PER_SEC) * u128::from(period.secs());
+                let count = ticks / u128::from(interval);
+                // Whole within the rounding up of the interval.
+                let exact = (ticks + u128::from(interval) / 2) / u128::from(interval);
+                (count >= 1 && (ticks.div_ceil(exact.max(1)) == u128::from(interval)))
+                    .then(|| Self { count: u64::try_from(exact).unwrap_or(u64::MAX), period })
+            })
+            .unwrap_or(Self { count: 1, period: Period::Day })
+    }
+
     /// This rate times the controller's `scale` (at most 1), to the nearest
     /// count: in the same period while that leaves at least one, else in
     /// the first longer period that does (`3/minute * 0.1` is `18/hour`),
@@ -333,6 +351,16 @@ mod tests {
         assert_eq!(Rate { count: 3, period: Period::Minute }.interval_ticks(), TICKS_PER_SEC * 20);
         assert_eq!(Rate { count: 1, period: Period::Day }.interval_ticks(), TICKS_PER_SEC * 86_400);
         assert_eq!(Rate::per_second(7).interval_ticks(), TICKS_PER_SEC.div_ceil(7));
+    }
+
+    #[test]
+    fn a_limits_interval_reads_back_as_its_rate() {
+        for text in
+            ["3/minute", "50/second", "1000/minute", "1/day", "7/second", "100000000/second", "18/hour"]
+        {
+            let rate: Rate = text.parse().unwrap();
+            assert_eq!(Rate::from_interval_ticks(rate.interval_ticks()), rate, "{text}");
+        }
     }
 
     #[test]
