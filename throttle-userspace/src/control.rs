@@ -658,19 +658,41 @@ impl Control {
         Ok(bucket_key(addr, rule, limits.ipv4_prefix, limits.ipv6_prefix))
     }
 
-    /// The source `addr`'s bucket.
-    pub fn source(&self, addr: IpAddr) -> Result<SourceView, ChangeError> {
-        let key = self.key_for(addr)?;
-        match self.kernel.bucket(&key)? {
-            Some(bucket) => Ok(self.view(&key, &bucket)),
-            None => Err(ChangeError::NotTracked(addr)),
+    /// The keys of every bucket `addr` may have: its rule's or the default
+    /// class's first, then each limit of each class.
+    fn keys_of(&self, addr: IpAddr) -> Result<Vec<BucketKey>, ChangeError> {
+        let mut keys = vec![self.key_for(addr)?];
+        if keys[0].rule != 0 {
+            // Under a limit rule, its one bucket whatever the class.
+            return Ok(keys);
         }
+        for (&id, class) in self.class_ids.iter().zip(&self.policy.classes) {
+            for slot in 0..u32::try_from(class.limits.len()).expect("at most 3 limits") {
+                keys.push(bucket_key(addr, class_owner(id, slot), class.ipv4_prefix, class.ipv6_prefix));
+            }
+        }
+        Ok(keys)
     }
 
-    /// Forgets the source `addr`'s bucket: it starts afresh with a full burst.
+    /// The source `addr`'s bucket: its rule's or the default class's, else
+    /// that of the first class that tracks it.
+    pub fn source(&self, addr: IpAddr) -> Result<SourceView, ChangeError> {
+        for key in self.keys_of(addr)? {
+            if let Some(bucket) = self.kernel.bucket(&key)? {
+                return Ok(self.view(&key, &bucket));
+            }
+        }
+        Err(ChangeError::NotTracked(addr))
+    }
+
+    /// Forgets every bucket of the source `addr` (its tiers' shared buckets
+    /// aside): it starts afresh with a full burst.
     pub fn reset_source(&mut self, addr: IpAddr) -> Result<(), ChangeError> {
-        let key = self.key_for(addr)?;
-        if self.kernel.remove_bucket(&key)? {
+        let mut forgot = false;
+        for key in self.keys_of(addr)? {
+            forgot |= self.kernel.remove_bucket(&key)?;
+        }
+        if forgot {
             Ok(())
         } else {
             Err(ChangeError::NotTracked(addr))
@@ -1233,10 +1255,14 @@ mod tests {
         assert_eq!(view[0].limit.as_deref(), Some("0"));
         assert_eq!(view[0].rule, None);
         assert!(view[0].banned && !view[1].banned && !view[2].banned);
+        let source = control.source(banned).unwrap();
+        assert_eq!((source.class.as_deref(), source.banned), (Some("ssh"), true), "found in its class");
         control.lift_ban(banned).unwrap();
         assert!(control.bans().is_empty());
         assert!(matches!(control.lift_ban(banned), Err(ChangeError::NotBanned(a)) if a == banned));
         assert!(matches!(control.lift_ban(over), Err(ChangeError::NotBanned(_))), "an ended ban is no ban");
+        control.reset_source(over).unwrap();
+        assert!(matches!(control.source(over), Err(ChangeError::NotTracked(_))), "reset in its class too");
     }
 
     #[test]
