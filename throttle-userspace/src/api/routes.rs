@@ -25,41 +25,26 @@ use crate::{
     policy::{self, Action, Class, ClassName, Limits, LimitsPatch, Proto, Rate, RuleSpec, Scope, Unmatched},
 };
 
-impl BodyKey for Limits {
-    const KEY: &'static str = "limits";
+/// The key each body's fields are named under in errors.
+macro_rules! body_keys {
+    ($($body:ty => $key:literal),* $(,)?) => {
+        $(impl BodyKey for $body {
+            const KEY: &'static str = $key;
+        })*
+    };
 }
 
-impl BodyKey for LimitsPatch {
-    const KEY: &'static str = "limits";
-}
-
-impl BodyKey for Scope {
-    const KEY: &'static str = "scope";
-}
-
-/// The list's own key is its field's, so errors read `classes[0].limits[0].rate`.
-impl BodyKey for ClassList {
-    const KEY: &'static str = "";
-}
-
-impl BodyKey for ClassObject {
-    const KEY: &'static str = "class";
-}
-
-impl BodyKey for Unmatched {
-    const KEY: &'static str = "unmatched";
-}
-
-impl BodyKey for RuleSpec {
-    const KEY: &'static str = "rule";
-}
-
-impl BodyKey for ParamsUpdate {
-    const KEY: &'static str = "";
-}
-
-impl BodyKey for LatencySamples {
-    const KEY: &'static str = "";
+body_keys! {
+    Limits => "limits",
+    LimitsPatch => "limits",
+    Scope => "scope",
+    // The list's own key is its field's: errors read `classes[0].limits[0].rate`.
+    ClassList => "",
+    ClassObject => "class",
+    Unmatched => "unmatched",
+    RuleSpec => "rule",
+    ParamsUpdate => "",
+    LatencySamples => "",
 }
 
 /// Most sources `GET /v1/sources` returns.

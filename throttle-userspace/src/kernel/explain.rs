@@ -7,11 +7,10 @@ use std::net::IpAddr;
 
 use throttle_common::{
     admit, class_of, class_owner, flags, reason, Bucket, BucketKey, ClassConfig, Limit, Reason, Rule,
-    ACTION_ALLOW, ACTION_DENY, BAN_MARK, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, TIER_SLOT, TIER_V4,
-    TIER_V6, UNIT_BYTES,
+    ACTION_ALLOW, ACTION_DENY, BAN_MARK, PROTO_TCP, PROTO_UDP, TIER_SLOT, TIER_V4, TIER_V6, UNIT_BYTES,
 };
 
-use super::plan::Plan;
+use super::{masked_key as key, plan::Plan};
 
 /// The facts of a packet the verdict depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,29 +55,6 @@ pub struct Explanation {
     pub reason: Reason,
     /// Until a packet like it would pass, in ticks, when it would not now.
     pub retry_after: Option<u64>,
-}
-
-/// The source's words in packet byte order and its family.
-fn words(source: IpAddr) -> ([u32; 4], throttle_common::Family) {
-    match source {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], FAMILY_V4),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let w = |i: usize| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
-            ([w(0), w(1), w(2), w(3)], FAMILY_V6)
-        }
-    }
-}
-
-/// The key of `source` masked as the data path masks it.
-fn key(source: IpAddr, rule: u32, ipv4_mask: u32, ipv6_mask: &[u32; 4]) -> BucketKey {
-    let (src, family) = words(source);
-    let addr = if family == FAMILY_V4 {
-        [src[0] & ipv4_mask, 0, 0, 0]
-    } else {
-        [src[0] & ipv6_mask[0], src[1] & ipv6_mask[1], src[2] & ipv6_mask[2], src[3] & ipv6_mask[3]]
-    };
-    BucketKey { addr, rule, family }
 }
 
 /// The longest prefix of `source` in the plan's rules.

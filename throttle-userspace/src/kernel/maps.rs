@@ -532,20 +532,26 @@ fn read_trie<const N: usize>(
         .map_err(map_err(map))
 }
 
-/// The bucket key of `addr` under the default limit, masked as `policy` says.
+/// The bucket key of `addr` for the limit `rule` names, aggregated to
+/// these prefixes.
 #[must_use]
 pub fn bucket_key(addr: IpAddr, rule: u32, ipv4_prefix: u8, ipv6_prefix: u8) -> BucketKey {
+    masked_key(addr, rule, ipv4_mask(ipv4_prefix), &ipv6_mask(ipv6_prefix))
+}
+
+/// The bucket key of `addr` masked as the data path masks it
+/// (`bucket::masked_key`): masks in packet byte order.
+#[must_use]
+pub fn masked_key(addr: IpAddr, rule: u32, ipv4_mask: u32, ipv6_mask: &[u32; 4]) -> BucketKey {
     match addr {
-        IpAddr::V4(a) => BucketKey {
-            addr: [u32::from_ne_bytes(a.octets()) & ipv4_mask(ipv4_prefix), 0, 0, 0],
-            rule,
-            family: FAMILY_V4,
-        },
+        IpAddr::V4(a) => {
+            BucketKey { addr: [u32::from_ne_bytes(a.octets()) & ipv4_mask, 0, 0, 0], rule, family: FAMILY_V4 }
+        }
         IpAddr::V6(a) => {
             let o = a.octets();
-            let m = ipv6_mask(ipv6_prefix);
-            let word =
-                |i: usize| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]) & m[i];
+            let word = |i: usize| {
+                u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]) & ipv6_mask[i]
+            };
             BucketKey { addr: [word(0), word(1), word(2), word(3)], rule, family: FAMILY_V6 }
         }
     }

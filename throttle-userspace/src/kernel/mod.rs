@@ -27,7 +27,7 @@ use throttle_common::{reason, Bucket, BucketKey};
 
 pub use self::{
     error::KernelError,
-    maps::{bucket_key, BucketWalker, Dataplane, Options, ProgramLogger},
+    maps::{bucket_key, masked_key, BucketWalker, Dataplane, Options, ProgramLogger},
     plan::{compile, Plan},
     sys::coarse_resolution_ns,
 };
