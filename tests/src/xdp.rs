@@ -2,16 +2,19 @@
 //! [`crate::frames`]) through `BPF_PROG_TEST_RUN`: what the packet tests,
 //! the pinning tests and the cost benchmark share.
 
+use std::collections::BTreeMap;
+
 use aya::programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp};
 use throttle::{
     control::{ClassIds, RuleIds},
     kernel::{
         coarse_resolution_ns, compile,
         plan::{Ids, Plan},
-        Dataplane,
+        Dataplane, SetLoader as _, SetPlace,
     },
-    policy::{Limits, Policy, Rate},
+    policy::{Limits, Policy, Rate, SetContent, SetName},
 };
+use throttle_common::flags;
 
 /// The verdict of a dropped frame.
 pub const XDP_DROP: u32 = 1;
@@ -49,6 +52,19 @@ pub fn policy(rate: u64, burst: u64) -> Policy {
 pub struct PolicyIds {
     pub rules: RuleIds,
     pub classes: ClassIds,
+    /// Where each set is loaded.
+    pub sets: BTreeMap<SetName, SetPlace>,
+}
+
+/// Loads `content` into the set tries under `slot`, for the set `name` of
+/// the next [`write`]; the content the slot held before is the caller's to
+/// remove.
+pub fn load_set(dataplane: &Dataplane, ids: &mut PolicyIds, name: &str, slot: u32, content: &SetContent) {
+    let mut tries = dataplane.set_tries().expect("the set tries");
+    tries.insert(slot, content).unwrap_or_else(|e| panic!("loading set {name}: {e}"));
+    let families = if content.v4.is_empty() { 0 } else { flags::SETS_V4 }
+        | if content.v6.is_empty() { 0 } else { flags::SETS_V6 };
+    ids.sets.insert(name.parse().expect("a set name"), SetPlace { slot, families });
 }
 
 /// Compiles `policy` (its rules' and classes' ids from `ids`), writes the
@@ -56,8 +72,56 @@ pub struct PolicyIds {
 pub fn write(dataplane: &mut Dataplane, ids: &mut PolicyIds, policy: &Policy) -> Plan {
     let rule_ids = ids.rules.resolve(policy).unwrap_or_else(|e| panic!("the policy: {e}"));
     let class_ids = ids.classes.resolve(&policy.classes);
-    let plan = compile(policy, Ids { rules: &rule_ids, classes: &class_ids }, 1.0, coarse_resolution_ns());
+    let plan = compile(
+        policy,
+        Ids { rules: &rule_ids, classes: &class_ids, sets: &ids.sets },
+        1.0,
+        coarse_resolution_ns(),
+    );
     dataplane.write(&plan).unwrap_or_else(|e| panic!("writing the plan: {e}"));
     assert_eq!(dataplane.read_plan().expect("reading the maps"), plan, "the maps hold the plan");
     plan
+}
+
+/// The part of `union bpf_attr` of `BPF_PROG_TEST_RUN` (linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// The verdict of the program behind `fd` on `frame`, run once: for
+/// threads other than the one that holds the [`Dataplane`].
+#[must_use]
+pub fn run_fd(fd: &std::os::fd::OwnedFd, frame: &[u8]) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(fd.as_raw_fd()).expect("an open descriptor"),
+        data_size_in: u32::try_from(frame.len()).expect("a frame"),
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: the attribute points at `frame`, alive for the call, and asks
+    // for no output buffer.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>()) };
+    assert!(rc == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    attr.retval
 }

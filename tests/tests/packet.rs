@@ -15,14 +15,15 @@ use throttle::{
         Dataplane,
     },
     policy::{
-        Action, Class, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, Unit, Unmatched, UnmatchedAction,
+        parse_set, Action, Class, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent, SetSpec,
+        Target, Unit, Unmatched, UnmatchedAction,
     },
 };
 use throttle_common::{reason, rule_filter, PROTO_TCP, PROTO_UDP};
 use throttle_tests::{
     frames::{arp, Ext, Frame, L4, TCP_ACK, TCP_SYN},
     require_root,
-    xdp::{policy, verdict, write, PolicyIds, XDP_DROP, XDP_PASS},
+    xdp::{load_set, policy, verdict, write, PolicyIds, XDP_DROP, XDP_PASS},
 };
 
 const ETH_HLEN: usize = 14;
@@ -379,7 +380,7 @@ fn deny_rules_apply_outside_the_scope_and_limits_only_inside() {
     h.expect(&Frame::udp(ip("10.9.0.1"), 53).build(), XDP_DROP, reason::OVER_LIMIT);
     h.expect(&Frame::udp(ip("10.6.0.1"), 53).build(), XDP_DROP, reason::DENY_RULE);
     // Without a deny rule in a family, out of scope is out of scope.
-    p.rules.retain(|r| r.action != Action::Deny || matches!(r.cidr, ipnet::IpNet::V6(_)));
+    p.rules.retain(|r| r.action != Action::Deny || matches!(r.cidr, Some(ipnet::IpNet::V6(_))));
     h.apply(&p);
     h.expect(&Frame::udp(ip("10.6.0.1"), 9).build(), XDP_PASS, reason::OUT_OF_SCOPE);
     h.expect(&Frame::udp(ip("2001:db8:6::1"), 9).build(), XDP_DROP, reason::DENY_RULE);
@@ -876,7 +877,7 @@ fn explain_agrees_with_the_program_packet_by_packet() {
         let probe = Probe { source, proto, port: Some(port), syn, len: frame.len() as u64 };
         let now = throttle_common::gcra::ticks_from_ns(throttle_tests::mono_ns());
         let bucket = |key: &throttle_common::BucketKey| h.dataplane.bucket(key).expect("a bucket lookup");
-        let said = explain(&plan, &probe, &bucket, now);
+        let said = explain(&plan, &probe, &bucket, &|_, _| false, now);
         let verdict = h.run(&frame);
         let counted = h.delta();
         let name = reason::NAMES[said.reason.index()];
@@ -887,4 +888,126 @@ fn explain_agrees_with_the_program_packet_by_packet() {
         );
         assert_eq!(verdict == XDP_DROP, reason::drops(said.reason), "{probe:?}");
     }
+}
+
+fn set_spec(name: &str) -> SetSpec {
+    SetSpec { name: name.parse().unwrap(), file: None }
+}
+
+fn set_rule(name: &str, action: Action) -> RuleSpec {
+    RuleSpec::of(Target::Set(name.parse().unwrap()), action)
+}
+
+#[test]
+fn set_rules_come_first_in_order_then_the_longest_prefix() {
+    require_root!();
+    let mut h = Harness::new(&policy(1_000, 1_000));
+    let allow = parse_set(["192.0.2.128/25", "2001:db8:1::/48"]).content;
+    let block = parse_set(["192.0.2.0/24", "198.51.100.7", "2001:db8::/32"]).content;
+    load_set(&h.dataplane, &mut h.ids, "allow", 0, &allow);
+    load_set(&h.dataplane, &mut h.ids, "block", 2, &block);
+    let mut p = policy(1_000, 1_000);
+    p.sets = vec![set_spec("allow"), set_spec("block")];
+    p.rules = vec![
+        set_rule("allow", Action::Allow),
+        set_rule("block", Action::Deny),
+        rule("198.51.100.0/24", Action::Allow, None, None),
+        rule("203.0.113.0/24", Action::Limit, Some(1), Some(1)),
+    ];
+    let plan = h.apply(&p);
+    assert_eq!(plan.set_rules.len(), 2);
+    h.expect(&Frame::udp(ip("192.0.2.200"), 53).build(), XDP_PASS, reason::ALLOW_RULE);
+    h.expect(&Frame::udp(ip("192.0.2.7"), 53).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("198.51.100.7"), 53).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("198.51.100.8"), 53).build(), XDP_PASS, reason::ALLOW_RULE);
+    h.expect(&Frame::udp(ip("2001:db8:1::5"), 53).build(), XDP_PASS, reason::ALLOW_RULE);
+    h.expect(&Frame::udp(ip("2001:db8:2::5"), 53).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("2001:db9::5"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("203.0.113.9"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("203.0.113.9"), 53).build(), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("10.9.9.9"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+
+    // A limit rule of a set meters each of its sources in a bucket of its own.
+    let mut p2 = p.clone();
+    p2.rules[1] =
+        RuleSpec { rate: Some(Rate::per_second(1)), burst: Some(1), ..set_rule("block", Action::Limit) };
+    h.apply(&p2);
+    h.expect(&Frame::udp(ip("192.0.2.7"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+    h.expect(&Frame::udp(ip("192.0.2.7"), 53).build(), XDP_DROP, reason::OVER_LIMIT);
+    h.expect(&Frame::udp(ip("192.0.2.8"), 53).build(), XDP_PASS, reason::NEW_SOURCE);
+
+    // Out of every class, a deny set still drops.
+    let mut p3 = p.clone();
+    p3.unmatched = Unmatched { action: UnmatchedAction::Pass };
+    p3.scope = udp_scope(53);
+    h.apply(&p3);
+    h.expect(&Frame::udp(ip("192.0.2.7"), 9999).build(), XDP_DROP, reason::DENY_RULE);
+    h.expect(&Frame::udp(ip("192.0.2.200"), 9999).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+    h.expect(&Frame::udp(ip("10.9.9.9"), 9999).build(), XDP_PASS, reason::OUT_OF_SCOPE);
+}
+
+/// A set of `count` /32s from `first` on, with `also` in it.
+fn hosts(first: u32, count: u32, also: &[&str]) -> SetContent {
+    let v4 = (first..first + count)
+        .map(|a| ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(a), 32).unwrap())
+        .chain(also.iter().map(|s| s.parse().unwrap()))
+        .collect();
+    SetContent::new(v4, Vec::new())
+}
+
+#[test]
+fn a_set_replaced_under_traffic_never_lets_through_what_both_versions_deny() {
+    require_root!();
+    let mut h = Harness::new(&policy(1_000_000, 1_000_000));
+    // Both versions hold 192.0.2.0/24; each also holds 20 000 hosts the
+    // other does not.
+    let old = hosts(u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0)), 20_000, &["192.0.2.0/24"]);
+    let new = hosts(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0)), 20_000, &["192.0.2.0/24"]);
+    load_set(&h.dataplane, &mut h.ids, "feed", 0, &old);
+    let mut p = policy(1_000_000, 1_000_000);
+    p.sets = vec![set_spec("feed")];
+    p.rules = vec![set_rule("feed", Action::Deny)];
+    h.apply(&p);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let frames = [Frame::udp(ip("192.0.2.77"), 53).build(), Frame::udp(ip("192.0.2.1"), 53).build()];
+    let program_fd = {
+        use std::os::fd::AsFd as _;
+        h.dataplane.program().fd().unwrap().as_fd().try_clone_to_owned().unwrap()
+    };
+    let watcher = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut runs = 0u64;
+            let mut passed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for frame in &frames {
+                    if throttle_tests::xdp::run_fd(&program_fd, frame) != XDP_DROP {
+                        passed += 1;
+                    }
+                    runs += 1;
+                }
+            }
+            (runs, passed)
+        })
+    };
+    let mut tries = h.dataplane.set_tries().unwrap();
+    let versions = [(&old, 0u32), (&new, 1u32)];
+    for round in 1..=6 {
+        let (content, slot) = versions[round % 2];
+        let (previous, previous_slot) = versions[(round + 1) % 2];
+        load_set(&h.dataplane, &mut h.ids, "feed", slot, content);
+        h.apply(&p);
+        throttle::kernel::grace_period();
+        throttle::kernel::SetLoader::remove(&mut tries, previous_slot, previous).unwrap();
+        let inside = if slot == 0 { "10.0.0.9" } else { "10.1.0.9" };
+        let outside = if slot == 0 { "10.1.0.9" } else { "10.0.0.9" };
+        assert_eq!(h.run(&Frame::udp(ip(inside), 53).build()), XDP_DROP, "round {round}");
+        assert_eq!(h.run(&Frame::udp(ip(outside), 53).build()), XDP_PASS, "round {round}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, passed) = watcher.join().unwrap();
+    eprintln!("{runs} packets from the prefix both versions deny during 6 replacements");
+    assert!(runs > 100, "the watcher ran ({runs})");
+    assert_eq!(passed, 0, "of {runs} packets from 192.0.2.0/24, {passed} passed while the set was replaced");
 }

@@ -18,7 +18,7 @@ pub use gcra::{admit, ceiling, Limit, CLOCK_COARSE, CLOCK_FINE, UNIT_BYTES, UNIT
 
 /// Version of the layout of every map below. A daemon refuses pinned maps of
 /// another layout version; bump it whenever a key, a value or a map changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps in the XDP object (at most 15 bytes each: the kernel's
 /// `BPF_OBJ_NAME_LEN` less the NUL).
@@ -33,8 +33,11 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
     pub const RULE_FILTER: &str = "RULE_FILTER";
     pub const IFACE_SLOT: &str = "IFACE_SLOT";
+    pub const SETS_V4: &str = "SETS_V4";
+    pub const SETS_V6: &str = "SETS_V6";
+    pub const SET_RULES: &str = "SET_RULES";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         RULES_V4,
         RULES_V6,
@@ -45,6 +48,9 @@ pub mod map_name {
         COUNTERS,
         RULE_FILTER,
         IFACE_SLOT,
+        SETS_V4,
+        SETS_V6,
+        SET_RULES,
     ];
 }
 
@@ -57,6 +63,10 @@ pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 pub const MAX_RULES: u32 = 16_384;
 /// Entries the scope set accepts.
 pub const MAX_SCOPE: u32 = 1_024;
+/// Most IP sets, and so most rules naming a set.
+pub const MAX_SETS: u32 = 8;
+/// Most prefixes of one set (of both families together).
+pub const MAX_SET_PREFIXES: u32 = 1 << 20;
 /// Most limit classes, the default one (class 0, `[limits]`) included.
 pub const MAX_CLASSES: u32 = 64;
 /// Most limits of a class; a packet passes only when every one admits it.
@@ -123,6 +133,10 @@ pub mod flags {
     /// A packet no class claims is metered by the default class (no scope,
     /// and `[unmatched] action = "limit"`); without it, it passes.
     pub const UNMATCHED_LIMIT: u32 = 1 << 10;
+    /// A rule names a set that holds IPv4 prefixes.
+    pub const SETS_V4: u32 = 1 << 11;
+    /// A rule names a set that holds IPv6 prefixes.
+    pub const SETS_V6: u32 = 1 << 12;
 }
 
 /// Global settings: the single entry of the `CONFIG` array.
@@ -150,7 +164,11 @@ pub struct Config {
     /// the configuration instead of looking it up. 0: no mask, walk the
     /// trie.
     pub rule_filter_shifts: u32,
-    pub _pad: u32,
+    /// How many set rules are in force: the first of the bank in use of
+    /// `SET_RULES` ([`set_rules`]).
+    pub set_rule_count: u16,
+    /// The bank of `SET_RULES` in use, 0 or 1.
+    pub set_rule_bank: u16,
 }
 
 const _: () = assert!(size_of::<Config>() == 56);
@@ -223,6 +241,47 @@ pub struct Rule {
 }
 
 const _: () = assert!(size_of::<Rule>() == 32);
+
+/// A rule that names a set: the `SET_RULES` entries of the bank in use,
+/// in the rules' order, the first whose set holds the source deciding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SetRule {
+    pub rule: Rule,
+    /// The trie slot that holds the set's prefixes now ([`set_rules`]).
+    pub slot: u32,
+    /// [`flags::SETS_V4`] and [`flags::SETS_V6`]: the families the set
+    /// holds prefixes of.
+    pub families: u32,
+}
+
+const _: () = assert!(size_of::<SetRule>() == 40);
+
+/// IP sets: every set's prefixes live in the trie of their family
+/// (`SETS_V4`, `SETS_V6`), under a key whose first byte is the set's slot
+/// (so a set is one subtree), followed by the address. Each set has two
+/// slots, `2 * index` and `2 * index + 1`: a new version of a set is
+/// written into the slot not in use, then one write of the configuration
+/// switches the `SET_RULES` bank (whose entries name the slots) to it, and
+/// only after that is the old slot emptied. A packet meets the old set or
+/// the new one, never a half-written one.
+pub mod set_rules {
+    use super::MAX_SETS;
+
+    /// Entries of the `SET_RULES` array: two banks of [`MAX_SETS`] rules.
+    pub const ENTRIES: u32 = 2 * MAX_SETS;
+    /// Slots of the set tries: two per set.
+    pub const SLOTS: u32 = 2 * MAX_SETS;
+    /// Entries of each set trie: every set full, and one more being loaded.
+    pub const TRIE_ENTRIES: u32 = (MAX_SETS + 1) * super::MAX_SET_PREFIXES;
+
+    /// The `SET_RULES` index of rule `index` of `bank`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn entry(bank: u32, index: u32) -> u32 {
+        (bank & 1) * MAX_SETS + index
+    }
+}
 
 /// Which class claims a (protocol, destination port): the `CLASS_OF` array
 /// of one u32 per TCP and per UDP port, so that a packet's class is one
@@ -568,6 +627,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ClassConfig {}
     unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::SetRule {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
 };
 use throttle_common::{
-    class_of, reason, rule_filter, Bucket, BucketKey, ClassConfig, Config, Rule, DEFAULT_MAX_SOURCES,
-    IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
+    class_of, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule, SetRule,
+    DEFAULT_MAX_SOURCES, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
 /// Global settings, one entry.
@@ -19,6 +19,18 @@ pub static RULES_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(MAX_RULE
 
 #[map(name = "RULES_V6")]
 pub static RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+/// The IP sets' IPv4 prefixes: the key's first byte is the set's slot
+/// ([`throttle_common::set_rules`]); the value means nothing.
+#[map(name = "SETS_V4")]
+pub static SETS_V4: LpmTrie<[u8; 5], u8> = LpmTrie::with_max_entries(set_rules::TRIE_ENTRIES, 0);
+
+#[map(name = "SETS_V6")]
+pub static SETS_V6: LpmTrie<[u8; 17], u8> = LpmTrie::with_max_entries(set_rules::TRIE_ENTRIES, 0);
+
+/// The rules that name a set, two banks ([`throttle_common::set_rules`]).
+#[map(name = "SET_RULES")]
+pub static SET_RULES: Array<SetRule> = Array::with_max_entries(set_rules::ENTRIES, 0);
 
 /// The class of each (protocol, destination port)
 /// ([`throttle_common::class_of`]).

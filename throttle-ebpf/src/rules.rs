@@ -1,14 +1,15 @@
-//! Rules (longest-prefix match on the source) and classes (which class a
-//! packet's protocol and destination port belong to).
+//! Rules (the sets the source is in, then the longest-prefix match of the
+//! source) and classes (which class a packet's protocol and destination
+//! port belong to).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use throttle_common::{
-    class_of, flags, rule_filter, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4, PROTO_TCP,
-    PROTO_UDP,
+    class_of, flags, rule_filter, set_rules, Config, Limit, Rule, ACTION_ALLOW, ACTION_DENY, FAMILY_V4,
+    MAX_SETS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
-    maps::{CLASS_OF, RULES_V4, RULES_V6, RULE_FILTER},
+    maps::{CLASS_OF, RULES_V4, RULES_V6, RULE_FILTER, SETS_V4, SETS_V6, SET_RULES},
     parse::{self, Packet},
 };
 
@@ -22,11 +23,84 @@ pub enum Selected {
     Class,
 }
 
+/// The rule of the source: the first set rule whose set holds it, else the
+/// rule whose prefix is the longest match of it, if any.
+#[inline(always)]
+fn lookup(packet: &Packet, config: &Config) -> Option<&'static Rule> {
+    let sets = if packet.family == FAMILY_V4 { flags::SETS_V4 } else { flags::SETS_V6 };
+    if config.flags & sets != 0 {
+        if let Some(rule) = in_sets(packet, config, sets) {
+            return Some(rule);
+        }
+    }
+    longest_prefix(packet, config)
+}
+
+/// The first set rule (of those whose set holds prefixes of the packet's
+/// family) whose set holds the source: one trie lookup per such rule, under
+/// the slot the rule names.
+#[inline(never)]
+fn in_sets(packet: &Packet, config: &Config, family: u32) -> Option<&'static Rule> {
+    let bank = u32::from(config.set_rule_bank);
+    let count = u32::from(config.set_rule_count);
+    let s = packet.src;
+    for index in 0..MAX_SETS {
+        if index >= count {
+            break;
+        }
+        let entry = SET_RULES.get(set_rules::entry(bank, index))?;
+        if entry.families & family == 0 {
+            continue;
+        }
+        // The slot is the key's first byte (slots are under 256).
+        let slot = entry.slot as u8;
+        // The key is built in place: its address bytes are not aligned.
+        let hit = if family == flags::SETS_V4 {
+            let mut key = Key::new(8 + 32, [slot, 0, 0, 0, 0]);
+            put_word(&mut key.data, s[0]);
+            SETS_V4.get(&key).is_some()
+        } else {
+            let mut key = Key::new(8 + 128, [0u8; 17]);
+            key.data[0] = slot;
+            put_words(&mut key.data, &s);
+            SETS_V6.get(&key).is_some()
+        };
+        if hit {
+            return Some(&entry.rule);
+        }
+    }
+    None
+}
+
+/// Writes `word`'s bytes (in memory order) after the slot byte of a set
+/// key, one byte at a time: the address is not aligned there, and the
+/// verifier refuses a misaligned word on the stack, which a merged store
+/// would be.
+#[inline(always)]
+fn put_word(data: &mut [u8; 5], word: u32) {
+    for (i, byte) in (1..).zip(word.to_ne_bytes()) {
+        // SAFETY: `i` is 1 to 4, inside `data`; volatile only so that the
+        // four stores stay four.
+        unsafe { core::ptr::write_volatile(data.as_mut_ptr().add(i), byte) };
+    }
+}
+
+/// [`put_word`] for the four words of an IPv6 address.
+#[inline(always)]
+fn put_words(data: &mut [u8; 17], words: &[u32; 4]) {
+    for (w, word) in words.iter().enumerate() {
+        for (i, byte) in word.to_ne_bytes().into_iter().enumerate() {
+            // SAFETY: `1 + 4 * w + i` is 1 to 16, inside `data`.
+            unsafe { core::ptr::write_volatile(data.as_mut_ptr().add(1 + 4 * w + i), byte) };
+        }
+    }
+}
+
 /// The rule whose prefix is the longest match of the source, if any. An
 /// empty trie is not looked up at all, nor is one that the filter says
 /// cannot match.
 #[inline(always)]
-fn lookup(packet: &Packet, config: &Config) -> Option<&'static Rule> {
+fn longest_prefix(packet: &Packet, config: &Config) -> Option<&'static Rule> {
     if packet.family == FAMILY_V4 {
         if config.flags & flags::RULES_V4 == 0 || !may_match(config, false, rule_filter::ipv4(packet.src[0]))
         {

@@ -1,5 +1,5 @@
 //! The command-line client of the admin API: `throttle status`, `limits`,
-//! `classes`, `rules`, `top`, `source`, `controller`.
+//! `classes`, `sets`, `rules`, `top`, `source`, `controller`.
 //!
 //! Tables for people, `--json` for scripts (the API's body as it came). An
 //! error of the API is printed as the API worded it. Exit codes:
@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::{
     api::ClassList,
     controller::Algorithm,
-    policy::{Class, ClassLimit, LimitsPatch, RuleSpec},
+    policy::{Action, Class, ClassLimit, LimitsPatch, Rate, RuleSpec, Target, Unit},
 };
 
 /// Success.
@@ -74,10 +74,53 @@ pub enum BansCommand {
 pub enum RulesCommand {
     /// The rules with their ids.
     List,
-    /// Add a rule: `rules add 10.0.0.0/8 deny`, `rules add 2001:db8::/32 limit --rate 100`.
-    Add(RuleSpec),
+    /// Add a rule: `rules add 10.0.0.0/8 deny`, `rules add 2001:db8::/32 limit --rate 100`,
+    /// `rules add @blocklist deny`.
+    Add(AddRule),
     /// Remove the rule with this id.
     Rm { id: String },
+}
+
+/// `throttle rules add`: a rule of a prefix or of a set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AddRule {
+    /// A prefix (`10.0.0.0/8`) or a set (`@blocklist`).
+    #[arg(value_name = "CIDR|@SET")]
+    pub target: Target,
+    /// `allow`, `deny` or `limit`.
+    #[arg(value_enum, value_name = "ACTION")]
+    pub action: Action,
+    /// `limit` only: per source, a number per second or `N/second|minute|hour|day`.
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<Rate>,
+    /// `limit` only; defaults to one period's worth of the rate.
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u64>,
+    /// `limit` only; defaults to packets.
+    #[arg(long, value_enum, value_name = "UNIT")]
+    pub unit: Option<Unit>,
+}
+
+impl AddRule {
+    /// The body of `POST /v1/rules`.
+    #[must_use]
+    pub fn spec(self) -> RuleSpec {
+        RuleSpec {
+            rate: self.rate,
+            burst: self.burst,
+            unit: self.unit,
+            ..RuleSpec::of(self.target, self.action)
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SetsCommand {
+    /// Load a set from a file, one address or prefix a line (PUT /v1/sets/NAME): a new set, or
+    /// a new version of one, switched to at once.
+    Load { name: String, file: PathBuf },
+    /// Remove a set no rule names (DELETE /v1/sets/NAME).
+    Rm { name: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -112,6 +155,7 @@ pub enum ClientCommand {
     Status,
     Limits(Option<LimitsPatch>),
     Classes(Option<ClassesCommand>),
+    Sets(Option<SetsCommand>),
     Bans(Option<BansCommand>),
     Explain { addr: String, to: Option<String>, syn: bool },
     Rules(RulesCommand),
@@ -258,11 +302,28 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         ClientCommand::Classes(Some(ClassesCommand::Show { name })) => {
             (client.call(Method::GET, &format!("/v1/classes/{}", encode(&name)), None).await?, class_table)
         }
+        ClientCommand::Sets(None) => (client.call(Method::GET, "/v1/sets", None).await?, sets_table),
+        ClientCommand::Sets(Some(SetsCommand::Load { name, file })) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Usage(format!("reading {}: {e}", file.display())))?;
+            // Every line, comments too, so that the refused lines are
+            // numbered as in the file.
+            let body = serde_json::json!({ "prefixes": text.lines().collect::<Vec<_>>() });
+            (
+                client.call(Method::PUT, &format!("/v1/sets/{}", encode(&name)), Some(&body)).await?,
+                set_load_text,
+            )
+        }
+        ClientCommand::Sets(Some(SetsCommand::Rm { name })) => {
+            (client.call(Method::DELETE, &format!("/v1/sets/{}", encode(&name)), None).await?, |_| {
+                "removed\n".into()
+            })
+        }
         ClientCommand::Rules(RulesCommand::List) => {
             (client.call(Method::GET, "/v1/rules", None).await?, rules_table)
         }
         ClientCommand::Rules(RulesCommand::Add(rule)) => {
-            let body = serde_json::to_value(&rule).expect("a rule serialises");
+            let body = serde_json::to_value(rule.spec()).expect("a rule serialises");
             (client.call(Method::POST, "/v1/rules", Some(&body)).await?, |v| {
                 format!("added rule {}\n", v["id"])
             })
@@ -540,6 +601,56 @@ fn bans_table(v: &Value) -> String {
     table(&["SOURCE", "CLASS", "REMAINING"], &rows)
 }
 
+fn sets_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["sets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    vec![
+                        cell(&s["name"]),
+                        cell(&s["prefixes"]),
+                        cell(&s["ipv4"]),
+                        cell(&s["ipv6"]),
+                        cell(&s["refused"]),
+                        cell(&s["rule"]),
+                        s["file"].as_str().unwrap_or("(api)").to_owned(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut text = table(&["NAME", "PREFIXES", "IPV4", "IPV6", "REFUSED", "RULE", "SOURCE"], &rows);
+    let _ = writeln!(
+        text,
+        "kernel memory: {} bytes ({} per prefix)",
+        cell(&v["memory_bytes"]),
+        cell(&v["bytes_per_prefix"])
+    );
+    text
+}
+
+fn set_load_text(v: &Value) -> String {
+    let mut text = format!(
+        "{} set {}: {} prefixes loaded, {} lines refused ({} ms)\n",
+        if v["created"].as_bool() == Some(true) { "created" } else { "replaced" },
+        cell(&v["name"]),
+        cell(&v["loaded"]),
+        cell(&v["refused"]),
+        cell(&v["load_ms"]),
+    );
+    for refused in v["first_refused"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            text,
+            "  line {}: {}: {}",
+            cell(&refused["line"]),
+            cell(&refused["text"]),
+            cell(&refused["reason"])
+        );
+    }
+    text
+}
+
 fn rules_table(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v["rules"]
         .as_array()
@@ -548,7 +659,7 @@ fn rules_table(v: &Value) -> String {
                 .map(|r| {
                     vec![
                         cell(&r["id"]),
-                        cell(&r["cidr"]),
+                        r["cidr"].as_str().map_or_else(|| format!("@{}", cell(&r["set"])), str::to_owned),
                         cell(&r["action"]),
                         cell(&r["rate"]),
                         cell(&r["burst"]),
@@ -558,7 +669,7 @@ fn rules_table(v: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    table(&["ID", "CIDR", "ACTION", "RATE", "BURST", "UNIT"], &rows)
+    table(&["ID", "CIDR|@SET", "ACTION", "RATE", "BURST", "UNIT"], &rows)
 }
 
 fn sources_table(v: &Value) -> String {
@@ -628,7 +739,7 @@ mod tests {
         ]}));
         assert_eq!(
             text,
-            "ID  CIDR           ACTION  RATE  BURST  UNIT\n\
+            "ID  CIDR|@SET      ACTION  RATE  BURST  UNIT\n\
              1   10.0.0.0/8     deny    -     -      -\n\
              12  2001:db8::/32  limit   100   50     -\n"
         );
@@ -700,11 +811,7 @@ mod tests {
     fn an_empty_limits_set_is_a_usage_error() {
         assert_eq!(limits_patch(&LimitsPatch::default()).unwrap_err().exit_code(), EXIT_USAGE);
         assert_eq!(
-            limits_patch(&LimitsPatch {
-                rate: Some(crate::policy::Rate::per_second(5)),
-                ..LimitsPatch::default()
-            })
-            .unwrap(),
+            limits_patch(&LimitsPatch { rate: Some(Rate::per_second(5)), ..LimitsPatch::default() }).unwrap(),
             json!({"rate": 5})
         );
     }

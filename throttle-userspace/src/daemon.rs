@@ -139,9 +139,13 @@ async fn reload(args: &DaemonArgs, state: &Runtime) {
             return;
         }
     };
-    let result = state
-        .with_control(move |c| c.reload(settings.policy).map(|()| (c.kernel().version(), c.limits().clone())))
-        .await;
+    let runtime = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        runtime.reload(settings.policy)?;
+        Ok::<_, crate::control::ChangeError>(runtime.control(|c| (c.kernel().version(), c.limits().clone())))
+    })
+    .await
+    .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
     match result {
         Ok((version, limits)) => {
             tracing::info!(version, rate = %limits.rate, burst = limits.burst, "configuration reloaded");

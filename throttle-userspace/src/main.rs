@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use throttle::{
     client::{
         self, BansCommand, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand,
-        RulesCommand,
+        RulesCommand, SetsCommand,
     },
     settings::DaemonArgs,
 };
@@ -38,6 +38,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: Option<ClassesCommand>,
+    },
+    /// The IP sets as a table; `sets load NAME FILE` loads one, `sets rm NAME` removes one.
+    Sets {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Option<SetsCommand>,
     },
     /// What the data path would do with a packet now: `explain 192.0.2.7 tcp/22 --syn`.
     Explain {
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
         }
         Command::Classes { client, command } => (client, ClientCommand::Classes(command)),
         Command::Bans { client, command } => (client, ClientCommand::Bans(command)),
+        Command::Sets { client, command } => (client, ClientCommand::Sets(command)),
         Command::Explain { client, addr, to, syn } => (client, ClientCommand::Explain { addr, to, syn }),
         Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
         Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     controller::AdaptiveConfig,
     kernel::XdpMode,
-    policy::{self, Class, Invalid, Limits, LimitsPatch, ParseError, Policy, RuleSpec, Scope, Unmatched},
+    policy::{
+        self, Class, Invalid, Limits, LimitsPatch, ParseError, Policy, RuleSpec, Scope, SetSpec, Unmatched,
+    },
 };
 
 /// Where the admin API listens unless told otherwise.
@@ -67,6 +69,9 @@ pub struct FileConfig {
     pub classes: Vec<Class>,
     /// The `[unmatched]` section: what no class (and no scope entry) matches.
     pub unmatched: Unmatched,
+    /// The `[[sets]]`: IP sets, each read from its file (a path relative
+    /// to the configuration file's directory).
+    pub sets: Vec<SetSpec>,
     pub rules: Vec<RuleSpec>,
     /// The `[adaptive]` section: absent, the controller is not started.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,7 +153,15 @@ impl Settings {
     /// The file (if any) under the flags, validated.
     pub fn load(args: &DaemonArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => FileConfig::read(path)?,
+            Some(path) => {
+                let mut file = FileConfig::read(path)?;
+                // Set files are found beside the configuration file.
+                let dir = path.parent().unwrap_or_else(|| Path::new("."));
+                for set in &mut file.sets {
+                    set.file = set.file.take().map(|f| dir.join(f));
+                }
+                file
+            }
             None => FileConfig::default(),
         };
         Self::merge(file, args).map_err(|source| match &args.config {
@@ -159,9 +172,18 @@ impl Settings {
 
     /// The file's values under the flags'.
     pub fn merge(file: FileConfig, args: &DaemonArgs) -> Result<Self, Invalid> {
-        let FileConfig { daemon, limits, scope, classes, unmatched, rules, adaptive } = file;
+        let FileConfig { daemon, limits, scope, classes, unmatched, sets, rules, adaptive } = file;
         let limits = args.limits.over(&limits);
-        let policy = Policy { limits, scope, classes, unmatched, rules };
+        for (i, set) in sets.iter().enumerate() {
+            if set.file.is_none() {
+                return Err(Invalid::new(
+                    format!("sets[{i}].file"),
+                    "(missing)",
+                    "a set of the configuration file names the file it is read from",
+                ));
+            }
+        }
+        let policy = Policy { limits, scope, classes, unmatched, sets, rules };
         policy.validate()?;
         if let Some(adaptive) = &adaptive {
             adaptive.validate("adaptive")?;

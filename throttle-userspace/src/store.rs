@@ -1,7 +1,9 @@
 //! The state directory: what was changed at run time through the admin API
-//! (limits, scope, classes, what no class matches, rules, controller
+//! (limits, scope, classes, what no class matches, sets, rules, controller
 //! parameters) and the rule ids, kept in
-//! one JSON file written atomically and read back on start.
+//! one JSON file written atomically and read back on start; and the
+//! prefixes of the sets loaded through the API, one `.netset` file each
+//! under `sets/`.
 //!
 //! The configuration file stays the source of defaults: a limit field the API
 //! never set comes from the file, and so do the scope, the classes, the
@@ -22,7 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     controller::AdaptiveConfig,
-    policy::{Class, ClassName, LimitsPatch, RuleSpec, Scope, Unmatched},
+    policy::{
+        parse_set, Class, ClassName, LimitsPatch, Parsed, RuleSpec, Scope, SetContent, SetName, SetSpec,
+        Unmatched,
+    },
 };
 
 /// The state file's name in the state directory.
@@ -32,10 +37,13 @@ pub const STATE_FORMAT: u32 = 1;
 
 /// The id a rule's prefix was given; kept so that a source under a rule
 /// keeps its bucket across restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedRuleId {
-    pub cidr: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetName>,
     pub id: u32,
 }
 
@@ -63,6 +71,9 @@ pub struct State {
     pub classes: Option<Vec<Class>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmatched: Option<Unmatched>,
+    /// The whole set list, once the API changed any set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sets: Option<Vec<SetSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<RuleSpec>>,
     #[serde(default)]
@@ -81,6 +92,7 @@ impl Default for State {
             scope: None,
             classes: None,
             unmatched: None,
+            sets: None,
             rules: None,
             rule_ids: Vec::new(),
             class_ids: Vec::new(),
@@ -155,23 +167,75 @@ impl Store {
     /// force until [`Staged::commit`]. Dropped uncommitted, the temporary
     /// file is removed.
     pub fn stage(&self, state: &State) -> Result<Staged, StoreError> {
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
         let mut text = serde_json::to_vec_pretty(state).expect("the state serialises");
         text.push(b'\n');
-        let staged = Staged { tmp, path: self.path.clone(), dir: self.dir.clone(), done: false };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged.tmp)
-            .map_err(io_err("create", &staged.tmp))?;
-        file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_err("write", &staged.tmp))?;
-        Ok(staged)
+        stage_file(&self.dir, &self.path, &text)
+    }
+
+    /// Where the prefixes of the set `name` loaded through the API are kept.
+    #[must_use]
+    pub fn set_path(&self, name: &SetName) -> PathBuf {
+        self.dir.join(SETS_DIR).join(format!("{name}.netset"))
+    }
+
+    /// Writes the prefixes of the set `name` beside its file; nothing
+    /// changes until [`Staged::commit`].
+    pub fn stage_set(&self, name: &SetName, content: &SetContent) -> Result<Staged, StoreError> {
+        let dir = self.dir.join(SETS_DIR);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err("create", &dir))?;
+        let mut text = String::with_capacity(content.len() * 20);
+        for net in &content.v4 {
+            text.push_str(&net.to_string());
+            text.push('\n');
+        }
+        for net in &content.v6 {
+            text.push_str(&net.to_string());
+            text.push('\n');
+        }
+        stage_file(&dir, &self.set_path(name), text.as_bytes())
+    }
+
+    /// Forgets the prefixes kept for the set `name`, if any.
+    pub fn remove_set(&self, name: &SetName) -> Result<(), StoreError> {
+        let path = self.set_path(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+            _ => Ok(()),
+        }
     }
 }
 
-/// A state file written but not yet in force.
+/// The state directory's folder of the sets loaded through the API.
+const SETS_DIR: &str = "sets";
+
+/// Reads a set from a `.netset` file.
+pub fn read_netset(path: &Path) -> Result<Parsed, StoreError> {
+    let text = fs::read_to_string(path).map_err(io_err("read the set file", path))?;
+    Ok(parse_set(text.lines()))
+}
+
+/// Writes `bytes` beside `path` (in `dir`) and syncs them, to be renamed
+/// over `path` by [`Staged::commit`].
+fn stage_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<Staged, StoreError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.tmp")),
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+        done: false,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged.tmp)
+        .map_err(io_err("create", &staged.tmp))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_err("write", &staged.tmp))?;
+    Ok(staged)
+}
+
+/// A file of the state directory written but not yet in force.
 #[derive(Debug)]
 pub struct Staged {
     tmp: PathBuf,

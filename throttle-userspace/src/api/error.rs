@@ -92,6 +92,14 @@ impl From<ChangeError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
             }
             err @ ChangeError::NoSuchRule(_) => Self::not_found("rule_not_found", err.to_string()),
+            err @ ChangeError::NoSuchSet(_) => {
+                let mut api = Self::not_found("set_not_found", err.to_string());
+                api.field = Some("name".into());
+                api
+            }
+            err @ ChangeError::SetInUse { .. } => {
+                Self::new(StatusCode::CONFLICT, "set_in_use", err.to_string())
+            }
             err @ ChangeError::NoSuchClass(_) => {
                 let mut api = Self::not_found("class_not_found", err.to_string());
                 api.field = Some("name".into());

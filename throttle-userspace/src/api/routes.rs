@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use axum::{
     extract::State,
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -19,10 +19,14 @@ use super::{
     metrics, AppState, ErrorBody,
 };
 use crate::{
-    control::{top_buckets, BanView, ChangeError, ExplainView, RankBy, RuleView, SourceView},
+    control::{
+        top_buckets, BanView, ChangeError, ExplainView, RankBy, RuleView, SetLoad, SetsView, SourceView,
+    },
     controller::ParamsUpdate,
     kernel::{counters_label, explain::Probe, Counters, KernelError},
-    policy::{self, Action, Class, ClassName, Limits, LimitsPatch, Proto, Rate, RuleSpec, Scope, Unmatched},
+    policy::{
+        self, Action, Class, ClassName, Limits, LimitsPatch, Proto, Rate, RuleSpec, Scope, SetName, Unmatched,
+    },
 };
 
 /// The key each body's fields are named under in errors.
@@ -63,6 +67,8 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(get_classes, put_classes))
         .routes(routes!(get_class, put_class, remove_class))
         .routes(routes!(get_unmatched, put_unmatched))
+        .routes(routes!(list_sets))
+        .routes(routes!(put_set, remove_set))
         .routes(routes!(list_rules, add_rule))
         .routes(routes!(remove_rule))
         .routes(routes!(top_sources))
@@ -308,6 +314,101 @@ async fn remove_class(
 ) -> Result<StatusCode, ApiError> {
     let name = class_name(&name)?;
     state.with_control(move |c| c.remove_class(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The IP sets, and the kernel memory their prefixes take.
+#[utoipa::path(get, path = "/v1/sets", tag = "sets", responses((status = 200, body = SetsView)))]
+async fn list_sets(State(state): State<AppState>) -> Json<SetsView> {
+    Json(state.control(|c| c.sets()))
+}
+
+/// The largest body `PUT /v1/sets/{name}` reads: a million prefixes and
+/// their comments.
+pub const MAX_SET_BODY: usize = 64 << 20;
+
+/// The JSON form of a set's body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBody {
+    /// One address or prefix each (a `#` comment allowed).
+    pub prefixes: Vec<String>,
+}
+
+body_keys! { SetBody => "" }
+
+/// Loads a set, new (`201`) or a new version of one (`200`): its prefixes
+/// go into the slot not in use, then every packet switches to them at once.
+/// The body is `text/plain`, one address or prefix a line (`#` comments),
+/// or JSON `{"prefixes": [...]}`. Lines that are no prefix are refused,
+/// counted and the first of them named; the rest is loaded.
+#[utoipa::path(
+    put, path = "/v1/sets/{name}", tag = "sets", params(("name" = String, Path, description = "The set's name")),
+    request_body(content((String = "text/plain"), (SetBody = "application/json"))),
+    responses(
+        (status = 200, body = SetLoad), (status = 201, body = SetLoad), (status = 400, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)
+    )
+)]
+async fn put_set(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let name: SetName = class_name(&name)?;
+    let bytes = axum::body::to_bytes(body, MAX_SET_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a set's body is at most {} MiB", MAX_SET_BODY >> 20),
+        )
+    })?;
+    let kind = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain");
+    let parsed = if kind.starts_with("application/json") {
+        let body: SetBody = policy::parse(
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}")))?,
+            SetBody::KEY,
+        )?;
+        policy::parse_set(body.prefixes.iter().map(String::as_str))
+    } else if kind.starts_with("text/plain") {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8 text: {e}")))?;
+        policy::parse_set(text.lines())
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("a set's body is text/plain or application/json, not {kind}"),
+        ));
+    };
+    let runtime: crate::runtime::Runtime = (*state).clone();
+    let load = tokio::task::spawn_blocking(move || runtime.load_set(name, parsed))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))?;
+    Ok(if load.created {
+        let location = format!("/v1/sets/{}", load.name);
+        (StatusCode::CREATED, [(header::LOCATION, location)], Json(load)).into_response()
+    } else {
+        Json(load).into_response()
+    })
+}
+
+/// Removes a set; refused (`409`) while a rule names it.
+#[utoipa::path(
+    delete, path = "/v1/sets/{name}", tag = "sets", params(("name" = String, Path, description = "The set's name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+async fn remove_set(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+) -> Result<StatusCode, ApiError> {
+    let name: SetName = class_name(&name)?;
+    let runtime: crate::runtime::Runtime = (*state).clone();
+    tokio::task::spawn_blocking(move || runtime.remove_set(&name))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -374,6 +374,8 @@ async fn the_openapi_document_lists_every_route() {
             "/v1/rules",
             "/v1/rules/{id}",
             "/v1/scope",
+            "/v1/sets",
+            "/v1/sets/{name}",
             "/v1/sources",
             "/v1/sources/{addr}",
             "/v1/stats",
@@ -391,7 +393,12 @@ async fn the_openapi_document_lists_every_route() {
     }
     assert_eq!(schemas["Ports"]["oneOf"].as_array().map(Vec::len), Some(3), "a port, a range, a list");
     assert_eq!(schemas["Span"]["type"], "string");
-    assert_eq!(schemas["ClassName"]["type"], "string");
+    assert_eq!(schemas["Name"]["type"], "string");
+    let sets = &doc["paths"]["/v1/sets/{name}"];
+    assert!(sets["put"]["requestBody"]["content"]["text/plain"].is_object(), "a set's body may be text");
+    assert!(sets["put"]["requestBody"]["content"]["application/json"].is_object());
+    assert!(sets["delete"].is_object() && doc["paths"]["/v1/sets"]["get"].is_object());
+    assert!(schemas["RuleSpec"]["properties"]["set"].is_object());
     let limits = &doc["paths"]["/v1/limits"];
     assert!(limits["get"].is_object() && limits["put"].is_object() && limits["patch"].is_object());
     assert!(doc["components"]["schemas"]["Limits"]["properties"]["rate"].is_object());
@@ -657,7 +664,23 @@ fn bad_inputs() -> Vec<Bad> {
             "invalid_value",
             "rule.rate",
         ),
-        bad(M::POST, "/v1/rules", &json!({"action": "deny"}), 400, "invalid_body", "cidr"),
+        bad(M::POST, "/v1/rules", &json!({"action": "deny"}), 400, "invalid_value", "rule.cidr"),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!({"set": "nosuch", "action": "deny"}),
+            400,
+            "invalid_value",
+            "rule.set",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!({"set": "Bad!", "action": "deny"}),
+            400,
+            "invalid_value",
+            "rule.set",
+        ),
         bad(
             M::POST,
             "/v1/rules",

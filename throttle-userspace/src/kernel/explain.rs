@@ -57,8 +57,15 @@ pub struct Explanation {
     pub retry_after: Option<u64>,
 }
 
-/// The longest prefix of `source` in the plan's rules.
-fn rule_of(plan: &Plan, source: IpAddr) -> Option<Rule> {
+/// The rule of `source`: the first set rule whose set holds it (`in_set`
+/// answers for a slot), else the longest prefix of it in the plan's rules.
+fn rule_of(plan: &Plan, source: IpAddr, in_set: &dyn Fn(u32, IpAddr) -> bool) -> Option<Rule> {
+    let family = if source.is_ipv4() { flags::SETS_V4 } else { flags::SETS_V6 };
+    if let Some(hit) =
+        plan.set_rules.iter().find(|r| r.families & family != 0 && in_set(r.slot, source)).map(|r| r.rule)
+    {
+        return Some(hit);
+    }
     match source {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
@@ -153,15 +160,16 @@ fn step(
 }
 
 /// What the data path would do with `probe` now (`now` in ticks), its
-/// buckets read through `bucket`. The first-seen budget is taken as not
-/// spent.
+/// buckets read through `bucket`, whether a set slot holds an address
+/// through `in_set`. The first-seen budget is taken as not spent.
 pub fn explain(
     plan: &Plan,
     probe: &Probe,
     bucket: &dyn Fn(&BucketKey) -> Option<Bucket>,
+    in_set: &dyn Fn(u32, IpAddr) -> bool,
     now: u64,
 ) -> Explanation {
-    let rule = rule_of(plan, probe.source);
+    let rule = rule_of(plan, probe.source, in_set);
     let denied = rule.is_some_and(|r| r.action == ACTION_DENY);
     let Some(class_id) = classify(plan, probe) else {
         let reason = if denied { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };

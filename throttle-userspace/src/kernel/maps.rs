@@ -26,8 +26,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use throttle_common::{
-    class_of, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, Bucket, BucketKey, ClassConfig,
-    Config, Rule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, PROGRAM_NAME,
+    class_of, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, set_rules, Bucket, BucketKey,
+    ClassConfig, Config, Rule, SetRule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX,
+    PROGRAM_NAME,
 };
 
 use super::{
@@ -35,6 +36,7 @@ use super::{
     pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
+    sets::SetTries,
     sys::{self, if_index},
     Attachment, Counters,
 };
@@ -88,6 +90,9 @@ pub struct Dataplane {
     pub(super) class_of: Array<MapData, u32>,
     pub(super) classes: Array<MapData, ClassConfig>,
     pub(super) rule_filter: Array<MapData, u64>,
+    pub(super) set_rules: Array<MapData, SetRule>,
+    sets_v4: LpmTrie<MapData, [u8; 5], u8>,
+    sets_v6: LpmTrie<MapData, [u8; 17], u8>,
     buckets: HashMap<MapData, BucketKey, Bucket>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) iface_slot: Array<MapData, u32>,
@@ -256,6 +261,9 @@ impl Dataplane {
             class_of: take(&mut ebpf, map_name::CLASS_OF)?,
             classes: take(&mut ebpf, map_name::CLASSES)?,
             rule_filter: take(&mut ebpf, map_name::RULE_FILTER)?,
+            set_rules: take(&mut ebpf, map_name::SET_RULES)?,
+            sets_v4: take(&mut ebpf, map_name::SETS_V4)?,
+            sets_v6: take(&mut ebpf, map_name::SETS_V6)?,
             buckets,
             counters: take(&mut ebpf, map_name::COUNTERS)?,
             iface_slot,
@@ -334,6 +342,11 @@ impl Dataplane {
         };
         let rules_v4 = read_trie(&self.rules_v4, map_name::RULES_V4)?;
         let rules_v6 = read_trie(&self.rules_v6, map_name::RULES_V6)?;
+        let set_bank = u32::from(config.set_rule_bank & 1);
+        let set_rules = (0..u32::from(config.set_rule_count).min(throttle_common::MAX_SETS))
+            .map(|index| self.set_rules.get(&set_rules::entry(set_bank, index), 0))
+            .collect::<Result<Vec<SetRule>, MapError>>()
+            .map_err(map_err(map_name::SET_RULES))?;
         Ok(Held {
             plan: Plan {
                 settings: Plan::settings_of(&config),
@@ -343,15 +356,28 @@ impl Dataplane {
                 rules_v6,
                 filter_v4: region(bank, false)?,
                 filter_v6: region(bank, true)?,
+                set_rules,
             },
             placement: Placement {
                 version: config.version,
                 bank,
                 shifts: config.rule_filter_shifts,
                 one_iface_slot: (config.flags & flags::ONE_IFACE != 0).then_some(config.iface_slot),
+                set_bank,
             },
             standby: (region(bank ^ 1, false)?, region(bank ^ 1, true)?),
         })
+    }
+
+    /// What the maps hold, as this daemon last wrote or read it.
+    #[must_use]
+    pub fn held_plan(&self) -> &Plan {
+        &self.held.plan
+    }
+
+    /// A writer of the set tries on descriptors of its own.
+    pub fn set_tries(&self) -> Result<SetTries, KernelError> {
+        SetTries::new(&self.sets_v4, &self.sets_v6)
     }
 
     /// The version of the configuration last written.

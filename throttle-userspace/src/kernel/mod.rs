@@ -7,6 +7,7 @@
 //! - `write.rs`: a plan into the maps, in the order that keeps verdicts whole;
 //! - `links.rs`: attaching, taking over pinned links, detaching;
 //! - `pins.rs`: the pin directory and the adoption checks;
+//! - `sets.rs`: the IP sets' prefixes into their tries, in batches;
 //! - `sys.rs`: the system calls aya does not wrap.
 //!
 //! The control plane sees all of it through [`Kernel`].
@@ -18,6 +19,7 @@ mod maps;
 mod pins;
 pub mod plan;
 pub mod rule_filter;
+mod sets;
 mod sys;
 mod write;
 
@@ -28,8 +30,9 @@ use throttle_common::{reason, Bucket, BucketKey};
 pub use self::{
     error::KernelError,
     maps::{bucket_key, masked_key, BucketWalker, Dataplane, Options, ProgramLogger},
-    plan::{compile, Plan},
-    sys::coarse_resolution_ns,
+    plan::{compile, Plan, SetPlace},
+    sets::{SetLoader, SetTries},
+    sys::{coarse_resolution_ns, grace_period},
 };
 
 /// How the XDP program is attached.
@@ -103,6 +106,12 @@ pub trait Kernel: Send {
     /// A walk over every tracked bucket, on a handle that outlives the
     /// borrow of the kernel.
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError>;
+    /// A writer of the set tries, on handles that outlive the borrow of the
+    /// kernel.
+    fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError>;
+    /// The set slots the rules in force name (an earlier daemon's, when
+    /// its maps were adopted and nothing was written yet).
+    fn set_slots_in_use(&self) -> Vec<u32>;
     fn attachments(&self) -> Vec<Attachment>;
     fn max_sources(&self) -> u32;
     /// The version of the configuration in force.
@@ -148,6 +157,14 @@ impl Kernel for Dataplane {
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {
         let walker = self.bucket_walker()?;
         Ok(Arc::new(move |f| walker.for_each(f)))
+    }
+
+    fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError> {
+        Ok(Box::new(self.set_tries()?))
+    }
+
+    fn set_slots_in_use(&self) -> Vec<u32> {
+        self.held_plan().set_rules.iter().map(|r| r.slot).collect()
     }
 
     fn attachments(&self) -> Vec<Attachment> {

@@ -29,8 +29,8 @@ use aya::{
     Ebpf,
 };
 use throttle_common::{
-    class_of, map_name, reason, rule_filter, Bucket, BucketKey, ClassConfig, Config, Rule, IFACE_SLOTS,
-    LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
+    class_of, map_name, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule,
+    SetRule, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
 use super::{
@@ -321,6 +321,27 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u32>(),
         max_entries: Some(MAX_IFINDEX),
+    },
+    Expected {
+        name: map_name::SETS_V4,
+        map_type: MapType::LpmTrie,
+        key_size: size_of::<Key<[u8; 5]>>(),
+        value_size: size_of::<u8>(),
+        max_entries: Some(set_rules::TRIE_ENTRIES),
+    },
+    Expected {
+        name: map_name::SETS_V6,
+        map_type: MapType::LpmTrie,
+        key_size: size_of::<Key<[u8; 17]>>(),
+        value_size: size_of::<u8>(),
+        max_entries: Some(set_rules::TRIE_ENTRIES),
+    },
+    Expected {
+        name: map_name::SET_RULES,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<SetRule>(),
+        max_entries: Some(set_rules::ENTRIES),
     },
 ];
 

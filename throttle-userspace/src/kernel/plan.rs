@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use throttle_common::{
-    class_of, flags, gcra::ticks_from_ns, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, TierConfig,
-    ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS,
-    TIER_V4, TIER_V6, UNIT_BYTES, UNIT_PACKETS,
+    class_of, flags, gcra::ticks_from_ns, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, SetRule,
+    TierConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS,
+    MAX_TIERS, TIER_V4, TIER_V6, UNIT_BYTES, UNIT_PACKETS,
 };
 
 use super::rule_filter::Region;
-use crate::policy::{Action, Class, Policy, Proto, Rate, Unit, UnmatchedAction};
+use crate::policy::{Action, Class, Policy, Proto, Rate, SetName, Unit, UnmatchedAction};
 
 /// A rule trie's key: prefix length and address bytes.
 pub type TrieKey<const N: usize> = (u8, [u8; N]);
@@ -42,6 +42,8 @@ pub struct Plan {
     /// The rule filter's region of each family, whichever bank it goes to.
     pub filter_v4: Region,
     pub filter_v6: Region,
+    /// The rules that name a set, in order: a bank of `SET_RULES`.
+    pub set_rules: Vec<SetRule>,
 }
 
 impl Default for Plan {
@@ -55,6 +57,7 @@ impl Default for Plan {
             rules_v6: BTreeMap::new(),
             filter_v4: Region::default(),
             filter_v6: Region::default(),
+            set_rules: Vec::new(),
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Placement {
     pub shifts: u32,
     /// The counters slot of the one interface attached, if only one is.
     pub one_iface_slot: Option<u32>,
+    /// The bank of `SET_RULES` that holds the plan's set rules.
+    pub set_bank: u32,
 }
 
 impl Plan {
@@ -85,7 +90,8 @@ impl Plan {
             rule_filter_bank: placement.bank,
             iface_slot: placement.one_iface_slot.unwrap_or(0),
             rule_filter_shifts: placement.shifts,
-            _pad: 0,
+            set_rule_count: u16::try_from(self.set_rules.len()).expect("at most MAX_SETS set rules"),
+            set_rule_bank: u16::from(placement.set_bank == 1),
         }
     }
 
@@ -96,14 +102,24 @@ impl Plan {
     }
 }
 
+/// Where a set's prefixes are: the trie slot that holds them, and the
+/// families it has prefixes of ([`flags::SETS_V4`], [`flags::SETS_V6`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetPlace {
+    pub slot: u32,
+    pub families: u32,
+}
+
 /// The ids the buckets of a policy's rules and classes carry, one per rule
 /// and one per class, in the policy's order; kept across changes so that a
-/// change keeps the buckets of what it does not touch.
+/// change keeps the buckets of what it does not touch. And where the sets
+/// the rules name are loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct Ids<'a> {
     pub rules: &'a [u32],
     /// From 1 to [`MAX_CLASSES`] less one: 0 is the default class.
     pub classes: &'a [u32],
+    pub sets: &'a BTreeMap<SetName, SetPlace>,
 }
 
 const fn unit(unit: Unit) -> u32 {
@@ -204,7 +220,19 @@ pub fn compile(policy: &Policy, ids: Ids<'_>, scale: f64, coarse_tick_ns: u64) -
         };
         let value = Rule { limit, action, id };
         let deny = spec.action == Action::Deny;
-        match spec.cidr {
+        if let Some(name) = &spec.set {
+            let place = ids.sets.get(name).copied().unwrap_or_else(|| panic!("set {name} is loaded"));
+            plan.set_rules.push(SetRule { rule: value, slot: place.slot, families: place.families });
+            flags |= place.families;
+            if deny && place.families & flags::SETS_V4 != 0 {
+                flags |= flags::DENY_V4;
+            }
+            if deny && place.families & flags::SETS_V6 != 0 {
+                flags |= flags::DENY_V6;
+            }
+            continue;
+        }
+        match spec.cidr.expect("validated: a cidr or a set") {
             IpNet::V4(net) => {
                 plan.rules_v4.insert((net.prefix_len(), net.addr().octets()), value);
                 flags |= flags::RULES_V4 | if deny { flags::DENY_V4 } else { 0 };
@@ -215,11 +243,11 @@ pub fn compile(policy: &Policy, ids: Ids<'_>, scale: f64, coarse_tick_ns: u64) -
             }
         }
     }
-    plan.filter_v4 = Region::ipv4(policy.rules.iter().filter_map(|r| match r.cidr {
+    plan.filter_v4 = Region::ipv4(policy.rules.iter().filter_map(|r| match r.cidr? {
         IpNet::V4(net) => Some((net.network(), net.prefix_len())),
         IpNet::V6(_) => None,
     }));
-    plan.filter_v6 = Region::ipv6(policy.rules.iter().filter_map(|r| match r.cidr {
+    plan.filter_v6 = Region::ipv6(policy.rules.iter().filter_map(|r| match r.cidr? {
         IpNet::V6(net) => Some((net.network(), net.prefix_len())),
         IpNet::V4(_) => None,
     }));
@@ -261,9 +289,11 @@ mod tests {
     /// A jiffy of a kernel with HZ=250.
     const TICK_NS: u64 = 4_000_000;
 
+    static NO_SETS: BTreeMap<SetName, SetPlace> = BTreeMap::new();
+
     /// The ids of a policy of `rules` rules and no classes.
     fn ids(rules: &[u32]) -> Ids<'_> {
-        Ids { rules, classes: &[] }
+        Ids { rules, classes: &[], sets: &NO_SETS }
     }
 
     fn limit_rule(cidr: &str, rate: u64) -> RuleSpec {
@@ -388,12 +418,44 @@ mod tests {
     #[test]
     fn a_placed_config_carries_the_writers_fields() {
         let plan = compile(&Policy::default(), ids(&[]), 1.0, 0);
-        let placement = Placement { version: 9, bank: 1, shifts: 0x0102_0304, one_iface_slot: Some(3) };
+        let placement =
+            Placement { version: 9, bank: 1, shifts: 0x0102_0304, one_iface_slot: Some(3), set_bank: 1 };
         let config = plan.config(placement);
         assert_eq!((config.version, config.layout, config.rule_filter_bank), (9, LAYOUT_VERSION, 1));
         assert_eq!((config.iface_slot, config.rule_filter_shifts), (3, 0x0102_0304));
         assert_ne!(config.flags & flags::ONE_IFACE, 0);
+        assert_eq!((config.set_rule_count, config.set_rule_bank), (0, 1));
         assert_eq!(Plan::settings_of(&config), plan.settings);
+    }
+
+    #[test]
+    fn set_rules_name_their_slots_in_order_before_the_prefix_rules() {
+        let set = |name: &str| crate::policy::SetSpec { name: name.parse().unwrap(), file: None };
+        let policy = Policy {
+            sets: vec![set("allow"), set("block")],
+            rules: vec![
+                RuleSpec::of(crate::policy::Target::Set("block".parse().unwrap()), Action::Deny),
+                limit_rule("10.0.0.0/8", 5),
+                RuleSpec::of(crate::policy::Target::Set("allow".parse().unwrap()), Action::Allow),
+            ],
+            ..Policy::default()
+        };
+        policy.validate().unwrap();
+        let sets = BTreeMap::from([
+            ("allow".parse().unwrap(), SetPlace { slot: 1, families: flags::SETS_V6 }),
+            ("block".parse().unwrap(), SetPlace { slot: 6, families: flags::SETS_V4 | flags::SETS_V6 }),
+        ]);
+        let plan = compile(&policy, Ids { rules: &[4, 5, 6], classes: &[], sets: &sets }, 1.0, 0);
+        let found: Vec<(u32, u32, u32, u32)> =
+            plan.set_rules.iter().map(|r| (r.rule.id, r.rule.action, r.slot, r.families)).collect();
+        assert_eq!(
+            found,
+            [(4, ACTION_DENY, 6, flags::SETS_V4 | flags::SETS_V6), (6, ACTION_ALLOW, 1, flags::SETS_V6)]
+        );
+        assert_eq!(plan.rules_v4.len(), 1, "the prefix rule in its trie");
+        let want = flags::SETS_V4 | flags::SETS_V6 | flags::DENY_V4 | flags::DENY_V6 | flags::RULES_V4;
+        assert_eq!(plan.settings.flags & want, want);
+        assert_eq!(plan.config(Placement::default()).set_rule_count, 2);
     }
 
     fn example_classes() -> Vec<Class> {
@@ -427,7 +489,7 @@ mod tests {
     fn classes_claim_their_ports_under_their_ids_with_their_limits() {
         let policy = Policy { classes: example_classes(), ..Policy::default() };
         policy.validate().unwrap();
-        let plan = compile(&policy, Ids { rules: &[], classes: &[4, 2, 9] }, 0.5, TICK_NS);
+        let plan = compile(&policy, Ids { rules: &[], classes: &[4, 2, 9], sets: &NO_SETS }, 0.5, TICK_NS);
         let entry = |proto, port| plan.class_of[class_of::index(proto, port).unwrap() as usize];
         assert_eq!(entry(throttle_common::PROTO_TCP, 22), class_of::entry(4, true));
         assert_eq!(entry(throttle_common::PROTO_UDP, 53), class_of::entry(2, false));
@@ -448,7 +510,7 @@ mod tests {
         assert_eq!(plan.classes.iter().filter(|c| c.limit_count > 0).count(), 1 + 3, "the default and three");
         assert_ne!(plan.settings.flags & flags::UNMATCHED_LIMIT, 0, "no scope: the rest is metered");
         let pass = Policy { unmatched: Unmatched { action: UnmatchedAction::Pass }, ..policy.clone() };
-        let plan = compile(&pass, Ids { rules: &[], classes: &[4, 2, 9] }, 1.0, TICK_NS);
+        let plan = compile(&pass, Ids { rules: &[], classes: &[4, 2, 9], sets: &NO_SETS }, 1.0, TICK_NS);
         assert_eq!(plan.settings.flags & flags::UNMATCHED_LIMIT, 0);
     }
 }

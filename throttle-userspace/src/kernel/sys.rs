@@ -237,3 +237,79 @@ pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: RawFd, f: &mut dyn FnMut(&K, &V)
         first = false;
     }
 }
+
+/// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` in `enum bpf_cmd`.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries written per system call.
+pub const BATCH: usize = 16_384;
+
+/// Runs the write batch `cmd` over `keys` (and `values`, as many or more
+/// than a batch) of the map `fd`, a batch per system call.
+fn write_batches<K: aya::Pod, V: aya::Pod>(
+    cmd: libc::c_long,
+    fd: RawFd,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> io::Result<()> {
+    for chunk in keys.chunks(BATCH) {
+        let mut done = 0usize;
+        while done < chunk.len() {
+            let rest = &chunk[done..];
+            let mut attr = BatchAttr {
+                keys: rest.as_ptr() as u64,
+                values: values.map_or(0, |v| v.as_ptr() as u64),
+                count: u32::try_from(rest.len()).expect("a batch fits a u32"),
+                map_fd: fd.cast_unsigned(),
+                ..BatchAttr::default()
+            };
+            // SAFETY: `keys` holds `count` keys and `values`, when given, at
+            // least as many values (the caller's contract); the kernel only
+            // reads them and writes `count`.
+            let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, &raw mut attr, size_of::<BatchAttr>()) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                // A key already gone is no failure of a delete: skip it.
+                if cmd == BPF_MAP_DELETE_BATCH && err.raw_os_error() == Some(libc::ENOENT) {
+                    done += attr.count as usize + 1;
+                    continue;
+                }
+                return Err(err);
+            }
+            done += attr.count as usize;
+            if attr.count == 0 {
+                return Err(io::Error::other("the kernel wrote no entry of a batch"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts or replaces `keys` with `values` (at least a batch's worth, or
+/// as many as the keys) in the map `fd`, in batches.
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(fd: RawFd, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert!(values.len() >= keys.len().min(BATCH), "a value for every key of a batch");
+    write_batches(BPF_MAP_UPDATE_BATCH, fd, keys, Some(values))
+}
+
+/// Deletes `keys` from the map `fd`, in batches; keys not there are
+/// skipped.
+pub fn delete_batch<K: aya::Pod>(fd: RawFd, keys: &[K]) -> io::Result<()> {
+    write_batches::<K, u8>(BPF_MAP_DELETE_BATCH, fd, keys, None)
+}
+
+/// `MEMBARRIER_CMD_GLOBAL` (linux/membarrier.h): returns after an RCU grace
+/// period.
+const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+
+/// Waits until every run of the XDP program that began before the call has
+/// ended (they run under RCU: a grace period), so that what no packet can
+/// reach any more can be freed. Where the kernel refuses the call, waits
+/// long enough instead.
+pub fn grace_period() {
+    // SAFETY: membarrier takes no pointer.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -5,8 +5,9 @@
 //!    or from another class (each entry one word: a packet meets the old
 //!    class or the new one);
 //! 2. new and changed rules;
-//! 3. the new rule filter, into the bank not in use, with its masks;
-//! 4. the global settings, which switch to that bank (the version grows);
+//! 3. the new rule filter, into the bank not in use, with its masks, and
+//!    the new set rules, into the bank of `SET_RULES` not in use;
+//! 4. the global settings, which switch to those banks (the version grows);
 //! 5. the ports no longer claimed, the classes nothing claims any more, and
 //!    the rules no longer there.
 //!
@@ -15,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
-use throttle_common::{map_name, rule_filter, ClassConfig, Config, Rule};
+use throttle_common::{map_name, rule_filter, set_rules, ClassConfig, Config, Rule, MAX_SETS};
 
 use super::{
     error::{map_err, KernelError},
@@ -46,8 +47,9 @@ impl Dataplane {
         // 3. The rule filter, in the bank not in use unless the bank in use
         // holds it already.
         let placement = self.place_filter(plan)?;
+        let set_bank = self.place_set_rules(plan)?;
         // 4. The global settings.
-        let placement = Placement { version: self.held.placement.version + 1, ..placement };
+        let placement = Placement { version: self.held.placement.version + 1, set_bank, ..placement };
         self.write_config(plan, placement)?;
         self.held.plan.settings = plan.settings;
         self.written = true;
@@ -105,6 +107,25 @@ impl Dataplane {
         let old_v6 = std::mem::replace(&mut self.held.plan.filter_v6, plan.filter_v6.clone());
         self.held.standby = (old_v4, old_v6);
         Ok(Placement { bank, shifts, ..self.held.placement })
+    }
+
+    /// Writes the plan's set rules into the bank of `SET_RULES` not in use
+    /// (unless the bank in use holds them already), and returns the bank
+    /// that holds them. Entries past the rules are zeroed.
+    fn place_set_rules(&mut self, plan: &Plan) -> Result<u32, KernelError> {
+        let held = self.held.placement.set_bank;
+        if self.held.plan.set_rules == plan.set_rules {
+            return Ok(held);
+        }
+        let bank = held ^ 1;
+        for index in 0..MAX_SETS {
+            let rule = plan.set_rules.get(index as usize).copied().unwrap_or_default();
+            self.set_rules
+                .set(set_rules::entry(bank, index), rule, 0)
+                .map_err(map_err(map_name::SET_RULES))?;
+        }
+        self.held.plan.set_rules.clone_from(&plan.set_rules);
+        Ok(bank)
     }
 
     /// Writes the `CONFIG` entry of `plan` placed at `placement`, naming the

@@ -22,28 +22,33 @@ pub const MAX_TIERS: usize = throttle_common::MAX_TIERS as usize;
 pub const MAX_BAN_AFTER: Duration = Duration::from_secs(24 * 3_600);
 pub const MAX_BAN: Duration = Duration::from_secs(30 * 24 * 3_600);
 
-/// A class's name: `[a-z0-9_-]`, 1 to 32 characters.
+/// The name of a class or of a set: `[a-z0-9_-]`, 1 to 32 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct ClassName(String);
+pub struct Name(String);
 
-impl ClassName {
+/// A class's name.
+pub type ClassName = Name;
+/// An IP set's name.
+pub type SetName = Name;
+
+impl Name {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Display for ClassName {
+impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
 /// Why a class name was refused.
-const NAME_RULE: &str = "a class name is 1 to 32 characters of a-z, 0-9, _ and -";
+const NAME_RULE: &str = "a name is 1 to 32 characters of a-z, 0-9, _ and -";
 
-impl FromStr for ClassName {
+impl FromStr for Name {
     type Err = Invalid;
 
     fn from_str(name: &str) -> Result<Self, Invalid> {
@@ -57,7 +62,7 @@ impl FromStr for ClassName {
     }
 }
 
-impl<'de> Deserialize<'de> for ClassName {
+impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
         name.parse().map_err(|_| refuse(format!("{name:?}"), NAME_RULE))
@@ -203,13 +208,13 @@ fn string_schema(
         .into()
 }
 
-impl utoipa::PartialSchema for ClassName {
+impl utoipa::PartialSchema for Name {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         string_schema("^[a-z0-9_-]{1,32}$", NAME_RULE, "ssh")
     }
 }
 
-impl utoipa::ToSchema for ClassName {}
+impl utoipa::ToSchema for Name {}
 
 /// The pattern of one port or range.
 const PORT_PATTERN: &str = r"^\s*[0-9]{1,5}\s*(-\s*[0-9]{1,5}\s*)?$";

@@ -12,13 +12,14 @@ mod narrow;
 mod rate;
 mod rules;
 mod scope;
+mod sets;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::{
     classes::{
-        validate_classes, Ban, Class, ClassLimit, ClassName, Match, PortRange, Ports, Span, Tier, Unmatched,
-        UnmatchedAction, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS,
+        validate_classes, Ban, Class, ClassLimit, ClassName, Match, Name, PortRange, Ports, SetName, Span,
+        Tier, Unmatched, UnmatchedAction, MAX_CLASSES, MAX_CLASS_LIMITS, MAX_TIERS,
     },
     invalid::{
         check_burst, check_f64, check_fraction, check_open, check_range, check_rate, key, parse, refuse,
@@ -29,19 +30,24 @@ pub use self::{
         DEFAULT_NEW_SOURCE_RATE, DEFAULT_RATE,
     },
     rate::{BadRate, Period, Rate},
-    rules::{validate_rules, Action, RuleLimit, RuleSpec, MAX_RULES},
+    rules::{validate_rules, Action, RuleLimit, RuleSpec, Target, MAX_RULES},
     scope::{Proto, Scope, ScopePort, MAX_SCOPE},
+    sets::{
+        parse as parse_set, validate_sets, Parsed, Refused, SetContent, SetSpec, MAX_SETS, MAX_SET_PREFIXES,
+    },
 };
 
 /// The policy the data path enforces: the default class (`[limits]`, which
 /// meters what `[scope]` names), the limit classes, what no class matches,
-/// and the rules.
+/// the IP sets (their names and sources; their prefixes are loaded beside
+/// the policy) and the rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub limits: Limits,
     pub scope: Scope,
     pub classes: Vec<Class>,
     pub unmatched: Unmatched,
+    pub sets: Vec<SetSpec>,
     pub rules: Vec<RuleSpec>,
 }
 
@@ -51,6 +57,7 @@ impl Policy {
         self.limits.validate("limits")?;
         self.scope.validate("scope")?;
         validate_classes(&self.classes, &self.scope, "classes")?;
-        validate_rules(&self.rules, "rules")
+        validate_sets(&self.sets, "sets")?;
+        validate_rules(&self.rules, &self.sets, "rules")
     }
 }

@@ -1,13 +1,13 @@
-//! Rules: what to do with the sources of a prefix.
+//! Rules: what to do with the sources of a prefix or of a set.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, fmt, str::FromStr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     invalid::{check_burst, check_rate, key, refuse},
-    Invalid, Rate, Unit,
+    Invalid, Rate, SetName, SetSpec, Unit,
 };
 
 /// Most rules per address family (the capacity of each rule trie).
@@ -39,38 +39,67 @@ impl Action {
     }
 }
 
-/// A rule: what to do with the sources of a prefix. The body of `POST
-/// /v1/rules` and the arguments of `throttle rules add`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::Args)]
+/// What a rule applies to: the sources of a prefix, or of a set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Cidr(IpNet),
+    Set(SetName),
+}
+
+impl fmt::Display for Target {
+    /// As the CLI takes it: `10.0.0.0/8`, or `@blocklist` for a set.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cidr(net) => write!(f, "{net}"),
+            Self::Set(name) => write!(f, "@{name}"),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    /// A prefix, or `@NAME` for a set (as nftables writes a set).
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix('@') {
+            return name.parse().map(Self::Set).map_err(|err: Invalid| err.to_string());
+        }
+        text.parse().map(Self::Cidr).map_err(|_| {
+            format!("{text:?} is not an address prefix like 10.0.0.0/8 or a set like @blocklist")
+        })
+    }
+}
+
+/// A rule: what to do with the sources of a prefix or of a set. The body
+/// of `POST /v1/rules`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// An address prefix without host bits: `10.0.0.0/8`, `2001:db8::/32`.
-    #[serde(deserialize_with = "prefix")]
-    #[schema(value_type = String, example = "10.0.0.0/8")]
-    #[arg(value_name = "CIDR")]
-    pub cidr: IpNet,
+    #[serde(default, deserialize_with = "prefix", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.0.0.0/8")]
+    pub cidr: Option<IpNet>,
+    /// Or the name of a set (`[[sets]]`, `/v1/sets`): the sources in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetName>,
     /// `allow`, `deny` or `limit`.
-    #[arg(value_enum, value_name = "ACTION")]
     pub action: Action,
     /// `limit` only: per source, a number per second or
     /// `N/second|minute|hour|day`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "RATE")]
     pub rate: Option<Rate>,
     /// `limit` only; defaults to one period's worth of the rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_name = "N")]
     pub burst: Option<u64>,
     /// `limit` only; defaults to packets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[arg(long, value_enum, value_name = "UNIT")]
     pub unit: Option<Unit>,
 }
 
 /// An address prefix, refused by its key when it is none.
-fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
+fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpNet>, D::Error> {
     let text = String::deserialize(deserializer)?;
-    text.parse().map_err(|_| {
+    text.parse().map(Some).map_err(|_| {
         refuse::<D::Error>(format!("{text:?}"), "not an address prefix like 10.0.0.0/8 or 2001:db8::/32")
     })
 }
@@ -84,20 +113,57 @@ pub struct RuleLimit {
 }
 
 impl RuleSpec {
-    /// A rule without a limit.
+    /// A rule of a prefix, without a limit.
     #[must_use]
     pub fn new(cidr: IpNet, action: Action) -> Self {
-        Self { cidr, action, rate: None, burst: None, unit: None }
+        Self::of(Target::Cidr(cidr), action)
+    }
+
+    /// A rule of a prefix or a set, without a limit.
+    #[must_use]
+    pub fn of(target: Target, action: Action) -> Self {
+        let (cidr, set) = match target {
+            Target::Cidr(net) => (Some(net), None),
+            Target::Set(name) => (None, Some(name)),
+        };
+        Self { cidr, set, action, rate: None, burst: None, unit: None }
+    }
+
+    /// What the rule applies to; `None` until it validates.
+    #[must_use]
+    pub fn target(&self) -> Option<Target> {
+        match (&self.cidr, &self.set) {
+            (Some(net), None) => Some(Target::Cidr(*net)),
+            (None, Some(name)) => Some(Target::Set(name.clone())),
+            _ => None,
+        }
     }
 
     /// Checks the rule.
     pub fn validate(&self, prefix: &str) -> Result<(), Invalid> {
-        if self.cidr.trunc() != self.cidr {
-            return Err(Invalid::new(
-                key(prefix, "cidr"),
-                format!("{:?}", self.cidr.to_string()),
-                format!("has host bits set; the prefix is {}", self.cidr.trunc()),
-            ));
+        match (&self.cidr, &self.set) {
+            (None, None) => {
+                return Err(Invalid::new(
+                    key(prefix, "cidr"),
+                    "(missing)",
+                    "a rule names a `cidr` or a `set`",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(Invalid::new(
+                    key(prefix, "set"),
+                    "(set)",
+                    "a rule names a `cidr` or a `set`, not both",
+                ));
+            }
+            (Some(cidr), None) if cidr.trunc() != *cidr => {
+                return Err(Invalid::new(
+                    key(prefix, "cidr"),
+                    format!("{:?}", cidr.to_string()),
+                    format!("has host bits set; the prefix is {}", cidr.trunc()),
+                ));
+            }
+            _ => {}
         }
         match self.action {
             Action::Limit => {
@@ -144,23 +210,34 @@ impl RuleSpec {
     }
 }
 
-/// Checks a whole rule set: each rule, no prefix twice, and no more than a
-/// trie holds.
-pub fn validate_rules(rules: &[RuleSpec], prefix: &str) -> Result<(), Invalid> {
+/// Checks a whole rule set: each rule, no prefix or set twice, every set
+/// one of `sets`, and no more than a trie holds.
+pub fn validate_rules(rules: &[RuleSpec], sets: &[SetSpec], prefix: &str) -> Result<(), Invalid> {
     let mut seen = HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
         let at = format!("{prefix}[{i}]");
         rule.validate(&at)?;
-        if !seen.insert(rule.cidr) {
-            return Err(Invalid::new(
-                key(&at, "cidr"),
-                format!("{:?}", rule.cidr.to_string()),
-                "another rule has the same prefix",
-            ));
+        let target = rule.target().expect("validated");
+        let (field, value) = match &target {
+            Target::Cidr(net) => ("cidr", format!("{:?}", net.to_string())),
+            Target::Set(name) => ("set", format!("{:?}", name.as_str())),
+        };
+        if let Target::Set(name) = &target {
+            if !sets.iter().any(|s| &s.name == name) {
+                return Err(Invalid::new(
+                    key(&at, field),
+                    value,
+                    "no set has that name: the sets are listed by GET /v1/sets",
+                ));
+            }
+        }
+        if !seen.insert(target) {
+            let what = if field == "cidr" { "prefix" } else { "set" };
+            return Err(Invalid::new(key(&at, field), value, format!("another rule has the same {what}")));
         }
     }
     for (family, v6) in [("IPv4", false), ("IPv6", true)] {
-        let count = rules.iter().filter(|r| matches!(r.cidr, IpNet::V6(_)) == v6).count();
+        let count = rules.iter().filter(|r| r.cidr.is_some_and(|c| matches!(c, IpNet::V6(_)) == v6)).count();
         if count > MAX_RULES {
             return Err(Invalid::new(
                 prefix,

@@ -5,6 +5,7 @@
 
 mod lifecycle;
 mod sampler;
+mod sets;
 
 use std::{
     sync::{
@@ -27,6 +28,8 @@ struct Shared {
     ready: AtomicBool,
     started: Instant,
     sampled: Mutex<sampler::Sampled>,
+    /// The writer of the set tries: one set change at a time.
+    sets: Mutex<Option<Box<dyn crate::kernel::SetLoader>>>,
 }
 
 /// A handle on the daemon's shared state; clones share it.
@@ -39,8 +42,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Runtime {
     #[must_use]
-    pub fn new(control: Control) -> Self {
+    pub fn new(mut control: Control) -> Self {
+        let sets = Mutex::new(control.take_set_loader());
         Self(Arc::new(Shared {
+            sets,
             control: Arc::new(Mutex::new(control)),
             controller: Mutex::new(None),
             ready: AtomicBool::new(false),

@@ -7,14 +7,21 @@
 //! is written back and the staged file dropped; when the state file cannot
 //! be renamed into place, the maps are put back too. Either way nothing is
 //! half-applied.
+//!
+//! The prefixes of the IP sets are loaded beside the policy (`sets.rs`):
+//! a new version of a set goes into its slot not in use, the plan that
+//! names that slot is written, and only then is the old version removed.
+
+mod sets;
+
+pub use self::sets::{read as read_set, Retired, SetLoad, SetView, SetsView, StagedSet};
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::IpNet;
 use serde::Serialize;
 use throttle_common::{
     class_owner, gcra::TICKS_PER_SEC, reason, Bucket, BucketKey, BAN_MARK, CLASS_OWNER, FAMILY_V4, TIER_SLOT,
@@ -26,13 +33,13 @@ use crate::{
         bucket_key, compile,
         explain::{explain, Probe},
         plan::{Ids, Plan},
-        Attachment, BucketWalk, Kernel, KernelError, XdpMode,
+        Attachment, BucketWalk, Kernel, KernelError, SetPlace, XdpMode,
     },
     policy::{
         validate_classes, validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch, Policy,
-        Rate, RuleSpec, Scope, Unmatched, MAX_CLASSES,
+        Rate, RuleSpec, Scope, SetName, Target, Unmatched, MAX_CLASSES,
     },
-    store::{SavedClassId, SavedRuleId, State, Store, StoreError},
+    store::{SavedClassId, SavedRuleId, Staged, State, Store, StoreError},
 };
 
 /// Why a change was not made.
@@ -41,15 +48,21 @@ pub enum ChangeError {
     /// A value is out of range or malformed; nothing changed.
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// A rule for that prefix exists already.
-    #[error("rule {id} already covers {cidr}: delete it first to replace it")]
-    DuplicateRule { id: u32, cidr: IpNet },
+    /// A rule for that prefix or set exists already.
+    #[error("rule {id} already covers {target}: delete it first to replace it")]
+    DuplicateRule { id: u32, target: Target },
     /// No rule has that id.
     #[error("no rule has id {0}")]
     NoSuchRule(u32),
     /// No class has that name.
     #[error("no class is named \"{0}\": the classes are listed by GET /v1/classes")]
     NoSuchClass(ClassName),
+    /// No set has that name.
+    #[error("no set is named \"{0}\": the sets are listed by GET /v1/sets")]
+    NoSuchSet(SetName),
+    /// A rule names the set.
+    #[error("rule {id} names set \"{name}\": delete the rule first")]
+    SetInUse { name: SetName, id: u32 },
     /// A class given for one name names another.
     #[error(
         "the body names class \"{given}\" but the path names \"{path}\": \
@@ -63,8 +76,8 @@ pub enum ChangeError {
     #[error("{0} is not banned")]
     NotBanned(IpAddr),
     /// The source falls under a rule that does not meter it.
-    #[error("{addr} falls under rule {id} ({} {cidr}): it is not metered", action.name())]
-    NotMetered { addr: IpAddr, id: u32, action: Action, cidr: IpNet },
+    #[error("{addr} falls under rule {id} ({} {target}): it is not metered", action.name())]
+    NotMetered { addr: IpAddr, id: u32, action: Action, target: Target },
     /// The kernel refused the new maps; the previous policy is in force.
     #[error("the kernel refused the change, the previous policy stays in force: {0}")]
     Kernel(#[from] KernelError),
@@ -73,34 +86,50 @@ pub enum ChangeError {
     Store(#[from] StoreError),
 }
 
-/// Stable ids for rules: a prefix keeps its id (and so its sources keep their
-/// buckets) across reloads and restarts.
+/// Stable ids for rules: a prefix or a set keeps its id (and so its sources
+/// keep their buckets) across reloads and restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleIds {
     next: u32,
-    by_net: HashMap<IpNet, u32>,
+    by_target: HashMap<Target, u32>,
 }
 
 impl RuleIds {
     /// The ids saved in the state file.
     #[must_use]
     pub fn from_saved(saved: &[SavedRuleId]) -> Self {
-        let by_net: HashMap<IpNet, u32> = saved.iter().map(|s| (s.cidr, s.id)).collect();
-        Self { next: by_net.values().copied().max().unwrap_or(0), by_net }
+        let by_target: HashMap<Target, u32> = saved
+            .iter()
+            .filter_map(|s| {
+                let target = match (&s.cidr, &s.set) {
+                    (Some(net), _) => Target::Cidr(*net),
+                    (None, Some(name)) => Target::Set(name.clone()),
+                    (None, None) => return None,
+                };
+                Some((target, s.id))
+            })
+            .collect();
+        Self { next: by_target.values().copied().max().unwrap_or(0), by_target }
     }
 
     /// The ids to save, in id order.
     #[must_use]
     pub fn saved(&self) -> Vec<SavedRuleId> {
-        let mut saved: Vec<SavedRuleId> =
-            self.by_net.iter().map(|(&cidr, &id)| SavedRuleId { cidr, id }).collect();
+        let mut saved: Vec<SavedRuleId> = self
+            .by_target
+            .iter()
+            .map(|(target, &id)| match target {
+                Target::Cidr(net) => SavedRuleId { cidr: Some(*net), set: None, id },
+                Target::Set(name) => SavedRuleId { cidr: None, set: Some(name.clone()), id },
+            })
+            .collect();
         saved.sort_by_key(|s| s.id);
         saved
     }
 
-    /// The id of `net`, given one if it has none.
-    pub fn id(&mut self, net: IpNet) -> u32 {
-        *self.by_net.entry(net).or_insert_with(|| {
+    /// The id of `target`, given one if it has none.
+    pub fn id(&mut self, target: Target) -> u32 {
+        *self.by_target.entry(target).or_insert_with(|| {
             self.next += 1;
             self.next
         })
@@ -109,7 +138,7 @@ impl RuleIds {
     /// The ids of the rules of `policy`, in order, once it validates.
     pub fn resolve(&mut self, policy: &Policy) -> Result<Vec<u32>, Invalid> {
         policy.validate()?;
-        Ok(policy.rules.iter().map(|rule| self.id(rule.cidr)).collect())
+        Ok(policy.rules.iter().map(|rule| self.id(rule.target().expect("validated"))).collect())
     }
 }
 
@@ -277,6 +306,14 @@ pub struct Control {
     scale: f64,
     /// What the kernel holds.
     plan: Plan,
+    /// The sets whose prefixes are loaded, every one of `policy.sets`.
+    sets: BTreeMap<SetName, sets::LoadedSet>,
+    /// Where each of them is, for the compiler.
+    places: BTreeMap<SetName, SetPlace>,
+    /// The kernel's account of the set tries' memory, as last noted.
+    set_memory: u64,
+    /// The writer of the set tries, until the runtime takes it.
+    loader: Option<Box<dyn crate::kernel::SetLoader>>,
 }
 
 /// `base` with the state's changes over it.
@@ -286,6 +323,7 @@ fn effective(base: &Policy, state: &State) -> Policy {
         scope: state.scope.clone().unwrap_or_else(|| base.scope.clone()),
         classes: state.classes.clone().unwrap_or_else(|| base.classes.clone()),
         unmatched: state.unmatched.unwrap_or(base.unmatched),
+        sets: state.sets.clone().unwrap_or_else(|| base.sets.clone()),
         rules: state.rules.clone().unwrap_or_else(|| base.rules.clone()),
     }
 }
@@ -309,8 +347,15 @@ impl Control {
         let mut classes = ClassIds::from_saved(&state.class_ids);
         let class_ids = classes.resolve(&policy.classes);
         let walk = kernel.bucket_walk()?;
-        let plan =
-            compile(&policy, Ids { rules: &rule_ids, classes: &class_ids }, 1.0, kernel.coarse_tick_ns());
+        let mut loader = kernel.set_loader()?;
+        let loaded = sets::load_at_start(&*kernel, &mut *loader, &policy.sets, store.as_ref())?;
+        let places = sets::places(&loaded);
+        let plan = compile(
+            &policy,
+            Ids { rules: &rule_ids, classes: &class_ids, sets: &places },
+            1.0,
+            kernel.coarse_tick_ns(),
+        );
         let mut control = Self {
             kernel,
             walk,
@@ -324,8 +369,14 @@ impl Control {
             class_ids,
             scale: 1.0,
             plan: plan.clone(),
+            sets: loaded,
+            places,
+            set_memory: loader.memory_bytes(),
+            loader: None,
         };
         control.kernel.write(&plan)?;
+        sets::sweep_after_start(&mut *loader, &control.sets)?;
+        control.loader = Some(loader);
         if control.ids.saved() != control.state.rule_ids || control.classes.saved() != control.state.class_ids
         {
             control.state.rule_ids = control.ids.saved();
@@ -335,6 +386,11 @@ impl Control {
             }
         }
         Ok(control)
+    }
+
+    /// The writer of the set tries, for the one caller that changes sets.
+    pub fn take_set_loader(&mut self) -> Option<Box<dyn crate::kernel::SetLoader>> {
+        self.loader.take()
     }
 
     /// The policy in force (unscaled).
@@ -427,7 +483,19 @@ impl Control {
 
     /// Puts `policy` in force with `state` saved (and `base` as the new
     /// base when given); everything or nothing.
-    fn switch(&mut self, policy: Policy, mut state: State, base: Option<Policy>) -> Result<(), ChangeError> {
+    fn switch(&mut self, policy: Policy, state: State, base: Option<Policy>) -> Result<(), ChangeError> {
+        self.switch_with(policy, state, base, None)
+    }
+
+    /// [`Self::switch`], with a staged file of the state directory put in
+    /// place just before the state file.
+    fn switch_with(
+        &mut self,
+        policy: Policy,
+        mut state: State,
+        base: Option<Policy>,
+        file: Option<Staged>,
+    ) -> Result<(), ChangeError> {
         let mut ids = self.ids.clone();
         let rule_ids = ids.resolve(&policy)?;
         let mut classes = self.classes.clone();
@@ -437,13 +505,19 @@ impl Control {
         let staged = self.store.as_ref().map(|store| store.stage(&state)).transpose()?;
         let plan = compile(
             &policy,
-            Ids { rules: &rule_ids, classes: &class_ids },
+            Ids { rules: &rule_ids, classes: &class_ids, sets: &self.places },
             self.scale,
             self.kernel.coarse_tick_ns(),
         );
         if let Err(err) = self.kernel.write(&plan) {
             self.restore();
             return Err(err.into());
+        }
+        if let Some(file) = file {
+            if let Err(err) = file.commit() {
+                self.restore();
+                return Err(err.into());
+            }
         }
         if let Some(staged) = staged {
             if let Err(err) = staged.commit() {
@@ -563,17 +637,29 @@ impl Control {
     /// `POST /v1/rules`: the new rule's id.
     pub fn add_rule(&mut self, rule: RuleSpec) -> Result<u32, ChangeError> {
         rule.validate("rule")?;
-        let cidr = rule.cidr;
-        if let Some(id) = self.rules().iter().find(|r| r.rule.cidr == cidr).map(|r| r.id) {
-            return Err(ChangeError::DuplicateRule { id, cidr });
+        let target = rule.target().expect("validated");
+        if let Target::Set(name) = &target {
+            if !self.policy.sets.iter().any(|s| &s.name == name) {
+                return Err(Invalid::new(
+                    "rule.set",
+                    format!("{:?}", name.as_str()),
+                    "no set has that name: the sets are listed by GET /v1/sets",
+                )
+                .into());
+            }
+        }
+        if let Some(id) =
+            self.rules().iter().find(|r| r.rule.target().as_ref() == Some(&target)).map(|r| r.id)
+        {
+            return Err(ChangeError::DuplicateRule { id, target });
         }
         let mut rules = self.policy.rules.clone();
         rules.push(rule);
-        validate_rules(&rules, "rules")?;
+        validate_rules(&rules, &self.policy.sets, "rules")?;
         let mut state = self.state.clone();
         state.rules = Some(rules);
         self.commit(state)?;
-        Ok(self.ids.id(cidr))
+        Ok(self.ids.id(target))
     }
 
     /// `DELETE /v1/rules/{id}`.
@@ -599,7 +685,7 @@ impl Control {
 
     /// The controller's factor on every rate; the buckets are kept.
     pub fn set_scale(&mut self, scale: f64) -> Result<(), KernelError> {
-        let ids = Ids { rules: &self.rule_ids, classes: &self.class_ids };
+        let ids = Ids { rules: &self.rule_ids, classes: &self.class_ids, sets: &self.places };
         let plan = compile(&self.policy, ids, scale, self.kernel.coarse_tick_ns());
         self.kernel.write(&plan)?;
         self.scale = scale;
@@ -633,16 +719,21 @@ impl Control {
         self.base_rates_in_order().into_iter().collect()
     }
 
-    /// The rule `addr` falls under (longest prefix), as the data path picks
-    /// it, with its id.
+    /// The rule `addr` falls under, as the data path picks it (the first
+    /// rule whose set holds it, else the longest prefix), with its id.
     #[must_use]
     pub fn rule_for(&self, addr: IpAddr) -> Option<(u32, &RuleSpec)> {
-        self.rule_ids
-            .iter()
-            .copied()
-            .zip(&self.policy.rules)
-            .filter(|(_, r)| r.cidr.contains(&addr))
-            .max_by_key(|(_, r)| r.cidr.prefix_len())
+        let rules = || self.rule_ids.iter().copied().zip(&self.policy.rules);
+        if let Some(hit) = rules().find(|(_, r)| {
+            r.set
+                .as_ref()
+                .is_some_and(|name| self.sets.get(name).is_some_and(|set| set.content.contains(addr)))
+        }) {
+            return Some(hit);
+        }
+        rules()
+            .filter(|(_, r)| r.cidr.is_some_and(|net| net.contains(&addr)))
+            .max_by_key(|(_, r)| r.cidr.map(|net| net.prefix_len()))
     }
 
     /// The bucket key the data path uses for `addr`, or why it has none.
@@ -650,7 +741,8 @@ impl Control {
         let limits = &self.policy.limits;
         let rule = match self.rule_for(addr) {
             Some((id, rule)) if rule.action != Action::Limit => {
-                return Err(ChangeError::NotMetered { addr, id, action: rule.action, cidr: rule.cidr });
+                let target = rule.target().expect("validated");
+                return Err(ChangeError::NotMetered { addr, id, action: rule.action, target });
             }
             Some((id, _)) => id,
             None => 0,
@@ -785,7 +877,10 @@ impl Control {
                 None
             }
         };
-        let said = explain(&self.plan, probe, &bucket, now);
+        let in_set = |slot: u32, addr: IpAddr| {
+            self.sets.values().any(|set| set.slot == slot && set.content.contains(addr))
+        };
+        let said = explain(&self.plan, probe, &bucket, &in_set, now);
         if let Some(err) = lookup_error.into_inner() {
             return Err(err.into());
         }
@@ -916,6 +1011,8 @@ pub fn top_buckets(walk: &BucketWalk, n: usize, by: RankBy) -> Vec<(BucketKey, B
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Change(#[from] ChangeError),
     #[error("{}{source}", path.as_ref().map(|p| format!("the policy saved in {p} with the configuration file: ")).unwrap_or_default())]
     Invalid { path: Option<String>, source: Invalid },
     #[error("writing the policy to the maps: {0}")]
@@ -931,7 +1028,52 @@ pub mod fake {
     use aya::{maps::MapError, sys::SyscallError};
 
     use super::{Attachment, Bucket, BucketKey, BucketWalk, Kernel, KernelError, Plan, XdpMode};
-    use crate::kernel::Counters;
+    use crate::{
+        kernel::{Counters, SetLoader},
+        policy::SetContent,
+    };
+
+    /// What the fake set tries hold: the prefixes of each slot.
+    pub type FakeTries = Arc<Mutex<std::collections::BTreeMap<u32, SetContent>>>;
+
+    /// A set loader that keeps each slot's prefixes in memory.
+    #[derive(Debug, Clone, Default)]
+    pub struct FakeLoader(pub FakeTries);
+
+    impl SetLoader for FakeLoader {
+        fn insert(&mut self, slot: u32, content: &SetContent) -> Result<(), KernelError> {
+            let mut tries = self.0.lock().unwrap();
+            let held = tries.entry(slot).or_default();
+            *held = SetContent::new(
+                held.v4.iter().chain(&content.v4).copied().collect(),
+                held.v6.iter().chain(&content.v6).copied().collect(),
+            );
+            Ok(())
+        }
+
+        fn remove(&mut self, slot: u32, content: &SetContent) -> Result<(), KernelError> {
+            let mut tries = self.0.lock().unwrap();
+            if let Some(held) = tries.get_mut(&slot) {
+                held.v4.retain(|net| !content.v4.contains(net));
+                held.v6.retain(|net| !content.v6.contains(net));
+                if held.is_empty() {
+                    tries.remove(&slot);
+                }
+            }
+            Ok(())
+        }
+
+        fn sweep(&mut self, keep: &dyn Fn(u32) -> bool) -> Result<usize, KernelError> {
+            let mut tries = self.0.lock().unwrap();
+            let before: usize = tries.values().map(SetContent::len).sum();
+            tries.retain(|&slot, _| keep(slot));
+            Ok(before - tries.values().map(SetContent::len).sum::<usize>())
+        }
+
+        fn memory_bytes(&self) -> u64 {
+            0
+        }
+    }
 
     /// What the fake kernel holds; shared with the test through an `Arc`.
     #[derive(Debug, Default)]
@@ -948,6 +1090,7 @@ pub mod fake {
         pub fail_next_write: bool,
         /// Now, in ticks.
         pub now: u64,
+        pub tries: FakeTries,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1012,6 +1155,15 @@ pub mod fake {
                     f(k, b);
                 }
             }))
+        }
+
+        fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError> {
+            Ok(Box::new(FakeLoader(Arc::clone(&self.0.lock().unwrap().tries))))
+        }
+
+        fn set_slots_in_use(&self) -> Vec<u32> {
+            let s = self.0.lock().unwrap();
+            s.plan.as_ref().map(|p| p.set_rules.iter().map(|r| r.slot).collect()).unwrap_or_default()
         }
 
         fn attachments(&self) -> Vec<Attachment> {
