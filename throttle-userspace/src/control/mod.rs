@@ -348,8 +348,8 @@ impl Control {
         let class_ids = classes.resolve(&policy.classes);
         let walk = kernel.bucket_walk()?;
         let mut loader = kernel.set_loader()?;
-        let loaded = sets::load_at_start(&*kernel, &mut *loader, &policy.sets, store.as_ref())?;
-        let places = sets::places(&loaded);
+        let in_force = sets::load_at_start(&*kernel, &mut *loader, &policy.sets, store.as_ref())?;
+        let places = sets::places(&in_force);
         let plan = compile(
             &policy,
             Ids { rules: &rule_ids, classes: &class_ids, sets: &places },
@@ -369,7 +369,7 @@ impl Control {
             class_ids,
             scale: 1.0,
             plan: plan.clone(),
-            sets: loaded,
+            sets: in_force,
             places,
             set_memory: loader.memory_bytes(),
             loader: None,

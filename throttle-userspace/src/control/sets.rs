@@ -153,7 +153,7 @@ pub(super) fn load_at_start(
     if swept > 0 {
         tracing::info!(prefixes = swept, "set prefixes no rule names removed");
     }
-    let mut loaded = BTreeMap::new();
+    let mut sets = BTreeMap::new();
     for (index, spec) in (0u32..).zip(specs) {
         let parsed = read(spec, store)?;
         parsed.content.validate(&format!("sets[{index}]")).map_err(|source| StartError::Invalid {
@@ -170,7 +170,7 @@ pub(super) fn load_at_start(
             ms = started.elapsed().as_millis(),
             "set loaded"
         );
-        loaded.insert(
+        sets.insert(
             spec.name.clone(),
             LoadedSet {
                 slot,
@@ -180,7 +180,7 @@ pub(super) fn load_at_start(
             },
         );
     }
-    Ok(loaded)
+    Ok(sets)
 }
 
 /// Once the first plan is in force: removes what the earlier daemon's plan
@@ -269,15 +269,12 @@ impl Control {
     pub fn put_set(&mut self, staged: StagedSet) -> Result<(bool, Retired), ChangeError> {
         staged.content.validate(&format!("sets.{}", staged.name))?;
         let mut specs = self.policy.sets.clone();
-        let created = match specs.iter_mut().find(|s| s.name == staged.name) {
-            Some(spec) => {
-                spec.file = None;
-                false
-            }
-            None => {
-                specs.push(SetSpec { name: staged.name.clone(), file: None });
-                true
-            }
+        let created = if let Some(spec) = specs.iter_mut().find(|s| s.name == staged.name) {
+            spec.file = None;
+            false
+        } else {
+            specs.push(SetSpec { name: staged.name.clone(), file: None });
+            true
         };
         let file =
             self.store.as_ref().map(|store| store.stage_set(&staged.name, &staged.content)).transpose()?;

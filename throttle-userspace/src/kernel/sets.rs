@@ -23,7 +23,7 @@ const MEMBER: u8 = 1;
 /// A set trie's key: the slot, then the address bytes.
 type SetKey<const N: usize> = Key<[u8; N]>;
 
-fn v4_key(slot: u32, net: &ipnet::Ipv4Net) -> SetKey<5> {
+fn v4_key(slot: u32, net: ipnet::Ipv4Net) -> SetKey<5> {
     let a = net.network().octets();
     Key::new(8 + u32::from(net.prefix_len()), [slot_byte(slot), a[0], a[1], a[2], a[3]])
 }
@@ -138,14 +138,14 @@ fn memlock<const N: usize>(trie: &LpmTrie<MapData, [u8; N], u8>) -> u64 {
 
 impl SetLoader for SetTries {
     fn insert(&mut self, slot: u32, content: &SetContent) -> Result<(), KernelError> {
-        let v4: Vec<SetKey<5>> = content.v4.iter().map(|net| v4_key(slot, net)).collect();
+        let v4: Vec<SetKey<5>> = content.v4.iter().map(|&net| v4_key(slot, net)).collect();
         update(&mut self.v4, &v4, map_name::SETS_V4)?;
         let v6: Vec<SetKey<17>> = content.v6.iter().map(|net| v6_key(slot, net)).collect();
         update(&mut self.v6, &v6, map_name::SETS_V6)
     }
 
     fn remove(&mut self, slot: u32, content: &SetContent) -> Result<(), KernelError> {
-        let v4: Vec<SetKey<5>> = content.v4.iter().map(|net| v4_key(slot, net)).collect();
+        let v4: Vec<SetKey<5>> = content.v4.iter().map(|&net| v4_key(slot, net)).collect();
         delete(&mut self.v4, &v4, map_name::SETS_V4)?;
         let v6: Vec<SetKey<17>> = content.v6.iter().map(|net| v6_key(slot, net)).collect();
         delete(&mut self.v6, &v6, map_name::SETS_V6)

@@ -1,5 +1,5 @@
 //! IP sets: named lists of prefixes (threat feeds, allow lists) that rules
-//! name, in the FireHOL `.netset` / `.ipset` form: one address or prefix a
+//! name, in the form of `FireHOL`'s `.netset` and `.ipset` files: one address or prefix a
 //! line, `#` (and `;`) comments.
 
 use std::{collections::HashSet, net::IpAddr, path::PathBuf};

@@ -13,8 +13,8 @@ use crate::{
 };
 
 /// Undoes the loads of a change that did not happen.
-fn unload(loader: &mut dyn SetLoader, loaded: &[(u32, Arc<SetContent>)]) {
-    for (slot, content) in loaded {
+fn unload(loader: &mut dyn SetLoader, slots: &[(u32, Arc<SetContent>)]) {
+    for (slot, content) in slots {
         if let Err(err) = loader.remove(*slot, content) {
             tracing::warn!(slot, "prefixes of a refused set change left in their slot: {err}");
         }
@@ -108,20 +108,20 @@ impl Runtime {
                 }
             }
             let mut staged: Vec<StagedSet> = Vec::new();
-            let mut loaded: Vec<(u32, Arc<SetContent>)> = Vec::new();
+            let mut inserted: Vec<(u32, Arc<SetContent>)> = Vec::new();
             for (name, set) in parsed {
                 let slots: Vec<u32> = staged.iter().map(|s| s.slot).collect();
                 let slot = match self.control(|c| c.slot_for(&name, &slots)) {
                     Ok(slot) => slot,
                     Err(err) => {
-                        unload(loader, &loaded);
+                        unload(loader, &inserted);
                         return Err(err);
                     }
                 };
                 let content = Arc::new(set.content);
-                loaded.push((slot, Arc::clone(&content)));
+                inserted.push((slot, Arc::clone(&content)));
                 if let Err(err) = loader.insert(slot, &content) {
-                    unload(loader, &loaded);
+                    unload(loader, &inserted);
                     return Err(err.into());
                 }
                 tracing::info!(set = %name, prefixes = content.len(), refused = set.refused, "set read again");
@@ -133,7 +133,7 @@ impl Runtime {
                     Ok(())
                 }
                 Err(err) => {
-                    unload(loader, &loaded);
+                    unload(loader, &inserted);
                     Err(err)
                 }
             }
