@@ -17,6 +17,12 @@
 //! After every run the counters must have moved by exactly the packets run,
 //! all under the reason the row measures; a row that strays fails the part.
 //!
+//! The class rows run under three classes on ports of their own (one
+//! limit; three limits; one limit and two prefix tiers), each in budget.
+//! The set rows run under two deny sets of [`SET_PREFIXES`] prefixes each
+//! (one IPv4, one IPv6): a source in a set (denied), and one in neither
+//! (after both lookups missed, an in-budget pass).
+//!
 //! A repeated frame meters one bucket, which stays in the CPU's caches. A
 //! flood from many sources does not: the spread measurement runs the
 //! over-budget drop one packet per call over 65 536 tracked sources in a
@@ -33,7 +39,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use throttle::{
     kernel::{bucket_key, Dataplane, XdpMode},
-    policy::{Action, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort},
+    policy::{
+        Action, Class, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent, SetSpec, Target as RuleTarget,
+    },
 };
 use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey};
 use throttle_tests::{
@@ -56,6 +64,11 @@ use crate::{
 const PORT: u16 = 9000;
 /// A port the scope does not name.
 const OTHER_PORT: u16 = 80;
+/// The ports of the class rows: one limit, three limits, one limit and two
+/// tiers.
+const CLASS_PORTS: [u16; 3] = [9101, 9102, 9103];
+/// Prefixes of each set of the set rows.
+pub const SET_PREFIXES: u32 = 1 << 20;
 /// Filler rules per family in the large rule set.
 pub const LARGE_RULES: usize = 10_000;
 /// Bucket map size of the program under test.
@@ -110,6 +123,11 @@ pub enum Path {
     OverBudget,
     FirstSeen,
     FirstSeenRefused,
+    ClassOne,
+    ClassThree,
+    ClassTiers,
+    SetHit,
+    SetMiss,
 }
 
 impl Path {
@@ -123,6 +141,11 @@ impl Path {
             Self::OverBudget => "over-budget drop",
             Self::FirstSeen => "first-seen source",
             Self::FirstSeenRefused => "first-seen, budget spent",
+            Self::ClassOne => "class, 1 limit",
+            Self::ClassThree => "class, 3 limits",
+            Self::ClassTiers => "class, 1 limit + 2 tiers",
+            Self::SetHit => "in a deny set (1M prefixes)",
+            Self::SetMiss => "in no set (2 sets of 1M), pass",
         }
     }
 
@@ -136,6 +159,8 @@ impl Path {
             Self::OverBudget => reason::OVER_LIMIT,
             Self::FirstSeen => reason::NEW_SOURCE,
             Self::FirstSeenRefused => reason::NEW_SOURCE_LIMIT,
+            Self::ClassOne | Self::ClassThree | Self::ClassTiers | Self::SetMiss => reason::PASSED,
+            Self::SetHit => reason::DENY_RULE,
         }
     }
 
@@ -155,6 +180,8 @@ impl Path {
             Self::AllowRule | Self::DenyRule => Setup::Listed,
             Self::OverBudget => Setup::Tight,
             Self::FirstSeenRefused => Setup::NewSourceBudget,
+            Self::ClassOne | Self::ClassThree | Self::ClassTiers => Setup::Classed,
+            Self::SetHit | Self::SetMiss => Setup::Sets,
         }
     }
 }
@@ -172,9 +199,21 @@ enum Setup {
     Tight,
     /// As `Open`, with a first-seen budget of 1/s, burst 1.
     NewSourceBudget,
+    /// As `Open`, with the three classes of the class rows.
+    Classed,
+    /// As `Open`, with the two deny sets of the set rows.
+    Sets,
 }
 
-const SETUPS: [Setup; 5] = [Setup::Open, Setup::Scoped, Setup::Listed, Setup::Tight, Setup::NewSourceBudget];
+const SETUPS: [Setup; 7] = [
+    Setup::Open,
+    Setup::Scoped,
+    Setup::Listed,
+    Setup::Tight,
+    Setup::NewSourceBudget,
+    Setup::Classed,
+    Setup::Sets,
+];
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
@@ -214,7 +253,22 @@ pub struct Results {
     /// What some of the data path's steps cost alone, over count-and-pass.
     pub components: Vec<Component>,
     pub spread: Spread,
+    /// Loading the sets of the set rows.
+    pub sets: Vec<SetLoadStats>,
     pub failures: Vec<String>,
+}
+
+/// One set of the set rows, loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetLoadStats {
+    pub family: &'static str,
+    pub prefixes: u32,
+    /// Into the kernel, batched.
+    pub load_ms: f64,
+    /// The kernel's account (`memlock`) per prefix.
+    pub memlock_bytes_per_prefix: f64,
+    /// The kernel's slab memory (`/proc/meminfo`) grown per prefix.
+    pub slab_bytes_per_prefix: f64,
 }
 
 /// The over-budget drop with the buckets of many sources in turn against
@@ -257,6 +311,7 @@ impl Spec {
             Path::AllowRule => 1,
             Path::DenyRule => 2,
             Path::FirstSeen | Path::FirstSeenRefused => 5,
+            Path::SetHit => return set_member(self.family == Some(true), 0x5_4321),
             _ => 3,
         };
         if self.family == Some(false) {
@@ -270,6 +325,9 @@ impl Spec {
         match self.path {
             Path::NonIp => arp(),
             Path::OutOfScope => Frame::udp(self.source(1), OTHER_PORT).build(),
+            Path::ClassOne => Frame::udp(self.source(1), CLASS_PORTS[0]).build(),
+            Path::ClassThree => Frame::udp(self.source(1), CLASS_PORTS[1]).build(),
+            Path::ClassTiers => Frame::udp(self.source(1), CLASS_PORTS[2]).build(),
             _ => Frame::udp(self.source(1), PORT).build(),
         }
     }
@@ -301,7 +359,57 @@ fn specs() -> Vec<Spec> {
             }
         }
     }
+    for path in [Path::ClassOne, Path::ClassThree, Path::ClassTiers, Path::SetHit, Path::SetMiss] {
+        for v4 in [true, false] {
+            specs.push(Spec { path, family: Some(v4), rules: RuleSet::Empty });
+        }
+    }
     specs
+}
+
+/// The `n`th member of the set of the set rows (10.128.0.0/9 as /32s;
+/// 2001:db8:8000::/33 as /64s, one a source's /64 aggregate).
+fn set_member(v4: bool, n: u32) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(0x0a80_0000 | n))
+    } else {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x8000 | (n >> 16) as u16, n as u16, 0, 0, 0, 1))
+    }
+}
+
+/// The set of the set rows of one family.
+fn set_content(v4: bool) -> SetContent {
+    if v4 {
+        let nets = (0..SET_PREFIXES).map(|n| Ipv4Net::new(Ipv4Addr::from(0x0a80_0000 | n), 32).expect("a /32"));
+        SetContent::new(nets.collect(), Vec::new())
+    } else {
+        let nets = (0..SET_PREFIXES).map(|n| {
+            let IpAddr::V6(a) = set_member(false, n) else { unreachable!("an IPv6 member") };
+            Ipv6Net::new(a, 64).expect("a /64").trunc()
+        });
+        SetContent::new(Vec::new(), nets.collect())
+    }
+}
+
+/// The kernel's slab memory, bytes.
+fn slab_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("Slab:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        })
+        .map_or(0, |kb: u64| kb * 1024)
+}
+
+/// The `memlock` of the map named `name` of `program`'s maps, bytes.
+fn memlock_of(dataplane: &Dataplane, name: &str) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let map = map_of(dataplane.program(), name);
+    let fd = map.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|i| i.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(0)
 }
 
 /// Steps [`run`] reports to the progress bar.
@@ -388,7 +496,7 @@ struct Target {
 }
 
 impl Target {
-    fn load(setup: Setup, filler: &[RuleSpec]) -> Self {
+    fn load(setup: Setup, filler: &[RuleSpec], sets: &mut Vec<SetLoadStats>) -> Self {
         let mut dataplane =
             Dataplane::load(MAX_SOURCES).unwrap_or_else(|e| panic!("loading throttle's program: {e}"));
         let open = Limits {
@@ -398,7 +506,7 @@ impl Target {
             ..Limits::default()
         };
         let limits = match setup {
-            Setup::Open | Setup::Scoped | Setup::Listed => open,
+            Setup::Open | Setup::Scoped | Setup::Listed | Setup::Classed | Setup::Sets => open,
             Setup::Tight => Limits { rate: Rate::per_second(1), burst: 1, ..open },
             Setup::NewSourceBudget => Limits { new_source_rate: 1, new_source_burst: 1, ..open },
         };
@@ -418,8 +526,34 @@ impl Target {
                 rules.push(RuleSpec::new(cidr.parse().expect("a prefix"), action));
             }
         }
-        let policy = Policy { limits, scope, rules, ..Policy::default() };
-        xdp::write(&mut dataplane, &mut xdp::PolicyIds::default(), &policy);
+        let mut ids = xdp::PolicyIds::default();
+        let mut policy = Policy { limits, scope, rules, ..Policy::default() };
+        match setup {
+            Setup::Classed => policy.classes = bench_classes(),
+            Setup::Sets => {
+                for (slot, v4, name) in [(0, true, "feed4"), (2, false, "feed6")] {
+                    let content = set_content(v4);
+                    let (slab, started) = (slab_bytes(), std::time::Instant::now());
+                    xdp::load_set(&dataplane, &mut ids, name, slot, &content);
+                    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+                    let slab_grown = slab_bytes().saturating_sub(slab);
+                    let memlock = memlock_of(&dataplane, if v4 { map_name::SETS_V4 } else { map_name::SETS_V6 });
+                    let n = f64::from(SET_PREFIXES);
+                    #[expect(clippy::cast_precision_loss, reason = "byte counts")]
+                    sets.push(SetLoadStats {
+                        family: if v4 { "IPv4" } else { "IPv6" },
+                        prefixes: SET_PREFIXES,
+                        load_ms,
+                        memlock_bytes_per_prefix: memlock as f64 / n,
+                        slab_bytes_per_prefix: slab_grown as f64 / n,
+                    });
+                    policy.sets.push(SetSpec { name: name.parse().expect("a set name"), file: None });
+                    policy.rules.push(RuleSpec::of(RuleTarget::Set(name.parse().expect("a set name")), Action::Deny));
+                }
+            }
+            _ => {}
+        }
+        xdp::write(&mut dataplane, &mut ids, &policy);
         let buckets = BpfHashMap::try_from(Map::LruHashMap(map_of(dataplane.program(), map_name::BUCKETS)))
             .expect("BUCKETS is an LRU hash of buckets");
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))
@@ -462,7 +596,7 @@ impl Target {
     fn prepare(&mut self, spec: &Spec, frame: &[u8]) {
         let push = || ticks_from_ns(mono_ns() + PUSH_AHEAD_NS);
         match spec.path {
-            Path::InBudget => {
+            Path::InBudget | Path::ClassOne | Path::ClassThree | Path::ClassTiers | Path::SetMiss => {
                 // Makes the bucket if there is none (a first-seen packet).
                 let _ = test_run(self.dataplane.program(), frame, 1);
             }
@@ -580,6 +714,34 @@ impl SpreadRun {
     }
 }
 
+/// The classes of the class rows, every limit open (10^8/s).
+fn bench_classes() -> Vec<Class> {
+    let [one, three, tiers] = CLASS_PORTS;
+    let open = serde_json::json!({ "rate": 100_000_000, "burst": 1_000_000_000 });
+    let tier = |v4: u8, v6: u8| {
+        serde_json::json!({ "ipv4_prefix": v4, "ipv6_prefix": v6, "rate": 100_000_000, "burst": 1_000_000_000 })
+    };
+    let classes = serde_json::json!([
+        { "name": "one", "match": [{ "proto": "udp", "ports": one }], "limits": [open] },
+        {
+            "name": "three",
+            "match": [{ "proto": "udp", "ports": three }],
+            "limits": [
+                open,
+                { "rate": "1000000000/minute", "burst": 1_000_000_000 },
+                { "rate": "6000000000/hour", "burst": 1_000_000_000 },
+            ],
+        },
+        {
+            "name": "tiers",
+            "match": [{ "proto": "udp", "ports": tiers }],
+            "limits": [open],
+            "tiers": [tier(24, 48), tier(16, 32)],
+        },
+    ]);
+    serde_json::from_value(classes).expect("the bench's classes")
+}
+
 /// The reference programs that add one step to count-and-pass.
 const STEPS: [(&str, &str); 5] = [
     (CLOCK_PROGRAM, "count-and-pass + bpf_ktime_get_ns"),
@@ -623,14 +785,17 @@ fn filler(count: usize, rng: &mut Rng) -> Vec<RuleSpec> {
 /// Each is attached to an interface of its own (a veth in `ns`, generic
 /// mode), as a daemon on one interface runs it: its counters' slot then
 /// comes with the configuration. `BPF_PROG_TEST_RUN` runs it all the same.
-fn load_targets(ns: &Netns) -> Vec<((Setup, RuleSet), Target)> {
+fn load_targets(ns: &Netns, sets: &mut Vec<SetLoadStats>) -> Vec<((Setup, RuleSet), Target)> {
     let mut rng = Rng::new(0x7468_726f_7474_6c65);
     let large = filler(LARGE_RULES, &mut rng);
     let mut targets = Vec::new();
     for rules in [RuleSet::Empty, RuleSet::Large] {
         for setup in SETUPS {
+            if rules == RuleSet::Large && matches!(setup, Setup::Classed | Setup::Sets) {
+                continue;
+            }
             let filler = if rules == RuleSet::Large { &large[..] } else { &[] };
-            let mut target = Target::load(setup, filler);
+            let mut target = Target::load(setup, filler, sets);
             let iface = format!("cost{}", targets.len());
             ns.ip(["link", "add", &iface, "type", "veth", "peer", "name", &format!("{iface}p")]);
             ns.ip(["link", "set", &iface, "up"]);
@@ -648,7 +813,8 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
     progress.message("cost per packet: loading the programs");
     let baseline = Baseline::load();
     let ns = Netns::new();
-    let mut targets = load_targets(&ns);
+    let mut sets = Vec::new();
+    let mut targets = load_targets(&ns, &mut sets);
     let info = targets[0].1.dataplane.program().info().unwrap_or_else(|e| panic!("program info: {e}"));
     progress.inc();
 
@@ -740,6 +906,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
             many_sources_ns: median(&spread_many),
             baseline_ns: median(&spread_base),
         },
+        sets,
         failures,
     }
 }

@@ -272,6 +272,23 @@ fn tables(report: &Report) -> Vec<Table> {
         }
         out.push(t);
         out.push(spread_table(&cost.spread));
+        if !cost.sets.is_empty() {
+            let mut t = Table::new(
+                "The sets of the set rows, loaded (batched BPF_MAP_UPDATE_BATCH; memory per prefix as the kernel \
+                 accounts it, and as its slab grew)",
+                &["set", "prefixes", "load ms", "memlock B/prefix", "slab B/prefix"],
+            );
+            for set in &cost.sets {
+                t.row(vec![
+                    set.family.to_owned(),
+                    set.prefixes.to_string(),
+                    format!("{:.0}", set.load_ms),
+                    format!("{:.1}", set.memlock_bytes_per_prefix),
+                    format!("{:.1}", set.slab_bytes_per_prefix),
+                ]);
+            }
+            out.push(t);
+        }
     }
     if let Some(flood) = &report.flood {
         let mut t = Table::new(
