@@ -40,7 +40,8 @@ use serde::Serialize;
 use throttle::{
     kernel::{bucket_key, Dataplane, XdpMode},
     policy::{
-        Action, Class, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent, SetSpec, Target as RuleTarget,
+        Action, Class, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent, SetSpec,
+        Target as RuleTarget,
     },
 };
 use throttle_common::{gcra::ticks_from_ns, map_name, reason, Bucket, BucketKey};
@@ -380,7 +381,8 @@ fn set_member(v4: bool, n: u32) -> IpAddr {
 /// The set of the set rows of one family.
 fn set_content(v4: bool) -> SetContent {
     if v4 {
-        let nets = (0..SET_PREFIXES).map(|n| Ipv4Net::new(Ipv4Addr::from(0x0a80_0000 | n), 32).expect("a /32"));
+        let nets =
+            (0..SET_PREFIXES).map(|n| Ipv4Net::new(Ipv4Addr::from(0x0a80_0000 | n), 32).expect("a /32"));
         SetContent::new(nets.collect(), Vec::new())
     } else {
         let nets = (0..SET_PREFIXES).map(|n| {
@@ -396,7 +398,9 @@ fn slab_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines().find_map(|l| l.strip_prefix("Slab:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+            m.lines().find_map(|l| {
+                l.strip_prefix("Slab:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
         })
         .map_or(0, |kb: u64| kb * 1024)
 }
@@ -537,7 +541,8 @@ impl Target {
                     xdp::load_set(&dataplane, &mut ids, name, slot, &content);
                     let load_ms = started.elapsed().as_secs_f64() * 1e3;
                     let slab_grown = slab_bytes().saturating_sub(slab);
-                    let memlock = memlock_of(&dataplane, if v4 { map_name::SETS_V4 } else { map_name::SETS_V6 });
+                    let memlock =
+                        memlock_of(&dataplane, if v4 { map_name::SETS_V4 } else { map_name::SETS_V6 });
                     let n = f64::from(SET_PREFIXES);
                     #[expect(clippy::cast_precision_loss, reason = "byte counts")]
                     sets.push(SetLoadStats {
@@ -548,7 +553,9 @@ impl Target {
                         slab_bytes_per_prefix: slab_grown as f64 / n,
                     });
                     policy.sets.push(SetSpec { name: name.parse().expect("a set name"), file: None });
-                    policy.rules.push(RuleSpec::of(RuleTarget::Set(name.parse().expect("a set name")), Action::Deny));
+                    policy
+                        .rules
+                        .push(RuleSpec::of(RuleTarget::Set(name.parse().expect("a set name")), Action::Deny));
                 }
             }
             _ => {}
@@ -718,9 +725,7 @@ impl SpreadRun {
 fn bench_classes() -> Vec<Class> {
     let [one, three, tiers] = CLASS_PORTS;
     let open = serde_json::json!({ "rate": 100_000_000, "burst": 1_000_000_000 });
-    let tier = |v4: u8, v6: u8| {
-        serde_json::json!({ "ipv4_prefix": v4, "ipv6_prefix": v6, "rate": 100_000_000, "burst": 1_000_000_000 })
-    };
+    let tier = |v4: u8, v6: u8| serde_json::json!({ "ipv4_prefix": v4, "ipv6_prefix": v6, "rate": 100_000_000, "burst": 1_000_000_000 });
     let classes = serde_json::json!([
         { "name": "one", "match": [{ "proto": "udp", "ports": one }], "limits": [open] },
         {
