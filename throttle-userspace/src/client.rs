@@ -557,7 +557,7 @@ fn explain_table(v: &Value) -> String {
     let _ = writeln!(out, "class    {class}");
     if v["rule"].is_object() {
         let r = &v["rule"];
-        let _ = writeln!(out, "rule     {} {} {}", cell(&r["id"]), cell(&r["cidr"]), cell(&r["action"]));
+        let _ = writeln!(out, "rule     {} {} {}", cell(&r["id"]), rule_target(r), cell(&r["action"]));
     }
     let rows: Vec<Vec<String>> = v["limits"]
         .as_array()
@@ -566,7 +566,7 @@ fn explain_table(v: &Value) -> String {
                 .map(|l| {
                     ["limit", "bucket", "rate", "burst", "tokens", "wait_ms", "verdict"]
                         .iter()
-                        .map(|k| cell(&l[*k]))
+                        .map(|&k| if k == "rate" { rate_text(&l[k]) } else { cell(&l[k]) })
                         .collect()
                 })
                 .collect()
@@ -578,6 +578,20 @@ fn explain_table(v: &Value) -> String {
     let retry = v["retry_after_ms"].as_u64().map(|ms| format!(", retry after {ms} ms")).unwrap_or_default();
     let _ = writeln!(out, "verdict  {}{retry}", cell(&v["verdict"]));
     out
+}
+
+/// A rule's prefix, or its set as `@name`.
+fn rule_target(rule: &Value) -> String {
+    rule["cidr"].as_str().map_or_else(|| format!("@{}", cell(&rule["set"])), str::to_owned)
+}
+
+/// A rate as people write it: the API's bare number is per second.
+fn rate_text(rate: &Value) -> String {
+    if rate.is_number() {
+        format!("{}/second", cell(rate))
+    } else {
+        cell(rate)
+    }
 }
 
 fn bans_table(v: &Value) -> String {
@@ -632,7 +646,7 @@ fn sets_table(v: &Value) -> String {
 
 fn set_load_text(v: &Value) -> String {
     let mut text = format!(
-        "{} set {}: {} prefixes loaded, {} lines refused ({} ms)\n",
+        "{} set {}: {} prefixes loaded, {} refused ({} ms)\n",
         if v["created"].as_bool() == Some(true) { "created" } else { "replaced" },
         cell(&v["name"]),
         cell(&v["loaded"]),
@@ -659,7 +673,7 @@ fn rules_table(v: &Value) -> String {
                 .map(|r| {
                     vec![
                         cell(&r["id"]),
-                        r["cidr"].as_str().map_or_else(|| format!("@{}", cell(&r["set"])), str::to_owned),
+                        rule_target(r),
                         cell(&r["action"]),
                         cell(&r["rate"]),
                         cell(&r["burst"]),

@@ -94,6 +94,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         rules = policy.rules.len(),
         scope = policy.scope.ports.len(),
         classes = policy.classes.len(),
+        sets = policy.sets.len(),
         "throttle is ready"
     );
 

@@ -360,7 +360,7 @@ async fn put_set(
     let bytes = axum::body::to_bytes(body, MAX_SET_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            "payload_too_large",
             format!("a set's body is at most {} MiB", MAX_SET_BODY >> 20),
         )
     })?;

@@ -318,6 +318,54 @@ async fn one_class_is_put_read_and_removed_leaving_the_others() {
     assert_eq!(api.call(Method::DELETE, "/v1/classes/ssh", None).await.0, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_is_loaded_as_text_or_json_named_by_a_rule_and_removed_once_free() {
+    let api = Api::new(None);
+    let text = "# a feed\n192.0.2.0/24\n10.0.0.1/8\nnot-one\n2001:db8::/32\n";
+    let request = Request::put("/v1/sets/feed")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(text))
+        .unwrap();
+    let (status, body, headers) = api.send(request).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers[header::LOCATION], "/v1/sets/feed");
+    assert_eq!((&body["loaded"], &body["refused"]), (&json!(2), &json!(2)));
+    let lines: Vec<&Value> = body["first_refused"].as_array().unwrap().iter().map(|r| &r["line"]).collect();
+    assert_eq!(lines, [&json!(3), &json!(4)]);
+
+    let (status, body) =
+        api.call(Method::PUT, "/v1/sets/feed", Some(json!({"prefixes": ["198.51.100.7", "# x"]}))).await;
+    assert_eq!((status, &body["created"], &body["loaded"]), (StatusCode::OK, &json!(false), &json!(1)));
+    let (status, rule) =
+        api.call(Method::POST, "/v1/rules", Some(json!({"set": "feed", "action": "deny"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    let (_, sets) = api.call(Method::GET, "/v1/sets", None).await;
+    assert_eq!(sets["sets"][0]["prefixes"], 1);
+    assert_eq!(sets["sets"][0]["rule"], rule["id"]);
+    assert_eq!(sets["max_sets"], 8);
+    let plan = api.kernel.0.lock().unwrap().plan.clone().unwrap();
+    assert_eq!(plan.set_rules.len(), 1, "the rule reaches the kernel");
+
+    let (status, body) = api.call(Method::DELETE, "/v1/sets/feed", None).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::CONFLICT, &json!("set_in_use")));
+    let id = rule["id"].as_u64().unwrap();
+    assert_eq!(api.call(Method::DELETE, &format!("/v1/rules/{id}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(api.call(Method::DELETE, "/v1/sets/feed", None).await.0, StatusCode::NO_CONTENT);
+    let (status, body) = api.call(Method::DELETE, "/v1/sets/feed", None).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("set_not_found")));
+
+    let request = Request::put("/v1/sets/feed")
+        .header(header::CONTENT_TYPE, "image/png")
+        .body(Body::from("x"))
+        .unwrap();
+    assert_eq!(api.send(request).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, body) = api.call(Method::PUT, "/v1/sets/Bad!", Some(json!({"prefixes": []}))).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("invalid_path")));
+    let (status, body) = api.call(Method::PUT, "/v1/sets/feed", Some(json!({"prefixes": [1]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(api.call(Method::GET, "/v1/sets", None).await.1["sets"].as_array().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn changes_are_saved_and_restored() {
     let api = Api::new(None);

@@ -155,13 +155,13 @@ impl Path {
             Self::NonIp => reason::NON_IP,
             Self::OutOfScope => reason::OUT_OF_SCOPE,
             Self::AllowRule => reason::ALLOW_RULE,
-            Self::DenyRule => reason::DENY_RULE,
-            Self::InBudget => reason::PASSED,
+            Self::DenyRule | Self::SetHit => reason::DENY_RULE,
+            Self::InBudget | Self::ClassOne | Self::ClassThree | Self::ClassTiers | Self::SetMiss => {
+                reason::PASSED
+            }
             Self::OverBudget => reason::OVER_LIMIT,
             Self::FirstSeen => reason::NEW_SOURCE,
             Self::FirstSeenRefused => reason::NEW_SOURCE_LIMIT,
-            Self::ClassOne | Self::ClassThree | Self::ClassTiers | Self::SetMiss => reason::PASSED,
-            Self::SetHit => reason::DENY_RULE,
         }
     }
 
@@ -368,8 +368,8 @@ fn specs() -> Vec<Spec> {
     specs
 }
 
-/// The `n`th member of the set of the set rows (10.128.0.0/9 as /32s;
-/// 2001:db8:8000::/33 as /64s, one a source's /64 aggregate).
+/// The `n`th member of the set of the set rows (`10.128.0.0/9` as /32s;
+/// `2001:db8:8000::/33` as /64s, one a source's /64 aggregate).
 fn set_member(v4: bool, n: u32) -> IpAddr {
     if v4 {
         IpAddr::V4(Ipv4Addr::from(0x0a80_0000 | n))

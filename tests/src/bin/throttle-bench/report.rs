@@ -233,62 +233,73 @@ fn spread_table(sp: &cost::Spread) -> Table {
     t
 }
 
+fn sets_table(sets: &[cost::SetLoadStats]) -> Table {
+    let mut t = Table::new(
+        "The sets of the set rows, loaded (batched BPF_MAP_UPDATE_BATCH; memory per prefix as the kernel \
+         accounts it, and as its slab grew)",
+        &["set", "prefixes", "load ms", "memlock B/prefix", "slab B/prefix"],
+    );
+    for set in sets {
+        t.row(vec![
+            set.family.to_owned(),
+            set.prefixes.to_string(),
+            format!("{:.0}", set.load_ms),
+            format!("{:.1}", set.memlock_bytes_per_prefix),
+            format!("{:.1}", set.slab_bytes_per_prefix),
+        ]);
+    }
+    t
+}
+
+/// The tables of the cost part.
+fn cost_tables(cost: &cost::Results) -> Vec<Table> {
+    let mut out = Vec::new();
+    let mut t = Table::new(
+        &format!(
+            "Cost per packet (BPF_PROG_TEST_RUN, {} packets per run, median of {} rounds; \
+             count-and-pass {:.1} ns, bare XDP_DROP {:.1} ns; {} verified instructions, {} bytes of BPF, {} bytes JITed)",
+            cost.repeat,
+            cost.rounds,
+            cost.baseline_pass_ns,
+            cost.baseline_drop_ns,
+            cost.verified_instructions.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            cost.xlated_bytes.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            cost.jited_bytes
+        ),
+        &["path", "family", "rules", "ns/pkt", "baseline ns", "ratio"],
+    );
+    for r in &cost.rows {
+        let label =
+            if r.packets_per_call == 1 { format!("{} (1 pkt/call)", r.label) } else { r.label.clone() };
+        t.row(vec![
+            label,
+            r.family.to_owned(),
+            r.rules.label().to_owned(),
+            format!("{:.1}", r.ns),
+            format!("{:.1}", r.baseline_ns),
+            format!("{:.2}x", r.ratio),
+        ]);
+    }
+    out.push(t);
+    let mut t = Table::new(
+        "Steps of the metered path, alone (reference programs, same run)",
+        &["program", "ns/pkt", "over count-and-pass"],
+    );
+    for c in &cost.components {
+        t.row(vec![c.what.to_owned(), format!("{:.1}", c.ns), format!("{:+.1}", c.extra_ns)]);
+    }
+    out.push(t);
+    out.push(spread_table(&cost.spread));
+    if !cost.sets.is_empty() {
+        out.push(sets_table(&cost.sets));
+    }
+    out
+}
+
 fn tables(report: &Report) -> Vec<Table> {
     let mut out = Vec::new();
     if let Some(cost) = &report.cost {
-        let mut t = Table::new(
-            &format!(
-                "Cost per packet (BPF_PROG_TEST_RUN, {} packets per run, median of {} rounds; \
-                 count-and-pass {:.1} ns, bare XDP_DROP {:.1} ns; {} verified instructions, {} bytes of BPF, {} bytes JITed)",
-                cost.repeat,
-                cost.rounds,
-                cost.baseline_pass_ns,
-                cost.baseline_drop_ns,
-                cost.verified_instructions.map_or_else(|| "?".to_owned(), |n| n.to_string()),
-                cost.xlated_bytes.map_or_else(|| "?".to_owned(), |n| n.to_string()),
-                cost.jited_bytes
-            ),
-            &["path", "family", "rules", "ns/pkt", "baseline ns", "ratio"],
-        );
-        for r in &cost.rows {
-            let label =
-                if r.packets_per_call == 1 { format!("{} (1 pkt/call)", r.label) } else { r.label.clone() };
-            t.row(vec![
-                label,
-                r.family.to_owned(),
-                r.rules.label().to_owned(),
-                format!("{:.1}", r.ns),
-                format!("{:.1}", r.baseline_ns),
-                format!("{:.2}x", r.ratio),
-            ]);
-        }
-        out.push(t);
-        let mut t = Table::new(
-            "Steps of the metered path, alone (reference programs, same run)",
-            &["program", "ns/pkt", "over count-and-pass"],
-        );
-        for c in &cost.components {
-            t.row(vec![c.what.to_owned(), format!("{:.1}", c.ns), format!("{:+.1}", c.extra_ns)]);
-        }
-        out.push(t);
-        out.push(spread_table(&cost.spread));
-        if !cost.sets.is_empty() {
-            let mut t = Table::new(
-                "The sets of the set rows, loaded (batched BPF_MAP_UPDATE_BATCH; memory per prefix as the kernel \
-                 accounts it, and as its slab grew)",
-                &["set", "prefixes", "load ms", "memlock B/prefix", "slab B/prefix"],
-            );
-            for set in &cost.sets {
-                t.row(vec![
-                    set.family.to_owned(),
-                    set.prefixes.to_string(),
-                    format!("{:.0}", set.load_ms),
-                    format!("{:.1}", set.memlock_bytes_per_prefix),
-                    format!("{:.1}", set.slab_bytes_per_prefix),
-                ]);
-            }
-            out.push(t);
-        }
+        out.extend(cost_tables(cost));
     }
     if let Some(flood) = &report.flood {
         let mut t = Table::new(
