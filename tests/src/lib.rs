@@ -18,6 +18,7 @@ pub mod frames;
 mod http;
 pub mod measure;
 pub mod netns;
+pub mod raw;
 pub mod service;
 pub mod traffic;
 pub mod veth;

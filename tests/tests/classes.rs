@@ -191,3 +191,101 @@ fn a_ban_starts_is_listed_and_ends() {
     );
     checks.assert_all();
 }
+
+/// The README's example classes without the SSH ban (a source that stays
+/// over 3 a minute for 30 s is banned, after which the bound below no
+/// longer applies: `a_ban_starts_is_listed_and_ends` covers bans).
+const EXAMPLE: &str = r#"
+[[classes]]
+name = "ssh"
+match = [{ proto = "tcp", ports = "22", syn_only = true }]
+limits = [{ rate = "3/minute", burst = 5 }]
+
+[[classes]]
+name = "dns"
+match = [{ proto = "udp", ports = "53" }]
+limits = [{ rate = "50/second", burst = 100 }, { rate = "1000/minute" }]
+
+[[classes]]
+name = "web"
+match = [{ proto = "tcp", ports = [443, "8000-8100"], syn_only = true }]
+limits = [{ rate = "20/s", burst = 40 }]
+tiers = [{ ipv4_prefix = 24, ipv6_prefix = 48, rate = "200/s", burst = 400 }]
+"#;
+
+/// How long the example's classes are flooded: over a minute, so that the
+/// per-minute limits bind.
+const EXAMPLE_TIME: Duration = Duration::from_secs(65);
+
+#[test]
+fn the_example_classes_at_once_over_a_minute_each_within_its_bound() {
+    use throttle_tests::{
+        frames::{Frame, TCP_SYN},
+        raw::{send_paced, RawFlow, Tap},
+    };
+    require_root!();
+    let test = "the_example_classes_at_once_over_a_minute_each_within_its_bound";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().build();
+    let _daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(EXAMPLE).start_ready();
+    let mac: Vec<u8> =
+        pair.rx_mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address byte")).collect();
+    let frame = |f: Frame| {
+        let mut bytes = f.build();
+        bytes[..6].copy_from_slice(&mac);
+        bytes
+    };
+    let ip = |text: &str| -> std::net::IpAddr { text.parse().expect("an address") };
+    let ssh: Vec<_> = ["10.98.1.1", "10.98.1.2"].map(ip).to_vec();
+    let dns = ip("10.98.2.1");
+    // Twelve sources of one /24 at 30 SYNs a second each: 20/s each gets past
+    // the per-source limit, 240/s in all, over the tier's 200/s.
+    let web: Vec<_> = (1..=12).map(|h| ip(&format!("10.98.3.{h}"))).collect();
+    let mut flows = Vec::new();
+    for &src in &ssh {
+        flows.push(RawFlow { frame: frame(Frame::tcp(src, 22, TCP_SYN)), pps: 5.0 });
+    }
+    flows.push(RawFlow { frame: frame(Frame::udp(dns, 53)), pps: 200.0 });
+    for &src in &web {
+        flows.push(RawFlow { frame: frame(Frame::tcp(src, 443, TCP_SYN)), pps: 30.0 });
+    }
+    let tap = Tap::start(&pair.receiver, &pair.rx_if);
+    let started = throttle_tests::mono_ns();
+    let sent = send_paced(&pair.sender, &pair.tx_if, flows, EXAMPLE_TIME).join().expect("the sender");
+    let secs = throttle_tests::secs_between(started, throttle_tests::mono_ns());
+    let seen = tap.finish(QUIET);
+    let arrived = |src, proto: u8, port: u16| {
+        seen.iter().filter(|s| s.src == src && s.proto == proto && s.dport == port).count() as u64
+    };
+    checks.note(&format!("sent for {secs:.1} s: {sent:?}"));
+
+    for &src in &ssh {
+        checks.within(
+            &format!("ssh SYNs from {src}: 5 + 3 a minute over {secs:.1} s"),
+            5.0 + 3.0 * secs / 60.0,
+            arrived(src, 6, 22),
+            TOLERANCE,
+        );
+    }
+    checks.within(
+        &format!("dns from {dns}: the smaller of 100 + 50/s and 1000 + 1000/minute over {secs:.1} s"),
+        bucket_allowance(50, 100, secs).min(1_000.0 + 1_000.0 / 60.0 * secs),
+        arrived(dns, 17, 53),
+        TOLERANCE,
+    );
+    let web_total: u64 = web.iter().map(|&src| arrived(src, 6, 443)).sum();
+    checks.within(
+        &format!("web SYNs from the 12 sources of 10.98.3.0/24: their tier's 400 + 200/s over {secs:.1} s"),
+        bucket_allowance(200, 400, secs),
+        web_total,
+        TOLERANCE,
+    );
+    let most = web.iter().map(|&src| arrived(src, 6, 443)).max().unwrap_or(0);
+    #[expect(clippy::cast_precision_loss, reason = "a packet count")]
+    let most_f = most as f64;
+    checks.that(
+        most_f <= bucket_allowance(20, 40, secs) * (1.0 + TOLERANCE),
+        &format!("no web source got past its own 40 + 20/s: the most was {most}"),
+    );
+    checks.assert_all();
+}

@@ -193,7 +193,7 @@ fn read_again(checks: &mut Checks, daemon: &mut Daemon, pair: &VethPair, more_pa
     let said =
         daemon.api_get(&pair.receiver, &format!("/v1/explain?source={new_only}&proto=udp&port={PORT}"));
     checks.that(
-        said["verdict"] == "deny_rule" && said["rule"]["set"] == "feed",
+        said["verdict"] == "deny_rule" && said["rule"]["set"] == "feed" && said["set"] == "feed",
         &format!("explain names the set's rule for {new_only}: {said}"),
     );
 }

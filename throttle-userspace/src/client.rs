@@ -559,6 +559,9 @@ fn explain_table(v: &Value) -> String {
         let r = &v["rule"];
         let _ = writeln!(out, "rule     {} {} {}", cell(&r["id"]), rule_target(r), cell(&r["action"]));
     }
+    if let Some(set) = v["set"].as_str() {
+        let _ = writeln!(out, "set      {set} holds the source");
+    }
     let rows: Vec<Vec<String>> = v["limits"]
         .as_array()
         .map(|a| {

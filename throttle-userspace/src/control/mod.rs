@@ -246,6 +246,9 @@ pub struct ExplainView {
     pub class: Option<String>,
     /// The rule its source falls under, if any.
     pub rule: Option<RuleView>,
+    /// The set that holds the source, when that rule names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetName>,
     /// Each bucket it meets, in order, up to the first that refuses it.
     pub limits: Vec<ExplainStep>,
     /// The verdict reason it would count (`passed`, `over_limit`, `banned`...).
@@ -914,9 +917,11 @@ impl Control {
                 }
             })
             .collect();
+        let set = rule.as_ref().and_then(|r| r.rule.set.clone());
         Ok(ExplainView {
             source: probe.source.to_string(),
             class,
+            set,
             rule,
             limits,
             verdict: reason::NAMES[said.reason.index()].to_owned(),
