@@ -145,6 +145,23 @@ fn a_ban_starts_is_listed_and_ends() {
         said["verdict"] == "banned" && said["class"] == "game" && said["drops"] == true,
         &format!("explain says a packet of {src} to udp/7777 is banned by game: {said}"),
     );
+    let events = daemon.api_get(&pair.receiver, "/v1/events?n=100");
+    let of_src: Vec<String> = events["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["source"] == src.to_string())
+        .map(|e| format!("{} {}", e["kind"].as_str().unwrap_or("?"), e["class"].as_str().unwrap_or("-")))
+        .collect();
+    checks.that(
+        of_src == ["drop_start game", "ban_start game"],
+        &format!("the events of {src}: it started being dropped, then was banned: {of_src:?}"),
+    );
+    let cli = daemon.cli(&pair.receiver, ["events", "-n", "100"]);
+    checks.that(
+        cli.code == Some(0) && cli.stdout.contains(&format!("ban_start source={src} class=game limit=0")),
+        &format!("{} prints the ban: {}", cli.command, cli.stdout.lines().rev().nth(1).unwrap_or("")),
+    );
     let stats = daemon.api_get(&pair.receiver, "/v1/stats");
     let banned = stats["counters"]["banned"].as_u64().unwrap_or(0);
     checks.that(banned > 0, &format!("packets counted as banned: {banned}"));
@@ -286,6 +303,54 @@ fn the_example_classes_at_once_over_a_minute_each_within_its_bound() {
     checks.that(
         most_f <= bucket_allowance(20, 40, secs) * (1.0 + TOLERANCE),
         &format!("no web source got past its own 40 + 20/s: the most was {most}"),
+    );
+    checks.assert_all();
+}
+
+#[test]
+fn throttle_events_follow_prints_each_change_with_who_made_it() {
+    require_root!();
+    let test = "throttle_events_follow_prints_each_change_with_who_made_it";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().build();
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if).start_ready();
+    let mut follow = pair
+        .receiver
+        .command(throttle_tests::daemon::throttle_bin())
+        .args(["events", "--follow"])
+        .env("THROTTLE_ADMIN", daemon.admin().to_string())
+        .env_remove("THROTTLE_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("throttle events --follow");
+    let stdout = follow.stdout.take().expect("its stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // It prints the last events first (the attach), then follows: the
+    // stream is open once the attach shows; then a change must follow it.
+    let first = lines.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    checks.that(first.contains(" attach "), &format!("the backlog comes first: {first:?}"));
+    let set = daemon.cli(&pair.receiver, ["limits", "set", "--rate", "500"]);
+    checks.that(set.code == Some(0), &format!("{}: {}", set.command, set.stderr.trim()));
+    let mut seen = None;
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        if line.contains(" change ") {
+            seen = Some(line);
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line = seen.unwrap_or_default();
+    checks.that(
+        line.contains("change by=api 127.0.0.1:") && line.contains("PATCH /v1/limits 200"),
+        &format!("throttle events --follow printed the change and who made it: {line:?}"),
     );
     checks.assert_all();
 }

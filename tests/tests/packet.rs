@@ -15,8 +15,8 @@ use throttle::{
         Dataplane,
     },
     policy::{
-        parse_set, Action, Class, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent, SetSpec,
-        Target, Unit, Unmatched, UnmatchedAction,
+        parse_set, Action, Class, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent,
+        SetSpec, Target, Unit, Unmatched, UnmatchedAction,
     },
 };
 use throttle_common::{reason, rule_filter, PROTO_TCP, PROTO_UDP};
@@ -1010,4 +1010,111 @@ fn a_set_replaced_under_traffic_never_lets_through_what_both_versions_deny() {
     eprintln!("{runs} packets from the prefix both versions deny during 6 replacements");
     assert!(runs > 100, "the watcher ran ({runs})");
     assert_eq!(passed, 0, "of {runs} packets from 192.0.2.0/24, {passed} passed while the set was replaced");
+}
+
+/// The events waiting in the ring: (kind, owner, the source's first word).
+fn events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<(&'static str, u32, IpAddr)> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: the program writes whole `Event`s, plain data, into the
+        // ring; the item is at least that long.
+        assert!(item.len() >= size_of::<throttle_common::Event>());
+        let e: throttle_common::Event =
+            unsafe { item.as_ptr().cast::<throttle_common::Event>().read_unaligned() };
+        let src = IpAddr::V4(std::net::Ipv4Addr::from(e.addr[0].to_ne_bytes()));
+        out.push((throttle_common::event::NAMES[e.kind as usize], e.owner, src));
+    }
+    out
+}
+
+#[test]
+fn transitions_are_events_and_packets_are_not() {
+    use throttle_common::event;
+    require_root!();
+    let ban = parse_classes(
+        r#"
+        [[classes]]
+        name = "game"
+        match = [{ proto = "udp", ports = "7777" }]
+        limits = [{ rate = "1/minute", burst = 1 }]
+        ban = { after = "200ms", duration = "1m" }
+        "#,
+    );
+    let mut p = Policy {
+        limits: Limits {
+            rate: Rate::per_second(2),
+            burst: 2,
+            new_source_rate: 1,
+            new_source_burst: 2,
+            ..Limits::default()
+        },
+        classes: ban,
+        rules: vec![rule("203.0.113.0/24", Action::Deny, None, None)],
+        ..Policy::default()
+    };
+    let mut h = Harness::new(&p);
+    let mut ring = h.dataplane.take_events().expect("the event ring");
+    let a = Frame::udp(ip("192.0.2.1"), 53).build();
+    // Its burst, then over it: one event however many packets are dropped.
+    for _ in 0..2 {
+        h.run(&a);
+    }
+    for _ in 0..5 {
+        assert_eq!(h.run(&a), XDP_DROP);
+    }
+    // A deny rule: one event for a run of hits.
+    for _ in 0..5 {
+        assert_eq!(h.run(&Frame::udp(ip("203.0.113.9"), 53).build()), XDP_DROP);
+    }
+    // The first-seen budget (burst 2, one taken by 192.0.2.1) runs dry.
+    h.run(&Frame::udp(ip("192.0.2.2"), 53).build());
+    for host in 3..6 {
+        assert_eq!(h.run(&Frame::udp(ip(&format!("192.0.2.{host}")), 53).build()), XDP_DROP);
+    }
+    let seen = events(&mut ring);
+    assert_eq!(
+        seen,
+        [
+            ("drop_start", 0, ip("192.0.2.1")),
+            ("deny_hit", h.ids.rules.id(Target::Cidr("203.0.113.0/24".parse().unwrap())), ip("203.0.113.9")),
+            ("budget_dry", 0, ip("192.0.2.3")),
+        ]
+    );
+    // A second later: the budget admits again, and the first source passes
+    // with half its burst free: both transitions are events.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    h.run(&Frame::udp(ip("192.0.2.9"), 53).build());
+    assert_eq!(h.run(&a), XDP_PASS);
+    assert_eq!(
+        events(&mut ring),
+        [("budget_recovered", 0, ip("192.0.2.9")), ("drop_end", 0, ip("192.0.2.1"))]
+    );
+    // A ban starts: over its limit, then banned after 200 ms of it.
+    let g = Frame::udp(ip("192.0.2.50"), 7777).build();
+    p.limits.new_source_rate = 0;
+    h.apply(&p);
+    h.run(&g);
+    h.run(&g);
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    h.run(&g);
+    h.run(&g);
+    let kinds: Vec<&str> = events(&mut ring).iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["drop_start", "ban_start"]);
+
+    // A flood of transitions: 1500 sources going over their limit at once
+    // send no more than the events' burst; the rest is counted, not sent.
+    let before = h.dataplane.event_stats().unwrap();
+    for n in 0..1_500u32 {
+        let [_, _, hi, lo] = n.to_be_bytes();
+        let frame = Frame::udp(IpAddr::V4(std::net::Ipv4Addr::new(10, 77, hi, lo)), 53).build();
+        for _ in 0..3 {
+            h.run(&frame);
+        }
+    }
+    let after = h.dataplane.event_stats().unwrap();
+    let sent = events(&mut ring).len() as u64;
+    assert_eq!(sent, after.sent - before.sent, "every event sent is in the ring");
+    assert!(sent <= event::LIMIT.burst() + 50, "{sent} events sent for 1500 transitions");
+    assert!(after.suppressed - before.suppressed >= 1_500 - sent - 50, "{after:?}: the rest held back");
+    assert_eq!(after.lost, 0);
 }

@@ -36,8 +36,12 @@ pub mod map_name {
     pub const SETS_V4: &str = "SETS_V4";
     pub const SETS_V6: &str = "SETS_V6";
     pub const SET_RULES: &str = "SET_RULES";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_STATS: &str = "EVENT_STATS";
+    pub const EVENT_STATE: &str = "EVENT_STATE";
+    pub const RULE_HITS: &str = "RULE_HITS";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         RULES_V4,
         RULES_V6,
@@ -51,6 +55,10 @@ pub mod map_name {
         SETS_V4,
         SETS_V6,
         SET_RULES,
+        EVENTS,
+        EVENT_STATS,
+        EVENT_STATE,
+        RULE_HITS,
     ];
 }
 
@@ -241,6 +249,72 @@ pub struct Rule {
 }
 
 const _: () = assert!(size_of::<Rule>() == 32);
+
+/// Events: the data path's transitions, sent through the `EVENTS` ring
+/// buffer, never one per packet.
+pub mod event {
+    use super::{Limit, UNIT_PACKETS};
+
+    /// A source's bucket starts refusing it (it was admitted before).
+    pub const DROP_START: u32 = 1;
+    /// A source that was being refused is admitted again with half its
+    /// burst to spare.
+    pub const DROP_END: u32 = 2;
+    /// A class bans a source.
+    pub const BAN_START: u32 = 3;
+    /// The first-seen budget refuses a new source, after admitting them.
+    pub const BUDGET_DRY: u32 = 4;
+    /// The first-seen budget admits a new source again.
+    pub const BUDGET_RECOVERED: u32 = 5;
+    /// A deny rule drops a packet, the first time in [`DENY_QUIET_NS`].
+    pub const DENY_HIT: u32 = 6;
+    /// As the API and the log name them, by kind.
+    pub const NAMES: [&str; 7] =
+        ["", "drop_start", "drop_end", "ban_start", "budget_dry", "budget_recovered", "deny_hit"];
+
+    /// Most events the program sends: a flood cannot fill the ring, and
+    /// what it holds back is counted.
+    pub const LIMIT: Limit = Limit::new(1_000, 1_000, UNIT_PACKETS);
+    /// Bytes of the ring buffer.
+    pub const RING_BYTES: u32 = 256 * 1024;
+    /// A deny rule's hit is an event again after this long without one.
+    pub const DENY_QUIET_NS: u64 = 10_000_000_000;
+    /// How often a deny rule's last hit is written down, at most.
+    pub const HIT_WRITE_NS: u64 = 1_000_000_000;
+    /// Slots of `RULE_HITS`, by rule id (rules whose ids share a slot share
+    /// their quiet time: an event held back, never a false one).
+    pub const HIT_SLOTS: u32 = 4_096;
+    /// `EVENT_STATS`: per CPU, events sent, held back by [`LIMIT`], and
+    /// lost to a full ring.
+    pub const SENT: u32 = 0;
+    pub const SUPPRESSED: u32 = 1;
+    pub const LOST: u32 = 2;
+    pub const STATS: u32 = 3;
+    /// `EVENT_STATE`: the GCRA state of [`LIMIT`], and whether the
+    /// first-seen budget is dry (1) or not (0).
+    pub const STATE_BUDGET: u32 = 0;
+    pub const STATE_DRY: u32 = 1;
+    pub const STATE: u32 = 2;
+}
+
+/// One event of the data path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Event {
+    /// `CLOCK_MONOTONIC`, ns.
+    pub at_ns: u64,
+    /// [`event`]'s kinds.
+    pub kind: u32,
+    /// The limit's owner ([`BucketKey::rule`]): a rule's id, a class's
+    /// limit or tier; for a deny hit, the rule's id; 0 for the budget.
+    pub owner: u32,
+    /// The source (masked as its bucket's key is).
+    pub addr: [u32; 4],
+    pub family: Family,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<Event>() == 40);
 
 /// A rule that names a set: the `SET_RULES` entries of the bank in use,
 /// in the rules' order, the first whose set holds the source deciding.
@@ -628,6 +702,7 @@ mod user {
     unsafe impl aya::Pod for super::ClassConfig {}
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::SetRule {}
+    unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
 }

@@ -8,11 +8,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use throttle_common::{
-    admit, ceiling, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, ClassConfig, Config, Family,
-    Limit, Reason, BAN_MARK, CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
+    admit, ceiling, event, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, ClassConfig, Config,
+    Family, Limit, Reason, BAN_MARK, CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
 };
 
 use crate::{
+    events,
     maps::BUCKETS,
     word::{self, BucketWords, Word},
 };
@@ -55,7 +56,7 @@ pub fn meter(
     let now = ticks_from_ns(ns);
     let arrival = Arrival { now, cost, ban };
     if let Some(bucket) = word::bucket(key) {
-        return charge(bucket, &arrival, limit);
+        return charge(bucket, &arrival, limit, key);
     }
     let budget = (budget && config.flags & flags::NEW_SOURCE_LIMIT != 0).then_some(&config.new_source_limit);
     first_seen(ctx, key, limit, &arrival, budget)
@@ -106,10 +107,11 @@ fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
 }
 
 /// A tracked source: its ban, or one GCRA step on its bucket, counted in
-/// it. A source that costs nothing but the mark test unless its class
-/// bans.
+/// it. The time since it has been over its limit (`over_since`, in the same
+/// cache line) marks when it starts and stops being dropped, for the events
+/// and the bans.
 #[inline(always)]
-fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit) -> Reason {
+fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit, key: &BucketKey) -> Reason {
     let Arrival { now, cost, ban } = *arrival;
     let tat = bucket.tat();
     let seen = tat.load();
@@ -127,19 +129,27 @@ fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit) -> Reason {
             // A source that floods gets a packet through now and then at
             // its rate, from an empty bucket: still over its limit. Its
             // streak ends when it passes with half its burst to spare.
-            if ban.for_ticks != 0 && seen <= now + limit.tolerance / 2 {
+            if seen <= now + limit.tolerance / 2 {
                 let since = bucket.over_since();
                 let over = since.load();
-                if over != 0 {
-                    since.compare_exchange(over, 0);
+                if over != 0 && since.compare_exchange(over, 0) {
+                    events::of_bucket(event::DROP_END, key);
                 }
             }
             reason::PASSED
         }
         Step::Over => {
             bucket.dropped().add(1);
+            let since = bucket.over_since();
+            let over = since.load();
+            if over == 0 {
+                if since.compare_exchange(0, now) {
+                    events::of_bucket(event::DROP_START, key);
+                }
+                return reason::OVER_LIMIT;
+            }
             if ban.for_ticks != 0 {
-                return over_under_ban(bucket, now, ban);
+                return over_under_ban(bucket, now, ban, over, key);
             }
             reason::OVER_LIMIT
         }
@@ -150,23 +160,18 @@ fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit) -> Reason {
     }
 }
 
-/// A source over its limit under a class that bans: it starts being over,
-/// or it has been for the ban's `after` and is banned from now on.
+/// A source over its limit since `over` under a class that bans: banned
+/// from now on once that has lasted the ban's `after`.
 #[inline(always)]
-fn over_under_ban(bucket: BucketWords, now: u64, ban: Ban) -> Reason {
-    let since = bucket.over_since();
-    let over = since.load();
-    if over == 0 {
-        since.compare_exchange(0, now);
-        return reason::OVER_LIMIT;
-    }
+fn over_under_ban(bucket: BucketWords, now: u64, ban: Ban, over: u64, key: &BucketKey) -> Reason {
     if now.saturating_sub(over) < ban.after {
         return reason::OVER_LIMIT;
     }
     let tat = bucket.tat();
     let seen = tat.load();
     if seen & BAN_MARK == 0 && tat.compare_exchange(seen, (now + ban.for_ticks) | BAN_MARK) {
-        since.compare_exchange(over, 0);
+        bucket.over_since().compare_exchange(over, 0);
+        events::of_bucket(event::BAN_START, key);
     }
     reason::BANNED
 }
@@ -182,7 +187,7 @@ fn first_seen(
     budget: Option<&Limit>,
 ) -> Reason {
     let Arrival { now, cost, .. } = *arrival;
-    if budget.is_some_and(|budget| !take_new_source(now, budget)) {
+    if budget.is_some_and(|budget| !take_new_source(now, budget, key)) {
         // Not tracked: a flood of spoofed sources neither passes nor pushes
         // real sources out of the bucket map.
         return reason::NEW_SOURCE_LIMIT;
@@ -196,7 +201,7 @@ fn first_seen(
         Ok(()) => verdict,
         // Another CPU inserted it first: meter against that bucket.
         Err(err) if err == -EEXIST => match word::bucket(key) {
-            Some(bucket) => charge(bucket, arrival, limit),
+            Some(bucket) => charge(bucket, arrival, limit, key),
             None => reason::ERROR,
         },
         Err(err) => {
@@ -206,13 +211,16 @@ fn first_seen(
     }
 }
 
-/// Takes one first-seen admission from the global budget.
+/// Takes one first-seen admission from the global budget for the source
+/// `key`.
 #[inline(always)]
-fn take_new_source(now: u64, limit: &Limit) -> bool {
+fn take_new_source(now: u64, limit: &Limit, key: &BucketKey) -> bool {
     let Some(state) = word::new_sources() else {
         return true;
     };
-    matches!(step(state, now, 1, limit), Step::Admitted(_))
+    let admitted = matches!(step(state, now, 1, limit), Step::Admitted(_));
+    events::budget(admitted, key);
+    admitted
 }
 
 /// The bucket key of a source: its address masked to its class's

@@ -16,6 +16,7 @@
 #![allow(clippy::inline_always, reason = "BPF-to-BPF calls cost on every packet and weigh on the verifier")]
 
 mod bucket;
+mod events;
 mod maps;
 mod parse;
 mod rules;
@@ -69,7 +70,13 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     // The class first: it is an array lookup, the rules a trie walk, and
     // out of every class only a deny rule changes the verdict.
     let Some(class_id) = rules::classify(ctx, &packet, config.flags) else {
-        return if rules::denied(&packet, config) { reason::DENY_RULE } else { reason::OUT_OF_SCOPE };
+        return match rules::denied(&packet, config) {
+            Some(id) => {
+                events::deny_hit(id, &packet.src, packet.family);
+                reason::DENY_RULE
+            }
+            None => reason::OUT_OF_SCOPE,
+        };
     };
     let Some(class) = CLASSES.get(class_id) else {
         return reason::ERROR;
@@ -80,7 +87,10 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     // a call of their own, for the classes that have them.
     let (limit, owner, ban, by_rule) = match rules::select(&packet, config) {
         Selected::Allow => return reason::ALLOW_RULE,
-        Selected::Deny => return reason::DENY_RULE,
+        Selected::Deny(id) => {
+            events::deny_hit(id, &packet.src, packet.family);
+            return reason::DENY_RULE;
+        }
         Selected::Rule(limit, rule) => (limit, rule, Ban::NONE, true),
         Selected::Class => (
             &class.limits[0],

@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use throttle_common::{
-    class_of, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule, SetRule,
+    class_of, event, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule, SetRule,
     DEFAULT_MAX_SOURCES, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
@@ -62,3 +62,20 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IFACE_SLOT
 /// own). Written by the daemon as it attaches.
 #[map(name = "IFACE_SLOT")]
 pub static IFACE_SLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
+
+/// The data path's events ([`throttle_common::Event`]), for the daemon.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(event::RING_BYTES, 0);
+
+/// Events sent, held back and lost, per CPU ([`throttle_common::event`]).
+#[map(name = "EVENT_STATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::STATS, 0);
+
+/// The events' budget and the first-seen budget's dryness, shared by every
+/// CPU.
+#[map(name = "EVENT_STATE")]
+pub static EVENT_STATE: Array<u64> = Array::with_max_entries(event::STATE, 0);
+
+/// When each deny rule (by id, modulo the slots) last dropped a packet, ns.
+#[map(name = "RULE_HITS")]
+pub static RULE_HITS: Array<u64> = Array::with_max_entries(event::HIT_SLOTS, 0);

@@ -16,7 +16,8 @@ use crate::{
 /// What the rules say of a source.
 pub enum Selected {
     Allow,
-    Deny,
+    /// Drop it: this rule's id.
+    Deny(u32),
     /// Meter it against this rule's limit, in the bucket of the rule's id.
     Rule(&'static Limit, u32),
     /// No rule: its class's limits.
@@ -144,21 +145,21 @@ pub fn select(packet: &Packet, config: &Config) -> Selected {
         None => Selected::Class,
         Some(rule) => match rule.action {
             ACTION_ALLOW => Selected::Allow,
-            ACTION_DENY => Selected::Deny,
+            ACTION_DENY => Selected::Deny(rule.id),
             _ => Selected::Rule(&rule.limit, rule.id),
         },
     }
 }
 
-/// Whether a `deny` rule matches the source. The trie is only looked up when
-/// the family has a deny rule at all.
+/// The `deny` rule that matches the source, if one does. The rules are only
+/// looked up when the family has a deny rule at all.
 #[inline(always)]
-pub fn denied(packet: &Packet, config: &Config) -> bool {
+pub fn denied(packet: &Packet, config: &Config) -> Option<u32> {
     let deny = if packet.family == FAMILY_V4 { flags::DENY_V4 } else { flags::DENY_V6 };
     if config.flags & deny == 0 {
-        return false;
+        return None;
     }
-    matches!(lookup(packet, config), Some(rule) if rule.action == ACTION_DENY)
+    lookup(packet, config).filter(|rule| rule.action == ACTION_DENY).map(|rule| rule.id)
 }
 
 /// The class of the packet: the class that claims its protocol and

@@ -105,3 +105,11 @@ pub fn new_sources() -> Option<Word> {
     // SAFETY: a pointer to the array's only value, from a successful lookup.
     Some(unsafe { Word::new(state) })
 }
+
+/// A shared word of `EVENT_STATE` ([`throttle_common::event`]).
+#[inline(always)]
+pub fn event_state(index: u32) -> Option<Word> {
+    let state = crate::maps::EVENT_STATE.get_ptr_mut(index)?;
+    // SAFETY: a pointer to a value of the array, from a successful lookup.
+    Some(unsafe { Word::new(state) })
+}

@@ -156,6 +156,7 @@ pub enum ClientCommand {
     Limits(Option<LimitsPatch>),
     Classes(Option<ClassesCommand>),
     Sets(Option<SetsCommand>),
+    Events { n: usize, follow: bool },
     Bans(Option<BansCommand>),
     Explain { addr: String, to: Option<String>, syn: bool },
     Rules(RulesCommand),
@@ -262,6 +263,57 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Follows the live event stream at `path`, printing each event as it
+    /// comes (its JSON with `json`), until the daemon closes it.
+    async fn follow(&self, path: &str, json: bool) -> Result<(), ClientError> {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.base))
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Usage(format!("--admin {:?}: {e}", self.admin)))?;
+        let unreachable = |reason: String| ClientError::Unreachable { admin: self.admin.clone(), reason };
+        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                code: value["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                message: value["error"]["message"].as_str().unwrap_or("the stream was refused").to_owned(),
+            });
+        }
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let Some(data) = frame.data_ref() else { continue };
+            pending.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                if let Some(event) = line.trim_end().strip_prefix("data:") {
+                    let event: Value = serde_json::from_str(event.trim()).unwrap_or(Value::Null);
+                    if json {
+                        println!("{event}");
+                    } else {
+                        print!("{}", event_line(&event));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -301,6 +353,13 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         }
         ClientCommand::Classes(Some(ClassesCommand::Show { name })) => {
             (client.call(Method::GET, &format!("/v1/classes/{}", encode(&name)), None).await?, class_table)
+        }
+        ClientCommand::Events { n, follow: false } => {
+            (client.call(Method::GET, &format!("/v1/events?n={n}"), None).await?, events_text)
+        }
+        ClientCommand::Events { n, follow: true } => {
+            client.follow(&format!("/v1/events?n={n}"), args.json).await?;
+            return Ok(String::new());
         }
         ClientCommand::Sets(None) => (client.call(Method::GET, "/v1/sets", None).await?, sets_table),
         ClientCommand::Sets(Some(SetsCommand::Load { name, file })) => {
@@ -616,6 +675,38 @@ fn bans_table(v: &Value) -> String {
         return "no source is banned\n".to_owned();
     }
     table(&["SOURCE", "CLASS", "REMAINING"], &rows)
+}
+
+/// One event on one line: its time, its kind and what it names.
+fn event_line(e: &Value) -> String {
+    let at = e["at_ms"].as_u64().map_or_else(
+        || "-".to_owned(),
+        |ms| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+    );
+    let mut line = format!("{at} {}", e["kind"].as_str().unwrap_or("?"));
+    for key in ["source", "class", "limit", "rule", "by"] {
+        if !e[key].is_null() {
+            let _ = write!(line, " {key}={}", cell(&e[key]));
+        }
+    }
+    if let Some(detail) = e["detail"].as_str() {
+        let _ = write!(line, " {detail:?}");
+    }
+    line.push('\n');
+    line
+}
+
+fn events_text(v: &Value) -> String {
+    let mut text: String = v["events"].as_array().into_iter().flatten().map(event_line).collect();
+    let d = &v["data_path"];
+    let _ = writeln!(
+        text,
+        "data path: {} events sent, {} held back by its budget, {} lost to a full ring",
+        cell(&d["sent"]),
+        cell(&d["suppressed"]),
+        cell(&d["lost"])
+    );
+    text
 }
 
 fn sets_table(v: &Value) -> String {

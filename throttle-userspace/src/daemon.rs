@@ -16,7 +16,7 @@ use crate::{
     control::Control,
     controller::{self, AdaptiveConfig},
     kernel::{Dataplane, Options},
-    runtime::{self, Runtime},
+    runtime::{self, EventView, Runtime},
     settings::{DaemonArgs, Settings},
     store::Store,
 };
@@ -51,17 +51,21 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(runtime::forward_ebpf_logs(logger));
     }
+    let events = dataplane.take_events();
     // The policy goes to the maps before the new program is attached: until
     // then a previous daemon's program keeps enforcing on the same maps.
     let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
     let saved_controller = control.saved_controller().cloned();
     let state = Runtime::new(control);
+    if let Some(ring) = events {
+        tokio::spawn(runtime::forward_kernel_events(state.clone(), ring));
+    }
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn({
         let router = api::router(AppState::new(state.clone(), token));
         async move {
-            axum::serve(listener, router)
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = stop_rx.wait_for(|stop| *stop).await;
                 })
@@ -120,7 +124,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if keep {
         tracing::info!(pin_dir = %settings.pin_dir.display(), "leaving the program attached and pinned (--keep-on-exit)");
     } else {
-        tracing::info!("detaching");
+        for iface in &settings.interfaces {
+            state.event(EventView::new("detach").detail(format!("{iface}: the daemon stops")));
+        }
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
@@ -150,7 +156,13 @@ async fn reload(args: &DaemonArgs, state: &Runtime) {
     match result {
         Ok((version, limits)) => {
             tracing::info!(version, rate = %limits.rate, burst = limits.burst, "configuration reloaded");
+            state.event(
+                EventView::new("reload").by("sighup").detail(format!("configuration version {version}")),
+            );
         }
-        Err(err) => tracing::error!("configuration not reloaded, the running one stays: {err}"),
+        Err(err) => {
+            tracing::error!("configuration not reloaded, the running one stays: {err}");
+            state.event(EventView::new("reload").by("sighup").detail(format!("refused: {err}")));
+        }
     }
 }

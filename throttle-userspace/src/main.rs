@@ -72,6 +72,18 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The last events (sources starting and stopping being dropped, bans, changes and who made
+    /// them...); `--follow` prints each new one as it happens.
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many of the last.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        /// Keep printing events as they happen.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// The sources with the most packets dropped (or passed).
     Top {
         #[command(flatten)]
@@ -136,6 +148,7 @@ fn main() -> ExitCode {
         Command::Explain { client, addr, to, syn } => (client, ClientCommand::Explain { addr, to, syn }),
         Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
         Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),
+        Command::Events { client, n, follow } => (client, ClientCommand::Events { n, follow }),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),
         Command::Controller { client, set } => (client, ClientCommand::Controller(set)),
     };

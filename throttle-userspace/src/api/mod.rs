@@ -14,7 +14,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     Router,
@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint has no such method",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), record_changes))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -198,6 +199,30 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         }
         _ => next.run(request).await,
     }
+}
+
+/// Every change made through the API is an event, with the client's
+/// address (latency samples pushed to `/v1/latency` are no change).
+async fn record_changes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) || request.uri().path() == "/v1/latency"
+    {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_owned();
+    let by = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "api".to_owned(), |info| format!("api {}", info.0));
+    let response = next.run(request).await;
+    if response.status().is_success() {
+        state.event(
+            crate::runtime::EventView::new("change")
+                .by(by)
+                .detail(format!("{method} {path} {}", response.status().as_u16())),
+        );
+    }
+    response
 }
 
 /// Counts requests by route, method and status.

@@ -77,6 +77,7 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(list_bans))
         .routes(routes!(lift_ban))
         .routes(routes!(stats))
+        .routes(routes!(list_events))
         .routes(routes!(get_controller, put_controller))
         .routes(routes!(push_latency))
 }
@@ -315,6 +316,83 @@ async fn remove_class(
     let name = class_name(&name)?;
     state.with_control(move |c| c.remove_class(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Most events `GET /v1/events` returns.
+pub const MAX_EVENTS: usize = crate::runtime::RECENT;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// How many of the last events (1..=1000, default 100).
+    pub n: Option<usize>,
+}
+
+/// The last events, and what became of the data path's.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsView {
+    pub events: Vec<crate::runtime::EventView>,
+    pub data_path: crate::kernel::EventStats,
+}
+
+/// The last events as JSON; with `Accept: text/event-stream`, a live
+/// Server-Sent Events stream: the last `n` (default none), then every new
+/// one as it happens, each a `data:` line of the event's JSON with its
+/// `seq` as the `id:`.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events", params(EventsQuery),
+    responses(
+        (status = 200, body = EventsView, content_type = "application/json"),
+        (status = 200, description = "Server-Sent Events", content_type = "text/event-stream"),
+        (status = 400, body = ErrorBody)
+    )
+)]
+async fn list_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let n = query.n.unwrap_or(100);
+    if !(1..=MAX_EVENTS).contains(&n) {
+        let mut err = ApiError::bad_request("invalid_query", format!("n={n}: from 1 to {MAX_EVENTS}"));
+        err.field = Some("n".into());
+        return Err(err);
+    }
+    let stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if !stream {
+        let data_path = state.control(|c| c.kernel().event_stats()).map_err(ChangeError::from)?;
+        return Ok(Json(EventsView { events: state.recent_events(n), data_path }).into_response());
+    }
+    // Subscribed first, so that nothing falls between the backlog and the
+    // live events; the backlog only when asked for.
+    let live = state.subscribe_events();
+    let backlog = if query.n.is_some() { state.recent_events(n) } else { Vec::new() };
+    let last = backlog.last().map_or(0, |e| e.seq);
+    let sse = |event: &crate::runtime::EventView| {
+        axum::response::sse::Event::default()
+            .id(event.seq.to_string())
+            .json_data(event)
+            .expect("an event serialises")
+    };
+    let backlog = futures_util::stream::iter(
+        backlog.iter().map(sse).map(Ok::<_, std::convert::Infallible>).collect::<Vec<_>>(),
+    );
+    let live = futures_util::stream::unfold(live, move |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(event) if event.seq > last => return Some((Ok(sse(&event)), live)),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(axum::response::sse::Sse::new(futures_util::StreamExt::chain(backlog, live))
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }
 
 /// The IP sets, and the kernel memory their prefixes take.

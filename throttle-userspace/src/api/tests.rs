@@ -367,6 +367,48 @@ async fn a_set_is_loaded_as_text_or_json_named_by_a_rule_and_removed_once_free()
 }
 
 #[tokio::test]
+async fn changes_are_events_listed_and_streamed() {
+    let api = Api::new(None);
+    assert_eq!(api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 50}))).await.0, StatusCode::OK);
+    assert_eq!(
+        api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 0}))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let (status, body) = api.call(Method::GET, "/v1/events?n=10", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "a refused change is no event: {body}");
+    assert_eq!(
+        (&events[0]["kind"], &events[0]["detail"], &events[0]["by"]),
+        (&json!("change"), &json!("PATCH /v1/limits 200"), &json!("api"))
+    );
+    assert_eq!(body["data_path"]["suppressed"], 0);
+    let (status, body) = api.call(Method::GET, "/v1/events?n=0", None).await;
+    assert_eq!((status, &body["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("n")));
+
+    // The stream: the backlog asked for, then what happens next.
+    let request = Request::get("/v1/events?n=1")
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body();
+    api.state.event(crate::runtime::EventView::new("reload").by("sighup"));
+    let mut text = String::new();
+    while !text.contains("\"reload\"") {
+        let frame =
+            tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+        if let Some(data) = frame.data_ref() {
+            text.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data:")).collect();
+    assert_eq!(data.len(), 2, "{text}");
+    assert!(data[0].contains("PATCH /v1/limits") && data[1].contains("\"sighup\""), "{text}");
+}
+
+#[tokio::test]
 async fn changes_are_saved_and_restored() {
     let api = Api::new(None);
     api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 77}))).await;

@@ -813,6 +813,36 @@ impl Control {
         buckets.iter().map(|(key, bucket)| self.view(key, bucket)).collect()
     }
 
+    /// The event of the data path's `event`, its source and owner named as
+    /// the policy names them.
+    #[must_use]
+    pub fn event_view(&self, event: &throttle_common::Event) -> crate::runtime::EventView {
+        let kind = throttle_common::event::NAMES.get(event.kind as usize).copied().unwrap_or("unknown");
+        let mut view = crate::runtime::EventView::new(kind);
+        let owner = if event.kind == throttle_common::event::DENY_HIT { 0 } else { event.owner };
+        let key = BucketKey { addr: event.addr, rule: owner, family: event.family };
+        let source = self.view(&key, &Bucket::default());
+        view.source = Some(source.source);
+        match event.kind {
+            throttle_common::event::DENY_HIT => {
+                view.rule = Some(event.owner);
+                view.detail = self
+                    .rules()
+                    .into_iter()
+                    .find(|r| r.id == event.owner)
+                    .and_then(|r| r.rule.target())
+                    .map(|target| format!("deny {target}"));
+            }
+            throttle_common::event::BUDGET_DRY | throttle_common::event::BUDGET_RECOVERED => {}
+            _ => {
+                view.rule = source.rule.filter(|&r| r != 0);
+                view.class = source.class.or_else(|| (owner == 0).then(|| "default".to_owned()));
+                view.limit = source.limit;
+            }
+        }
+        view
+    }
+
     /// The class of a bucket whose key names a class's limit, and which of
     /// its limits or tiers: `None` for a rule's bucket.
     fn class_of_key(&self, key: &BucketKey) -> Option<(Option<&Class>, u32)> {
@@ -1164,6 +1194,10 @@ pub mod fake {
 
         fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError> {
             Ok(Box::new(FakeLoader(Arc::clone(&self.0.lock().unwrap().tries))))
+        }
+
+        fn event_stats(&self) -> Result<crate::kernel::EventStats, KernelError> {
+            Ok(crate::kernel::EventStats::default())
         }
 
         fn set_slots_in_use(&self) -> Vec<u32> {

@@ -20,15 +20,17 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+    },
     programs::{links::FdLink, Xdp},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use throttle_common::{
-    class_of, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, set_rules, Bucket, BucketKey,
-    ClassConfig, Config, Rule, SetRule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX,
-    PROGRAM_NAME,
+    class_of, event, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, set_rules, Bucket,
+    BucketKey, ClassConfig, Config, Rule, SetRule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_CLASSES,
+    MAX_IFINDEX, PROGRAM_NAME,
 };
 
 use super::{
@@ -54,6 +56,16 @@ pub struct Options {
     pub max_sources: u32,
     /// Where the maps and links are pinned; `None`: nothing outlives the daemon.
     pub pin_dir: Option<PathBuf>,
+}
+
+/// What became of the data path's events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct EventStats {
+    pub sent: u64,
+    /// Held back: over the program's budget of events.
+    pub suppressed: u64,
+    /// Lost: the ring was full.
+    pub lost: u64,
 }
 
 /// Reads every bucket of the bucket map on its own descriptor
@@ -96,6 +108,8 @@ pub struct Dataplane {
     buckets: HashMap<MapData, BucketKey, Bucket>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) iface_slot: Array<MapData, u32>,
+    events: Option<RingBuf<MapData>>,
+    event_stats: PerCpuArray<MapData, u64>,
     /// What the maps hold, which the next write is diffed against.
     pub(super) held: Held,
     /// Whether this daemon wrote a plan yet (before, the configuration is
@@ -267,6 +281,8 @@ impl Dataplane {
             buckets,
             counters: take(&mut ebpf, map_name::COUNTERS)?,
             iface_slot,
+            events: Some(take(&mut ebpf, map_name::EVENTS)?),
+            event_stats: take(&mut ebpf, map_name::EVENT_STATS)?,
             held: Held::default(),
             written: false,
             slots,
@@ -296,6 +312,24 @@ impl Dataplane {
     #[must_use]
     pub fn max_sources(&self) -> u32 {
         self.max_sources
+    }
+
+    /// The ring buffer of the data path's events, for the daemon to read.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Events the data path sent, held back under its budget, and lost to
+    /// a full ring, summed over the CPUs.
+    pub fn event_stats(&self) -> Result<EventStats, KernelError> {
+        let sum = |stat: u32| -> Result<u64, KernelError> {
+            Ok(self.event_stats.get(&stat, 0).map_err(map_err(map_name::EVENT_STATS))?.iter().sum())
+        };
+        Ok(EventStats {
+            sent: sum(event::SENT)?,
+            suppressed: sum(event::SUPPRESSED)?,
+            lost: sum(event::LOST)?,
+        })
     }
 
     /// The reader of the program's log records (rare events only), for the

@@ -29,10 +29,10 @@ use throttle_common::{reason, Bucket, BucketKey};
 
 pub use self::{
     error::KernelError,
-    maps::{bucket_key, masked_key, BucketWalker, Dataplane, Options, ProgramLogger},
+    maps::{bucket_key, masked_key, BucketWalker, Dataplane, EventStats, Options, ProgramLogger},
     plan::{compile, Plan, SetPlace},
     sets::{SetLoader, SetTries},
-    sys::{coarse_resolution_ns, grace_period},
+    sys::{coarse_resolution_ns, grace_period, monotonic_ns},
 };
 
 /// How the XDP program is attached.
@@ -109,6 +109,8 @@ pub trait Kernel: Send {
     /// A writer of the set tries, on handles that outlive the borrow of the
     /// kernel.
     fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError>;
+    /// What became of the data path's events.
+    fn event_stats(&self) -> Result<EventStats, KernelError>;
     /// The set slots the rules in force name (an earlier daemon's, when
     /// its maps were adopted and nothing was written yet).
     fn set_slots_in_use(&self) -> Vec<u32>;
@@ -135,7 +137,7 @@ impl Kernel for Dataplane {
     }
 
     fn now_ticks(&self) -> u64 {
-        throttle_common::gcra::ticks_from_ns(sys::monotonic_ns())
+        throttle_common::gcra::ticks_from_ns(monotonic_ns())
     }
 
     fn counters(&self) -> Result<Counters, KernelError> {
@@ -161,6 +163,10 @@ impl Kernel for Dataplane {
 
     fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError> {
         Ok(Box::new(self.set_tries()?))
+    }
+
+    fn event_stats(&self) -> Result<EventStats, KernelError> {
+        Dataplane::event_stats(self)
     }
 
     fn set_slots_in_use(&self) -> Vec<u32> {

@@ -29,7 +29,7 @@ use aya::{
     Ebpf,
 };
 use throttle_common::{
-    class_of, map_name, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule,
+    class_of, event, map_name, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule,
     SetRule, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
@@ -335,6 +335,34 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         key_size: size_of::<Key<[u8; 17]>>(),
         value_size: size_of::<u8>(),
         max_entries: Some(set_rules::TRIE_ENTRIES),
+    },
+    Expected {
+        name: map_name::EVENTS,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(event::RING_BYTES),
+    },
+    Expected {
+        name: map_name::EVENT_STATS,
+        map_type: MapType::PerCpuArray,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: Some(event::STATS),
+    },
+    Expected {
+        name: map_name::EVENT_STATE,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: Some(event::STATE),
+    },
+    Expected {
+        name: map_name::RULE_HITS,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: Some(event::HIT_SLOTS),
     },
     Expected {
         name: map_name::SET_RULES,

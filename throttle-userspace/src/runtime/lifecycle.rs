@@ -3,7 +3,7 @@
 
 use tokio::io::unix::AsyncFd;
 
-use super::Runtime;
+use super::{EventView, Runtime};
 use crate::kernel::{KernelError, ProgramLogger, XdpMode};
 
 /// Attaches to every interface (taking over pinned links), then detaches
@@ -18,11 +18,16 @@ pub async fn attach_all(runtime: &Runtime, interfaces: &[String], mode: XdpMode)
             adopted = attachment.adopted,
             "attached"
         );
+        let how = if attachment.adopted { "took over its pinned link" } else { "attached" };
+        runtime.event(
+            EventView::new("attach").detail(format!("{}: {how}, {} mode", attachment.iface, attachment.mode)),
+        );
     }
     let keep = interfaces.to_vec();
     let released = runtime.with_control(move |c| c.release_others(&keep)).await?;
     for iface in released {
         tracing::info!(iface, "detached: no longer configured");
+        runtime.event(EventView::new("detach").detail(format!("{iface}: no longer configured")));
     }
     Ok(())
 }

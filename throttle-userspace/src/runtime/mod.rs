@@ -3,6 +3,7 @@
 //! controller's scale sink. The HTTP layer serves over it; the daemon's main
 //! loop starts and stops it.
 
+mod events;
 mod lifecycle;
 mod sampler;
 mod sets;
@@ -16,6 +17,7 @@ use std::{
 };
 
 pub use self::{
+    events::{forward_kernel_events, EventView, RECENT},
     lifecycle::{attach_all, forward_ebpf_logs},
     sampler::sample_forever,
 };
@@ -30,6 +32,7 @@ struct Shared {
     sampled: Mutex<sampler::Sampled>,
     /// The writer of the set tries: one set change at a time.
     sets: Mutex<Option<Box<dyn crate::kernel::SetLoader>>>,
+    events: Mutex<events::EventLog>,
 }
 
 /// A handle on the daemon's shared state; clones share it.
@@ -46,6 +49,7 @@ impl Runtime {
         let sets = Mutex::new(control.take_set_loader());
         Self(Arc::new(Shared {
             sets,
+            events: Mutex::new(events::EventLog::default()),
             control: Arc::new(Mutex::new(control)),
             controller: Mutex::new(None),
             ready: AtomicBool::new(false),

@@ -92,6 +92,13 @@ impl ScaleSink for Runtime {
     }
 
     fn apply_scale(&self, scale: f64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.control(|c| c.set_scale(scale)).map_err(Into::into)
+        let before = self.control(|c| c.scale());
+        self.control(|c| c.set_scale(scale))?;
+        self.event(
+            super::EventView::new("controller")
+                .by("controller")
+                .detail(format!("scale {before:.3} -> {scale:.3}")),
+        );
+        Ok(())
     }
 }
