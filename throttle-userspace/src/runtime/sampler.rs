@@ -124,3 +124,98 @@ impl ScaleSink for Runtime {
         self.control(|c| c.set_scale(scale)).map_err(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use throttle_common::{class_owner, Bucket, CLASS_OWNER};
+
+    use super::*;
+    use crate::{
+        control::{fake::FakeKernel, Control},
+        kernel::bucket_key,
+        policy::{Class, Policy, Rate, RuleSpec},
+    };
+
+    fn classes() -> Vec<Class> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            classes: Vec<Class>,
+        }
+        let doc: Doc = toml::from_str(
+            r#"
+            [[classes]]
+            name = "dns"
+            match = [{ proto = "udp", ports = "53" }]
+            limits = [{ rate = "50/second" }]
+            [[classes]]
+            name = "web"
+            match = [{ proto = "tcp", ports = "443" }]
+            limits = [{ rate = "20/second" }, { rate = "600/minute" }]
+            adaptive = true
+            "#,
+        )
+        .unwrap();
+        doc.classes
+    }
+
+    fn set(kernel: &FakeKernel, key: BucketKey, passed: u64, dropped: u64) {
+        let mut state = kernel.0.lock().unwrap();
+        state.buckets.retain(|(k, _)| *k != key);
+        state.buckets.push((key, Bucket { tat: 1, passed, dropped, over_since: 0 }));
+    }
+
+    #[test]
+    fn every_scaled_limit_is_measured_at_its_own_rate_and_the_others_are_left_out() {
+        let kernel = FakeKernel::default();
+        let rule = RuleSpec {
+            rate: Some(Rate::per_second(40)),
+            ..RuleSpec::new("198.51.100.0/24".parse().unwrap(), crate::policy::Action::Limit)
+        };
+        let policy = Policy { classes: classes(), rules: vec![rule], ..Policy::default() };
+        let control = Control::new(Box::new(kernel.clone()), policy, None).unwrap();
+        let scaled = control.scaled_limits();
+        let runtime = Runtime::new(control);
+        let rule_id = runtime.control(|c| c.rules().first().map(|r| r.id)).unwrap();
+        let web = scaled.iter().find(|(_, (name, _))| name == "web").map(|(&rule, _)| rule).unwrap();
+        assert_eq!(scaled.len(), 3, "default, the rule and web, not dns: {scaled:?}");
+        // The other class's first limit: not adaptive, not scaled.
+        let web_id = (web & !CLASS_OWNER) >> 8;
+        let dns = class_owner(if web_id == 1 { 2 } else { 1 }, 0);
+        let addr = "192.0.2.1".parse().unwrap();
+        let keys = [
+            bucket_key(addr, 0, 32, 64),
+            bucket_key(addr, web, 32, 64),
+            bucket_key(addr, web | 1, 32, 64),
+            bucket_key(addr, dns, 32, 64),
+            bucket_key("198.51.100.7".parse().unwrap(), rule_id, 32, 64),
+        ];
+        for key in keys {
+            set(&kernel, key, 0, 0);
+        }
+        runtime.sample();
+        assert!(runtime.usage().limits.is_empty(), "one walk measures no rate yet");
+        std::thread::sleep(Duration::from_millis(50));
+        set(&kernel, keys[0], 10, 0);
+        set(&kernel, keys[1], 30, 90);
+        set(&kernel, keys[2], 30, 0);
+        set(&kernel, keys[3], 500, 500);
+        set(&kernel, keys[4], 20, 20);
+        runtime.sample();
+        let usage = runtime.usage();
+        let names: Vec<&str> = usage.limits.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        let of = |name: &str| usage.limits.iter().find(|l| l.name == name).unwrap();
+        assert!((of("web").base - 20.0).abs() < f64::EPSILON, "the class's rate, not the default's");
+        assert!((of(&format!("rule {rule_id}")).base - 40.0).abs() < f64::EPSILON);
+        let default = crate::policy::Limits::default().rate.per_sec();
+        assert!((of("default").base - default).abs() < f64::EPSILON);
+        // One source under web: its first limit's bucket only.
+        let web = &of("web").sources;
+        assert_eq!(web.len(), 1);
+        assert!((web[0].offered / web[0].admitted - 4.0).abs() < 1e-9, "{web:?}");
+        // The peak goes by each limit's own rate: web's source at 30 per
+        // interval against 20/s is the busiest, not dns's 500.
+        let peak = usage.peak_ratio.unwrap();
+        assert!((peak - web[0].admitted / 20.0).abs() < 1e-9, "{peak}");
+    }
+}
