@@ -15,6 +15,13 @@
 //! (`enabled = false`). With it on, the scale must fall, the heavy client's
 //! admitted rate must be clearly lower, and the light clients must be served
 //! at least as often (and nearly always) and faster at the 99th percentile.
+//!
+//! A second scenario puts the two modes side by side, each on fresh
+//! namespaces: a botnet of 200 addresses, each a modest client, beside the
+//! light clients, then a client that comes back once the botnet stops. Both
+//! modes must cut the botnet down; `fair_share` must put every limit back
+//! within 10 s of the attack and serve the returning client far more often
+//! than `scale`, whose scale is still low.
 
 use std::{fmt::Write as _, net::IpAddr, thread, time::Duration};
 

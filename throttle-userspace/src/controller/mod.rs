@@ -17,7 +17,8 @@
 //! the last interval; it knows nothing of sockets or tasks. [`driver`] runs it
 //! in the daemon with a latency source from [`probe`].
 //!
-//! Each evaluation, in order:
+//! Each evaluation of the `scale` mode, in order (`fair_share` is described
+//! at `evaluate_fair` and in docs/adaptive.md):
 //! 1. With fewer than `min_samples` samples newer than `window_ms`, hold.
 //! 2. The algorithm (`gradient`, `vegas` or `aimd`) proposes a scale from
 //!    the samples gathered since the previous evaluation.
