@@ -599,7 +599,12 @@ impl Controller {
         // the estimate further (it would only slow the way back).
         let least = fair::kept_at(limits, config.floor);
         let sustained = self.sustained;
-        let (capacity, why) = if factor < 1.0 {
+        let (capacity, why) = if factor < 1.0 && admitted <= 0.0 {
+            // Nothing metered got through: cutting it cannot help the
+            // service, and an estimate of nothing would hold the first
+            // sources to come at the floor.
+            (self.capacity, format!("{reason}; nothing admitted under the limits it moves: not cutting"))
+        } else if factor < 1.0 {
             // The cut starts from what was admitted, not from an estimate
             // the traffic never reached; the first one goes down to what
             // the service sustained before, by at most three cuts at once.

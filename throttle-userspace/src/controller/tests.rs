@@ -359,3 +359,22 @@ fn switching_the_mode_forgets_the_capacity() {
     let bad: ParamsUpdate = serde_json::from_str(r#"{"mode": "fair"}"#).unwrap();
     assert!(c.update(secs(4), &bad).unwrap_err().to_string().contains("unknown variant `fair`"));
 }
+
+#[test]
+fn fair_share_does_not_cut_what_admits_nothing() {
+    let mut c = fair(AdaptiveConfig::default());
+    step(&mut c, 1, 10.0, &fair_usage(0, 0.0, 0.0));
+    // The service is slow, but none of its traffic is metered.
+    let idle = Usage {
+        limits: vec![LimitUsage { name: "default".to_owned(), base: 150.0, sources: Vec::new() }],
+        ..Usage::default()
+    };
+    for t in 2..5 {
+        assert_eq!(step(&mut c, t, 500.0, &idle), None);
+    }
+    assert!(c.reason().contains("nothing admitted"), "{}", c.reason());
+    assert_eq!(c.status(secs(4)).capacity_per_s, None);
+    // The first sources then come in at their full rate, not at the floor.
+    step(&mut c, 5, 10.0, &fair_usage(2, 20.0, 150.0));
+    assert!((c.scale() - 1.0).abs() < f64::EPSILON, "{}", c.scale());
+}
