@@ -217,7 +217,6 @@ pub struct Controller {
     levels: Vec<LevelView>,
     /// `fair_share`: the median of the previous window.
     last_p50: Option<f64>,
-
     /// `fair_share`: what was admitted during the latest window within the
     /// target before the sources were held.
     sustained: Option<f64>,
@@ -271,7 +270,6 @@ impl Controller {
             capacity: None,
             levels: Vec::new(),
             last_p50: None,
-
             sustained: None,
         })
     }
@@ -390,11 +388,11 @@ impl Controller {
 
     /// The active algorithm's proposal from `scale` (every algorithm learns
     /// from `window`, so that switching keeps the baselines), with the
-    /// target applied, and with a target whether the window is over it;
-    /// None when the window says nothing.
-    fn propose(&mut self, window: &Sorted, scale: f64) -> Option<(Proposal, Option<f64>)> {
+    /// target applied (no growth once the worst of the last windows is over
+    /// `near` of it), and with a target the target's own factor (1 within
+    /// it); None when the window says nothing.
+    fn propose(&mut self, window: &Sorted, scale: f64, near: f64) -> Option<(Proposal, Option<f64>)> {
         let config = &self.config;
-        let near = if config.mode == Mode::FairShare { FAIR_NEAR_TARGET } else { NEAR_TARGET };
         let gradient = self.gradient.evaluate(&config.gradient, window, scale);
         let vegas = self.vegas.evaluate(&config.vegas, window, scale);
         let aimd = self.aimd.evaluate(&config.aimd, window, scale);
@@ -459,7 +457,7 @@ impl Controller {
             return self.evaluate_fair(now, window, usage);
         }
         let scale = self.scale;
-        let Some((Proposal { mut desired, mut reason }, _)) = self.propose(window, scale) else {
+        let Some((Proposal { mut desired, mut reason }, _)) = self.propose(window, scale, NEAR_TARGET) else {
             self.hold(now);
             return None;
         };
@@ -532,16 +530,18 @@ impl Controller {
         }
     }
 
-    /// `fair_share`: the latency moves the capacity estimate, the measured
-    /// rates give the level.
-    fn evaluate_fair(&mut self, now: Duration, window: &Sorted, usage: &Usage) -> Option<Decision> {
-        // The algorithm's verdict as a factor: its proposal from 1.
-        let Some((Proposal { desired: factor, mut reason }, over)) = self.propose(window, CEILING) else {
-            self.hold(now);
-            return None;
-        };
+    /// `fair_share`: the factor on the capacity estimate, from the
+    /// algorithm's `factor` and, with a target, the target's own (`over`).
+    fn fair_factor(
+        &mut self,
+        window: &Sorted,
+        factor: f64,
+        reason: String,
+        over: Option<f64>,
+    ) -> (f64, String) {
         let held = self.capacity.is_some();
         let mut factor = factor;
+        let mut reason = reason;
         if let Some(target) = self.config.target_ms {
             // With a target, the target alone decides the cuts, in
             // proportion to how far over it the latency is: under it, the
@@ -577,7 +577,7 @@ impl Controller {
             }
         }
         let config = &self.config;
-        let mut factor = bounded(factor, 1.0 - config.max_decrease, 1.0 + config.max_increase, 1.0);
+        factor = bounded(factor, 1.0 - config.max_decrease, 1.0 + config.max_increase, 1.0);
         let p50 = window.percentile(50.0);
         let before = std::mem::replace(&mut self.last_p50, p50);
         if factor < 1.0 && held {
@@ -592,6 +592,22 @@ impl Controller {
                 }
             }
         }
+        (factor, reason)
+    }
+
+    /// `fair_share`: the latency moves the capacity estimate, the measured
+    /// rates give the level.
+    fn evaluate_fair(&mut self, now: Duration, window: &Sorted, usage: &Usage) -> Option<Decision> {
+        // The algorithm's verdict as a factor: its proposal from 1.
+        let Some((Proposal { desired: factor, reason }, over)) =
+            self.propose(window, CEILING, FAIR_NEAR_TARGET)
+        else {
+            self.hold(now);
+            return None;
+        };
+        let held = self.capacity.is_some();
+        let (factor, reason) = self.fair_factor(window, factor, reason, over);
+        let config = &self.config;
         let limits = &usage.limits;
         let admitted = fair::admitted(limits);
         let demand = fair::kept_at(limits, CEILING);
