@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     api::ClassList,
-    controller::Algorithm,
+    controller::{Algorithm, Mode},
     policy::{Action, Class, ClassLimit, LimitsPatch, Rate, RuleSpec, Target, Unit},
 };
 
@@ -137,6 +137,10 @@ pub struct ControllerSet {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// `fair-share` or `scale`.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<Algorithm>,
@@ -797,7 +801,20 @@ fn source_table(v: &Value) -> String {
 }
 
 fn controller_table(v: &Value) -> String {
-    let mut out = pairs(v, &["enabled", "algorithm", "state", "reason", "scale", "floor", "baseline_ms"]);
+    let mut out = pairs(
+        v,
+        &[
+            "enabled",
+            "mode",
+            "algorithm",
+            "state",
+            "reason",
+            "scale",
+            "floor",
+            "capacity_per_s",
+            "baseline_ms",
+        ],
+    );
     let latency = &v["latency"];
     if latency.is_object() {
         let _ = writeln!(
@@ -816,6 +833,26 @@ fn controller_table(v: &Value) -> String {
         .unwrap_or_default();
     out.push('\n');
     out.push_str(&table(&["LIMIT", "CONFIGURED", "EFFECTIVE"], &rates));
+    let levels: Vec<Vec<String>> = v["levels"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| {
+                    vec![
+                        cell(&l["limit"]),
+                        cell(&l["configured_per_s"]),
+                        cell(&l["level_per_s"]),
+                        cell(&l["sources"]),
+                        cell(&l["over_level"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !levels.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["LIMIT", "CONFIGURED/S", "LEVEL/S", "SOURCES", "OVER LEVEL"], &levels));
+    }
     let decisions: Vec<Vec<String>> = v["decisions"]
         .as_array()
         .map(|a| {

@@ -458,6 +458,7 @@ async fn the_openapi_document_lists_every_route() {
             "/v1/classes",
             "/v1/classes/{name}",
             "/v1/controller",
+            "/v1/events",
             "/v1/explain",
             "/v1/latency",
             "/v1/limits",

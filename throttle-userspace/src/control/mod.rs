@@ -722,6 +722,26 @@ impl Control {
         self.base_rates_in_order().into_iter().collect()
     }
 
+    /// The limits in packets that the controller's scale moves, by the `rule`
+    /// word of their buckets: the default limit (0), each limit rule, and the
+    /// first limit of each class marked `adaptive`, with a name (`default`,
+    /// `rule N`, the class's) and the configured rate. Byte limits are
+    /// scaled too but not listed: their buckets count packets.
+    #[must_use]
+    pub fn scaled_limits(&self) -> HashMap<u32, (String, Rate)> {
+        let packets = |unit: crate::policy::Unit| unit == crate::policy::Unit::Packets;
+        let limits = &self.policy.limits;
+        let default = packets(limits.unit).then(|| (0, ("default".to_owned(), limits.rate)));
+        let rules = self.rule_ids.iter().zip(&self.policy.rules).filter_map(|(&id, spec)| {
+            spec.limit().filter(|l| packets(l.unit)).map(|l| (id, (format!("rule {id}"), l.rate)))
+        });
+        let classes = self.class_ids.iter().zip(&self.policy.classes).filter_map(|(&id, class)| {
+            let first = class.limits.first().filter(|_| class.adaptive && packets(class.unit))?;
+            Some((class_owner(id, 0), (class.name.to_string(), first.rate)))
+        });
+        default.into_iter().chain(rules).chain(classes).collect()
+    }
+
     /// The rule `addr` falls under, as the data path picks it (the first
     /// rule whose set holds it, else the longest prefix), with its id.
     #[must_use]

@@ -23,6 +23,29 @@ pub enum Algorithm {
     Aimd,
 }
 
+/// How the controller turns the latency into limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The algorithm estimates the capacity the service sustains, and every
+    /// source gets its max-min fair share of it (water-filling over the
+    /// measured per-source rates): sources under the level keep all they
+    /// send, sources over it get the level.
+    #[default]
+    FairShare,
+    /// The algorithm walks one scale over every limit.
+    Scale,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::FairShare => "fair_share",
+            Self::Scale => "scale",
+        })
+    }
+}
+
 impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -261,6 +284,8 @@ pub struct AdaptiveConfig {
     /// Whether the controller moves the scale. Off, the scale is 1.0 and the
     /// latency is still watched and shown. Default true.
     pub enabled: bool,
+    /// `fair_share` (default) or `scale`.
+    pub mode: Mode,
     /// `gradient` (default), `vegas` or `aimd`.
     pub algorithm: Algorithm,
     /// Lowest scale, applied to every limit (0 < floor <= 1). Default 0.1.
@@ -307,6 +332,7 @@ impl Default for AdaptiveConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            mode: Mode::FairShare,
             algorithm: Algorithm::Gradient,
             floor: 0.1,
             interval_ms: 1_000,
@@ -579,6 +605,8 @@ mod tests {
         let config = parse("").unwrap();
         assert_eq!(config, AdaptiveConfig::default());
         assert_eq!(config.min_samples(), 10);
+        assert_eq!(config.mode, Mode::FairShare);
+        assert_eq!(parse("mode = \"scale\"").unwrap().mode, Mode::Scale);
     }
 
     #[test]
@@ -673,6 +701,7 @@ mod tests {
         for (text, needle) in [
             ("flor = 0.5", "unknown field `flor`"),
             ("algorithm = \"pid\"", "unknown variant `pid`"),
+            ("mode = \"fair\"", "unknown variant `fair`, expected `fair_share` or `scale`"),
             ("[gradient]\ntolerence = 2.0", "unknown field `tolerence`"),
             ("[source]\nkind = \"udp\"", "unknown variant `udp`"),
             (

@@ -134,7 +134,7 @@ async fn evaluate(shared: Arc<Shared>) {
         let now = shared.now();
         let mut controller = shared.lock();
         let before = controller.state();
-        if let Some(decision) = controller.tick(now, usage) {
+        if let Some(decision) = controller.tick(now, &usage) {
             apply(&mut controller, &*shared.sink, &decision);
         }
         log_state(before, &controller);
@@ -238,7 +238,11 @@ mod tests {
 
     impl ScaleSink for Sink {
         fn usage(&self) -> Usage {
-            Usage { over_limit_drops: self.drops.load(Ordering::Relaxed), peak_ratio: Some(1.0) }
+            Usage {
+                over_limit_drops: self.drops.load(Ordering::Relaxed),
+                peak_ratio: Some(1.0),
+                ..Usage::default()
+            }
         }
 
         fn apply_scale(&self, scale: f64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

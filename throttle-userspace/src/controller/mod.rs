@@ -1,14 +1,24 @@
 //! The adaptive controller: it watches the protected service's latency and
-//! moves one scale factor, between a floor and 1.0, that the daemon applies to
-//! every limit. Since only heavy sources ever reach their bucket's limit,
-//! shrinking the per-source rate sheds the heaviest sources first.
+//! sets one factor, between a floor and 1.0, that the daemon applies to the
+//! rate of every limit it moves (the default limit, limit rules, classes
+//! marked `adaptive`). Since only heavy sources ever reach their bucket's
+//! limit, shrinking the per-source rate sheds the heaviest sources first.
+//!
+//! Two modes set the factor. `fair_share` (the default): the algorithm's
+//! verdict on the latency moves an estimate of the capacity the service
+//! sustains, and the factor is the max-min fair share of that capacity over
+//! the per-source rates the daemon measured ([`fair`]); once the sources fit
+//! in it again at their configured rates, the estimate is dropped and every
+//! limit is back at its configured rate. `scale`: the algorithm walks the
+//! factor itself, as below.
 //!
 //! [`Controller`] is a plain struct: the caller feeds it latency samples and
 //! calls [`Controller::tick`] with the time since start and the [`Usage`] of
 //! the last interval; it knows nothing of sockets or tasks. [`driver`] runs it
 //! in the daemon with a latency source from [`probe`].
 //!
-//! Each evaluation, in order:
+//! Each evaluation of the `scale` mode, in order (`fair_share` is described
+//! at `evaluate_fair` and in docs/adaptive.md):
 //! 1. With fewer than `min_samples` samples newer than `window_ms`, hold.
 //! 2. The algorithm (`gradient`, `vegas` or `aimd`) proposes a scale from
 //!    the samples gathered since the previous evaluation.
@@ -25,6 +35,7 @@
 pub mod aimd;
 pub mod config;
 pub mod driver;
+pub mod fair;
 pub mod gradient;
 pub mod probe;
 pub mod vegas;
@@ -39,12 +50,13 @@ use serde::Serialize;
 
 use self::{
     aimd::Aimd,
+    fair::{LevelView, LimitUsage},
     gradient::Gradient,
     vegas::Vegas,
     window::{Pending, Percentiles, Sorted},
 };
 pub use self::{
-    config::{AdaptiveConfig, Algorithm, ParamsUpdate, SourceConfig, UpdateError},
+    config::{AdaptiveConfig, Algorithm, Mode, ParamsUpdate, SourceConfig, UpdateError},
     driver::{spawn, ControllerHandle, ScaleSink},
 };
 use crate::policy::Invalid;
@@ -58,11 +70,22 @@ pub const MIN_CHANGE: f64 = 0.001;
 const MIN_TARGET_GRADIENT: f64 = 0.5;
 /// Above this share of the target the scale does not grow.
 const NEAR_TARGET: f64 = 0.8;
+/// `fair_share`: above this share of the target the capacity estimate does
+/// not grow. Lower than for the scale: the level sheds exactly the excess,
+/// so the service runs closer to its knee, where one window's percentile is
+/// noisy.
+const FAIR_NEAR_TARGET: f64 = 0.5;
 /// Growth towards the target goes by the worst of this many last windows.
 const TARGET_MEMORY: usize = 5;
+/// `fair_share`: over the target, a median this much under the previous
+/// window's says the queue drains, and the capacity is not cut again.
+const DRAINING: f64 = 0.9;
+/// `fair_share`: share of the way to a new water level that one evaluation
+/// moves the level, between cuts.
+const LEVEL_SMOOTHING: f64 = 0.5;
 
 /// What the traffic did during the last interval, from the data path.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
     /// Packets dropped over their source's limit during the interval: more
     /// than zero means the limits bind.
@@ -71,6 +94,10 @@ pub struct Usage {
     /// fraction of its base (unscaled) limit; None when not measured, in
     /// which case the guard goes by the drops alone.
     pub peak_ratio: Option<f64>,
+    /// Every limit the controller moves, with its sources' rates, for the
+    /// `fair_share` mode; empty when not measured, in which case that mode
+    /// walks the scale as the `scale` mode does.
+    pub limits: Vec<LimitUsage>,
 }
 
 /// A proposal of one algorithm.
@@ -138,6 +165,7 @@ pub struct SampleCounts {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
     pub enabled: bool,
+    pub mode: Mode,
     pub algorithm: Algorithm,
     /// The factor applied to every limit.
     pub scale: f64,
@@ -149,6 +177,13 @@ pub struct Status {
     pub latency: Option<LatencyReport>,
     /// The active algorithm's baseline latency, in milliseconds.
     pub baseline_ms: Option<f64>,
+    /// `fair_share`: the capacity the service is estimated to sustain, in
+    /// units of the limits per second, while the sources do not fit in it
+    /// at their configured rates; None otherwise.
+    pub capacity_per_s: Option<f64>,
+    /// Each limit the controller moves, with its per-source level, as of
+    /// the latest evaluation.
+    pub levels: Vec<LevelView>,
     pub samples: SampleCounts,
     /// The latest decisions, oldest first.
     pub decisions: Vec<Decision>,
@@ -176,6 +211,23 @@ pub struct Controller {
     /// The target percentile of the last windows.
     recent: VecDeque<f64>,
     epoch: Option<SystemTime>,
+    /// `fair_share`: the estimated capacity while the sources exceed it.
+    capacity: Option<f64>,
+    /// The limits of the latest evaluation, for the status.
+    levels: Vec<LevelView>,
+    /// `fair_share`: the median of the previous window.
+    last_p50: Option<f64>,
+    /// `fair_share`: what was admitted during the latest window within the
+    /// target before the sources were held.
+    sustained: Option<f64>,
+}
+
+/// The median of the last `n` values of `recent` (the higher middle one of
+/// an even count); None when empty.
+fn median_of_last(recent: &VecDeque<f64>, n: usize) -> Option<f64> {
+    let mut last: Vec<f64> = recent.iter().rev().take(n).copied().collect();
+    last.sort_by(f64::total_cmp);
+    last.get(last.len() / 2).copied()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -215,6 +267,10 @@ impl Controller {
             apply_error: None,
             recent: VecDeque::new(),
             epoch: None,
+            capacity: None,
+            levels: Vec::new(),
+            last_p50: None,
+            sustained: None,
         })
     }
 
@@ -299,7 +355,7 @@ impl Controller {
 
     /// One evaluation at `now` (time since start) with the traffic's `usage`
     /// of the last interval. Returns a decision when the scale changed.
-    pub fn tick(&mut self, now: Duration, usage: Usage) -> Option<Decision> {
+    pub fn tick(&mut self, now: Duration, usage: &Usage) -> Option<Decision> {
         self.pending.expire(now, Duration::from_millis(self.config.window_ms));
         let enough = self.pending.len() >= self.config.min_samples() as usize;
         if !self.config.enabled {
@@ -330,29 +386,35 @@ impl Controller {
         self.evaluate(now, &window, usage)
     }
 
-    fn evaluate(&mut self, now: Duration, window: &Sorted, usage: Usage) -> Option<Decision> {
+    /// The active algorithm's proposal from `scale` (every algorithm learns
+    /// from `window`, so that switching keeps the baselines), with the
+    /// target applied (no growth once the worst of the last windows is over
+    /// `near` of it), and with a target the target's own factor (1 within
+    /// it); None when the window says nothing.
+    fn propose(&mut self, window: &Sorted, scale: f64, near: f64) -> Option<(Proposal, Option<f64>)> {
         let config = &self.config;
-        let scale = self.scale;
-        // Every algorithm learns, so that switching keeps the baselines.
         let gradient = self.gradient.evaluate(&config.gradient, window, scale);
         let vegas = self.vegas.evaluate(&config.vegas, window, scale);
         let aimd = self.aimd.evaluate(&config.aimd, window, scale);
-        let Some(proposal) = (match config.algorithm {
+        let Proposal { mut desired, mut reason } = match config.algorithm {
             Algorithm::Gradient => gradient,
             Algorithm::Vegas => vegas,
             Algorithm::Aimd => aimd,
-        }) else {
-            self.hold(now);
-            return None;
-        };
-        let Proposal { mut desired, mut reason } = proposal;
+        }?;
         if desired.is_nan() {
             desired = scale;
         }
 
+        // With a target: the target's own factor over it, 1 under it.
+        let mut over = None;
         if let Some(target) = config.target_ms {
             let tp = config.target_percentile;
             if let Some(observed) = window.percentile(tp) {
+                over = Some(if observed > target {
+                    (target / observed).sqrt().max(MIN_TARGET_GRADIENT)
+                } else {
+                    1.0
+                });
                 if self.recent.len() >= TARGET_MEMORY {
                     self.recent.pop_front();
                 }
@@ -366,7 +428,7 @@ impl Controller {
                         desired = cut;
                         reason = format!("p{tp} {observed:.1} ms over the {target} ms target");
                     }
-                } else if worst > target * NEAR_TARGET && desired > scale {
+                } else if worst > target * near && desired > scale {
                     desired = scale;
                     reason = format!(
                         "{reason}; p{tp} {worst:.1} ms in the last windows, near the {target} ms target: not growing"
@@ -387,6 +449,23 @@ impl Controller {
             }
         }
 
+        Some((Proposal { desired, reason }, over))
+    }
+
+    fn evaluate(&mut self, now: Duration, window: &Sorted, usage: &Usage) -> Option<Decision> {
+        if self.config.mode == Mode::FairShare && !usage.limits.is_empty() {
+            return self.evaluate_fair(now, window, usage);
+        }
+        let scale = self.scale;
+        let Some((Proposal { mut desired, mut reason }, _)) = self.propose(window, scale, NEAR_TARGET) else {
+            self.hold(now);
+            return None;
+        };
+        if self.config.mode == Mode::FairShare {
+            reason = format!("no per-source rates measured, scaling: {reason}");
+        }
+        self.levels = fair::levels(&usage.limits, scale);
+        let config = &self.config;
         let binding = usage.over_limit_drops > 0;
         let peak = usage.peak_ratio.filter(|r| r.is_finite() && *r >= 0.0);
         let mut from = scale;
@@ -429,6 +508,14 @@ impl Controller {
         let high = scale * (1.0 + config.max_increase);
         let low = from * (1.0 - config.max_decrease);
         let desired = bounded(desired, low, high, scale);
+        self.settle(now, desired, reason)
+    }
+
+    /// Moves the scale to `desired` (within the floor and the ceiling) when
+    /// that is a change worth making.
+    fn settle(&mut self, now: Duration, desired: f64, reason: String) -> Option<Decision> {
+        let config = &self.config;
+        let scale = self.scale;
         let desired = bounded(desired, config.floor, CEILING, scale);
         self.state = State::Adjusting;
         let at_bound = |x: f64| (x - CEILING).abs() < f64::EPSILON || (x - config.floor).abs() < f64::EPSILON;
@@ -443,11 +530,159 @@ impl Controller {
         }
     }
 
+    /// `fair_share`: the factor on the capacity estimate, from the
+    /// algorithm's `factor` and, with a target, the target's own (`over`).
+    fn fair_factor(
+        &mut self,
+        window: &Sorted,
+        factor: f64,
+        reason: String,
+        over: Option<f64>,
+    ) -> (f64, String) {
+        let held = self.capacity.is_some();
+        let mut factor = factor;
+        let mut reason = reason;
+        if let Some(target) = self.config.target_ms {
+            // With a target, the target alone decides the cuts, in
+            // proportion to how far over it the latency is: under it, the
+            // algorithm's alarm only stops growth (a band that keeps the
+            // level steady).
+            let tp = self.config.target_percentile;
+            // While the sources are held, one window over the target among
+            // quiet ones is noise: the cut goes by the median of the last
+            // three windows.
+            let observed = if held { median_of_last(&self.recent, 3) } else { window.percentile(tp) };
+            match (over, observed) {
+                (Some(_), Some(observed)) if observed > target => {
+                    factor = (target / observed).sqrt().max(MIN_TARGET_GRADIENT);
+                    reason = if held {
+                        format!(
+                            "p{tp} {observed:.1} ms over the {target} ms target (median of the last windows)"
+                        )
+                    } else {
+                        format!("p{tp} {observed:.1} ms over the {target} ms target")
+                    };
+                }
+                (Some(f), _) if f < 1.0 => {
+                    factor = 1.0;
+                    reason = format!(
+                        "{reason}; the median p{tp} of the last windows is within the target: not cutting"
+                    );
+                }
+                _ if factor < 1.0 => {
+                    factor = 1.0;
+                    reason = format!("{reason}; within the target: not cutting");
+                }
+                _ => {}
+            }
+        }
+        let config = &self.config;
+        factor = bounded(factor, 1.0 - config.max_decrease, 1.0 + config.max_increase, 1.0);
+        let p50 = window.percentile(50.0);
+        let before = std::mem::replace(&mut self.last_p50, p50);
+        if factor < 1.0 && held {
+            if let (Some(now), Some(before)) = (p50, before) {
+                if now < before * DRAINING {
+                    // The queue drains: the last cut works, and cutting on
+                    // a latency it has not caught up with yet overshoots.
+                    factor = 1.0;
+                    reason = format!(
+                        "{reason}; p50 {now:.1} ms down from {before:.1} ms: the queue drains, not cutting"
+                    );
+                }
+            }
+        }
+        (factor, reason)
+    }
+
+    /// `fair_share`: the latency moves the capacity estimate, the measured
+    /// rates give the level.
+    fn evaluate_fair(&mut self, now: Duration, window: &Sorted, usage: &Usage) -> Option<Decision> {
+        // The algorithm's verdict as a factor: its proposal from 1.
+        let Some((Proposal { desired: factor, reason }, over)) =
+            self.propose(window, CEILING, FAIR_NEAR_TARGET)
+        else {
+            self.hold(now);
+            return None;
+        };
+        let held = self.capacity.is_some();
+        let (factor, reason) = self.fair_factor(window, factor, reason, over);
+        let config = &self.config;
+        let limits = &usage.limits;
+        let admitted = fair::admitted(limits);
+        let demand = fair::kept_at(limits, CEILING);
+        // Under this the floor holds every source anyway: no use cutting
+        // the estimate further (it would only slow the way back).
+        let least = fair::kept_at(limits, config.floor);
+        let sustained = self.sustained;
+        let (capacity, why) = if factor < 1.0 && admitted <= 0.0 {
+            // Nothing metered got through: cutting it cannot help the
+            // service, and an estimate of nothing would hold the first
+            // sources to come at the floor.
+            (self.capacity, format!("{reason}; nothing admitted under the limits it moves: not cutting"))
+        } else if factor < 1.0 {
+            // The cut starts from what was admitted, not from an estimate
+            // the traffic never reached; the first one goes down to what
+            // the service sustained before, by at most three cuts at once.
+            let from = self.capacity.map_or(admitted, |c| c.min(admitted));
+            let mut capacity = from * factor;
+            if let (false, Some(sustained)) = (held, sustained) {
+                capacity = sustained.clamp(from * factor.powi(3), capacity);
+            }
+            let capacity = capacity.max(least);
+            (Some(capacity), format!("{reason}: capacity {capacity:.0}/s ({from:.0}/s admitted)"))
+        } else {
+            match self.capacity {
+                Some(c) if demand <= c * factor => (
+                    None,
+                    format!(
+                        "{reason}; the sources fit in the capacity ({demand:.0}/s of {c:.0}/s): every limit at its configured rate"
+                    ),
+                ),
+                // Back to what the service sustained within the target
+                // before the overload: a cut on a latency that lagged
+                // behind the cuts before it went too deep.
+                Some(c) if factor > 1.0 && sustained.is_some_and(|s| s > c * factor) => {
+                    let s = sustained.unwrap_or(c);
+                    (Some(s), format!("{reason}: back to the {s:.0}/s sustained before"))
+                }
+                Some(c) if factor > 1.0 => {
+                    let capacity = c * factor;
+                    (Some(capacity), format!("{reason}: probing up, capacity {capacity:.0}/s"))
+                }
+                Some(c) => (Some(c), format!("{reason}: capacity stays {c:.0}/s")),
+                None => (None, format!("{reason}; no source held back")),
+            }
+        };
+        let cut = factor < 1.0;
+        if !held && !cut && over.is_none_or(|f| f >= 1.0) {
+            self.sustained = Some(admitted);
+        }
+        self.capacity = capacity;
+        let mut level = capacity.map_or(CEILING, |c| fair::water_level(limits, c)).max(config.floor);
+        if held && capacity.is_some() && !cut {
+            // The rates measured over one interval are noisy: between cuts
+            // the level moves half way to the water level each time.
+            level = self.scale + LEVEL_SMOOTHING * (level - self.scale);
+        }
+        self.levels = fair::levels(limits, level);
+        let reason = if capacity.is_some() {
+            let held = self.levels.iter().map(|l| l.over_level).sum::<usize>();
+            format!("{why}; fair share {level:.3} of each limit, {held} sources held to it")
+        } else {
+            why
+        };
+        self.settle(now, level, reason)
+    }
+
     /// Applies a `PUT /v1/controller` body at `now`. Returns the decision when
     /// the scale changed (turned off: back to 1.0; a floor raised over it).
     pub fn update(&mut self, now: Duration, update: &ParamsUpdate) -> Result<Option<Decision>, UpdateError> {
         let next = update.apply_to(&self.config)?;
         let was_enabled = self.config.enabled;
+        if !next.enabled || next.mode != self.config.mode {
+            self.capacity = None;
+        }
         self.config = next;
         while self.decisions.len() > self.config.history as usize {
             self.decisions.pop_front();
@@ -495,6 +730,7 @@ impl Controller {
         let config = &self.config;
         Status {
             enabled: config.enabled,
+            mode: config.mode,
             algorithm: config.algorithm,
             scale: self.scale,
             floor: config.floor,
@@ -509,6 +745,12 @@ impl Controller {
                 Algorithm::Vegas => self.vegas.baseline(),
                 Algorithm::Aimd => self.aimd.baseline(),
             },
+            capacity_per_s: self.capacity,
+            levels: self
+                .levels
+                .iter()
+                .map(|l| LevelView { level_per_s: l.configured_per_s * self.scale, ..l.clone() })
+                .collect(),
             samples: SampleCounts {
                 total: self.pending.total(),
                 pending: self.pending.len() as u64,
