@@ -354,3 +354,40 @@ fn throttle_events_follow_prints_each_change_with_who_made_it() {
     );
     checks.assert_all();
 }
+
+#[test]
+fn throttle_top_watch_shows_the_flooding_source_with_its_drop_rate() {
+    require_root!();
+    let test = "throttle_top_watch_shows_the_flooding_source_with_its_drop_rate";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().sender_addrs(["10.99.9.1/16"]).build();
+    let src = pair.sender_ips()[0];
+    let config = "[limits]\nrate = 100\nburst = 100\n";
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(config).start_ready();
+    let flood = Flood::start(
+        &pair.sender,
+        vec![Flow::new(src, pair.dst_for(src, 9000)).rate(2_000)],
+        Some(Duration::from_secs(3)),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The client's flags before the subcommand, as after it.
+    let watch = daemon.cli(&pair.receiver, ["--json", "status"]);
+    checks.that(
+        watch.code == Some(0) && watch.stdout.trim_start().starts_with('{'),
+        &format!("{}: JSON: {}", watch.command, watch.stdout.lines().next().unwrap_or("")),
+    );
+    let top = daemon.cli(&pair.receiver, ["top", "--watch", "--interval", "0.5", "--count", "3", "-n", "5"]);
+    let _ = flood.join();
+    // The last refresh: the flood's source, dropped at about 2000 - 100 a second.
+    let last = top.stdout.rsplit("\x1b[2J\x1b[H").next().unwrap_or("");
+    let row = last.lines().find(|l| l.starts_with(&src.to_string())).unwrap_or("");
+    let drop_rate: f64 = row.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    checks.that(
+        top.code == Some(0) && (1_000.0..3_000.0).contains(&drop_rate),
+        &format!(
+            "{}: the flood's source dropped at {drop_rate:.0}/s in the last refresh: {row:?}",
+            top.command
+        ),
+    );
+    checks.assert_all();
+}

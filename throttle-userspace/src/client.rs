@@ -160,12 +160,33 @@ pub enum ClientCommand {
     Limits(Option<LimitsPatch>),
     Classes(Option<ClassesCommand>),
     Sets(Option<SetsCommand>),
-    Events { n: usize, follow: bool },
+    Events {
+        n: usize,
+        follow: bool,
+    },
     Bans(Option<BansCommand>),
-    Explain { addr: String, to: Option<String>, syn: bool },
+    Explain {
+        addr: String,
+        to: Option<String>,
+        syn: bool,
+    },
     Rules(RulesCommand),
-    Top { n: usize, by: String },
-    Source { addr: String, reset: bool },
+    Top {
+        n: usize,
+        by: String,
+    },
+    /// `top --watch`: refreshed every `interval`, `count` times or until
+    /// interrupted.
+    Watch {
+        n: usize,
+        by: String,
+        interval: Duration,
+        count: Option<u64>,
+    },
+    Source {
+        addr: String,
+        reset: bool,
+    },
     Controller(Option<ControllerCommand>),
 }
 
@@ -268,6 +289,81 @@ impl Client {
 }
 
 impl Client {
+    /// `top --watch`: the heaviest sources, refreshed every `interval`, with
+    /// their rates since the previous refresh, heaviest drop rate first.
+    async fn watch(
+        &self,
+        n: usize,
+        by: &str,
+        interval: Duration,
+        count: Option<u64>,
+        json: bool,
+    ) -> Result<(), ClientError> {
+        // More than shown, so that a source whose totals are not among the
+        // top but whose rate is still ranks.
+        let path = format!("/v1/sources?top={}&by={}", (n * 4).clamp(40, 10_000), encode(by));
+        let mut previous: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+        let mut last = std::time::Instant::now();
+        let mut refreshes = 0u64;
+        loop {
+            let value = self.call(Method::GET, &path, None).await?;
+            let secs = last.elapsed().as_secs_f64().max(1e-3);
+            last = std::time::Instant::now();
+            let mut rows: Vec<(f64, f64, Vec<String>)> = Vec::new();
+            let mut seen = std::collections::HashMap::new();
+            for s in value["sources"].as_array().into_iter().flatten() {
+                let key = format!("{} {} {} {}", s["source"], s["rule"], s["class"], s["limit"]);
+                let (passed, dropped) =
+                    (s["passed"].as_u64().unwrap_or(0), s["dropped"].as_u64().unwrap_or(0));
+                let (p0, d0) = previous.get(&key).copied().unwrap_or((passed, dropped));
+                #[expect(clippy::cast_precision_loss, reason = "packet counts")]
+                let (pass_rate, drop_rate) =
+                    (passed.saturating_sub(p0) as f64 / secs, dropped.saturating_sub(d0) as f64 / secs);
+                seen.insert(key, (passed, dropped));
+                let owner = s["class"].as_str().map_or_else(
+                    || s["rule"].as_u64().map_or_else(|| "default".to_owned(), |r| format!("rule {r}")),
+                    |class| format!("{class} {}", s["limit"].as_str().unwrap_or("0")),
+                );
+                rows.push((
+                    drop_rate,
+                    pass_rate,
+                    vec![
+                        cell(&s["source"]),
+                        owner,
+                        format!("{pass_rate:.1}"),
+                        format!("{drop_rate:.1}"),
+                        cell(&s["passed"]),
+                        cell(&s["dropped"]),
+                    ],
+                ));
+            }
+            previous = seen;
+            let passed_first = by == "passed";
+            rows.sort_by(|a, b| {
+                let (a, b) = if passed_first { (a.1, b.1) } else { (a.0, b.0) };
+                b.total_cmp(&a)
+            });
+            rows.truncate(n);
+            if json {
+                println!("{value}");
+            } else {
+                let table = table(
+                    &["SOURCE", "LIMIT", "PASSED/S", "DROPPED/S", "PASSED", "DROPPED"],
+                    &rows.into_iter().map(|r| r.2).collect::<Vec<_>>(),
+                );
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                // Clear the screen and go home, as `top` does.
+                print!("\x1b[2J\x1b[H{now}  throttle top --watch (every {:.1} s, rates since the last refresh)\n\n{table}", interval.as_secs_f64());
+            }
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            refreshes += 1;
+            if count.is_some_and(|count| refreshes >= count) {
+                return Ok(());
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
     /// Follows the live event stream at `path`, printing each event as it
     /// comes (its JSON with `json`), until the daemon closes it.
     async fn follow(&self, path: &str, json: bool) -> Result<(), ClientError> {
@@ -395,6 +491,10 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
             (client.call(Method::DELETE, &format!("/v1/rules/{}", encode(&id)), None).await?, |_| {
                 "removed\n".into()
             })
+        }
+        ClientCommand::Watch { n, by, interval, count } => {
+            client.watch(n, &by, interval, count, args.json).await?;
+            return Ok(String::new());
         }
         ClientCommand::Top { n, by } => {
             let path = format!("/v1/sources?top={n}&by={}", encode(&by));

@@ -94,6 +94,16 @@ enum Command {
         /// `dropped` or `passed`.
         #[arg(long, default_value = "dropped")]
         by: String,
+        /// A live view: refreshed every `--interval`, with the rates per
+        /// second since the last refresh, until Ctrl-C.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// Seconds between refreshes of `--watch`.
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+        /// Stop `--watch` after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
     },
     /// One source's bucket; `--reset` forgets it (a fresh burst).
     Source {
@@ -113,8 +123,33 @@ enum Command {
     },
 }
 
+/// The client's flags a command line gives before its subcommand, moved
+/// after it (where each subcommand takes them): `throttle --json status`
+/// as `throttle status --json`. The daemon's own flags are left alone.
+fn hoist_client_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut flags = Vec::new();
+    let mut i = 1;
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        let name = arg.split('=').next().unwrap_or(arg);
+        match name {
+            "--admin" | "--token-file" if !arg.contains('=') => i += 2,
+            "--json" | "--admin" | "--token-file" => i += 1,
+            _ => break,
+        }
+        flags.push(i);
+    }
+    let end = flags.last().copied().unwrap_or(1);
+    if end == 1 || end >= args.len() || args[end] == "daemon" {
+        return args;
+    }
+    let mut out = vec![args[0].clone(), args[end].clone()];
+    out.extend(args[1..end].iter().cloned());
+    out.extend(args[end + 1..].iter().cloned());
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hoist_client_flags(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -147,7 +182,17 @@ fn main() -> ExitCode {
         Command::Sets { client, command } => (client, ClientCommand::Sets(command)),
         Command::Explain { client, addr, to, syn } => (client, ClientCommand::Explain { addr, to, syn }),
         Command::Rules { client, command } => (client, ClientCommand::Rules(command)),
-        Command::Top { client, n, by } => (client, ClientCommand::Top { n, by }),
+        Command::Top { client, n, by, watch: false, .. } => (client, ClientCommand::Top { n, by }),
+        Command::Top { client, n, by, watch: true, interval, count } => {
+            if !(interval.is_finite() && (0.1..=3600.0).contains(&interval)) {
+                eprintln!("error: --interval {interval}: from 0.1 to 3600 seconds");
+                return ExitCode::from(client::EXIT_USAGE);
+            }
+            (
+                client,
+                ClientCommand::Watch { n, by, interval: std::time::Duration::from_secs_f64(interval), count },
+            )
+        }
         Command::Events { client, n, follow } => (client, ClientCommand::Events { n, follow }),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),
         Command::Controller { client, set } => (client, ClientCommand::Controller(set)),
@@ -186,7 +231,30 @@ fn chain(err: &anyhow::Error) -> String {
 mod tests {
     use std::io;
 
-    use super::chain;
+    use super::{chain, hoist_client_flags};
+
+    fn hoisted(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        hoist_client_flags(args).iter().map(|a| a.to_str().unwrap()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn client_flags_before_the_subcommand_go_after_it() {
+        assert_eq!(hoisted("throttle --json status"), "throttle status --json");
+        assert_eq!(
+            hoisted("throttle --admin 10.0.0.1:9840 --json rules list"),
+            "throttle rules --admin 10.0.0.1:9840 --json list"
+        );
+        assert_eq!(hoisted("throttle --token-file=/t top -n 3"), "throttle top --token-file=/t -n 3");
+        assert_eq!(hoisted("throttle status --json"), "throttle status --json", "already after");
+        assert_eq!(
+            hoisted("throttle --admin 0.0.0.0:1 daemon"),
+            "throttle --admin 0.0.0.0:1 daemon",
+            "not the daemon's"
+        );
+        assert_eq!(hoisted("throttle --json"), "throttle --json", "no subcommand: clap says so");
+        assert_eq!(hoisted("throttle --version"), "throttle --version");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("pin directory /sys/fs/bpf/x: {source}")]
