@@ -52,10 +52,12 @@ pub async fn render(state: &AppState) -> String {
                 kernel.version(),
                 rules,
                 c.scale(),
+                kernel.event_stats().ok(),
+                c.sets(),
             )
         })
         .await;
-    let (counters, attachments, capacity, version, rules, scale) = snapshot;
+    let (counters, attachments, capacity, version, rules, scale, events, sets) = snapshot;
 
     if let Some(by_interface) = counters {
         registry.register(
@@ -99,6 +101,32 @@ pub async fn render(state: &AppState) -> String {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     registry.register("rules", "Rules in force, by action", rule_family);
+    let set_family = Family::<Labels, Gauge>::default();
+    for set in &sets.sets {
+        set_family
+            .get_or_create(&vec![("set", set.name.to_string())])
+            .set(i64::try_from(set.prefixes).unwrap_or(i64::MAX));
+    }
+    registry.register("set_prefixes", "Prefixes of each IP set", set_family);
+    int_gauge(
+        &mut registry,
+        "set_memory_bytes",
+        "The kernel's account of the set tries' memory",
+        sets.memory_bytes,
+    );
+    if let Some(events) = events {
+        let family = Family::<Labels, Counter>::default();
+        for (outcome, count) in
+            [("sent", events.sent), ("suppressed", events.suppressed), ("lost", events.lost)]
+        {
+            family.get_or_create(&vec![("outcome", outcome.to_owned())]).inc_by(count);
+        }
+        registry.register(
+            "data_path_events",
+            "Events of the data path: sent, held back by their budget, lost to a full ring",
+            family,
+        );
+    }
     int_gauge(&mut registry, "config_version", "Writes of the configuration to the maps", version);
     int_gauge(
         &mut registry,
