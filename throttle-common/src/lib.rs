@@ -40,8 +40,10 @@ pub mod map_name {
     pub const EVENT_STATS: &str = "EVENT_STATS";
     pub const EVENT_STATE: &str = "EVENT_STATE";
     pub const RULE_HITS: &str = "RULE_HITS";
+    pub const CAPTURE: &str = "CAPTURE";
+    pub const CAPTURED: &str = "CAPTURED";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         RULES_V4,
         RULES_V6,
@@ -59,6 +61,8 @@ pub mod map_name {
         EVENT_STATS,
         EVENT_STATE,
         RULE_HITS,
+        CAPTURE,
+        CAPTURED,
     ];
 }
 
@@ -145,6 +149,8 @@ pub mod flags {
     pub const SETS_V4: u32 = 1 << 11;
     /// A rule names a set that holds IPv6 prefixes.
     pub const SETS_V6: u32 = 1 << 12;
+    /// A capture of dropped packets runs ([`crate::CaptureConfig`]).
+    pub const CAPTURE: u32 = 1 << 13;
 }
 
 /// Global settings: the single entry of the `CONFIG` array.
@@ -289,7 +295,10 @@ pub mod event {
     pub const SENT: u32 = 0;
     pub const SUPPRESSED: u32 = 1;
     pub const LOST: u32 = 2;
-    pub const STATS: u32 = 3;
+    /// Dropped packets copied to the capture ring, and lost to a full one.
+    pub const CAPTURED: u32 = 3;
+    pub const CAPTURE_LOST: u32 = 4;
+    pub const STATS: u32 = 5;
     /// `EVENT_STATE`: the GCRA state of [`LIMIT`], and whether the
     /// first-seen budget is dry (1) or not (0).
     pub const STATE_BUDGET: u32 = 0;
@@ -315,6 +324,52 @@ pub struct Event {
 }
 
 const _: () = assert!(size_of::<Event>() == 40);
+
+/// Bytes of a dropped packet a capture copies at most.
+pub const CAPTURE_SNAP: u32 = 128;
+/// Bytes of the capture ring.
+pub const CAPTURE_RING_BYTES: u32 = 1 << 20;
+
+/// Which dropped packets a capture copies: the single entry of `CAPTURE`,
+/// in force while [`flags::CAPTURE`] is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CaptureConfig {
+    /// The verdict reasons, a bit each ([`Reason::slot`]).
+    pub reasons: u32,
+    /// One in `sample` matching packets, at random (1: every one).
+    pub sample: u32,
+    /// The class (its id plus one; 0: any).
+    pub class: u32,
+    /// Only sources of this family ([`FAMILY_V4`], [`FAMILY_V6`]; 0: any),
+    /// and under the masked address.
+    pub family: Family,
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+    /// Bytes copied of each, 1 to [`CAPTURE_SNAP`].
+    pub snap: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<CaptureConfig>() == 56);
+
+/// One captured packet, as the `CAPTURED` ring holds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Captured {
+    /// `CLOCK_MONOTONIC`, ns.
+    pub at_ns: u64,
+    /// The frame's length, and how much of it `data` holds.
+    pub len: u32,
+    pub caplen: u32,
+    /// Its verdict reason ([`Reason::slot`]).
+    pub reason: u32,
+    /// The interface it arrived on.
+    pub ifindex: u32,
+    pub data: [u8; CAPTURE_SNAP as usize],
+}
+
+const _: () = assert!(size_of::<Captured>() == 152);
 
 /// A rule that names a set: the `SET_RULES` entries of the bank in use,
 /// in the rules' order, the first whose set holds the source deciding.
@@ -703,6 +758,8 @@ mod user {
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::SetRule {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::CaptureConfig {}
+    unsafe impl aya::Pod for super::Captured {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
 }

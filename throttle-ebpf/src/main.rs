@@ -16,6 +16,7 @@
 #![allow(clippy::inline_always, reason = "BPF-to-BPF calls cost on every packet and weigh on the verifier")]
 
 mod bucket;
+mod capture;
 mod events;
 mod maps;
 mod parse;
@@ -53,7 +54,13 @@ pub fn throttle(ctx: XdpContext) -> u32 {
     if !reason::drops(verdict) {
         return XDP_PASS;
     }
-    if config.flags & flags::DRY_RUN != 0 {
+    // Only the flags and the counters' slot live on past the capture call:
+    // the program's stack is near its bound.
+    let config_flags = config.flags;
+    if config_flags & flags::CAPTURE != 0 {
+        capture::dropped(ctx.ctx, verdict, config_flags);
+    }
+    if config_flags & flags::DRY_RUN != 0 {
         count(counters, reason::DRY_RUN_PASS);
         return XDP_PASS;
     }

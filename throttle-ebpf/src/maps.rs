@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use throttle_common::{
-    class_of, event, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule, SetRule,
-    DEFAULT_MAX_SOURCES, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
+    class_of, event, reason, rule_filter, set_rules, Bucket, BucketKey, CaptureConfig, ClassConfig, Config,
+    Rule, SetRule, CAPTURE_RING_BYTES, DEFAULT_MAX_SOURCES, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
 /// Global settings, one entry.
@@ -79,3 +79,11 @@ pub static EVENT_STATE: Array<u64> = Array::with_max_entries(event::STATE, 0);
 /// When each deny rule (by id, modulo the slots) last dropped a packet, ns.
 #[map(name = "RULE_HITS")]
 pub static RULE_HITS: Array<u64> = Array::with_max_entries(event::HIT_SLOTS, 0);
+
+/// What a running capture copies ([`throttle_common::CaptureConfig`]).
+#[map(name = "CAPTURE")]
+pub static CAPTURE: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+
+/// The captured packets ([`throttle_common::Captured`]), for the daemon.
+#[map(name = "CAPTURED")]
+pub static CAPTURED: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);

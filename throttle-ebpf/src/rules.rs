@@ -112,7 +112,14 @@ fn longest_prefix(packet: &Packet, config: &Config) -> Option<&'static Rule> {
     if config.flags & flags::RULES_V6 == 0 || !may_match(config, true, rule_filter::ipv6(&packet.src)) {
         return None;
     }
-    let s = packet.src;
+    trie_v6(&packet.src)
+}
+
+/// The IPv6 trie's longest match of `s`: a call of its own, so that its
+/// 20-byte key is not on the stack of the program's main frame, which its
+/// deepest chain of calls has no room left in.
+#[inline(never)]
+fn trie_v6(s: &[u32; 4]) -> Option<&'static Rule> {
     let mut data = [0u8; 16];
     data[0..4].copy_from_slice(&s[0].to_ne_bytes());
     data[4..8].copy_from_slice(&s[1].to_ne_bytes());

@@ -114,6 +114,53 @@ impl AddRule {
     }
 }
 
+/// `throttle capture`: dropped packets into a pcap file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureArgs {
+    /// Drop reasons, comma-separated: `over_limit`, `deny_rule`, `new_source_limit`, `banned`,
+    /// `contended` (default: all).
+    #[arg(long, value_name = "REASONS")]
+    pub reason: Option<String>,
+    /// Only sources in this prefix.
+    #[arg(long, value_name = "CIDR")]
+    pub source: Option<String>,
+    /// Only packets of this class (`default` for [limits]).
+    #[arg(long, value_name = "NAME")]
+    pub class: Option<String>,
+    /// Stop after this many packets (default: until Ctrl-C).
+    #[arg(short = 'c', long, value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// One in N matching packets, at random: `1/N`.
+    #[arg(long, value_name = "1/N")]
+    pub sample: Option<String>,
+    /// Bytes kept of each packet (14 to 128).
+    #[arg(long, value_name = "BYTES")]
+    pub snap: Option<u32>,
+    /// The pcap file to write, `-` for standard output (`| tcpdump -r -`).
+    #[arg(short = 'w', value_name = "FILE")]
+    pub write: PathBuf,
+}
+
+impl CaptureArgs {
+    /// The query of `GET /v1/capture`.
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        for (key, value) in [
+            ("reason", self.reason.clone()),
+            ("source", self.source.clone()),
+            ("class", self.class.clone()),
+            ("count", self.count.map(|c| c.to_string())),
+            ("sample", self.sample.clone()),
+            ("snap", self.snap.map(|s| s.to_string())),
+        ] {
+            if let Some(value) = value {
+                parts.push(format!("{key}={}", encode(&value)));
+            }
+        }
+        parts.join("&")
+    }
+}
+
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum SetsCommand {
     /// Load a set from a file, one address or prefix a line (PUT /v1/sets/NAME): a new set, or
@@ -164,6 +211,7 @@ pub enum ClientCommand {
         n: usize,
         follow: bool,
     },
+    Capture(CaptureArgs),
     Bans(Option<BansCommand>),
     Explain {
         addr: String,
@@ -289,6 +337,66 @@ impl Client {
 }
 
 impl Client {
+    /// `throttle capture`: streams the pcap file the daemon writes into
+    /// the file asked for (`-`: standard output); how many packets it held.
+    async fn capture(&self, args: &CaptureArgs) -> Result<Option<u64>, ClientError> {
+        use std::io::Write as _;
+        let mut request =
+            Request::builder().method(Method::GET).uri(format!("{}/v1/capture?{}", self.base, args.query()));
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Usage(format!("--admin {:?}: {e}", self.admin)))?;
+        let unreachable = |reason: String| ClientError::Unreachable { admin: self.admin.clone(), reason };
+        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                code: value["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                message: value["error"]["message"].as_str().unwrap_or("the capture was refused").to_owned(),
+            });
+        }
+        let mut out: Box<dyn std::io::Write> = if args.write.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            let file = std::fs::File::create(&args.write)
+                .map_err(|e| ClientError::Usage(format!("creating {}: {e}", args.write.display())))?;
+            Box::new(file)
+        };
+        let failed = |e: std::io::Error| ClientError::Usage(format!("writing {}: {e}", args.write.display()));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data).map_err(failed)?;
+                out.flush().map_err(failed)?;
+            }
+        }
+        drop(out);
+        if args.write.as_os_str() == "-" {
+            return Ok(None);
+        }
+        // The file read back: how many packets it holds.
+        let file = std::fs::File::open(&args.write).map_err(failed)?;
+        let mut reader = pcap_file::pcap::PcapReader::new(file)
+            .map_err(|e| ClientError::Usage(format!("reading {} back: {e}", args.write.display())))?;
+        let mut records = 0;
+        while let Some(packet) = reader.next_packet() {
+            if packet.is_ok() {
+                records += 1;
+            }
+        }
+        Ok(Some(records))
+    }
+
     /// `top --watch`: the heaviest sources, refreshed every `interval`, with
     /// their rates since the previous refresh, heaviest drop rate first.
     async fn watch(
@@ -424,9 +532,39 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Runs a command that prints as it goes (`top --watch`, `events
+/// --follow`, `capture`), or hands any other back.
+async fn run_live(
+    client: &Client,
+    args: &ClientArgs,
+    command: ClientCommand,
+) -> Result<Result<String, ClientCommand>, ClientError> {
+    match command {
+        ClientCommand::Watch { n, by, interval, count } => {
+            client.watch(n, &by, interval, count, args.json).await?;
+            Ok(Ok(String::new()))
+        }
+        ClientCommand::Capture(capture) => {
+            if let Some(records) = client.capture(&capture).await? {
+                eprintln!("{records} packets captured into {}", capture.write.display());
+            }
+            Ok(Ok(String::new()))
+        }
+        ClientCommand::Events { n, follow: true } => {
+            client.follow(&format!("/v1/events?n={n}"), args.json).await?;
+            Ok(Ok(String::new()))
+        }
+        other => Ok(Err(other)),
+    }
+}
+
 /// Runs one client command; what to print on success.
 pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, ClientError> {
     let client = Client::new(args)?;
+    let command = match run_live(&client, args, command).await? {
+        Ok(printed) => return Ok(printed),
+        Err(command) => command,
+    };
     let (value, table): (Value, fn(&Value) -> String) = match command {
         ClientCommand::Status => (client.call(Method::GET, "/v1/status", None).await?, status_table),
         ClientCommand::Limits(None) => (client.call(Method::GET, "/v1/limits", None).await?, limits_table),
@@ -454,12 +592,13 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
         ClientCommand::Classes(Some(ClassesCommand::Show { name })) => {
             (client.call(Method::GET, &format!("/v1/classes/{}", encode(&name)), None).await?, class_table)
         }
+        ClientCommand::Watch { .. }
+        | ClientCommand::Capture(_)
+        | ClientCommand::Events { follow: true, .. } => {
+            unreachable!("run by run_live")
+        }
         ClientCommand::Events { n, follow: false } => {
             (client.call(Method::GET, &format!("/v1/events?n={n}"), None).await?, events_text)
-        }
-        ClientCommand::Events { n, follow: true } => {
-            client.follow(&format!("/v1/events?n={n}"), args.json).await?;
-            return Ok(String::new());
         }
         ClientCommand::Sets(None) => (client.call(Method::GET, "/v1/sets", None).await?, sets_table),
         ClientCommand::Sets(Some(SetsCommand::Load { name, file })) => {
@@ -491,10 +630,6 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
             (client.call(Method::DELETE, &format!("/v1/rules/{}", encode(&id)), None).await?, |_| {
                 "removed\n".into()
             })
-        }
-        ClientCommand::Watch { n, by, interval, count } => {
-            client.watch(n, &by, interval, count, args.json).await?;
-            return Ok(String::new());
         }
         ClientCommand::Top { n, by } => {
             let path = format!("/v1/sources?top={n}&by={}", encode(&by));

@@ -52,14 +52,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tokio::spawn(runtime::forward_ebpf_logs(logger));
     }
     let events = dataplane.take_events();
+    let captures = dataplane.take_captures();
     // The policy goes to the maps before the new program is attached: until
     // then a previous daemon's program keeps enforcing on the same maps.
     let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
     let saved_controller = control.saved_controller().cloned();
     let state = Runtime::new(control);
-    if let Some(ring) = events {
-        tokio::spawn(runtime::forward_kernel_events(state.clone(), ring));
-    }
+    read_rings(&state, events, captures);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn({
@@ -124,12 +123,27 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if keep {
         tracing::info!(pin_dir = %settings.pin_dir.display(), "leaving the program attached and pinned (--keep-on-exit)");
     } else {
+        tracing::info!("detaching");
         for iface in &settings.interfaces {
             state.event(EventView::new("detach").detail(format!("{iface}: the daemon stops")));
         }
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
+}
+
+/// Starts reading the data path's events and captures.
+fn read_rings(
+    state: &Runtime,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    captures: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+) {
+    if let Some(ring) = events {
+        tokio::spawn(runtime::forward_kernel_events(state.clone(), ring));
+    }
+    if let Some(ring) = captures {
+        tokio::spawn(runtime::forward_captures(state.clone(), ring));
+    }
 }
 
 /// SIGHUP: re-reads the file and applies its policy under the saved state,

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use throttle::{
     client::{
-        self, BansCommand, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand, LimitsCommand,
-        RulesCommand, SetsCommand,
+        self, BansCommand, CaptureArgs, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand,
+        LimitsCommand, RulesCommand, SetsCommand,
     },
     settings::DaemonArgs,
 };
@@ -83,6 +83,13 @@ enum Command {
         /// Keep printing events as they happen.
         #[arg(short = 'f', long)]
         follow: bool,
+    },
+    /// Dropped packets into a pcap file: `capture --reason over_limit -c 100 -w drops.pcap`.
+    Capture {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        capture: CaptureArgs,
     },
     /// The sources with the most packets dropped (or passed).
     Top {
@@ -194,6 +201,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Events { client, n, follow } => (client, ClientCommand::Events { n, follow }),
+        Command::Capture { client, capture } => (client, ClientCommand::Capture(capture)),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),
         Command::Controller { client, set } => (client, ClientCommand::Controller(set)),
     };

@@ -33,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",    // iptables -m hashlimit: baseline for the benchmarks
     "wrk",         // HTTP load against the admin API and the probed service
     "curl",
+    "tshark", // reads back the captures of dropped packets
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

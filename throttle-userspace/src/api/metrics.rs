@@ -101,32 +101,7 @@ pub async fn render(state: &AppState) -> String {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     registry.register("rules", "Rules in force, by action", rule_family);
-    let set_family = Family::<Labels, Gauge>::default();
-    for set in &sets.sets {
-        set_family
-            .get_or_create(&vec![("set", set.name.to_string())])
-            .set(i64::try_from(set.prefixes).unwrap_or(i64::MAX));
-    }
-    registry.register("set_prefixes", "Prefixes of each IP set", set_family);
-    int_gauge(
-        &mut registry,
-        "set_memory_bytes",
-        "The kernel's account of the set tries' memory",
-        sets.memory_bytes,
-    );
-    if let Some(events) = events {
-        let family = Family::<Labels, Counter>::default();
-        for (outcome, count) in
-            [("sent", events.sent), ("suppressed", events.suppressed), ("lost", events.lost)]
-        {
-            family.get_or_create(&vec![("outcome", outcome.to_owned())]).inc_by(count);
-        }
-        registry.register(
-            "data_path_events",
-            "Events of the data path: sent, held back by their budget, lost to a full ring",
-            family,
-        );
-    }
+    sets_and_events(&mut registry, &sets, events);
     int_gauge(&mut registry, "config_version", "Writes of the configuration to the maps", version);
     int_gauge(
         &mut registry,
@@ -146,6 +121,40 @@ pub async fn render(state: &AppState) -> String {
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
+}
+
+/// The sets' gauges and the data path's event counters.
+fn sets_and_events(
+    registry: &mut Registry,
+    sets: &crate::control::SetsView,
+    events: Option<crate::kernel::EventStats>,
+) {
+    let set_family = Family::<Labels, Gauge>::default();
+    for set in &sets.sets {
+        set_family
+            .get_or_create(&vec![("set", set.name.to_string())])
+            .set(i64::try_from(set.prefixes).unwrap_or(i64::MAX));
+    }
+    registry.register("set_prefixes", "Prefixes of each IP set", set_family);
+    int_gauge(
+        registry,
+        "set_memory_bytes",
+        "The kernel's account of the set tries' memory",
+        sets.memory_bytes,
+    );
+    if let Some(events) = events {
+        let family = Family::<Labels, Counter>::default();
+        for (outcome, count) in
+            [("sent", events.sent), ("suppressed", events.suppressed), ("lost", events.lost)]
+        {
+            family.get_or_create(&vec![("outcome", outcome.to_owned())]).inc_by(count);
+        }
+        registry.register(
+            "data_path_events",
+            "Events of the data path: sent, held back by their budget, lost to a full ring",
+            family,
+        );
+    }
 }
 
 /// The controller's gauges.

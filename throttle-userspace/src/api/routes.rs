@@ -1,7 +1,7 @@
 //! The handlers, each with the annotation its part of the OpenAPI document
 //! is generated from.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     extract::State,
@@ -78,6 +78,7 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(lift_ban))
         .routes(routes!(stats))
         .routes(routes!(list_events))
+        .routes(routes!(capture))
         .routes(routes!(get_controller, put_controller))
         .routes(routes!(push_latency))
 }
@@ -393,6 +394,176 @@ async fn list_events(
     Ok(axum::response::sse::Sse::new(futures_util::StreamExt::chain(backlog, live))
         .keep_alive(axum::response::sse::KeepAlive::default())
         .into_response())
+}
+
+/// What `GET /v1/capture` copies.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CaptureQuery {
+    /// Drop reasons, comma-separated (`over_limit,deny_rule`; default:
+    /// every drop reason).
+    pub reason: Option<String>,
+    /// Only sources in this prefix (`192.0.2.0/24`, `2001:db8::/32`).
+    pub source: Option<String>,
+    /// Only packets of this class (`default` for `[limits]`).
+    pub class: Option<String>,
+    /// Stop after this many packets (default: when the client goes away).
+    pub count: Option<u64>,
+    /// One in N matching packets, at random (`1/N` or `N`; default 1).
+    pub sample: Option<String>,
+    /// Bytes kept of each packet, 14 to 128 (default 128).
+    pub snap: Option<u32>,
+}
+
+fn bad_query(field: &str, message: String) -> ApiError {
+    let mut err = ApiError::bad_request("invalid_query", message);
+    err.field = Some(field.into());
+    err
+}
+
+/// The data path's form of a capture query.
+fn capture_config(state: &AppState, q: &CaptureQuery) -> Result<throttle_common::CaptureConfig, ApiError> {
+    use throttle_common::{ipv4_mask, ipv6_mask, CaptureConfig, CAPTURE_SNAP, FAMILY_V4, FAMILY_V6};
+    let drops: Vec<usize> = (0..reason::COUNT as usize).filter(|&i| reason::drops(reason::ALL[i])).collect();
+    let mut reasons = 0u32;
+    match &q.reason {
+        None => drops.iter().for_each(|&i| reasons |= 1 << i),
+        Some(list) => {
+            for name in list.split(',').map(str::trim) {
+                let i =
+                    reason::NAMES.iter().position(|n| *n == name).filter(|i| drops.contains(i)).ok_or_else(
+                        || {
+                            let names: Vec<&str> = drops.iter().map(|&i| reason::NAMES[i]).collect();
+                            bad_query(
+                                "reason",
+                                format!("reason {name:?}: not a drop reason, which are {}", names.join(", ")),
+                            )
+                        },
+                    )?;
+                reasons |= 1 << i;
+            }
+        }
+    }
+    let sample = match &q.sample {
+        None => 1,
+        Some(text) => text
+            .strip_prefix("1/")
+            .unwrap_or(text)
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| bad_query("sample", format!("sample {text:?}: 1/N or N, N from 1 to 1000000")))?,
+    };
+    let snap = q.snap.unwrap_or(CAPTURE_SNAP);
+    if !(14..=CAPTURE_SNAP).contains(&snap) {
+        return Err(bad_query("snap", format!("snap {snap}: from 14 to {CAPTURE_SNAP} bytes")));
+    }
+    if q.count == Some(0) {
+        return Err(bad_query("count", "count 0: at least 1".to_owned()));
+    }
+    let mut config = CaptureConfig { reasons, sample, snap, ..CaptureConfig::default() };
+    if let Some(text) = &q.source {
+        let net: ipnet::IpNet = text
+            .parse()
+            .map_err(|_| bad_query("source", format!("source {text:?}: not a prefix like 192.0.2.0/24")))?;
+        let key = |addr, v4: u8, v6: u8| crate::kernel::masked_key(addr, 0, ipv4_mask(v4), &ipv6_mask(v6));
+        match net {
+            ipnet::IpNet::V4(n) => {
+                config.family = FAMILY_V4;
+                config.mask = [ipv4_mask(n.prefix_len()), 0, 0, 0];
+                config.addr = key(net.addr(), n.prefix_len(), 0).addr;
+            }
+            ipnet::IpNet::V6(n) => {
+                config.family = FAMILY_V6;
+                config.mask = ipv6_mask(n.prefix_len());
+                config.addr = key(net.addr(), 0, n.prefix_len()).addr;
+            }
+        }
+    }
+    if let Some(name) = &q.class {
+        let id = state
+            .control(|c| c.class_id(name))
+            .ok_or_else(|| bad_query("class", format!("class {name:?}: no such class (GET /v1/classes)")))?;
+        config.class = id + 1;
+    }
+    Ok(config)
+}
+
+/// A `Write` into a buffer the stream takes each record's bytes from.
+#[derive(Clone, Default)]
+struct Chunks(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chunks {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// Captures dropped packets and streams them as a pcap file (Ethernet,
+/// microsecond timestamps): the first `snap` bytes of the drops that match,
+/// until `count` or until the client goes away. One capture at a time
+/// (`409` while one runs). While none runs, the data path pays one test on
+/// its drop path.
+#[utoipa::path(
+    get, path = "/v1/capture", tag = "events", params(CaptureQuery),
+    responses(
+        (status = 200, description = "a pcap file", content_type = "application/vnd.tcpdump.pcap"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)
+    )
+)]
+async fn capture(
+    State(state): State<AppState>,
+    Query(query): Query<CaptureQuery>,
+) -> Result<Response, ApiError> {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let config = capture_config(&state, &query)?;
+    let (packets, guard) = state.start_capture(config).map_err(|err| match err {
+        crate::runtime::CaptureError::Busy => {
+            ApiError::new(StatusCode::CONFLICT, "capture_running", err.to_string())
+        }
+        crate::runtime::CaptureError::Change(err) => err.into(),
+    })?;
+    let chunks = Chunks::default();
+    let header = PcapHeader {
+        snaplen: config.snap,
+        endianness: pcap_file::Endianness::native(),
+        ..PcapHeader::default()
+    };
+    let writer = PcapWriter::with_header(chunks.clone(), header).expect("writing to memory");
+    let head = chunks.take();
+    let remaining = query.count.unwrap_or(u64::MAX);
+    let body =
+        futures_util::stream::once(
+            async move { Ok::<_, std::convert::Infallible>(bytes::Bytes::from(head)) },
+        );
+    let rest = futures_util::stream::unfold(
+        (packets, writer, chunks, remaining, guard),
+        |(mut packets, mut writer, chunks, remaining, guard)| async move {
+            if remaining == 0 {
+                return None;
+            }
+            let packet = packets.recv().await?;
+            let caplen = (packet.caplen as usize).min(packet.data.len());
+            let record =
+                PcapPacket::new(crate::runtime::wall_time(packet.at_ns), packet.len, &packet.data[..caplen]);
+            writer.write_packet(&record).expect("writing to memory");
+            Some((Ok(bytes::Bytes::from(chunks.take())), (packets, writer, chunks, remaining - 1, guard)))
+        },
+    );
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(body, rest));
+    Ok(([(header::CONTENT_TYPE, "application/vnd.tcpdump.pcap")], body).into_response())
 }
 
 /// The IP sets, and the kernel memory their prefixes take.

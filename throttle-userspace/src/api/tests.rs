@@ -409,6 +409,41 @@ async fn changes_are_events_listed_and_streamed() {
 }
 
 #[tokio::test]
+async fn one_capture_at_a_time_and_bad_queries_are_named() {
+    let api = Api::new(None);
+    let request = Request::get("/v1/capture?reason=over_limit&count=5").body(Body::empty()).unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/vnd.tcpdump.pcap");
+    let mut body = response.into_body();
+    let head = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+    let head = head.into_data().unwrap();
+    assert_eq!(head.len(), 24, "the pcap file's header first");
+    assert_eq!(u32::from_ne_bytes(head[..4].try_into().unwrap()), 0xa1b2_c3d4);
+    let (status, err) = api.call(Method::GET, "/v1/capture", None).await;
+    assert_eq!((status, &err["error"]["code"]), (StatusCode::CONFLICT, &json!("capture_running")));
+    drop(body);
+    // The stream gone, the capture stops: another may start.
+    let request = Request::get("/v1/capture?count=1").body(Body::empty()).unwrap();
+    assert_eq!(api.router.clone().oneshot(request).await.unwrap().status(), StatusCode::OK);
+    for (query, field) in [
+        ("reason=passed", "reason"),
+        ("source=10.0.0.1/33", "source"),
+        ("class=nosuch", "class"),
+        ("count=0", "count"),
+        ("sample=1/0", "sample"),
+        ("snap=2000", "snap"),
+    ] {
+        let (status, err) = api.call(Method::GET, &format!("/v1/capture?{query}"), None).await;
+        assert_eq!(
+            (status, &err["error"]["field"]),
+            (StatusCode::BAD_REQUEST, &json!(field)),
+            "{query}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn changes_are_saved_and_restored() {
     let api = Api::new(None);
     api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 77}))).await;
@@ -455,6 +490,7 @@ async fn the_openapi_document_lists_every_route() {
             "/readyz",
             "/v1/bans",
             "/v1/bans/{addr}",
+            "/v1/capture",
             "/v1/classes",
             "/v1/classes/{name}",
             "/v1/controller",

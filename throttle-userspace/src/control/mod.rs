@@ -466,6 +466,27 @@ impl Control {
         self.kernel.attach(iface, mode)
     }
 
+    /// Starts (`Some`) or stops a capture of dropped packets.
+    pub fn set_capture(
+        &mut self,
+        capture: Option<throttle_common::CaptureConfig>,
+    ) -> Result<(), KernelError> {
+        self.kernel.set_capture(capture)
+    }
+
+    /// The id of the class named `name` (0: `default`, the `[limits]` one).
+    #[must_use]
+    pub fn class_id(&self, name: &str) -> Option<u32> {
+        if name == "default" {
+            return Some(0);
+        }
+        self.class_ids
+            .iter()
+            .zip(&self.policy.classes)
+            .find(|(_, c)| c.name.as_str() == name)
+            .map(|(&id, _)| id)
+    }
+
     /// Detaches what an earlier daemon attached to interfaces not in `keep`.
     pub fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, KernelError> {
         self.kernel.release_others(keep)
@@ -1218,6 +1239,13 @@ pub mod fake {
 
         fn event_stats(&self) -> Result<crate::kernel::EventStats, KernelError> {
             Ok(crate::kernel::EventStats::default())
+        }
+
+        fn set_capture(
+            &mut self,
+            _capture: Option<throttle_common::CaptureConfig>,
+        ) -> Result<(), KernelError> {
+            Ok(())
         }
 
         fn set_slots_in_use(&self) -> Vec<u32> {

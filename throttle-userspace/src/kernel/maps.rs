@@ -29,8 +29,8 @@ use aya::{
 };
 use throttle_common::{
     class_of, event, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, set_rules, Bucket,
-    BucketKey, ClassConfig, Config, Rule, SetRule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS, MAX_CLASSES,
-    MAX_IFINDEX, PROGRAM_NAME,
+    BucketKey, CaptureConfig, ClassConfig, Config, Rule, SetRule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS,
+    MAX_CLASSES, MAX_IFINDEX, PROGRAM_NAME,
 };
 
 use super::{
@@ -66,6 +66,9 @@ pub struct EventStats {
     pub suppressed: u64,
     /// Lost: the ring was full.
     pub lost: u64,
+    /// Dropped packets copied to a capture, and lost to its full ring.
+    pub captured: u64,
+    pub capture_lost: u64,
 }
 
 /// Reads every bucket of the bucket map on its own descriptor
@@ -110,6 +113,8 @@ pub struct Dataplane {
     pub(super) iface_slot: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     event_stats: PerCpuArray<MapData, u64>,
+    capture: Array<MapData, CaptureConfig>,
+    captured: Option<RingBuf<MapData>>,
     /// What the maps hold, which the next write is diffed against.
     pub(super) held: Held,
     /// Whether this daemon wrote a plan yet (before, the configuration is
@@ -283,6 +288,8 @@ impl Dataplane {
             iface_slot,
             events: Some(take(&mut ebpf, map_name::EVENTS)?),
             event_stats: take(&mut ebpf, map_name::EVENT_STATS)?,
+            capture: take(&mut ebpf, map_name::CAPTURE)?,
+            captured: Some(take(&mut ebpf, map_name::CAPTURED)?),
             held: Held::default(),
             written: false,
             slots,
@@ -329,7 +336,24 @@ impl Dataplane {
             sent: sum(event::SENT)?,
             suppressed: sum(event::SUPPRESSED)?,
             lost: sum(event::LOST)?,
+            captured: sum(event::CAPTURED)?,
+            capture_lost: sum(event::CAPTURE_LOST)?,
         })
+    }
+
+    /// The ring buffer of captured packets, for the daemon to read.
+    pub fn take_captures(&mut self) -> Option<RingBuf<MapData>> {
+        self.captured.take()
+    }
+
+    /// Starts a capture of dropped packets (`Some`: what to copy) or stops
+    /// it; the policy is left as it is.
+    pub fn set_capture(&mut self, capture: Option<CaptureConfig>) -> Result<(), KernelError> {
+        if let Some(capture) = capture {
+            self.capture.set(0, capture, 0).map_err(map_err(map_name::CAPTURE))?;
+        }
+        let placement = Placement { capture: capture.is_some(), ..self.held.placement };
+        self.write_config(&self.held.plan.clone(), placement)
     }
 
     /// The reader of the program's log records (rare events only), for the
@@ -398,6 +422,7 @@ impl Dataplane {
                 shifts: config.rule_filter_shifts,
                 one_iface_slot: (config.flags & flags::ONE_IFACE != 0).then_some(config.iface_slot),
                 set_bank,
+                capture: config.flags & flags::CAPTURE != 0,
             },
             standby: (region(bank ^ 1, false)?, region(bank ^ 1, true)?),
         })

@@ -111,6 +111,8 @@ pub trait Kernel: Send {
     fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError>;
     /// What became of the data path's events.
     fn event_stats(&self) -> Result<EventStats, KernelError>;
+    /// Starts (`Some`) or stops a capture of dropped packets.
+    fn set_capture(&mut self, capture: Option<throttle_common::CaptureConfig>) -> Result<(), KernelError>;
     /// The set slots the rules in force name (an earlier daemon's, when
     /// its maps were adopted and nothing was written yet).
     fn set_slots_in_use(&self) -> Vec<u32>;
@@ -167,6 +169,10 @@ impl Kernel for Dataplane {
 
     fn event_stats(&self) -> Result<EventStats, KernelError> {
         Dataplane::event_stats(self)
+    }
+
+    fn set_capture(&mut self, capture: Option<throttle_common::CaptureConfig>) -> Result<(), KernelError> {
+        Dataplane::set_capture(self, capture)
     }
 
     fn set_slots_in_use(&self) -> Vec<u32> {

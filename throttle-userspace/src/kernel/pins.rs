@@ -29,8 +29,9 @@ use aya::{
     Ebpf,
 };
 use throttle_common::{
-    class_of, event, map_name, reason, rule_filter, set_rules, Bucket, BucketKey, ClassConfig, Config, Rule,
-    SetRule, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
+    class_of, event, map_name, reason, rule_filter, set_rules, Bucket, BucketKey, CaptureConfig, ClassConfig,
+    Config, Rule, SetRule, CAPTURE_RING_BYTES, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX,
+    MAX_RULES,
 };
 
 use super::{
@@ -363,6 +364,20 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
         max_entries: Some(event::HIT_SLOTS),
+    },
+    Expected {
+        name: map_name::CAPTURE,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<CaptureConfig>(),
+        max_entries: Some(1),
+    },
+    Expected {
+        name: map_name::CAPTURED,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(CAPTURE_RING_BYTES),
     },
     Expected {
         name: map_name::SET_RULES,

@@ -23,7 +23,8 @@ pub type TrieKey<const N: usize> = (u8, [u8; N]);
 /// policy decides. The writer adds the rest ([`Placement`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// [`flags`], less [`flags::ONE_IFACE`] (the attachments decide it).
+    /// [`flags`], less [`flags::ONE_IFACE`] (the attachments decide it) and
+    /// [`flags::CAPTURE`] (a capture's).
     pub flags: u32,
     pub new_source_limit: Limit,
 }
@@ -75,6 +76,8 @@ pub struct Placement {
     pub one_iface_slot: Option<u32>,
     /// The bank of `SET_RULES` that holds the plan's set rules.
     pub set_bank: u32,
+    /// Whether a capture of dropped packets runs.
+    pub capture: bool,
 }
 
 impl Plan {
@@ -85,7 +88,9 @@ impl Plan {
         Config {
             version: placement.version,
             layout: LAYOUT_VERSION,
-            flags: s.flags | if placement.one_iface_slot.is_some() { flags::ONE_IFACE } else { 0 },
+            flags: s.flags
+                | if placement.one_iface_slot.is_some() { flags::ONE_IFACE } else { 0 }
+                | if placement.capture { flags::CAPTURE } else { 0 },
             new_source_limit: s.new_source_limit,
             rule_filter_bank: placement.bank,
             iface_slot: placement.one_iface_slot.unwrap_or(0),
@@ -98,7 +103,10 @@ impl Plan {
     /// The plan's settings as a `CONFIG` entry holds them.
     #[must_use]
     pub fn settings_of(config: &Config) -> Settings {
-        Settings { flags: config.flags & !flags::ONE_IFACE, new_source_limit: config.new_source_limit }
+        Settings {
+            flags: config.flags & !(flags::ONE_IFACE | flags::CAPTURE),
+            new_source_limit: config.new_source_limit,
+        }
     }
 }
 
@@ -418,12 +426,19 @@ mod tests {
     #[test]
     fn a_placed_config_carries_the_writers_fields() {
         let plan = compile(&Policy::default(), ids(&[]), 1.0, 0);
-        let placement =
-            Placement { version: 9, bank: 1, shifts: 0x0102_0304, one_iface_slot: Some(3), set_bank: 1 };
+        let placement = Placement {
+            version: 9,
+            bank: 1,
+            shifts: 0x0102_0304,
+            one_iface_slot: Some(3),
+            set_bank: 1,
+            capture: true,
+        };
         let config = plan.config(placement);
         assert_eq!((config.version, config.layout, config.rule_filter_bank), (9, LAYOUT_VERSION, 1));
         assert_eq!((config.iface_slot, config.rule_filter_shifts), (3, 0x0102_0304));
         assert_ne!(config.flags & flags::ONE_IFACE, 0);
+        assert_ne!(config.flags & flags::CAPTURE, 0);
         assert_eq!((config.set_rule_count, config.set_rule_bank), (0, 1));
         assert_eq!(Plan::settings_of(&config), plan.settings);
     }

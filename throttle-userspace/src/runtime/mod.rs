@@ -3,6 +3,7 @@
 //! controller's scale sink. The HTTP layer serves over it; the daemon's main
 //! loop starts and stops it.
 
+mod capture;
 mod events;
 mod lifecycle;
 mod sampler;
@@ -17,6 +18,7 @@ use std::{
 };
 
 pub use self::{
+    capture::{forward_captures, wall_time, CaptureError, CaptureGuard},
     events::{forward_kernel_events, EventView, RECENT},
     lifecycle::{attach_all, forward_ebpf_logs},
     sampler::sample_forever,
@@ -33,6 +35,7 @@ struct Shared {
     /// The writer of the set tries: one set change at a time.
     sets: Mutex<Option<Box<dyn crate::kernel::SetLoader>>>,
     events: Mutex<events::EventLog>,
+    capture: Mutex<capture::Session>,
 }
 
 /// A handle on the daemon's shared state; clones share it.
@@ -50,6 +53,7 @@ impl Runtime {
         Self(Arc::new(Shared {
             sets,
             events: Mutex::new(events::EventLog::default()),
+            capture: Mutex::new(None),
             control: Arc::new(Mutex::new(control)),
             controller: Mutex::new(None),
             ready: AtomicBool::new(false),

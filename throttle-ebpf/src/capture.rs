@@ -1,0 +1,96 @@
+//! Capture of dropped packets: while a capture runs (`flags::CAPTURE`, one
+//! test on the drop path otherwise), the first bytes of the dropped packets
+//! it asks for (by reason, source prefix and class, one in `sample` at
+//! random) are copied to the `CAPTURED` ring buffer for the daemon to write
+//! as pcap.
+
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use throttle_common::{event, Captured, Family, Reason, CAPTURE_SNAP, FAMILY_V4};
+
+use crate::{
+    maps::{CAPTURE, CAPTURED, EVENT_STATS},
+    parse, rules,
+};
+
+/// Counts one packet under `stat` of `EVENT_STATS` on this CPU.
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(slot) = EVENT_STATS.get_ptr_mut(stat) {
+        // SAFETY: this CPU's slot, from a successful lookup.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Copies the packet to the capture ring if the capture asks for it. Takes
+/// the context's pointer, not a reference to it: the caller's stack has no
+/// room to spare for a copy.
+#[inline(never)]
+pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
+    let ctx = &XdpContext::new(md);
+    let Some(capture) = CAPTURE.get(0) else {
+        return;
+    };
+    if capture.reasons & (1 << (verdict.slot() & 31)) == 0 {
+        return;
+    }
+    let Ok(packet) = parse::packet(ctx) else {
+        return;
+    };
+    if capture.family != Family::default() && capture.family != packet.family {
+        return;
+    }
+    let s = &packet.src;
+    let m = &capture.mask;
+    let a = &capture.addr;
+    let inside = if packet.family == FAMILY_V4 {
+        s[0] & m[0] == a[0]
+    } else {
+        s[0] & m[0] == a[0] && s[1] & m[1] == a[1] && s[2] & m[2] == a[2] && s[3] & m[3] == a[3]
+    };
+    if !inside {
+        return;
+    }
+    if capture.class != 0 && rules::classify(ctx, &packet, config_flags).map_or(0, |c| c + 1) != capture.class
+    {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    if capture.sample > 1 && unsafe { bpf_get_prandom_u32() } % capture.sample != 0 {
+        return;
+    }
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let snap = if capture.snap == 0 || capture.snap > CAPTURE_SNAP { CAPTURE_SNAP } else { capture.snap };
+    let caplen = if len < snap { len } else { snap };
+    if caplen == 0 || caplen > CAPTURE_SNAP {
+        return;
+    }
+    let Some(mut entry) = CAPTURED.reserve::<Captured>(0) else {
+        count(event::CAPTURE_LOST);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at the reserved entry, a `Captured`'s room; its
+    // fields are written in place, the data by the helper, which reads at
+    // most `caplen` (1 to CAPTURE_SNAP) bytes of the packet into the room of
+    // `data`.
+    let loaded = unsafe {
+        addr_of_mut!((*e).at_ns).write(bpf_ktime_get_ns());
+        addr_of_mut!((*e).len).write(len);
+        addr_of_mut!((*e).caplen).write(caplen);
+        addr_of_mut!((*e).reason).write(verdict.slot());
+        addr_of_mut!((*e).ifindex).write((*ctx.ctx).ingress_ifindex);
+        bpf_xdp_load_bytes(ctx.ctx, 0, addr_of_mut!((*e).data).cast(), caplen)
+    };
+    if loaded != 0 {
+        entry.discard(0);
+        return;
+    }
+    entry.submit(0);
+    count(event::CAPTURED);
+}
