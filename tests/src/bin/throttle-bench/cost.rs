@@ -129,6 +129,8 @@ pub enum Path {
     ClassTiers,
     SetHit,
     SetMiss,
+    /// The over-budget drop while a capture copies one in 100 drops.
+    OverBudgetCaptured,
 }
 
 impl Path {
@@ -147,6 +149,7 @@ impl Path {
             Self::ClassTiers => "class, 1 limit + 2 tiers",
             Self::SetHit => "in a deny set (1M prefixes)",
             Self::SetMiss => "in no set (2 sets of 1M), pass",
+            Self::OverBudgetCaptured => "over-budget drop, capture of 1/100 running",
         }
     }
 
@@ -159,7 +162,7 @@ impl Path {
             Self::InBudget | Self::ClassOne | Self::ClassThree | Self::ClassTiers | Self::SetMiss => {
                 reason::PASSED
             }
-            Self::OverBudget => reason::OVER_LIMIT,
+            Self::OverBudget | Self::OverBudgetCaptured => reason::OVER_LIMIT,
             Self::FirstSeen => reason::NEW_SOURCE,
             Self::FirstSeenRefused => reason::NEW_SOURCE_LIMIT,
         }
@@ -183,6 +186,7 @@ impl Path {
             Self::FirstSeenRefused => Setup::NewSourceBudget,
             Self::ClassOne | Self::ClassThree | Self::ClassTiers => Setup::Classed,
             Self::SetHit | Self::SetMiss => Setup::Sets,
+            Self::OverBudgetCaptured => Setup::Capturing,
         }
     }
 }
@@ -204,9 +208,11 @@ enum Setup {
     Classed,
     /// As `Open`, with the two deny sets of the set rows.
     Sets,
+    /// As `Tight`, with a capture of one in 100 drops running.
+    Capturing,
 }
 
-const SETUPS: [Setup; 7] = [
+const SETUPS: [Setup; 8] = [
     Setup::Open,
     Setup::Scoped,
     Setup::Listed,
@@ -214,6 +220,7 @@ const SETUPS: [Setup; 7] = [
     Setup::NewSourceBudget,
     Setup::Classed,
     Setup::Sets,
+    Setup::Capturing,
 ];
 
 /// One measured row.
@@ -360,7 +367,14 @@ fn specs() -> Vec<Spec> {
             }
         }
     }
-    for path in [Path::ClassOne, Path::ClassThree, Path::ClassTiers, Path::SetHit, Path::SetMiss] {
+    for path in [
+        Path::ClassOne,
+        Path::ClassThree,
+        Path::ClassTiers,
+        Path::SetHit,
+        Path::SetMiss,
+        Path::OverBudgetCaptured,
+    ] {
         for v4 in [true, false] {
             specs.push(Spec { path, family: Some(v4), rules: RuleSet::Empty });
         }
@@ -497,6 +511,8 @@ struct Target {
     dataplane: Dataplane,
     buckets: BpfHashMap<MapData, BucketKey, Bucket>,
     new_sources: Array<MapData, u64>,
+    /// What a capture copied, drained before each run.
+    captured: Option<aya::maps::RingBuf<MapData>>,
 }
 
 impl Target {
@@ -511,7 +527,7 @@ impl Target {
         };
         let limits = match setup {
             Setup::Open | Setup::Scoped | Setup::Listed | Setup::Classed | Setup::Sets => open,
-            Setup::Tight => Limits { rate: Rate::per_second(1), burst: 1, ..open },
+            Setup::Tight | Setup::Capturing => Limits { rate: Rate::per_second(1), burst: 1, ..open },
             Setup::NewSourceBudget => Limits { new_source_rate: 1, new_source_burst: 1, ..open },
         };
         let scope = if setup == Setup::Scoped {
@@ -565,7 +581,20 @@ impl Target {
             .expect("BUCKETS is an LRU hash of buckets");
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))
             .expect("NEW_SOURCES is an array of u64");
-        Self { dataplane, buckets, new_sources }
+        let captured = (setup == Setup::Capturing).then(|| {
+            let every_drop = (0..reason::COUNT)
+                .filter(|&r| reason::drops(reason::ALL[r as usize]))
+                .fold(0, |m, r| m | 1 << r);
+            let capture = throttle_common::CaptureConfig {
+                reasons: every_drop,
+                sample: 100,
+                snap: throttle_common::CAPTURE_SNAP,
+                ..throttle_common::CaptureConfig::default()
+            };
+            dataplane.set_capture(Some(capture)).unwrap_or_else(|e| panic!("starting a capture: {e}"));
+            dataplane.take_captures().expect("the capture ring")
+        });
+        Self { dataplane, buckets, new_sources, captured }
     }
 
     fn counters(&self) -> [u64; reason::COUNT as usize] {
@@ -607,7 +636,10 @@ impl Target {
                 // Makes the bucket if there is none (a first-seen packet).
                 let _ = test_run(self.dataplane.program(), frame, 1);
             }
-            Path::OverBudget => {
+            Path::OverBudget | Path::OverBudgetCaptured => {
+                if let Some(ring) = &mut self.captured {
+                    while ring.next().is_some() {}
+                }
                 let _ = test_run(self.dataplane.program(), frame, 1);
                 let key = bucket_key(spec.source(1), 0, 32, 64);
                 let mut bucket = self
@@ -796,7 +828,7 @@ fn load_targets(ns: &Netns, sets: &mut Vec<SetLoadStats>) -> Vec<((Setup, RuleSe
     let mut targets = Vec::new();
     for rules in [RuleSet::Empty, RuleSet::Large] {
         for setup in SETUPS {
-            if rules == RuleSet::Large && matches!(setup, Setup::Classed | Setup::Sets) {
+            if rules == RuleSet::Large && matches!(setup, Setup::Classed | Setup::Sets | Setup::Capturing) {
                 continue;
             }
             let filler = if rules == RuleSet::Large { &large[..] } else { &[] };
