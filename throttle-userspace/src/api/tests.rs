@@ -222,6 +222,68 @@ async fn every_endpoint_answers() {
     }
 }
 
+/// The metrics the Grafana dashboard and the alerting rules use.
+fn monitored_metrics() -> std::collections::BTreeSet<String> {
+    let files = [
+        include_str!("../../../docs/monitoring/alerts.yml"),
+        include_str!("../../../docs/monitoring/grafana-dashboard.json"),
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for text in files {
+        for (at, _) in text.match_indices("throttle_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alerts_use_is_served() {
+    let api = Api::new(None);
+    let on = json!({"enabled": true});
+    assert_eq!(api.call(Method::PUT, "/v1/controller", Some(on)).await.0, StatusCode::OK);
+    let samples: Vec<f64> = (0..200).map(|i| 10.0 + f64::from(i % 7)).collect();
+    let (status, _) = api.call(Method::POST, "/v1/latency", Some(json!({ "samples_ms": samples }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let feed = json!({"prefixes": ["192.0.2.0/24"]});
+    assert_eq!(api.call(Method::PUT, "/v1/sets/feed", Some(feed)).await.0, StatusCode::CREATED);
+    api.state.control(|c| c.attach("veth0", crate::kernel::XdpMode::Generic)).unwrap();
+    // The controller reports latency once it has taken the samples in.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = api.call(Method::GET, "/metrics", None).await.1.as_str().unwrap().to_owned();
+        if text.contains("throttle_latency_ms{") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A metric is served when a sample or its family's type line names it
+    // (a family of labels may have no sample yet: no interface attached).
+    let mut served: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split(' ');
+        if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+            served.insert(if kind == "counter" { format!("{name}_total") } else { name.to_owned() });
+        }
+    }
+    let used = monitored_metrics();
+    assert!(used.len() >= 12, "the files name the metrics: {used:?}");
+    let missing: Vec<&String> = used.iter().filter(|m| !served.contains(*m)).collect();
+    assert!(missing.is_empty(), "not in /metrics: {missing:?}\n{text}");
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../docs/monitoring/grafana-dashboard.json")).unwrap();
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 8));
+}
+
 /// The README's example classes, as the API takes them.
 fn example_classes() -> Value {
     json!({"classes": [

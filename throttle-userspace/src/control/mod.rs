@@ -1167,6 +1167,7 @@ pub mod fake {
         /// Now, in ticks.
         pub now: u64,
         pub tries: FakeTries,
+        pub attachments: Vec<Attachment>,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1254,7 +1255,7 @@ pub mod fake {
         }
 
         fn attachments(&self) -> Vec<Attachment> {
-            Vec::new()
+            self.0.lock().unwrap().attachments.clone()
         }
 
         fn max_sources(&self) -> u32 {
@@ -1266,7 +1267,9 @@ pub mod fake {
         }
 
         fn attach(&mut self, iface: &str, _mode: XdpMode) -> Result<Attachment, KernelError> {
-            Ok(Attachment { iface: iface.to_owned(), mode: "generic", adopted: false })
+            let attachment = Attachment { iface: iface.to_owned(), mode: "generic", adopted: false };
+            self.0.lock().unwrap().attachments.push(attachment.clone());
+            Ok(attachment)
         }
 
         fn release_others(&mut self, _keep: &[String]) -> Result<Vec<String>, KernelError> {
