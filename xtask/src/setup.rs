@@ -33,7 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",    // iptables -m hashlimit: baseline for the benchmarks
     "wrk",         // HTTP load against the admin API and the probed service
     "curl",
-    "tshark", // reads back the captures of dropped packets
+    "tshark",   // reads back the captures of dropped packets
+    "chromium", // the dashboard's test, in a real browser
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

@@ -168,6 +168,13 @@ pub fn router(state: AppState) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], doc.as_str().to_owned()) }
             }),
         )
+        .route("/", axum::routing::get(|| async { asset("index.html") }))
+        .route(
+            "/assets/{file}",
+            axum::routing::get(|axum::extract::Path(file): axum::extract::Path<String>| async move {
+                asset(&file)
+            }),
+        )
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -183,9 +190,33 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// With a token set, every request but the health checks must carry it.
+/// The dashboard's files, built into the binary (no CDN: it works offline).
+const ASSETS: [(&str, &str, &str); 5] = [
+    ("index.html", "text/html; charset=utf-8", include_str!("dashboard/index.html")),
+    ("dashboard.js", "text/javascript; charset=utf-8", include_str!("dashboard/dashboard.js")),
+    ("dashboard.css", "text/css; charset=utf-8", include_str!("dashboard/dashboard.css")),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard/vendor/uPlot.iife.min.js"),
+    ),
+    ("uPlot.min.css", "text/css; charset=utf-8", include_str!("dashboard/vendor/uPlot.min.css")),
+];
+
+/// One of the dashboard's files. They hold no data: the page asks the API
+/// for it, with the token when there is one.
+fn asset(name: &str) -> Response {
+    match ASSETS.iter().find(|(file, _, _)| *file == name) {
+        Some((_, kind, body)) => ([(header::CONTENT_TYPE, *kind)], *body).into_response(),
+        None => ApiError::not_found("not_found", "no such file").into_response(),
+    }
+}
+
+/// With a token set, every request but the health checks and the
+/// dashboard's files must carry it.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+    let path = request.uri().path();
+    let open = matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/assets/");
     match &state.0.token {
         Some(token) if !open && !token.admits(request.headers().get(header::AUTHORIZATION)) => {
             let mut response = ApiError::new(
