@@ -80,6 +80,12 @@ fn captured_drops_open_in_tshark_filtered_by_reason_and_source() {
         &format!("{}: refused, naming the value: {}", bad.command, bad.stderr.trim()),
     );
     let _ = flood.join();
+    let hits = daemon.api_get(&pair.receiver, "/v1/stats");
+    let denied_packets = hits["rules"][0]["packets"].as_u64().unwrap_or(0);
+    checks.that(
+        denied_packets > 1_000,
+        &format!("the deny rule's hit count in /v1/stats: {denied_packets} packets ({})", hits["rules"]),
+    );
     let stats = daemon.api_get(&pair.receiver, "/v1/events?n=1");
     checks.that(
         stats["data_path"]["captured"].as_u64().is_some_and(|n| n >= 25),

@@ -1071,6 +1071,8 @@ fn transitions_are_events_and_packets_are_not() {
     for host in 3..6 {
         assert_eq!(h.run(&Frame::udp(ip(&format!("192.0.2.{host}")), 53).build()), XDP_DROP);
     }
+    let deny_id = h.ids.rules.id(Target::Cidr("203.0.113.0/24".parse().unwrap()));
+    assert_eq!(h.dataplane.rule_counts(&[deny_id]).unwrap(), [5], "the deny rule counts what it dropped");
     let seen = events(&mut ring);
     assert_eq!(
         seen,

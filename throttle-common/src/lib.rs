@@ -42,8 +42,9 @@ pub mod map_name {
     pub const RULE_HITS: &str = "RULE_HITS";
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURED: &str = "CAPTURED";
+    pub const RULE_COUNTS: &str = "RULE_COUNTS";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CONFIG,
         RULES_V4,
         RULES_V6,
@@ -63,6 +64,7 @@ pub mod map_name {
         RULE_HITS,
         CAPTURE,
         CAPTURED,
+        RULE_COUNTS,
     ];
 }
 

@@ -79,7 +79,7 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     let Some(class_id) = rules::classify(ctx, &packet, config.flags) else {
         return match rules::denied(&packet, config) {
             Some(id) => {
-                events::deny_hit(id, &packet.src, packet.family);
+                rules::decided(id, Some(&packet));
                 reason::DENY_RULE
             }
             None => reason::OUT_OF_SCOPE,
@@ -93,9 +93,12 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     // the first of its class's; the class's other limits and its tiers in
     // a call of their own, for the classes that have them.
     let (limit, owner, ban, by_rule) = match rules::select(&packet, config) {
-        Selected::Allow => return reason::ALLOW_RULE,
+        Selected::Allow(id) => {
+            rules::decided(id, None);
+            return reason::ALLOW_RULE;
+        }
         Selected::Deny(id) => {
-            events::deny_hit(id, &packet.src, packet.family);
+            rules::decided(id, Some(&packet));
             return reason::DENY_RULE;
         }
         Selected::Rule(limit, rule) => (limit, rule, Ban::NONE, true),

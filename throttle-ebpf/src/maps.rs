@@ -76,6 +76,11 @@ pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::
 #[map(name = "EVENT_STATE")]
 pub static EVENT_STATE: Array<u64> = Array::with_max_entries(event::STATE, 0);
 
+/// Packets each allow and deny rule (by id, modulo the slots) decided, per
+/// CPU.
+#[map(name = "RULE_COUNTS")]
+pub static RULE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::HIT_SLOTS, 0);
+
 /// When each deny rule (by id, modulo the slots) last dropped a packet, ns.
 #[map(name = "RULE_HITS")]
 pub static RULE_HITS: Array<u64> = Array::with_max_entries(event::HIT_SLOTS, 0);

@@ -15,7 +15,8 @@ use crate::{
 
 /// What the rules say of a source.
 pub enum Selected {
-    Allow,
+    /// Pass it: this rule's id.
+    Allow(u32),
     /// Drop it: this rule's id.
     Deny(u32),
     /// Meter it against this rule's limit, in the bucket of the rule's id.
@@ -151,10 +152,24 @@ pub fn select(packet: &Packet, config: &Config) -> Selected {
     match lookup(packet, config) {
         None => Selected::Class,
         Some(rule) => match rule.action {
-            ACTION_ALLOW => Selected::Allow,
+            ACTION_ALLOW => Selected::Allow(rule.id),
             ACTION_DENY => Selected::Deny(rule.id),
             _ => Selected::Rule(&rule.limit, rule.id),
         },
+    }
+}
+
+/// Counts a packet an allow or deny rule (`id`) decided, on this CPU; for
+/// a deny rule (`denied`: the packet), its hit is an event after a quiet
+/// while. A call of its own: the main frame's stack has no room for it.
+#[inline(never)]
+pub fn decided(id: u32, denied: Option<&Packet>) {
+    if let Some(slot) = crate::maps::RULE_COUNTS.get_ptr_mut(id % throttle_common::event::HIT_SLOTS) {
+        // SAFETY: this CPU's slot, from a successful lookup.
+        unsafe { *slot += 1 };
+    }
+    if let Some(packet) = denied {
+        crate::events::deny_hit(id, &packet.src, packet.family);
     }
 }
 

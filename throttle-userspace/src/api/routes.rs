@@ -889,6 +889,35 @@ pub struct StatsView {
     /// The same by interface; `other` for any interface without counters of
     /// its own.
     pub interfaces: std::collections::BTreeMap<String, InterfaceStats>,
+    /// What each rule decided: the packets of an allow or deny rule (its
+    /// set's, for a rule of a set), the passed and dropped of a limit
+    /// rule's tracked sources.
+    pub rules: Vec<RuleHits>,
+    /// The passed and dropped of each class's tracked sources (`default`:
+    /// `[limits]`), at the last sample.
+    pub classes: Vec<ClassHits>,
+}
+
+/// What one rule decided.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RuleHits {
+    pub id: u32,
+    /// Allow and deny rules: the packets they passed or dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// Limit rules: their tracked sources' packets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+}
+
+/// What one class's tracked sources sent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClassHits {
+    pub name: String,
+    pub passed: u64,
+    pub dropped: u64,
 }
 
 /// One interface's verdict counters.
@@ -909,10 +938,49 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
     let kernel_error = |e: KernelError| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel_error", format!("reading the counters: {e}"))
     };
-    let (counters, by_interface) = state
-        .with_control(|c| Ok::<_, KernelError>((c.kernel().counters()?, c.kernel().counters_by_interface()?)))
+    let (counters, by_interface, rules, class_ids) = state
+        .with_control(|c| {
+            let rules = c.rules();
+            let decided: Vec<u32> =
+                rules.iter().filter(|r| r.rule.action != Action::Limit).map(|r| r.id).collect();
+            let counts = c.kernel().rule_counts(&decided)?;
+            let class_ids: Vec<(String, u32)> = std::iter::once(("default".to_owned(), 0))
+                .chain(
+                    c.classes()
+                        .iter()
+                        .filter_map(|k| c.class_id(k.name.as_str()).map(|id| (k.name.to_string(), id))),
+                )
+                .collect();
+            let owners = rules
+                .iter()
+                .map(|r| (r.id, r.rule.action, decided.iter().position(|&d| d == r.id).map(|i| counts[i])))
+                .collect::<Vec<_>>();
+            Ok::<_, KernelError>((
+                c.kernel().counters()?,
+                c.kernel().counters_by_interface()?,
+                owners,
+                class_ids,
+            ))
+        })
         .await
         .map_err(kernel_error)?;
+    let sampled = state.owner_counts();
+    let rules = rules
+        .into_iter()
+        .map(|(id, action, packets)| {
+            let (passed, dropped) = sampled.get(&id).copied().unwrap_or_default();
+            let limit = action == Action::Limit;
+            RuleHits { id, packets, passed: limit.then_some(passed), dropped: limit.then_some(dropped) }
+        })
+        .collect();
+    let classes = class_ids
+        .into_iter()
+        .map(|(name, id)| {
+            let owner = if id == 0 { 0 } else { throttle_common::class_owner(id, 0) };
+            let (passed, dropped) = sampled.get(&owner).copied().unwrap_or_default();
+            ClassHits { name, passed, dropped }
+        })
+        .collect();
     let (counters, passed, dropped) = tally(&counters);
     let interfaces = by_interface
         .into_iter()
@@ -922,7 +990,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
             (name, InterfaceStats { mode, counters, passed, dropped })
         })
         .collect();
-    Ok(Json(StatsView { counters, passed, dropped, interfaces }))
+    Ok(Json(StatsView { counters, passed, dropped, interfaces, rules, classes }))
 }
 
 /// The counters by name, and the packets passed and dropped among them. A

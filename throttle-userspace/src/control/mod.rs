@@ -1249,6 +1249,10 @@ pub mod fake {
             Ok(())
         }
 
+        fn rule_counts(&self, ids: &[u32]) -> Result<Vec<u64>, KernelError> {
+            Ok(vec![0; ids.len()])
+        }
+
         fn set_slots_in_use(&self) -> Vec<u32> {
             let s = self.0.lock().unwrap();
             s.plan.as_ref().map(|p| p.set_rules.iter().map(|r| r.slot).collect()).unwrap_or_default()

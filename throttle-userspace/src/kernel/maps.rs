@@ -115,6 +115,7 @@ pub struct Dataplane {
     event_stats: PerCpuArray<MapData, u64>,
     capture: Array<MapData, CaptureConfig>,
     captured: Option<RingBuf<MapData>>,
+    rule_counts: PerCpuArray<MapData, u64>,
     /// What the maps hold, which the next write is diffed against.
     pub(super) held: Held,
     /// Whether this daemon wrote a plan yet (before, the configuration is
@@ -290,6 +291,7 @@ impl Dataplane {
             event_stats: take(&mut ebpf, map_name::EVENT_STATS)?,
             capture: take(&mut ebpf, map_name::CAPTURE)?,
             captured: Some(take(&mut ebpf, map_name::CAPTURED)?),
+            rule_counts: take(&mut ebpf, map_name::RULE_COUNTS)?,
             held: Held::default(),
             written: false,
             slots,
@@ -339,6 +341,17 @@ impl Dataplane {
             captured: sum(event::CAPTURED)?,
             capture_lost: sum(event::CAPTURE_LOST)?,
         })
+    }
+
+    /// The packets each allow or deny rule of `ids` decided (rules whose
+    /// ids share a slot share a count).
+    pub fn rule_counts(&self, ids: &[u32]) -> Result<Vec<u64>, KernelError> {
+        ids.iter()
+            .map(|&id| {
+                let slot = id % event::HIT_SLOTS;
+                Ok(self.rule_counts.get(&slot, 0).map_err(map_err(map_name::RULE_COUNTS))?.iter().sum())
+            })
+            .collect()
     }
 
     /// The ring buffer of captured packets, for the daemon to read.

@@ -111,6 +111,8 @@ pub trait Kernel: Send {
     fn set_loader(&self) -> Result<Box<dyn SetLoader>, KernelError>;
     /// What became of the data path's events.
     fn event_stats(&self) -> Result<EventStats, KernelError>;
+    /// The packets each allow or deny rule of `ids` decided.
+    fn rule_counts(&self, ids: &[u32]) -> Result<Vec<u64>, KernelError>;
     /// Starts (`Some`) or stops a capture of dropped packets.
     fn set_capture(&mut self, capture: Option<throttle_common::CaptureConfig>) -> Result<(), KernelError>;
     /// The set slots the rules in force name (an earlier daemon's, when
@@ -173,6 +175,10 @@ impl Kernel for Dataplane {
 
     fn set_capture(&mut self, capture: Option<throttle_common::CaptureConfig>) -> Result<(), KernelError> {
         Dataplane::set_capture(self, capture)
+    }
+
+    fn rule_counts(&self, ids: &[u32]) -> Result<Vec<u64>, KernelError> {
+        Dataplane::rule_counts(self, ids)
     }
 
     fn set_slots_in_use(&self) -> Vec<u32> {

@@ -380,6 +380,13 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         max_entries: Some(CAPTURE_RING_BYTES),
     },
     Expected {
+        name: map_name::RULE_COUNTS,
+        map_type: MapType::PerCpuArray,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: Some(event::HIT_SLOTS),
+    },
+    Expected {
         name: map_name::SET_RULES,
         map_type: MapType::Array,
         key_size: size_of::<u32>(),

@@ -101,6 +101,13 @@ impl Runtime {
         f(&mut lock(&self.0.control))
     }
 
+    /// `passed` and `dropped` of the tracked buckets of each owner (a limit
+    /// rule's id, or a class's limit), at the last sample.
+    #[must_use]
+    pub fn owner_counts(&self) -> std::collections::HashMap<u32, (u64, u64)> {
+        lock(&self.0.sampled).owners.clone()
+    }
+
     /// Sources tracked at the last sample.
     #[must_use]
     pub fn sources_tracked(&self) -> u64 {

@@ -31,6 +31,9 @@ pub(super) struct Sampled {
     /// The rates of the sources of every limit the controller moves, over
     /// the interval between the last two samples.
     limits: Vec<LimitUsage>,
+    /// `passed` and `dropped` summed over the tracked buckets of each owner
+    /// (the `rule` word of their keys: a limit rule, a class's limit).
+    pub(super) owners: HashMap<u32, (u64, u64)>,
 }
 
 /// Samples again and again; a walk over a big map takes a while, so the
@@ -62,6 +65,7 @@ impl Runtime {
         let mut counts = HashMap::with_capacity(previous.len());
         let mut peak: Option<f64> = None;
         let mut sources = 0u64;
+        let mut owners: HashMap<u32, (u64, u64)> = HashMap::new();
         let (walk, scaled) = self.control(|control| (control.bucket_walk(), control.scaled_limits()));
         // The limits in a stable order (by the `rule` word), each with its
         // sources.
@@ -76,6 +80,9 @@ impl Runtime {
         walk(&mut |key, bucket| {
             sources += 1;
             counts.insert(*key, (bucket.passed, bucket.dropped));
+            let owner = owners.entry(key.rule).or_default();
+            owner.0 += bucket.passed;
+            owner.1 += bucket.dropped;
             let (Some(secs), Some(limit)) = (elapsed, by_rule.get_mut(&key.rule)) else {
                 return;
             };
@@ -103,6 +110,7 @@ impl Runtime {
         let mut sampled = lock(&self.0.sampled);
         sampled.counts = counts;
         sampled.sources = sources;
+        sampled.owners = owners;
         sampled.peak_ratio = if elapsed.is_some() { Some(peak.unwrap_or(0.0)) } else { None };
         sampled.limits = limits;
         sampled.at = Some(now);

@@ -140,9 +140,18 @@ async function tick() {
       li.textContent = text;
       policy.appendChild(li);
     };
-    for (const r of rules.rules) item(`rule ${r.id}: ${r.action} ${r.cidr ?? "@" + r.set}${r.rate ? " " + r.rate : ""}`);
-    for (const c of classes.classes) item(`class ${c.name}: ${c.limits.map((l) => l.rate).join(", ")}`);
-    for (const s of sets.sets) item(`set ${s.name}: ${s.prefixes} prefixes${s.rule ? ", rule " + s.rule : ""}`);
+    const ruleHits = new Map((stats.rules || []).map((h) => [h.id, h]));
+    const hits = (h) => !h ? "" : h.packets != null ? ` · ${h.packets} packets` : ` · passed ${h.passed} dropped ${h.dropped}`;
+    for (const r of rules.rules) {
+      item(`rule ${r.id}: ${r.action} ${r.cidr ?? "@" + r.set}${r.rate ? " " + r.rate : ""}${hits(ruleHits.get(r.id))}`);
+    }
+    const classHits = new Map((stats.classes || []).map((h) => [h.name, h]));
+    for (const c of classes.classes) {
+      item(`class ${c.name}: ${c.limits.map((l) => l.rate).join(", ")}${hits(classHits.get(c.name))}`);
+    }
+    for (const s of sets.sets) {
+      item(`set ${s.name}: ${s.prefixes} prefixes${s.rule ? ", rule " + s.rule + hits(ruleHits.get(s.rule)) : ""}`);
+    }
     item(`counters: ${Object.entries(stats.counters).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(", ")}`);
     lastAt = now;
   } catch (err) {
