@@ -33,8 +33,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",    // iptables -m hashlimit: baseline for the benchmarks
     "wrk",         // HTTP load against the admin API and the probed service
     "curl",
-    "tshark",   // reads back the captures of dropped packets
-    "chromium", // the dashboard's test, in a real browser
+    "tshark",     // reads back the captures of dropped packets
+    "chromium",   // the dashboard's test, in a real browser
+    "prometheus", // promtool: checks the example alerting rules
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
