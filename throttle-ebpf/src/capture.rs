@@ -14,18 +14,10 @@ use aya_ebpf::{
 use throttle_common::{event, Captured, Family, Reason, CAPTURE_SNAP, FAMILY_V4};
 
 use crate::{
-    maps::{CAPTURE, CAPTURED, EVENT_STATS},
+    events,
+    maps::{CAPTURE, CAPTURED},
     parse, rules,
 };
-
-/// Counts one packet under `stat` of `EVENT_STATS` on this CPU.
-#[inline(always)]
-fn count(stat: u32) {
-    if let Some(slot) = EVENT_STATS.get_ptr_mut(stat) {
-        // SAFETY: this CPU's slot, from a successful lookup.
-        unsafe { *slot += 1 };
-    }
-}
 
 /// Copies the packet to the capture ring if the capture asks for it. Takes
 /// the context's pointer, not a reference to it: the caller's stack has no
@@ -71,7 +63,7 @@ pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
         return;
     }
     let Some(mut entry) = CAPTURED.reserve::<Captured>(0) else {
-        count(event::CAPTURE_LOST);
+        events::count(event::CAPTURE_LOST);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -92,5 +84,5 @@ pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
         return;
     }
     entry.submit(0);
-    count(event::CAPTURED);
+    events::count(event::CAPTURED);
 }

@@ -14,9 +14,9 @@ use crate::{
     word,
 };
 
-/// Counts one event under `stat` on this CPU.
+/// Counts one under `stat` of `EVENT_STATS` on this CPU.
 #[inline(always)]
-fn count(stat: u32) {
+pub fn count(stat: u32) {
     if let Some(slot) = EVENT_STATS.get_ptr_mut(stat) {
         // SAFETY: this CPU's slot, from a successful lookup; nothing else
         // writes it while we run.

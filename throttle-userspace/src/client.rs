@@ -300,10 +300,21 @@ impl Client {
 
     /// Sends a request; a 2xx answer's JSON body (null when empty) or the
     /// API's error.
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    /// Sends a request (with the token, and `body` as JSON); the answer,
+    /// its body not read yet.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let mut request = Request::builder().method(method).uri(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(accept) = accept {
+            request = request.header(hyper::header::ACCEPT, accept);
         }
         let payload = match body {
             Some(body) => {
@@ -315,13 +326,21 @@ impl Client {
         let request = request
             .body(Full::new(payload))
             .map_err(|e| ClientError::Usage(format!("--admin {:?}: {e}", self.admin)))?;
-        let unreachable = |reason: String| ClientError::Unreachable { admin: self.admin.clone(), reason };
-        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
+        tokio::time::timeout(TIMEOUT, self.http.request(request))
             .await
-            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|_| self.unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
+            .map_err(|e| self.unreachable(error_chain(&e)))
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable { admin: self.admin.clone(), reason }
+    }
+
+    /// The whole answer as JSON, or the API's error.
+    async fn read(&self, response: hyper::Response<hyper::body::Incoming>) -> Result<Value, ClientError> {
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        let bytes =
+            response.into_body().collect().await.map_err(|e| self.unreachable(e.to_string()))?.to_bytes();
         let value: Option<Value> =
             if bytes.is_empty() { Some(Value::Null) } else { serde_json::from_slice(&bytes).ok() };
         match value {
@@ -334,6 +353,26 @@ impl Client {
             _ => Err(ClientError::Unexpected { status, body: String::from_utf8_lossy(&bytes).into_owned() }),
         }
     }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let response = self.send(method, path, None, body).await?;
+        self.read(response).await
+    }
+
+    /// A `GET` whose answer is read as it comes: its body, or the API's
+    /// error.
+    async fn stream(&self, path: &str, accept: Option<&str>) -> Result<hyper::body::Incoming, ClientError> {
+        let response = self.send(Method::GET, path, accept, None).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        match self.read(response).await {
+            // Not a success: `read` answers with the API's error.
+            Ok(value) => Err(ClientError::Unexpected { status, body: value.to_string() }),
+            Err(err) => Err(err),
+        }
+    }
 }
 
 impl Client {
@@ -341,30 +380,7 @@ impl Client {
     /// the file asked for (`-`: standard output); how many packets it held.
     async fn capture(&self, args: &CaptureArgs) -> Result<Option<u64>, ClientError> {
         use std::io::Write as _;
-        let mut request =
-            Request::builder().method(Method::GET).uri(format!("{}/v1/capture?{}", self.base, args.query()));
-        if let Some(token) = &self.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Usage(format!("--admin {:?}: {e}", self.admin)))?;
-        let unreachable = |reason: String| ClientError::Unreachable { admin: self.admin.clone(), reason };
-        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let mut body = response.into_body();
-        if !status.is_success() {
-            let bytes = body.collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                status,
-                code: value["error"]["code"].as_str().unwrap_or_default().to_owned(),
-                message: value["error"]["message"].as_str().unwrap_or("the capture was refused").to_owned(),
-            });
-        }
+        let mut body = self.stream(&format!("/v1/capture?{}", args.query()), None).await?;
         let mut out: Box<dyn std::io::Write> = if args.write.as_os_str() == "-" {
             Box::new(std::io::stdout())
         } else {
@@ -374,7 +390,7 @@ impl Client {
         };
         let failed = |e: std::io::Error| ClientError::Usage(format!("writing {}: {e}", args.write.display()));
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
             if let Some(data) = frame.data_ref() {
                 out.write_all(data).map_err(failed)?;
                 out.flush().map_err(failed)?;
@@ -475,35 +491,10 @@ impl Client {
     /// Follows the live event stream at `path`, printing each event as it
     /// comes (its JSON with `json`), until the daemon closes it.
     async fn follow(&self, path: &str, json: bool) -> Result<(), ClientError> {
-        let mut request = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{path}", self.base))
-            .header(hyper::header::ACCEPT, "text/event-stream");
-        if let Some(token) = &self.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Usage(format!("--admin {:?}: {e}", self.admin)))?;
-        let unreachable = |reason: String| ClientError::Unreachable { admin: self.admin.clone(), reason };
-        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let mut body = response.into_body();
-        if !status.is_success() {
-            let bytes = body.collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                status,
-                code: value["error"]["code"].as_str().unwrap_or_default().to_owned(),
-                message: value["error"]["message"].as_str().unwrap_or("the stream was refused").to_owned(),
-            });
-        }
+        let mut body = self.stream(path, Some("text/event-stream")).await?;
         let mut pending = String::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
             let Some(data) = frame.data_ref() else { continue };
             pending.push_str(&String::from_utf8_lossy(data));
             while let Some(end) = pending.find('\n') {

@@ -474,11 +474,7 @@ mod tests {
     }
 
     fn example_classes() -> Vec<Class> {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            classes: Vec<Class>,
-        }
-        let doc: Doc = toml::from_str(
+        crate::policy::classes_from_toml(
             r#"
             [[classes]]
             name = "ssh"
@@ -496,8 +492,7 @@ mod tests {
             adaptive = true
             "#,
         )
-        .unwrap();
-        doc.classes
+        .unwrap()
     }
 
     #[test]

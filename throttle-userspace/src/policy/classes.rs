@@ -524,19 +524,26 @@ pub fn validate_classes(classes: &[Class], scope: &Scope, prefix: &str) -> Resul
     Ok(())
 }
 
+/// The `[[classes]]` of a TOML text, for tests of every layer.
+#[cfg(test)]
+pub fn classes_from_toml(toml: &str) -> Result<Vec<Class>, String> {
+    #[derive(Deserialize)]
+    struct Doc {
+        classes: Vec<Class>,
+    }
+    let doc: Doc = super::parse(toml::Deserializer::new(toml), "").map_err(|e| e.to_string())?;
+    Ok(doc.classes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{parse, ScopePort};
+    use crate::policy::ScopePort;
 
     fn classes(toml: &str) -> Result<Vec<Class>, String> {
-        #[derive(Deserialize)]
-        struct Doc {
-            classes: Vec<Class>,
-        }
-        let doc: Doc = parse(toml::Deserializer::new(toml), "").map_err(|e| e.to_string())?;
-        validate_classes(&doc.classes, &Scope::default(), "classes").map_err(|e| e.to_string())?;
-        Ok(doc.classes)
+        let classes = classes_from_toml(toml)?;
+        validate_classes(&classes, &Scope::default(), "classes").map_err(|e| e.to_string())?;
+        Ok(classes)
     }
 
     const EXAMPLE: &str = include_str!("../../../docs/examples/classes.toml");

@@ -16,6 +16,8 @@ mod sets;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub use self::classes::classes_from_toml;
 pub use self::{
     classes::{
         validate_classes, Ban, Class, ClassLimit, ClassName, Match, Name, PortRange, Ports, SetName, Span,

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 use throttle_common::{CaptureConfig, Captured};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::sync::mpsc;
 
 use super::{lock, EventView, Runtime};
 use crate::control::ChangeError;
@@ -69,30 +69,13 @@ impl Runtime {
 
 /// Hands what the data path captured to the capture running.
 pub async fn forward_captures(runtime: Runtime, ring: RingBuf<MapData>) {
-    // SAFETY: the ring owns its map's descriptor and keeps it open for as
-    // long as the AsyncFd owns the ring.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }) else {
-        tracing::warn!("the capture ring cannot be read: no captures");
-        return;
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<Captured>() {
-                continue;
-            }
-            let packet: Captured = bytemuck::pod_read_unaligned(&item[..size_of::<Captured>()]);
-            drop(item);
-            if let Some(tx) = lock(&runtime.0.capture).as_ref() {
-                // A stream that lags behind loses the newest.
-                let _ = tx.try_send(packet);
-            }
+    super::events::read_ring(ring, "capture", |packet: Captured| {
+        if let Some(tx) = lock(&runtime.0.capture).as_ref() {
+            // A stream that lags behind loses the newest.
+            let _ = tx.try_send(packet);
         }
-        guard.clear_ready();
-    }
+    })
+    .await;
 }
 
 /// The wall-clock time of a monotonic instant `at_ns`.

@@ -159,12 +159,13 @@ impl Runtime {
     }
 }
 
-/// Reads the data path's events from its ring buffer into the log.
-pub async fn forward_kernel_events(runtime: Runtime, ring: RingBuf<MapData>) {
+/// Reads the records of a ring buffer of the data path (`what` names it in
+/// the log) as they come, each a `T`, and hands them to `f`.
+pub(super) async fn read_ring<T: bytemuck::Pod>(ring: RingBuf<MapData>, what: &str, mut f: impl FnMut(T)) {
     // SAFETY: the ring owns its map's descriptor and keeps it open for as
     // long as the AsyncFd owns the ring.
     let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }) else {
-        tracing::warn!("the data path's events cannot be read: no event log");
+        tracing::warn!("the {what} ring cannot be read");
         return;
     };
     loop {
@@ -173,13 +174,21 @@ pub async fn forward_kernel_events(runtime: Runtime, ring: RingBuf<MapData>) {
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() >= size_of::<Event>() {
-                let event: Event = bytemuck::pod_read_unaligned(&item[..size_of::<Event>()]);
+            if item.len() >= size_of::<T>() {
+                let record: T = bytemuck::pod_read_unaligned(&item[..size_of::<T>()]);
                 drop(item);
-                let view = runtime.kernel_event(&event);
-                runtime.event(view);
+                f(record);
             }
         }
         guard.clear_ready();
     }
+}
+
+/// Reads the data path's events from its ring buffer into the log.
+pub async fn forward_kernel_events(runtime: Runtime, ring: RingBuf<MapData>) {
+    read_ring(ring, "event", |event: Event| {
+        let view = runtime.kernel_event(&event);
+        runtime.event(view);
+    })
+    .await;
 }

@@ -152,11 +152,7 @@ mod tests {
     };
 
     fn classes() -> Vec<Class> {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            classes: Vec<Class>,
-        }
-        let doc: Doc = toml::from_str(
+        crate::policy::classes_from_toml(
             r#"
             [[classes]]
             name = "dns"
@@ -169,8 +165,7 @@ mod tests {
             adaptive = true
             "#,
         )
-        .unwrap();
-        doc.classes
+        .unwrap()
     }
 
     fn set(kernel: &FakeKernel, key: BucketKey, passed: u64, dropped: u64) {
