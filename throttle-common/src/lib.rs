@@ -12,13 +12,14 @@
 #![allow(clippy::pub_underscore_fields, reason = "explicit padding of map types, always zero")]
 
 pub mod gcra;
+pub mod table;
 
 use bytemuck::{Pod, Zeroable};
 pub use gcra::{admit, ceiling, Limit, CLOCK_COARSE, CLOCK_FINE, UNIT_BYTES, UNIT_PACKETS};
 
 /// Version of the layout of every map below. A daemon refuses pinned maps of
 /// another layout version; bump it whenever a key, a value or a map changes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the maps in the XDP object (at most 15 bytes each: the kernel's
 /// `BPF_OBJ_NAME_LEN` less the NUL).
@@ -43,8 +44,9 @@ pub mod map_name {
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURED: &str = "CAPTURED";
     pub const RULE_COUNTS: &str = "RULE_COUNTS";
+    pub const BUCKET_LOCKS: &str = "BUCKET_LOCKS";
     /// Every map, in the order the daemon pins and adopts them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         CONFIG,
         RULES_V4,
         RULES_V6,
@@ -65,6 +67,7 @@ pub mod map_name {
         CAPTURE,
         CAPTURED,
         RULE_COUNTS,
+        BUCKET_LOCKS,
     ];
 }
 
@@ -185,9 +188,14 @@ pub struct Config {
     pub set_rule_count: u16,
     /// The bank of `SET_RULES` in use, 0 or 1.
     pub set_rule_bank: u16,
+    /// The bucket table's hash seed ([`table::hash`]), random per table.
+    pub bucket_seed: u64,
+    /// The bucket table's groups ([`table::groups`] of its slots).
+    pub bucket_groups: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 56);
+const _: () = assert!(size_of::<Config>() == 72);
 
 /// A limit class as the data path meters it: the `CLASSES` entry of its id
 /// (0: the default class, `[limits]`).
@@ -572,8 +580,9 @@ pub mod rule_filter {
     }
 }
 
-/// Key of the bucket map: a source masked to the aggregation prefix, and the
-/// rule that selected its limit.
+/// A bucket's key: a source masked to the aggregation prefix, and the
+/// rule that selected its limit (the table stores it as a
+/// [`table::SlotKey`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct BucketKey {
@@ -589,7 +598,8 @@ pub struct BucketKey {
 
 const _: () = assert!(size_of::<BucketKey>() == 24);
 
-/// Value of the bucket map.
+/// A tracked source's bucket, as the daemon reads it from its
+/// [`table::Slot`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Bucket {
@@ -673,6 +683,10 @@ pub mod reason {
     pub const BANNED: Reason = Reason(12);
     /// Number of reasons, and of counters per interface slot.
     pub const COUNT: u32 = 13;
+    /// Not a verdict: what the program's lookup of a bucket returns for a
+    /// source the table does not track, before it makes it a bucket. Never
+    /// counted (its slot is past every counter) nor returned by the program.
+    pub const UNTRACKED: Reason = Reason(u32::MAX);
 
     /// Every reason, by slot.
     pub const ALL: [Reason; COUNT as usize] = [

@@ -1,24 +1,17 @@
 //! Per-source GCRA buckets, updated with compare-and-swap so that one
 //! source's limit holds however many CPUs see its packets.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    programs::XdpContext,
-};
-use aya_log_ebpf::error;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use throttle_common::{
-    admit, ceiling, event, flags, gcra::ticks_from_ns, reason, Bucket, BucketKey, ClassConfig, Config,
+    admit, ceiling, event, flags, gcra::ticks_from_ns, reason, table, table::SlotKey, ClassConfig, Config,
     Family, Limit, Reason, BAN_MARK, CAS_ATTEMPTS, CLOCK_COARSE, FAMILY_V4,
 };
 
 use crate::{
     events,
-    maps::BUCKETS,
-    word::{self, BucketWords, Word},
+    table::{Insert, SlotWords},
+    word::{self, Word},
 };
-
-const EEXIST: i32 = 17;
 
 /// A class's ban, in ticks (`for_ticks` 0: none).
 #[derive(Clone, Copy)]
@@ -32,18 +25,47 @@ impl Ban {
     pub const NONE: Self = Self { after: 0, for_ticks: 0 };
 }
 
-/// Meters `cost` units of the source `key` against `limit`, under `ban`; a
-/// bucket made for it draws on the first-seen budget when `budget`.
+/// How a packet is metered besides its key and limit: what it costs,
+/// whether a bucket made for it draws on the first-seen budget, and its
+/// class's ban.
+pub struct Charge {
+    pub cost: u64,
+    pub budget: bool,
+    pub ban: Ban,
+}
+
+/// Meters the packet `charge` describes against `limit`, on the bucket of
+/// the source `key`. The lookup and the insert of a first-seen source are
+/// calls of their own, made one after the other from here: one copy of
+/// each however many buckets a packet meets, and the deepest call chain
+/// (whose stack bounds the program) one call shorter than nesting them.
 #[inline(always)]
-pub fn meter(
-    ctx: &XdpContext,
-    key: &BucketKey,
-    limit: &Limit,
-    cost: u64,
-    config: &Config,
-    budget: bool,
-    ban: Ban,
-) -> Reason {
+pub fn meter(key: &SlotKey, limit: &Limit, config: &Config, charge_of: &Charge) -> Reason {
+    let verdict = tracked(key, limit, config, charge_of);
+    if verdict != reason::UNTRACKED {
+        return verdict;
+    }
+    if charge_of.budget
+        && config.flags & flags::NEW_SOURCE_LIMIT != 0
+        && !take_new_source(now(limit), &config.new_source_limit, key)
+    {
+        // Not tracked: a flood of spoofed sources neither passes nor pushes
+        // real sources out of the bucket table.
+        return reason::NEW_SOURCE_LIMIT;
+    }
+    match first_seen(key, limit, config, charge_of.cost) {
+        // Another CPU inserted it first: meter against that bucket.
+        reason::UNTRACKED => match tracked(key, limit, config, charge_of) {
+            reason::UNTRACKED => reason::CONTENDED,
+            verdict => verdict,
+        },
+        verdict => verdict,
+    }
+}
+
+/// The packet's time, in ticks, by the clock of `limit`.
+#[inline(always)]
+fn now(limit: &Limit) -> u64 {
     // SAFETY: helpers without arguments. Both read CLOCK_MONOTONIC, the
     // coarse one as of the last tick (`Limit::with_clock`).
     let ns = unsafe {
@@ -53,17 +75,23 @@ pub fn meter(
             bpf_ktime_get_ns()
         }
     };
-    let now = ticks_from_ns(ns);
-    let arrival = Arrival { now, cost, ban };
-    if let Some(bucket) = word::bucket(key) {
-        return charge(bucket, &arrival, limit, key);
-    }
-    let budget = (budget && config.flags & flags::NEW_SOURCE_LIMIT != 0).then_some(&config.new_source_limit);
-    first_seen(ctx, key, limit, &arrival, budget)
+    ticks_from_ns(ns)
 }
 
-/// When a packet came, what it costs, and its class's ban (one argument of
-/// a BPF call, which takes five at most).
+/// [`meter`] for a source the table tracks; [`reason::UNTRACKED`] for
+/// one it does not.
+#[inline(never)]
+fn tracked(key: &SlotKey, limit: &Limit, config: &Config, charge_of: &Charge) -> Reason {
+    let (one, two) = table::first_slots(key, config.bucket_seed, config.bucket_groups);
+    let Some(slot) = crate::table::find(key, one, two) else {
+        return reason::UNTRACKED;
+    };
+    let arrival = Arrival { now: now(limit), cost: charge_of.cost, ban: charge_of.ban };
+    charge(slot, &arrival, limit, key).unwrap_or(reason::UNTRACKED)
+}
+
+/// When a packet came, what it costs, and its class's ban.
+#[derive(Clone, Copy)]
 struct Arrival {
     now: u64,
     cost: u64,
@@ -78,14 +106,21 @@ enum Step {
     Over,
     /// Other CPUs changed the TAT at every one of [`CAS_ATTEMPTS`] tries.
     Contended,
+    /// The slot changed hands: it holds another source now.
+    Gone,
 }
 
 /// One GCRA step on `tat`, another CPU's update between read and write
-/// retried up to [`CAS_ATTEMPTS`] times.
+/// retried up to [`CAS_ATTEMPTS`] times. `held` says whether the state is
+/// still the caller's: checked after each read of the TAT, so that the
+/// exchange can only land on a TAT read while it was.
 #[inline(always)]
-fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
+fn step(tat: Word, held: impl Fn() -> bool, now: u64, cost: u64, limit: &Limit) -> Step {
     for _ in 0..CAS_ATTEMPTS {
         let seen = tat.load();
+        if !held() {
+            return Step::Gone;
+        }
         if seen & BAN_MARK != 0 {
             // Banned by another CPU since the caller looked: nothing here
             // may lower the mark.
@@ -109,23 +144,27 @@ fn step(tat: Word, now: u64, cost: u64, limit: &Limit) -> Step {
 /// A tracked source: its ban, or one GCRA step on its bucket, counted in
 /// it. The time since it has been over its limit (`over_since`, in the same
 /// cache line) marks when it starts and stops being dropped, for the events
-/// and the bans.
+/// and the bans. `None` when the slot changed hands under it.
 #[inline(always)]
-fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit, key: &BucketKey) -> Reason {
+fn charge(bucket: SlotWords, arrival: &Arrival, limit: &Limit, key: &SlotKey) -> Option<Reason> {
     let Arrival { now, cost, ban } = *arrival;
     let tat = bucket.tat();
     let seen = tat.load();
     if seen & BAN_MARK != 0 {
+        if bucket.tag().load() != key.tag {
+            return None;
+        }
         if seen & !BAN_MARK > now {
-            bucket.dropped().add(1);
-            return reason::BANNED;
+            bucket.dropped().bump();
+            return Some(reason::BANNED);
         }
         // The ban is over: the source starts again from its end.
         tat.compare_exchange(seen, seen & !BAN_MARK);
     }
-    match step(tat, now, cost, limit) {
+    let held = || bucket.tag().load() == key.tag;
+    Some(match step(tat, held, now, cost, limit) {
         Step::Admitted(seen) => {
-            bucket.passed().add(1);
+            bucket.passed().bump();
             // A source that floods gets a packet through now and then at
             // its rate, from an empty bucket: still over its limit. Its
             // streak ends when it passes with half its burst to spare.
@@ -139,31 +178,32 @@ fn charge(bucket: BucketWords, arrival: &Arrival, limit: &Limit, key: &BucketKey
             reason::PASSED
         }
         Step::Over => {
-            bucket.dropped().add(1);
+            bucket.dropped().bump();
             let since = bucket.over_since();
             let over = since.load();
             if over == 0 {
                 if since.compare_exchange(0, now) {
                     events::of_bucket(event::DROP_START, key);
                 }
-                return reason::OVER_LIMIT;
+                reason::OVER_LIMIT
+            } else if ban.for_ticks != 0 {
+                over_under_ban(bucket, now, ban, over, key)
+            } else {
+                reason::OVER_LIMIT
             }
-            if ban.for_ticks != 0 {
-                return over_under_ban(bucket, now, ban, over, key);
-            }
-            reason::OVER_LIMIT
         }
         Step::Contended => {
-            bucket.dropped().add(1);
+            bucket.dropped().bump();
             reason::CONTENDED
         }
-    }
+        Step::Gone => return None,
+    })
 }
 
 /// A source over its limit since `over` under a class that bans: banned
 /// from now on once that has lasted the ban's `after`.
 #[inline(always)]
-fn over_under_ban(bucket: BucketWords, now: u64, ban: Ban, over: u64, key: &BucketKey) -> Reason {
+fn over_under_ban(bucket: SlotWords, now: u64, ban: Ban, over: u64, key: &SlotKey) -> Reason {
     if now.saturating_sub(over) < ban.after {
         return reason::OVER_LIMIT;
     }
@@ -176,49 +216,32 @@ fn over_under_ban(bucket: BucketWords, now: u64, ban: Ban, over: u64, key: &Buck
     reason::BANNED
 }
 
-/// A source not tracked yet: it draws on the first-seen `budget` if any,
-/// then gets a bucket with a full burst less this packet.
+/// A source not tracked yet, past the first-seen budget: it gets a slot of
+/// its groups with a full burst less this packet, of `cost`.
+/// [`reason::UNTRACKED`] when another CPU gave it one first. It sends no
+/// event: this call is the deepest of the chain.
 #[inline(never)]
-fn first_seen(
-    ctx: &XdpContext,
-    key: &BucketKey,
-    limit: &Limit,
-    arrival: &Arrival,
-    budget: Option<&Limit>,
-) -> Reason {
-    let Arrival { now, cost, .. } = *arrival;
-    if budget.is_some_and(|budget| !take_new_source(now, budget, key)) {
-        // Not tracked: a flood of spoofed sources neither passes nor pushes
-        // real sources out of the bucket map.
-        return reason::NEW_SOURCE_LIMIT;
-    }
-    let (fresh, verdict) = match admit(0, now, cost, limit) {
-        Some(tat) => (Bucket { tat, passed: 1, dropped: 0, over_since: 0 }, reason::NEW_SOURCE),
+fn first_seen(key: &SlotKey, limit: &Limit, config: &Config, cost: u64) -> Reason {
+    let now = now(limit);
+    let (one, two) = table::first_slots(key, config.bucket_seed, config.bucket_groups);
+    let fresh = admit(0, now, cost, limit);
+    match crate::table::insert(key, one, two, fresh, now) {
+        Insert::Inserted if fresh.is_some() => reason::NEW_SOURCE,
         // Larger than the whole burst (a byte limit below the frame size).
-        None => (Bucket { tat: 0, passed: 0, dropped: 1, over_since: 0 }, reason::OVER_LIMIT),
-    };
-    match BUCKETS.insert(key, fresh, u64::from(BPF_NOEXIST)) {
-        Ok(()) => verdict,
-        // Another CPU inserted it first: meter against that bucket.
-        Err(err) if err == -EEXIST => match word::bucket(key) {
-            Some(bucket) => charge(bucket, arrival, limit, key),
-            None => reason::ERROR,
-        },
-        Err(err) => {
-            error!(ctx, "bucket insert failed: {}", err);
-            reason::ERROR
-        }
+        Insert::Inserted => reason::OVER_LIMIT,
+        Insert::Present => reason::UNTRACKED,
+        Insert::Contended => reason::CONTENDED,
     }
 }
 
 /// Takes one first-seen admission from the global budget for the source
 /// `key`.
 #[inline(always)]
-fn take_new_source(now: u64, limit: &Limit, key: &BucketKey) -> bool {
+fn take_new_source(now: u64, limit: &Limit, key: &SlotKey) -> bool {
     let Some(state) = word::new_sources() else {
         return true;
     };
-    let admitted = matches!(step(state, now, 1, limit), Step::Admitted(_));
+    let admitted = matches!(step(state, || true, now, 1, limit), Step::Admitted(_));
     events::budget(admitted, key);
     admitted
 }
@@ -226,7 +249,7 @@ fn take_new_source(now: u64, limit: &Limit, key: &BucketKey) -> bool {
 /// The bucket key of a source: its address masked to its class's
 /// aggregation prefix.
 #[inline(always)]
-pub fn key(family: Family, src: &[u32; 4], rule: u32, class: &ClassConfig) -> BucketKey {
+pub fn key(family: Family, src: &[u32; 4], rule: u32, class: &ClassConfig) -> SlotKey {
     masked_key(family, src, rule, class.ipv4_mask, &class.ipv6_mask)
 }
 
@@ -238,12 +261,12 @@ pub fn masked_key(
     rule: u32,
     ipv4_mask: u32,
     ipv6_mask: &[u32; 4],
-) -> BucketKey {
+) -> SlotKey {
     let addr = if family == FAMILY_V4 {
         [src[0] & ipv4_mask, 0, 0, 0]
     } else {
         let m = ipv6_mask;
         [src[0] & m[0], src[1] & m[1], src[2] & m[2], src[3] & m[3]]
     };
-    BucketKey { addr, rule, family }
+    SlotKey::new(&addr, rule, family)
 }

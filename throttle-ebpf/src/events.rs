@@ -7,7 +7,7 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
-use throttle_common::{admit, event, gcra::ticks_from_ns, BucketKey, Event, Family};
+use throttle_common::{admit, event, gcra::ticks_from_ns, table::SlotKey, Event, Family};
 
 use crate::{
     maps::{EVENTS, EVENT_STATS, RULE_HITS},
@@ -62,20 +62,20 @@ fn send(kind: u32, addr: &[u32; 4], family: Family, owner: u32) {
 
 /// An event about the bucket `key`.
 #[inline(always)]
-pub fn of_bucket(kind: u32, key: &BucketKey) {
-    send(kind, &key.addr, key.family, key.rule);
+pub fn of_bucket(kind: u32, key: &SlotKey) {
+    send(kind, key.addr32_ref(), key.family(), key.owner());
 }
 
 /// The first-seen budget refused a source (`admitted` false) or admitted
 /// one: an event when that changes whether it is dry.
 #[inline(always)]
-pub fn budget(admitted: bool, key: &BucketKey) {
+pub fn budget(admitted: bool, key: &SlotKey) {
     let Some(dry) = word::event_state(event::STATE_DRY) else {
         return;
     };
     let (from, to, kind) = if admitted { (1, 0, event::BUDGET_RECOVERED) } else { (0, 1, event::BUDGET_DRY) };
     if dry.load() == from && dry.compare_exchange(from, to) {
-        send(kind, &key.addr, key.family, 0);
+        send(kind, key.addr32_ref(), key.family(), 0);
     }
 }
 

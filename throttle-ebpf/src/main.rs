@@ -22,6 +22,7 @@ mod maps;
 mod parse;
 mod rules;
 mod stats;
+mod table;
 mod word;
 
 use aya_ebpf::{
@@ -35,7 +36,7 @@ use throttle_common::{
 };
 
 use crate::{
-    bucket::Ban,
+    bucket::{Ban, Charge},
     maps::{CLASSES, CONFIG},
     rules::Selected,
     stats::count,
@@ -110,11 +111,11 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
         ),
     };
     let key = bucket::key(packet.family, &packet.src, owner, class);
-    let verdict = bucket::meter(ctx, &key, limit, cost(limit, len), config, true, ban);
+    let verdict = bucket::meter(&key, limit, config, &Charge { cost: cost(limit, len), budget: true, ban });
     if reason::drops(verdict) || by_rule || (class.limit_count < 2 && class.tier_count == 0) {
         return verdict;
     }
-    let rest = meter_rest(ctx, &packet, class, &Rest { class_id, len, ban }, config);
+    let rest = meter_rest(&packet, class, &Rest { class_id, len, ban }, config);
     if reason::drops(rest) {
         rest
     } else {
@@ -146,24 +147,29 @@ struct Rest {
 /// never looser). Only the first bucket draws on the first-seen budget.
 #[inline(never)]
 fn meter_rest(
-    ctx: &XdpContext,
     packet: &parse::Packet,
     class: &ClassConfig,
     rest: &Rest,
     config: &Config,
 ) -> Reason {
     let Rest { class_id, len, ban } = *rest;
+    // One key and one charge, rewritten for each bucket: the stack of this
+    // call is part of the deepest chain.
+    let mut charge = Charge { cost: 0, budget: false, ban };
+    let mut key;
     for slot in 1..MAX_CLASS_LIMITS {
         if slot >= class.limit_count {
             break;
         }
         let limit = &class.limits[slot as usize];
-        let key = bucket::key(packet.family, &packet.src, class_owner(class_id, slot), class);
-        let next = bucket::meter(ctx, &key, limit, cost(limit, len), config, false, ban);
+        key = bucket::key(packet.family, &packet.src, class_owner(class_id, slot), class);
+        charge.cost = cost(limit, len);
+        let next = bucket::meter(&key, limit, config, &charge);
         if reason::drops(next) {
             return next;
         }
     }
+    charge.ban = Ban::NONE;
     let family = if packet.family == FAMILY_V4 { TIER_V4 } else { TIER_V6 };
     for index in 0..MAX_TIERS {
         if index >= class.tier_count {
@@ -174,8 +180,9 @@ fn meter_rest(
             continue;
         }
         let owner = class_owner(class_id, TIER_SLOT + index);
-        let key = bucket::masked_key(packet.family, &packet.src, owner, tier.ipv4_mask, &tier.ipv6_mask);
-        let next = bucket::meter(ctx, &key, &tier.limit, cost(&tier.limit, len), config, false, Ban::NONE);
+        key = bucket::masked_key(packet.family, &packet.src, owner, tier.ipv4_mask, &tier.ipv6_mask);
+        charge.cost = cost(&tier.limit, len);
+        let next = bucket::meter(&key, &tier.limit, config, &charge);
         if reason::drops(next) {
             return next;
         }

@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf},
+    bindings::BPF_F_MMAPABLE,
+    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, RingBuf},
 };
 use throttle_common::{
-    class_of, event, reason, rule_filter, set_rules, Bucket, BucketKey, CaptureConfig, ClassConfig, Config,
+    class_of, event, reason, rule_filter, set_rules, table, table::Slot, CaptureConfig, ClassConfig, Config,
     Rule, SetRule, CAPTURE_RING_BYTES, DEFAULT_MAX_SOURCES, IFACE_SLOTS, MAX_CLASSES, MAX_IFINDEX, MAX_RULES,
 };
 
@@ -45,9 +46,15 @@ pub static CLASSES: Array<ClassConfig> = Array::with_max_entries(MAX_CLASSES, 0)
 #[map(name = "RULE_FILTER")]
 pub static RULE_FILTER: Array<u64> = Array::with_max_entries(rule_filter::TOTAL, 0);
 
-/// Per-source GCRA state. The daemon sizes it at load time.
+/// Per-source GCRA state: the bucket table ([`throttle_common::table`]).
+/// The daemon sizes it at load time, and maps it to read it in place.
 #[map(name = "BUCKETS")]
-pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+pub static BUCKETS: Array<Slot> = Array::with_max_entries(DEFAULT_MAX_SOURCES, BPF_F_MMAPABLE);
+
+/// The bucket table's insert locks, a bit per group; sized with it.
+#[map(name = "BUCKET_LOCKS")]
+pub static BUCKET_LOCKS: Array<u64> =
+    Array::with_max_entries(table::lock_words(table::groups(DEFAULT_MAX_SOURCES)), 0);
 
 /// The GCRA state of the global first-seen budget, one entry shared by
 /// every CPU.

@@ -2,13 +2,10 @@
 //! of atomics and of the raw pointers they need.
 
 use core::{
-    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
-    ptr::addr_of_mut,
+    intrinsics::{atomic_and, atomic_cxchg, atomic_or, atomic_xchg, AtomicOrdering},
 };
 
-use throttle_common::{Bucket, BucketKey};
-
-use crate::maps::{BUCKETS, NEW_SOURCES};
+use crate::maps::NEW_SOURCES;
 
 /// An aligned u64 inside a map value, which other CPUs may read and write
 /// while this program runs. Made only from a successful map lookup, below,
@@ -25,7 +22,7 @@ impl Word {
     /// `ptr` points to an aligned u64 inside a value returned by a successful
     /// map lookup of this run of the program.
     #[inline(always)]
-    unsafe fn new(ptr: *mut u64) -> Self {
+    pub unsafe fn new(ptr: *mut u64) -> Self {
         Self { ptr }
     }
 
@@ -47,55 +44,35 @@ impl Word {
         }
     }
 
-    /// `BPF_ADD` with no fetch: a locked add.
+    /// One more, without a locked add: a load and a store. Two CPUs
+    /// counting at the same instant may lose one; for the statistics of a
+    /// source, which is cheaper than a locked add on every packet.
     #[inline(always)]
-    pub fn add(self, n: u64) {
-        // SAFETY: as in `load`; the kernel's locked add is atomic on it.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.ptr, n) };
-    }
-}
-
-/// A tracked source's [`Bucket`], by its words. Made only by [`bucket`],
-/// from a successful lookup.
-#[derive(Clone, Copy)]
-pub struct BucketWords {
-    bucket: *mut Bucket,
-}
-
-impl BucketWords {
-    /// The GCRA theoretical arrival time.
-    #[inline(always)]
-    pub fn tat(self) -> Word {
-        // SAFETY: `bucket` comes from a successful lookup, and `Bucket` is
-        // `repr(C)` with aligned u64 fields; `addr_of_mut!` makes no
-        // reference.
-        unsafe { Word::new(addr_of_mut!((*self.bucket).tat)) }
+    pub fn bump(self) {
+        // SAFETY: as in `load`.
+        unsafe { self.ptr.write_volatile(self.ptr.read_volatile() + 1) };
     }
 
+    /// `BPF_OR | BPF_FETCH`: sets `bits`, and returns the word before.
     #[inline(always)]
-    pub fn passed(self) -> Word {
-        // SAFETY: as in `tat`.
-        unsafe { Word::new(addr_of_mut!((*self.bucket).passed)) }
+    pub fn fetch_or(self, bits: u64) -> u64 {
+        // SAFETY: as in `load`; the kernel's atomic or is atomic on it.
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(self.ptr, bits) }
     }
 
+    /// `BPF_AND`: clears what `mask` does not keep.
     #[inline(always)]
-    pub fn dropped(self) -> Word {
-        // SAFETY: as in `tat`.
-        unsafe { Word::new(addr_of_mut!((*self.bucket).dropped)) }
+    pub fn and(self, mask: u64) {
+        // SAFETY: as in `fetch_or`.
+        unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(self.ptr, mask) };
     }
 
-    /// Since when the source has been over its limit (0: it is not).
+    /// `BPF_XCHG`: stores `value` with a full barrier.
     #[inline(always)]
-    pub fn over_since(self) -> Word {
-        // SAFETY: as in `tat`.
-        unsafe { Word::new(addr_of_mut!((*self.bucket).over_since)) }
+    pub fn swap(self, value: u64) {
+        // SAFETY: as in `fetch_or`.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.ptr, value) };
     }
-}
-
-/// The bucket of `key`, if the map tracks it.
-#[inline(always)]
-pub fn bucket(key: &BucketKey) -> Option<BucketWords> {
-    BUCKETS.get_ptr_mut(key).map(|bucket| BucketWords { bucket })
 }
 
 /// The GCRA state of the first-seen budget.

@@ -21,20 +21,20 @@ use std::{
 
 use aya::{
     maps::{
-        Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
+        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
     },
     programs::{links::FdLink, Xdp},
-    sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use throttle_common::{
-    class_of, event, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, set_rules, Bucket,
+    class_of, event, flags, ipv4_mask, ipv6_mask, map_name, reason, rule_filter, set_rules, table, Bucket,
     BucketKey, CaptureConfig, ClassConfig, Config, Rule, SetRule, FAMILY_V4, FAMILY_V6, IFACE_SLOTS,
     MAX_CLASSES, MAX_IFINDEX, PROGRAM_NAME,
 };
 
 use super::{
     error::{map_err, syscall_err, KernelError},
+    table::BucketTable,
     pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
@@ -71,28 +71,16 @@ pub struct EventStats {
     pub capture_lost: u64,
 }
 
-/// Reads every bucket of the bucket map on its own descriptor
+/// Reads every bucket of the bucket table through a mapping of its own
 /// ([`Dataplane::bucket_walker`]).
 pub struct BucketWalker {
-    pub(super) buckets: HashMap<MapData, BucketKey, Bucket>,
+    pub(super) table: BucketTable,
 }
 
 impl BucketWalker {
     /// Calls `f` for every tracked bucket, as [`Dataplane::for_each_bucket`].
     pub fn for_each(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-        walk_buckets(&self.buckets, f);
-    }
-}
-
-/// Every bucket, in batches of many entries per system call where the kernel
-/// has them, else one by one.
-fn walk_buckets(buckets: &HashMap<MapData, BucketKey, Bucket>, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-    let fd = buckets.map().fd().as_fd().as_raw_fd();
-    if let Err(err) = sys::lookup_all::<BucketKey, Bucket>(fd, f) {
-        tracing::debug!("batched lookup refused ({err}); walking the buckets one by one");
-        for (key, bucket) in buckets.iter().filter_map(Result::ok) {
-            f(&key, &bucket);
-        }
+        self.table.for_each(f);
     }
 }
 
@@ -108,7 +96,7 @@ pub struct Dataplane {
     pub(super) set_rules: Array<MapData, SetRule>,
     sets_v4: LpmTrie<MapData, [u8; 5], u8>,
     sets_v6: LpmTrie<MapData, [u8; 17], u8>,
-    buckets: HashMap<MapData, BucketKey, Bucket>,
+    buckets: BucketTable,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) iface_slot: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
@@ -142,6 +130,27 @@ pub(super) struct Held {
     pub(super) placement: Placement,
     /// The regions (IPv4, IPv6) of the bank not in use.
     pub(super) standby: (Region, Region),
+}
+
+/// Maps the bucket table, and makes sure the configuration entry holds its
+/// geometry: the seed and group count the program hashes with. Adopted
+/// maps keep their seed (every source stays where it is); a new table gets
+/// a random one, so that no one can pick sources that crowd one group.
+fn open_table(ebpf: &mut Ebpf, config: &mut Array<MapData, Config>, adopted: bool) -> Result<BucketTable, KernelError> {
+    let data: MapData = match ebpf.take_map(map_name::BUCKETS) {
+        Some(Map::Array(data)) => data,
+        Some(_) => return Err(map_err(map_name::BUCKETS)(MapError::InvalidMapType { map_type: 0 })),
+        None => return Err(KernelError::Missing { what: "map", name: map_name::BUCKETS }),
+    };
+    let slots = data.info().map_err(map_err(map_name::BUCKETS))?.max_entries();
+    let mut current = config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
+    let groups = table::groups(slots);
+    if !(adopted && current.bucket_groups == groups) {
+        current.bucket_seed = sys::random_u64().map_err(syscall_err(map_name::BUCKETS, "getrandom"))?;
+        current.bucket_groups = groups;
+        config.set(0, current, 0).map_err(map_err(map_name::CONFIG))?;
+    }
+    BucketTable::map(data, current.bucket_seed)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -225,6 +234,7 @@ impl Dataplane {
     fn from_object(max_sources: u32, origin: Origin) -> Result<Self, KernelError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_name::BUCKETS, max_sources);
+        loader.map_max_entries(map_name::BUCKET_LOCKS, table::lock_words(table::groups(max_sources)));
         if let Origin::Adopted(pins) = &origin {
             // aya opens a map pinned at the given path and relocates the
             // program to it, instead of creating one (`create_pinned_by_name`).
@@ -256,9 +266,9 @@ impl Dataplane {
             }
             Origin::Adopted(pins) => (Some(pins), true),
         };
-        let config: Array<MapData, Config> = take(&mut ebpf, map_name::CONFIG)?;
-        let buckets: HashMap<MapData, BucketKey, Bucket> = take(&mut ebpf, map_name::BUCKETS)?;
-        let max_sources = buckets.map().info().map_err(map_err(map_name::BUCKETS))?.max_entries();
+        let mut config: Array<MapData, Config> = take(&mut ebpf, map_name::CONFIG)?;
+        let buckets = open_table(&mut ebpf, &mut config, adopted)?;
+        let max_sources = buckets.slots();
         let iface_slot: Array<MapData, u32> = take(&mut ebpf, map_name::IFACE_SLOT)?;
         let mut slots = BTreeMap::new();
         if adopted {
@@ -546,54 +556,37 @@ impl Dataplane {
 
     /// The bucket of `key`, if tracked.
     pub fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError> {
-        match self.buckets.get(key, 0) {
-            Ok(bucket) => Ok(Some(bucket)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(KernelError::Map { map: map_name::BUCKETS, source }),
-        }
+        Ok(self.buckets.get(key))
     }
 
-    /// Every tracked bucket, one key at a time (two system calls each).
-    pub fn buckets(&self) -> impl Iterator<Item = (BucketKey, Bucket)> + '_ {
-        self.buckets.iter().filter_map(Result::ok)
-    }
-
-    /// Calls `f` for every tracked bucket, reading them in batches of
-    /// thousands per system call (`BPF_MAP_LOOKUP_BATCH`): a million sources
-    /// take a fraction of a second, where [`Dataplane::buckets`] takes
-    /// seconds. Falls back to the one-by-one walk where batches are refused.
+    /// Calls `f` for every tracked bucket, read in place from the mapped
+    /// table: a million slots take a few milliseconds, and no system call.
     pub fn for_each_bucket(&self, f: &mut dyn FnMut(&BucketKey, &Bucket)) {
-        walk_buckets(&self.buckets, f);
+        self.buckets.for_each(f);
     }
 
-    /// A handle of its own on the bucket map (a duplicate descriptor), for
-    /// walks that need nothing else and so can run beside every other use
-    /// of the dataplane.
+    /// A handle of its own on the bucket table, for walks that need nothing
+    /// else and so can run beside every other use of the dataplane.
     pub fn bucket_walker(&self) -> Result<BucketWalker, KernelError> {
-        let fd = self
-            .buckets
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(syscall_err(map_name::BUCKETS, "dup"))?;
-        let data = MapData::from_fd(fd).map_err(map_err(map_name::BUCKETS))?;
-        let buckets = HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(map_name::BUCKETS))?;
-        Ok(BucketWalker { buckets })
+        Ok(BucketWalker { table: self.buckets.clone() })
+    }
+
+    /// The seed and group count of the bucket table, which every `CONFIG`
+    /// entry written carries.
+    pub(super) fn table_geometry(&self) -> (u64, u32) {
+        (self.buckets.seed(), table::groups(self.buckets.slots()))
+    }
+
+    /// The bucket table itself (its mapping), for tests and benchmarks.
+    #[must_use]
+    pub fn table(&self) -> &BucketTable {
+        &self.buckets
     }
 
     /// Forgets the bucket of `key` (the source starts over with a full
     /// burst). False when it was not tracked.
     pub fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError> {
-        match self.buckets.remove(key) {
-            Ok(()) => Ok(true),
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(false)
-            }
-            Err(source) => Err(KernelError::Map { map: map_name::BUCKETS, source }),
-        }
+        Ok(self.buckets.remove(key))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod rule_filter;
 mod sets;
 mod sys;
+mod table;
 mod write;
 
 use std::{fmt, sync::Arc};
@@ -33,6 +34,7 @@ pub use self::{
     plan::{compile, Plan, SetPlace},
     sets::{SetLoader, SetTries},
     sys::{coarse_resolution_ns, grace_period, monotonic_ns},
+    table::BucketTable,
 };
 
 /// How the XDP program is attached.

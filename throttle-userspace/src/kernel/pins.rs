@@ -3,8 +3,8 @@
 //! adopted.
 //!
 //! ```text
-//! DIR/maps/CONFIG, RULES_V4, RULES_V6, CLASS_OF, CLASSES, BUCKETS, NEW_SOURCES, COUNTERS,
-//!          RULE_FILTER, IFACE_SLOT
+//! DIR/maps/CONFIG, RULES_V4, RULES_V6, CLASS_OF, CLASSES, BUCKETS, BUCKET_LOCKS, NEW_SOURCES,
+//!          COUNTERS, RULE_FILTER, IFACE_SLOT, ... (every map of `map_name::ALL`)
 //! DIR/links/native/<iface>, DIR/links/generic/<iface>
 //! ```
 //!
@@ -29,7 +29,7 @@ use aya::{
     Ebpf,
 };
 use throttle_common::{
-    class_of, event, map_name, reason, rule_filter, set_rules, Bucket, BucketKey, CaptureConfig, ClassConfig,
+    class_of, event, map_name, reason, rule_filter, set_rules, table::Slot, CaptureConfig, ClassConfig,
     Config, Rule, SetRule, CAPTURE_RING_BYTES, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX,
     MAX_RULES,
 };
@@ -245,7 +245,8 @@ struct Expected {
     map_type: MapType,
     key_size: usize,
     value_size: usize,
-    /// `None` for the bucket map, whose capacity is chosen at load.
+    /// `None` for the bucket table and its locks, whose capacity is chosen
+    /// at load.
     max_entries: Option<u32>,
 }
 
@@ -290,9 +291,9 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
     },
     Expected {
         name: map_name::BUCKETS,
-        map_type: MapType::LruHash,
-        key_size: size_of::<BucketKey>(),
-        value_size: size_of::<Bucket>(),
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<Slot>(),
         max_entries: None,
     },
     Expected {
@@ -385,6 +386,13 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
         max_entries: Some(event::HIT_SLOTS),
+    },
+    Expected {
+        name: map_name::BUCKET_LOCKS,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        max_entries: None,
     },
     Expected {
         name: map_name::SET_RULES,

@@ -313,3 +313,14 @@ pub fn grace_period() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Eight bytes from the kernel's random pool (`getrandom`).
+pub fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is writable for its length.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != 8 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(bytes))
+}

@@ -161,7 +161,9 @@ impl Dataplane {
     }
 
     fn set_config(&mut self, config: &Config) -> Result<(), KernelError> {
-        self.config.set(0, *config, 0).map_err(map_err(map_name::CONFIG))
+        let (bucket_seed, bucket_groups) = self.table_geometry();
+        let config = Config { bucket_seed, bucket_groups, ..*config };
+        self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))
     }
 
     fn write_class_of(&mut self, index: u32, entry: u32) -> Result<(), KernelError> {
