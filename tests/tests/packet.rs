@@ -644,7 +644,8 @@ fn the_walk_of_the_table_reads_every_bucket_a_lookup_finds() {
     write(&mut dataplane, &mut PolicyIds::default(), &p);
     let mut h = Harness::new(&p);
     h.dataplane = dataplane;
-    let mut sources: Vec<IpAddr> = (0..5_000u32).map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
+    let mut sources: Vec<IpAddr> =
+        (0..5_000u32).map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
     sources.extend((0..300u16).map(|i| format!("2001:db8:{i:x}::1").parse::<IpAddr>().unwrap()));
     for source in &sources {
         assert_eq!(h.run(&Frame::udp(*source, 53).build()), XDP_PASS);

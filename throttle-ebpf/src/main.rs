@@ -146,12 +146,7 @@ struct Rest {
 /// it (those before it have counted it, which only makes them stricter,
 /// never looser). Only the first bucket draws on the first-seen budget.
 #[inline(never)]
-fn meter_rest(
-    packet: &parse::Packet,
-    class: &ClassConfig,
-    rest: &Rest,
-    config: &Config,
-) -> Reason {
+fn meter_rest(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, config: &Config) -> Reason {
     let Rest { class_id, len, ban } = *rest;
     // One key and one charge, rewritten for each bucket: the stack of this
     // call is part of the deepest chain.

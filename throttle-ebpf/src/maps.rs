@@ -1,8 +1,8 @@
 //! The maps: configuration (written by the daemon), state and counters.
 
 use aya_ebpf::{
-    macros::map,
     bindings::BPF_F_MMAPABLE,
+    macros::map,
     maps::{lpm_trie::LpmTrie, Array, PerCpuArray, RingBuf},
 };
 use throttle_common::{

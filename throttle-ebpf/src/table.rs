@@ -2,9 +2,7 @@
 
 use core::ptr::addr_of_mut;
 
-use throttle_common::{
-    table::{Slot, SlotKey, BUSY, GROUPS_PER_LOCK, LOCK_TRIES, WAYS},
-};
+use throttle_common::table::{Slot, SlotKey, BUSY, GROUPS_PER_LOCK, LOCK_TRIES, WAYS};
 
 use crate::{
     maps::{BUCKETS, BUCKET_LOCKS},

@@ -1,9 +1,7 @@
 //! The words of map values that several CPUs update at once: the one place
 //! of atomics and of the raw pointers they need.
 
-use core::{
-    intrinsics::{atomic_and, atomic_cxchg, atomic_or, atomic_xchg, AtomicOrdering},
-};
+use core::intrinsics::{atomic_and, atomic_cxchg, atomic_or, atomic_xchg, AtomicOrdering};
 
 use crate::maps::NEW_SOURCES;
 

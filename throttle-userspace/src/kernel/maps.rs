@@ -20,9 +20,7 @@ use std::{
 };
 
 use aya::{
-    maps::{
-        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf,
-    },
+    maps::{Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{links::FdLink, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -34,12 +32,12 @@ use throttle_common::{
 
 use super::{
     error::{map_err, syscall_err, KernelError},
-    table::BucketTable,
     pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sets::SetTries,
     sys::{self, if_index},
+    table::BucketTable,
     Attachment, Counters,
 };
 
@@ -136,7 +134,11 @@ pub(super) struct Held {
 /// geometry: the seed and group count the program hashes with. Adopted
 /// maps keep their seed (every source stays where it is); a new table gets
 /// a random one, so that no one can pick sources that crowd one group.
-fn open_table(ebpf: &mut Ebpf, config: &mut Array<MapData, Config>, adopted: bool) -> Result<BucketTable, KernelError> {
+fn open_table(
+    ebpf: &mut Ebpf,
+    config: &mut Array<MapData, Config>,
+    adopted: bool,
+) -> Result<BucketTable, KernelError> {
     let data: MapData = match ebpf.take_map(map_name::BUCKETS) {
         Some(Map::Array(data)) => data,
         Some(_) => return Err(map_err(map_name::BUCKETS)(MapError::InvalidMapType { map_type: 0 })),

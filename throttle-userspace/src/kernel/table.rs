@@ -66,7 +66,11 @@ pub struct BucketTable {
 
 impl std::fmt::Debug for BucketTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BucketTable").field("slots", &self.mapping.slots).field("groups", &self.groups).finish()
+        f.debug_struct("BucketTable")
+            .field("slots", &self.mapping.slots)
+            .field("seed", &"(hidden)")
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +109,8 @@ impl BucketTable {
             MapData::from_pin(&path).map_err(|source| KernelError::PinnedMap { path, source })
         };
         let config: Array<MapData, Config> =
-            Array::try_from(aya::maps::Map::Array(pinned(map_name::CONFIG)?)).map_err(map_err(map_name::CONFIG))?;
+            Array::try_from(aya::maps::Map::Array(pinned(map_name::CONFIG)?))
+                .map_err(map_err(map_name::CONFIG))?;
         let seed = config.get(&0, 0).map_err(map_err(map_name::CONFIG))?.bucket_seed;
         Self::map(pinned(map_name::BUCKETS)?, seed)
     }
@@ -138,7 +143,12 @@ impl BucketTable {
         }
         let load = |word| self.word(index, word).load(Ordering::Relaxed);
         let key = SlotKey { addr: [load(ADDR_LO), load(ADDR_HI)], tag };
-        let bucket = Bucket { tat: load(TAT), passed: load(PASSED), dropped: load(DROPPED), over_since: load(OVER_SINCE) };
+        let bucket = Bucket {
+            tat: load(TAT),
+            passed: load(PASSED),
+            dropped: load(DROPPED),
+            over_since: load(OVER_SINCE),
+        };
         (self.word(index, TAG).load(Ordering::Acquire) == tag).then_some((key, bucket))
     }
 
@@ -167,18 +177,42 @@ impl BucketTable {
 
     /// Forgets `key`'s bucket (its source starts over with a full burst).
     /// False when it was not tracked.
+    #[must_use]
     pub fn remove(&self, key: &BucketKey) -> bool {
         let key = SlotKey::of(key);
         self.group_of(&key).any(|index| {
             self.read(index).is_some_and(|(k, _)| k == key)
-                && self.word(index, TAG).compare_exchange(key.tag, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && self
+                    .word(index, TAG)
+                    .compare_exchange(key.tag, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
         })
     }
 
-    /// Tracks `key` with `bucket` in a free slot of its group, the way the
+    /// Writes `bucket` as the state of `key`: over its slot's if tracked,
+    /// else as [`Self::insert`] does (for the tests and the benchmarks).
+    /// False when it was not tracked and its groups are full.
+    #[must_use]
+    pub fn put(&self, key: &BucketKey, bucket: &Bucket) -> bool {
+        let slot_key = SlotKey::of(key);
+        let held =
+            self.group_of(&slot_key).find(|&index| self.read(index).is_some_and(|(k, _)| k == slot_key));
+        let Some(index) = held else {
+            return self.insert(key, bucket, 0);
+        };
+        let store = |word, value| self.word(index, word).store(value, Ordering::Relaxed);
+        store(TAT, bucket.tat);
+        store(PASSED, bucket.passed);
+        store(DROPPED, bucket.dropped);
+        store(OVER_SINCE, bucket.over_since);
+        true
+    }
+
+    /// Tracks `key` with `bucket` in a free slot of its groups, the way the
     /// program would (for the tests and the benchmarks, which fill tables
     /// the program is not inserting the same sources into). False when its
-    /// group is full or it is tracked already.
+    /// groups are full or it is tracked already.
+    #[must_use]
     pub fn insert(&self, key: &BucketKey, bucket: &Bucket, born: u64) -> bool {
         let key = SlotKey::of(key);
         if self.group_of(&key).any(|index| self.read(index).is_some_and(|(k, _)| k == key)) {

@@ -1,5 +1,5 @@
 //! Part 5: the admin API with many tracked sources. The real daemon on a
-//! veth in a namespace, its bucket map filled from user space through its
+//! veth in a namespace, its bucket table filled from user space through its
 //! pinned maps, then: the time of `GET /v1/sources?top=20` and `GET /metrics`
 //! (curl, median of a few), the daemon's resident memory, and requests per
 //! second and p99 of `GET /v1/status` and `GET /metrics` under wrk on the
@@ -7,9 +7,8 @@
 
 use std::fs;
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use serde::Serialize;
-use throttle_common::{map_name, Bucket, BucketKey};
+use throttle::kernel::BucketTable;
 use throttle_tests::{Daemon, Netns, VethPair};
 
 use crate::{median, scale, Progress};
@@ -125,13 +124,16 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
     rows
 }
 
-/// Writes `sources` distinct /32 sources into the daemon's pinned bucket map.
+/// Writes `sources` distinct /32 sources into the daemon's pinned bucket
+/// table.
 fn fill(daemon: &Daemon, sources: u32) -> Result<(), String> {
-    let pin = daemon.pin_dir().join("maps").join(map_name::BUCKETS);
-    let data = MapData::from_pin(&pin).map_err(|e| format!("open {}: {e}", pin.display()))?;
-    let mut buckets: BpfHashMap<MapData, BucketKey, Bucket> =
-        BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| format!("BUCKETS: {e}"))?;
-    scale::fill(&mut buckets, sources, 0x00ad_0001)
+    let maps = daemon.pin_dir().join("maps");
+    let table = BucketTable::from_pins(&maps).map_err(|e| format!("open {}: {e}", maps.display()))?;
+    let written = scale::fill(&table, sources, 0x00ad_0001);
+    if written.len() < sources as usize * 9 / 10 {
+        return Err(format!("the bucket table took {} of {sources} sources", written.len()));
+    }
+    Ok(())
 }
 
 /// The median `time_total` of `requests` curl GETs of `url` in `ns`.

@@ -31,7 +31,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::Xdp,
     Ebpf,
 };
@@ -509,7 +509,6 @@ fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> (u32, f64) {
 /// A loaded throttle program in one set-up, with the maps the runs steer.
 struct Target {
     dataplane: Dataplane,
-    buckets: BpfHashMap<MapData, BucketKey, Bucket>,
     new_sources: Array<MapData, u64>,
     /// What a capture copied, drained before each run.
     captured: Option<aya::maps::RingBuf<MapData>>,
@@ -577,8 +576,6 @@ impl Target {
             _ => {}
         }
         xdp::write(&mut dataplane, &mut ids, &policy);
-        let buckets = BpfHashMap::try_from(Map::LruHashMap(map_of(dataplane.program(), map_name::BUCKETS)))
-            .expect("BUCKETS is an LRU hash of buckets");
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))
             .expect("NEW_SOURCES is an array of u64");
         let captured = (setup == Setup::Capturing).then(|| {
@@ -594,7 +591,7 @@ impl Target {
             dataplane.set_capture(Some(capture)).unwrap_or_else(|e| panic!("starting a capture: {e}"));
             dataplane.take_captures().expect("the capture ring")
         });
-        Self { dataplane, buckets, new_sources, captured }
+        Self { dataplane, new_sources, captured }
     }
 
     fn counters(&self) -> [u64; reason::COUNT as usize] {
@@ -642,12 +639,11 @@ impl Target {
                 }
                 let _ = test_run(self.dataplane.program(), frame, 1);
                 let key = bucket_key(spec.source(1), 0, 32, 64);
-                let mut bucket = self
-                    .buckets
-                    .get(&key, 0)
-                    .unwrap_or_else(|e| panic!("the over-budget source has no bucket ({e})"));
+                let table = self.dataplane.table();
+                let mut bucket =
+                    table.get(&key).unwrap_or_else(|| panic!("the over-budget source has no bucket"));
                 bucket.tat = push();
-                self.buckets.insert(key, bucket, 0).unwrap_or_else(|e| panic!("writing a bucket: {e}"));
+                assert!(table.put(&key, &bucket), "writing a bucket");
             }
             Path::FirstSeenRefused => {
                 self.new_sources.set(0, push(), 0).unwrap_or_else(|e| panic!("writing NEW_SOURCES: {e}"));
@@ -691,7 +687,7 @@ impl SpreadRun {
         let bucket =
             Bucket { tat: ticks_from_ns(mono_ns() + PUSH_AHEAD_NS), passed: 0, dropped: 0, over_since: 0 };
         for key in &self.keys {
-            target.buckets.insert(*key, bucket, 0).unwrap_or_else(|e| panic!("writing a bucket: {e}"));
+            assert!(target.dataplane.table().put(key, &bucket), "writing a bucket: its groups are full");
         }
     }
 

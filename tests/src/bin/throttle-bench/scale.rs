@@ -1,9 +1,10 @@
-//! Part 4: many tracked sources. The bucket map filled from user space with
-//! distinct sources, then: the kernel memory it holds per source, and the
-//! time to find the 20 sources with the most drops, the way the control
-//! plane reads them (`Dataplane::for_each_bucket`, `BPF_MAP_LOOKUP_BATCH`:
-//! many entries per syscall) and, as the slow reference, through
-//! `Dataplane::buckets()` (two syscalls per entry).
+//! Part 4: many tracked sources. The bucket table filled from user space
+//! with distinct sources, as many as it has slots, then: how many it holds,
+//! the kernel memory per source it holds, and the time to find the 20
+//! sources with the most drops the way the control plane reads them
+//! (`Dataplane::for_each_bucket`: a walk of the mapped table) and to look up
+//! every source by its key (`Dataplane::bucket`), checked against what was
+//! written.
 //!
 //! The admin API's figures (`GET /v1/sources?top=20`, `/metrics`, requests
 //! per second on `/v1/status`) are in [`crate::admin`].
@@ -15,10 +16,9 @@ use std::{
     time::Instant,
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use serde::Serialize;
-use throttle::kernel::{bucket_key, Dataplane};
-use throttle_common::{map_name, Bucket, BucketKey};
+use throttle::kernel::{bucket_key, BucketTable, Dataplane};
+use throttle_common::{map_name, Bucket};
 
 use crate::{
     kernel::{map_memlock, map_of},
@@ -42,15 +42,16 @@ pub struct Results {
     pub max_sources: u32,
     /// Distinct sources written.
     pub inserted: u32,
-    /// Entries in the map afterwards (an LRU map may evict before it is full).
+    /// Sources the table holds afterwards (a source whose two groups are
+    /// full is not written).
     pub tracked: u64,
     pub insert_secs: f64,
-    /// The map's kernel memory (fdinfo `memlock`), bytes.
+    /// The table's and its locks' kernel memory (fdinfo `memlock`), bytes.
     pub memlock_bytes: u64,
     pub bytes_per_tracked_source: f64,
-    /// Top 20 by dropped through `Dataplane::for_each_bucket` (batched).
+    /// Top 20 by dropped through `Dataplane::for_each_bucket`.
     pub top_secs: f64,
-    /// The same through `Dataplane::buckets()` (the slow reference).
+    /// Every written source looked up by its key (`Dataplane::bucket`).
     pub top_buckets_secs: f64,
     /// The `dropped` values of the top 20, highest first.
     pub top_dropped: Vec<u64>,
@@ -59,25 +60,29 @@ pub struct Results {
 /// Steps [`run`] reports to the progress bar.
 pub const STEPS: u64 = 4;
 
-/// Writes `sources` distinct /32 sources (11.0.0.0 onwards) into a bucket
-/// map, with counts drawn from `seed`.
-pub fn fill(
-    buckets: &mut BpfHashMap<MapData, BucketKey, Bucket>,
-    sources: u32,
-    seed: u64,
-) -> Result<(), String> {
+/// Writes `sources` distinct /32 sources (11.0.0.0 onwards) into the bucket
+/// table, with counts drawn from `seed`; the `dropped` counts of those it
+/// took.
+pub fn fill(table: &BucketTable, sources: u32, seed: u64) -> Vec<(u32, u64)> {
     let mut rng = Rng::new(seed);
+    let mut taken = Vec::with_capacity(sources as usize);
     for i in 0..sources {
-        let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 0, 32, 64);
+        let key = bucket_key(source(i), 0, 32, 64);
         let bucket = Bucket {
             tat: 0,
             passed: rng.next_u64() % 1_000,
             dropped: rng.next_u64() % 1_000_000,
             over_since: 0,
         };
-        buckets.insert(key, bucket, 0).map_err(|e| format!("inserting source {i}: {e}"))?;
+        if table.insert(&key, &bucket, 0) {
+            taken.push((i, bucket.dropped));
+        }
     }
-    Ok(())
+    taken
+}
+
+fn source(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i))
 }
 
 pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) -> Results {
@@ -85,15 +90,13 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
     progress.message(&format!("scale: loading with max_sources = {max_sources}"));
     let dataplane =
         Dataplane::load(max_sources).unwrap_or_else(|e| panic!("loading throttle's program: {e}"));
-    let data = map_of(dataplane.program(), map_name::BUCKETS);
-    let memlock_bytes = map_memlock(&data);
-    let mut buckets: BpfHashMap<MapData, BucketKey, Bucket> =
-        BpfHashMap::try_from(Map::LruHashMap(data)).expect("BUCKETS is an LRU hash of buckets");
+    let memlock_bytes = map_memlock(&map_of(dataplane.program(), map_name::BUCKETS))
+        + map_memlock(&map_of(dataplane.program(), map_name::BUCKET_LOCKS));
     progress.inc();
 
     progress.message(&format!("scale: writing {max_sources} sources"));
     let started = Instant::now();
-    fill(&mut buckets, settings.sources, 0x0005_ca1e).unwrap_or_else(|e| panic!("{e}"));
+    let written = fill(dataplane.table(), settings.sources, 0x0005_ca1e);
     let insert_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
@@ -105,16 +108,25 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
     let top_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
-    progress.message("scale: top 20 by dropped through Dataplane::buckets()");
+    progress.message("scale: every source by its key through Dataplane::bucket");
     let started = Instant::now();
-    let (slow_tracked, slow_top) = top(dataplane.buckets().map(|(_, b)| b.dropped));
+    let found = written
+        .iter()
+        .filter(|(i, dropped)| {
+            let key = bucket_key(source(*i), 0, 32, 64);
+            dataplane.bucket(&key).ok().flatten().is_some_and(|b| b.dropped == *dropped)
+        })
+        .count();
     let top_buckets_secs = started.elapsed().as_secs_f64();
     progress.inc();
 
-    if tracked == 0 || slow_tracked != tracked || slow_top != top_dropped {
+    let (_, written_top) = top(written.iter().map(|(_, d)| *d));
+    if tracked == 0 || tracked != written.len() as u64 || found != written.len() || written_top != top_dropped
+    {
         failures.push(format!(
-            "scale: the two reads disagree or found nothing: for_each_bucket {tracked} entries, top \
-             {top_dropped:?}; buckets() {slow_tracked}, top {slow_top:?}"
+            "scale: the reads disagree with what was written ({} sources): the walk found {tracked}, top \
+             {top_dropped:?}; lookups found {found}; written top {written_top:?}",
+            written.len()
         ));
     }
     #[expect(clippy::cast_precision_loss, reason = "bytes and entries")]
