@@ -637,6 +637,40 @@ fn no_frame_aborts() {
 }
 
 #[test]
+fn a_full_table_gives_a_new_source_the_slot_of_a_full_bucket_and_keeps_the_limited_one() {
+    require_root!();
+    // One group of four slots: every source competes for them.
+    let mut dataplane = Dataplane::load(4).expect("loading the program");
+    let p = policy(1_000, 50);
+    write(&mut dataplane, &mut PolicyIds::default(), &p);
+    let mut h = Harness::new(&p);
+    h.dataplane = dataplane;
+    let limited = ip("10.20.0.1");
+    for _ in 0..50 {
+        assert_eq!(h.run(&Frame::udp(limited, 53).build()), XDP_PASS);
+    }
+    assert_eq!(h.run(&Frame::udp(limited, 53).build()), XDP_DROP, "its burst is spent");
+    let key = bucket_key(limited, 0, 32, 64);
+    let before = h.dataplane.bucket(&key).unwrap().expect("tracked");
+    // Three sources send one packet each; 2 ms later their buckets are full
+    // again (1000/s), then twenty new sources arrive, one after the other.
+    for i in 2..5 {
+        assert_eq!(h.run(&Frame::udp(ip(&format!("10.20.0.{i}")), 53).build()), XDP_PASS);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    for i in 10..30 {
+        let source = ip(&format!("10.20.0.{i}"));
+        assert_eq!(h.run(&Frame::udp(source, 53).build()), XDP_PASS, "a new source gets its burst");
+        assert!(h.dataplane.bucket(&bucket_key(source, 0, 32, 64)).unwrap().is_some(), "and a slot");
+        let kept = h.dataplane.bucket(&key).unwrap().expect("the limited source keeps its slot");
+        assert_eq!(kept, before, "and its state");
+    }
+    let mut tracked = 0;
+    h.dataplane.for_each_bucket(&mut |_, _| tracked += 1);
+    assert_eq!(tracked, 4);
+}
+
+#[test]
 fn the_walk_of_the_table_reads_every_bucket_a_lookup_finds() {
     require_root!();
     let mut dataplane = Dataplane::load(1 << 20).expect("loading the program");

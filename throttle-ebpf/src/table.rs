@@ -44,7 +44,12 @@ fn slot(index: u32) -> Option<SlotWords> {
 
 /// The slot of the table that holds `key`, if any: one of the [`WAYS`] of
 /// its first group (from slot `one`), or else of its second (from `two`).
-/// An array lookup is inlined by the verifier: a bound check and an add.
+/// A source goes to its second group only when its first is full, so a
+/// free slot in the first ends the search: a miss at a low load reads one
+/// slot. (The daemon freeing a slot of a full first group, as a reset does,
+/// can leave a source of that group's overflow unseen: it then starts
+/// again with a full burst, as if reset too.) An array lookup is inlined
+/// by the verifier: a bound check and an add.
 #[inline(always)]
 pub fn find(key: &SlotKey, one: u32, two: u32) -> Option<SlotWords> {
     for index in 0..2 * WAYS {
@@ -53,14 +58,19 @@ pub fn find(key: &SlotKey, one: u32, two: u32) -> Option<SlotWords> {
         // SAFETY: as in `SlotWords::tag`: live map memory. Plain loads: a
         // torn view of a slot changing hands cannot match, since its tag is
         // `BUSY` meanwhile and is checked again before any write.
-        let matches = unsafe {
+        let (tag, matches) = unsafe {
             let s = slot.slot;
-            addr_of_mut!((*s).tag).read_volatile() == key.tag
+            let tag = addr_of_mut!((*s).tag).read_volatile();
+            let matches = tag == key.tag
                 && addr_of_mut!((*s).addr[0]).read_volatile() == key.addr[0]
-                && addr_of_mut!((*s).addr[1]).read_volatile() == key.addr[1]
+                && addr_of_mut!((*s).addr[1]).read_volatile() == key.addr[1];
+            (tag, matches)
         };
         if matches {
             return Some(slot);
+        }
+        if tag == 0 && index < WAYS {
+            return None;
         }
     }
     None

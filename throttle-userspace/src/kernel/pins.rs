@@ -29,9 +29,9 @@ use aya::{
     Ebpf,
 };
 use throttle_common::{
-    class_of, event, map_name, reason, rule_filter, set_rules, table::Slot, CaptureConfig, ClassConfig,
-    Config, Rule, SetRule, CAPTURE_RING_BYTES, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES, MAX_IFINDEX,
-    MAX_RULES,
+    class_of, event, map_name, reason, rule_filter, set_rules, table, table::Slot, CaptureConfig,
+    ClassConfig, Config, Rule, SetRule, CAPTURE_RING_BYTES, IFACE_SLOTS, LAYOUT_VERSION, MAX_CLASSES,
+    MAX_IFINDEX, MAX_RULES,
 };
 
 use super::{
@@ -454,6 +454,24 @@ pub(super) fn check_pinned(dir: &Path, maps: &Path) -> Result<(), KernelError> {
                 return Err(mismatch("capacity", info.max_entries().to_string(), max_entries.to_string()));
             }
         }
+    }
+    // The locks follow the table's capacity: a bit for each of its groups.
+    let capacity = |name: &'static str| {
+        let path = maps.join(name);
+        MapInfo::from_pin(&path)
+            .map(|info| info.max_entries())
+            .map_err(|source| KernelError::PinnedMap { path, source })
+    };
+    let needed = table::lock_words(table::groups(capacity(map_name::BUCKETS)?));
+    let locks = capacity(map_name::BUCKET_LOCKS)?;
+    if locks < needed {
+        return Err(KernelError::Incompatible {
+            dir: dir.to_path_buf(),
+            map: map_name::BUCKET_LOCKS,
+            property: "capacity",
+            found: locks.to_string(),
+            expected: needed.to_string(),
+        });
     }
     Ok(())
 }

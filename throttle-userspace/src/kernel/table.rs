@@ -159,7 +159,8 @@ impl BucketTable {
         (one..one + WAYS).chain(two..two + WAYS)
     }
 
-    /// The bucket of `key`, if tracked.
+    /// The bucket of `key`, if tracked (looked for in both its groups,
+    /// where the program stops at a free slot of the first).
     #[must_use]
     pub fn get(&self, key: &BucketKey) -> Option<Bucket> {
         let key = SlotKey::of(key);
@@ -208,8 +209,8 @@ impl BucketTable {
         true
     }
 
-    /// Tracks `key` with `bucket` in a free slot of its groups, the way the
-    /// program would (for the tests and the benchmarks, which fill tables
+    /// Tracks `key` with `bucket` in a free slot of its groups, first group
+    /// first, the way the program would (for the tests and the benchmarks, which fill tables
     /// the program is not inserting the same sources into). False when its
     /// groups are full or it is tracked already.
     #[must_use]

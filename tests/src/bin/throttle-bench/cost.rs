@@ -72,8 +72,9 @@ const CLASS_PORTS: [u16; 3] = [9101, 9102, 9103];
 pub const SET_PREFIXES: u32 = 1 << 20;
 /// Filler rules per family in the large rule set.
 pub const LARGE_RULES: usize = 10_000;
-/// Bucket map size of the program under test.
-const MAX_SOURCES: u32 = 1 << 17;
+/// Bucket table size of the program under test: [`SPREAD_SOURCES`] fill an
+/// eighth of it, where its first groups have room for every one.
+const MAX_SOURCES: u32 = 1 << 19;
 /// How far ahead a TAT is pushed to keep a run on a drop path, ns.
 const PUSH_AHEAD_NS: u64 = 10_000_000_000;
 
