@@ -12,7 +12,7 @@ use throttle::{
         bucket_key,
         explain::{explain, Probe},
         plan::Plan,
-        Dataplane,
+        Dataplane, Kernel as _,
     },
     policy::{
         parse_set, Action, Class, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent,
@@ -668,6 +668,28 @@ fn a_full_table_gives_a_new_source_the_slot_of_a_full_bucket_and_keeps_the_limit
     let mut tracked = 0;
     h.dataplane.for_each_bucket(&mut |_, _| tracked += 1);
     assert_eq!(tracked, 4);
+}
+
+#[test]
+fn a_source_with_a_share_of_its_limit_gets_that_share_and_the_others_all_of_theirs() {
+    require_root!();
+    // 1/s with a burst of 100: what a source gets at once is its burst.
+    let p = policy(1, 100);
+    let mut h = Harness::new(&p);
+    let (shared, whole) = (ip("10.30.0.1"), ip("10.30.0.2"));
+    for source in [shared, whole] {
+        assert_eq!(h.run(&Frame::udp(source, 53).build()), XDP_PASS);
+    }
+    let key = bucket_key(shared, 0, 32, 64);
+    let quarter = throttle_common::table::SHARE_ONE / 4;
+    let set = h.dataplane.set_shares(&[(key, quarter), (bucket_key(ip("10.30.0.3"), 0, 32, 64), quarter)]);
+    assert_eq!(set.expect("setting shares"), 1, "one of the two is tracked");
+    assert_eq!(h.dataplane.bucket(&key).unwrap().expect("tracked").share, quarter);
+    let passed =
+        |h: &Harness, source| (0..200).filter(|_| h.run(&Frame::udp(source, 53).build()) == XDP_PASS).count();
+    // The first packet took one of 100; a quarter of the rest is 24.
+    assert_eq!(passed(&h, shared), 24);
+    assert_eq!(passed(&h, whole), 99);
 }
 
 #[test]

@@ -128,6 +128,25 @@ impl Limit {
         self
     }
 
+    /// The part `share` (in 1/[`crate::table::SHARE_ONE`]ths; 0 or more
+    /// than one: all) of the limit: its rate times the share, and its burst
+    /// times the share but at least one unit. Scaling the interval up by
+    /// the share keeps `burst * interval`, the tolerance, as it was. One
+    /// division, for the sources that have a share.
+    #[inline(always)]
+    #[must_use]
+    pub const fn shared(&self, share: u32) -> Self {
+        if share == 0 || share >= crate::table::SHARE_ONE {
+            return *self;
+        }
+        // The interval is below 2^51 (MAX_INTERVAL), the product below 2^67
+        // only for rates under one a day: saturate there.
+        let interval = self.interval.saturating_mul(crate::table::SHARE_ONE as u64) / share as u64;
+        let interval = if interval > MAX_INTERVAL { MAX_INTERVAL } else { interval };
+        let tolerance = if self.tolerance < interval { interval } else { self.tolerance };
+        Self { interval, tolerance, unit: self.unit, clock: self.clock }
+    }
+
     /// The limit's rate per second, to the nearest unit (the configured rate
     /// for every rate whose interval does not round).
     #[must_use]
@@ -368,6 +387,25 @@ mod tests {
     fn period_interval(count: u64, period_secs: u64) -> u64 {
         u64::try_from((u128::from(TICKS_PER_SEC) * u128::from(period_secs)).div_ceil(u128::from(count)))
             .unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn a_share_of_a_limit_scales_its_rate_and_keeps_a_unit_of_burst(
+            rate in 1u64..=1_000_000,
+            burst in 1u64..=100_000,
+            share in 1u32..crate::table::SHARE_ONE,
+        ) {
+            let limit = Limit::new(rate, burst, UNIT_PACKETS);
+            let shared = limit.shared(share);
+            let one = u64::from(crate::table::SHARE_ONE);
+            // The interval grows by the share's inverse, to the tick.
+            prop_assert_eq!(shared.interval, (limit.interval * one / u64::from(share)).min(MAX_INTERVAL));
+            prop_assert!(shared.tolerance >= shared.interval, "at least one unit at once");
+            prop_assert!(shared.tolerance == limit.tolerance || shared.tolerance == shared.interval);
+            prop_assert_eq!(limit.shared(0), limit);
+            prop_assert_eq!(limit.shared(crate::table::SHARE_ONE), limit);
+        }
     }
 
     proptest! {

@@ -612,9 +612,13 @@ pub struct Bucket {
     /// Under a class with a ban: since when (ticks) every packet of the
     /// source was over the limit; 0 when the last one passed.
     pub over_since: u64,
+    /// [`table::Slot::share`]: the part of its limit this host enforces.
+    pub share: u32,
+    /// [`table::Slot::born`]: when the source took its slot.
+    pub born: u32,
 }
 
-const _: () = assert!(size_of::<Bucket>() == 32);
+const _: () = assert!(size_of::<Bucket>() == 40);
 
 /// A TAT with this bit is a ban: the source is denied until the TAT less the
 /// bit. No TAT reaches it otherwise (2^63 ticks are 18 years), and neither

@@ -62,11 +62,26 @@ pub struct Slot {
     /// Since when (ticks) every packet of the source was over its limit;
     /// 0 when the last one passed.
     pub over_since: u64,
-    /// When the source took this slot, ticks.
-    pub born: u64,
+    /// The part of its limit this host enforces for the source, in
+    /// 1/[`SHARE_ONE`]ths (fleet mode: its share of a limit that holds for
+    /// the fleet); 0: the whole limit. Written by the daemon.
+    pub share: u32,
+    /// When the source took this slot ([`born_of`]).
+    pub born: u32,
 }
 
 const _: () = assert!(size_of::<Slot>() == 64);
+
+/// [`Slot::share`] of the whole limit.
+pub const SHARE_ONE: u32 = 1 << 16;
+
+/// [`Slot::born`] of a time in ticks: units of 2^30 ns (1.07 s), which a
+/// u32 counts for 146 years of uptime.
+#[inline(always)]
+#[must_use]
+pub const fn born_of(ticks: u64) -> u32 {
+    (ticks >> (30 + crate::gcra::TICK_SHIFT)) as u32
+}
 
 /// A bucket key as the table stores and hashes it.
 #[repr(C)]

@@ -87,6 +87,16 @@ fn tracked(key: &SlotKey, limit: &Limit, config: &Config, charge_of: &Charge) ->
         return reason::UNTRACKED;
     };
     let arrival = Arrival { now: now(limit), cost: charge_of.cost, ban: charge_of.ban };
+    // In fleet mode a heavy source may have a share of its limit here: one
+    // load of the line just read, and the limit scaled for it alone.
+    let share = slot.share();
+    let shared;
+    let limit = if share == 0 {
+        limit
+    } else {
+        shared = limit.shared(share);
+        &shared
+    };
     charge(slot, &arrival, limit, key).unwrap_or(reason::UNTRACKED)
 }
 

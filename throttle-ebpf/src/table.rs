@@ -2,7 +2,7 @@
 
 use core::ptr::addr_of_mut;
 
-use throttle_common::table::{Slot, SlotKey, BUSY, GROUPS_PER_LOCK, LOCK_TRIES, WAYS};
+use throttle_common::table::{born_of, Slot, SlotKey, BUSY, GROUPS_PER_LOCK, LOCK_TRIES, WAYS};
 
 use crate::{
     maps::{BUCKETS, BUCKET_LOCKS},
@@ -29,6 +29,13 @@ macro_rules! slot_word {
 }
 
 impl SlotWords {
+    /// [`Slot::share`], as of now.
+    #[inline(always)]
+    pub fn share(self) -> u32 {
+        // SAFETY: as in `slot_word!`: an aligned u32 of live map memory.
+        unsafe { addr_of_mut!((*self.slot).share).read_volatile() }
+    }
+
     slot_word!(tag, tag);
     slot_word!(tat, tat);
     slot_word!(passed, passed);
@@ -163,7 +170,8 @@ fn insert_locked(key: &SlotKey, one: u32, two: u32, fresh: Option<u64>, now: u64
         addr_of_mut!((*s).passed).write_volatile(passed);
         addr_of_mut!((*s).dropped).write_volatile(1 - passed);
         addr_of_mut!((*s).over_since).write_volatile(0);
-        addr_of_mut!((*s).born).write_volatile(now);
+        addr_of_mut!((*s).share).write_volatile(0);
+        addr_of_mut!((*s).born).write_volatile(born_of(now));
     }
     // Published last, by an atomic exchange (a full barrier): whoever
     // matches the tag sees the key and state above.

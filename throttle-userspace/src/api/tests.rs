@@ -90,7 +90,12 @@ impl Api {
 
     fn track(&self, addr: IpAddr, passed: u64, dropped: u64) {
         let key = bucket_key(addr, 0, 32, 64);
-        self.kernel.0.lock().unwrap().buckets.push((key, Bucket { tat: 1, passed, dropped, over_since: 0 }));
+        self.kernel
+            .0
+            .lock()
+            .unwrap()
+            .buckets
+            .push((key, Bucket { tat: 1, passed, dropped, ..Bucket::default() }));
     }
 }
 

@@ -1216,6 +1216,18 @@ pub mod fake {
             Ok(s.buckets.len() != before)
         }
 
+        fn set_shares(&self, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError> {
+            let mut s = self.0.lock().unwrap();
+            let mut tracked = 0;
+            for (key, share) in shares {
+                if let Some((_, bucket)) = s.buckets.iter_mut().find(|(k, _)| k == key) {
+                    bucket.share = *share;
+                    tracked += 1;
+                }
+            }
+            Ok(tracked)
+        }
+
         fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {
             let state = Arc::clone(&self.0);
             Ok(Arc::new(move |f| {
@@ -1486,7 +1498,7 @@ mod tests {
             let mut s = kernel.0.lock().unwrap();
             s.now = now;
             let until = (now + 90 * TICKS_PER_SEC) | BAN_MARK;
-            let bucket = |tat| Bucket { tat, passed: 5, dropped: 40, over_since: 0 };
+            let bucket = |tat| Bucket { tat, passed: 5, dropped: 40, ..Bucket::default() };
             s.buckets.push((bucket_key(banned, class_owner(1, 0), 32, 64), bucket(until)));
             // A ban that is over, and a source merely over its limit.
             s.buckets.push((bucket_key(over, class_owner(1, 0), 32, 64), bucket((now - 1) | BAN_MARK)));
@@ -1518,7 +1530,7 @@ mod tests {
         for i in 0..100u32 {
             let key = bucket_key(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 0, 32, 64);
             let bucket =
-                Bucket { tat: 0, passed: u64::from(i), dropped: u64::from(i * 7 % 100), over_since: 0 };
+                Bucket { tat: 0, passed: u64::from(i), dropped: u64::from(i * 7 % 100), ..Bucket::default() };
             kernel.0.lock().unwrap().buckets.push((key, bucket));
         }
         let top = control.top(3, RankBy::Dropped);

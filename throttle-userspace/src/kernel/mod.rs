@@ -105,6 +105,10 @@ pub trait Kernel: Send {
     fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, KernelError>;
     fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError>;
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError>;
+    /// Sets the part of its limit this host enforces for each source
+    /// (fleet mode: in 1/`SHARE_ONE`ths, 0 for all of it), in its bucket
+    /// where the program reads it. How many of them are tracked.
+    fn set_shares(&self, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError>;
     /// A walk over every tracked bucket, on a handle that outlives the
     /// borrow of the kernel.
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError>;
@@ -160,6 +164,10 @@ impl Kernel for Dataplane {
 
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError> {
         Dataplane::remove_bucket(self, key)
+    }
+
+    fn set_shares(&self, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError> {
+        Ok(shares.iter().filter(|(key, share)| self.table().set_share(key, *share)).count())
     }
 
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {

@@ -31,7 +31,8 @@ const TAT: usize = 3;
 const PASSED: usize = 4;
 const DROPPED: usize = 5;
 const OVER_SINCE: usize = 6;
-const BORN: usize = 7;
+/// [`Slot::share`] in the low half, [`Slot::born`] in the high half.
+const SHARE_BORN: usize = 7;
 
 /// `BUCKETS` mapped in; unmapped when the last [`BucketTable`] goes.
 struct Mapping {
@@ -143,11 +144,15 @@ impl BucketTable {
         }
         let load = |word| self.word(index, word).load(Ordering::Relaxed);
         let key = SlotKey { addr: [load(ADDR_LO), load(ADDR_HI)], tag };
+        let share_born = load(SHARE_BORN);
+        #[expect(clippy::cast_possible_truncation, reason = "the two halves of a word")]
         let bucket = Bucket {
             tat: load(TAT),
             passed: load(PASSED),
             dropped: load(DROPPED),
             over_since: load(OVER_SINCE),
+            share: share_born as u32,
+            born: (share_born >> 32) as u32,
         };
         (self.word(index, TAG).load(Ordering::Acquire) == tag).then_some((key, bucket))
     }
@@ -190,6 +195,32 @@ impl BucketTable {
         })
     }
 
+    /// Sets the part of its limit this host enforces for `key`'s source
+    /// ([`throttle_common::table::Slot::share`]; 0: all of it). False when
+    /// it is not tracked: a source that comes back starts with all of it.
+    #[must_use]
+    pub fn set_share(&self, key: &BucketKey, share: u32) -> bool {
+        let key = SlotKey::of(key);
+        let Some(index) = self.group_of(&key).find(|&index| self.read(index).is_some_and(|(k, _)| k == key))
+        else {
+            return false;
+        };
+        let set = |share: u32| {
+            let word = self.word(index, SHARE_BORN);
+            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |old| {
+                Some(old & !u64::from(u32::MAX) | u64::from(share))
+            });
+        };
+        set(share);
+        if self.word(index, TAG).load(Ordering::Acquire) != key.tag {
+            // The slot changed hands meanwhile: the new source starts with
+            // all of its limit, as the program gave it.
+            set(0);
+            return false;
+        }
+        true
+    }
+
     /// Writes `bucket` as the state of `key`: over its slot's if tracked,
     /// else as [`Self::insert`] does (for the tests and the benchmarks).
     /// False when it was not tracked and its groups are full.
@@ -199,13 +230,14 @@ impl BucketTable {
         let held =
             self.group_of(&slot_key).find(|&index| self.read(index).is_some_and(|(k, _)| k == slot_key));
         let Some(index) = held else {
-            return self.insert(key, bucket, 0);
+            return self.insert(key, bucket);
         };
         let store = |word, value| self.word(index, word).store(value, Ordering::Relaxed);
         store(TAT, bucket.tat);
         store(PASSED, bucket.passed);
         store(DROPPED, bucket.dropped);
         store(OVER_SINCE, bucket.over_since);
+        store(SHARE_BORN, u64::from(bucket.share) | u64::from(bucket.born) << 32);
         true
     }
 
@@ -214,7 +246,7 @@ impl BucketTable {
     /// the program is not inserting the same sources into). False when its
     /// groups are full or it is tracked already.
     #[must_use]
-    pub fn insert(&self, key: &BucketKey, bucket: &Bucket, born: u64) -> bool {
+    pub fn insert(&self, key: &BucketKey, bucket: &Bucket) -> bool {
         let key = SlotKey::of(key);
         if self.group_of(&key).any(|index| self.read(index).is_some_and(|(k, _)| k == key)) {
             return false;
@@ -231,7 +263,7 @@ impl BucketTable {
             store(PASSED, bucket.passed);
             store(DROPPED, bucket.dropped);
             store(OVER_SINCE, bucket.over_since);
-            store(BORN, born);
+            store(SHARE_BORN, u64::from(bucket.share) | u64::from(bucket.born) << 32);
             tag.store(key.tag, Ordering::Release);
             true
         })

@@ -171,7 +171,7 @@ mod tests {
     fn set(kernel: &FakeKernel, key: BucketKey, passed: u64, dropped: u64) {
         let mut state = kernel.0.lock().unwrap();
         state.buckets.retain(|(k, _)| *k != key);
-        state.buckets.push((key, Bucket { tat: 1, passed, dropped, over_since: 0 }));
+        state.buckets.push((key, Bucket { tat: 1, passed, dropped, ..Bucket::default() }));
     }
 
     #[test]

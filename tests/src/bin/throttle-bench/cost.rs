@@ -685,8 +685,12 @@ impl SpreadRun {
     /// Gives every source a bucket whose TAT is far ahead: each call is an
     /// over-budget drop on a tracked source.
     fn prepare(&self, target: &mut Target) {
-        let bucket =
-            Bucket { tat: ticks_from_ns(mono_ns() + PUSH_AHEAD_NS), passed: 0, dropped: 0, over_since: 0 };
+        let bucket = Bucket {
+            tat: ticks_from_ns(mono_ns() + PUSH_AHEAD_NS),
+            passed: 0,
+            dropped: 0,
+            ..Bucket::default()
+        };
         for key in &self.keys {
             assert!(target.dataplane.table().put(key, &bucket), "writing a bucket: its groups are full");
         }

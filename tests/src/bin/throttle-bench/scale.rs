@@ -72,9 +72,9 @@ pub fn fill(table: &BucketTable, sources: u32, seed: u64) -> Vec<(u32, u64)> {
             tat: 0,
             passed: rng.next_u64() % 1_000,
             dropped: rng.next_u64() % 1_000_000,
-            over_since: 0,
+            ..Bucket::default()
         };
-        if table.insert(&key, &bucket, 0) {
+        if table.insert(&key, &bucket) {
             taken.push((i, bucket.dropped));
         }
     }
