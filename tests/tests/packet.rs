@@ -675,7 +675,7 @@ fn a_source_with_a_share_of_its_limit_gets_that_share_and_the_others_all_of_thei
     require_root!();
     // 1/s with a burst of 100: what a source gets at once is its burst.
     let p = policy(1, 100);
-    let mut h = Harness::new(&p);
+    let h = Harness::new(&p);
     let (shared, whole) = (ip("10.30.0.1"), ip("10.30.0.2"));
     for source in [shared, whole] {
         assert_eq!(h.run(&Frame::udp(source, 53).build()), XDP_PASS);

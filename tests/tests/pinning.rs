@@ -29,7 +29,7 @@ use aya::{
 };
 use throttle::{
     kernel::{bucket_key, counters_label, Dataplane, KernelError, Options, XdpMode},
-    policy::Policy,
+    policy::{Period, Policy, Rate},
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
 use throttle_tests::{
@@ -152,6 +152,14 @@ impl Lab {
 
 fn policy() -> Policy {
     xdp::policy(RATE, BURST)
+}
+
+/// [`policy`] at one a minute: a source over it stays over it however long
+/// a reload of the program takes.
+fn slow_policy() -> Policy {
+    let mut policy = policy();
+    policy.limits.rate = Rate::new(1, Period::Minute).expect("a rate");
+    policy
 }
 
 /// Writes the plan of `policy` into the maps.
@@ -563,7 +571,7 @@ fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
     let frame = frame();
     lab.ns.run(|| {
         let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
-        write(&mut dataplane, &policy());
+        write(&mut dataplane, &slow_policy());
         // One interface: its slot comes from the configuration.
         dataplane.attach("a0", XdpMode::Native).expect("attach a0");
         assert_eq!(run_on(&dataplane, a0, &frame), XDP_PASS);
@@ -585,7 +593,7 @@ fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
     });
     lab.ns.run(|| {
         let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open again");
-        write(&mut dataplane, &policy());
+        write(&mut dataplane, &slow_policy());
         assert!(dataplane.attach("a0", XdpMode::Auto).expect("adopt a0").adopted);
         let released = dataplane.release_others(&["a0".to_owned()]).expect("release a1");
         assert_eq!(released, ["a1"]);
