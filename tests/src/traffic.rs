@@ -247,7 +247,7 @@ fn send_flow(
 }
 
 /// Pins the calling thread to one CPU.
-fn pin_to_cpu(cpu: usize) {
+pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set;
     // CPU_SET checks nothing but writes within the set for cpu < CPU_SETSIZE,
     // and sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.

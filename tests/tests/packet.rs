@@ -15,8 +15,8 @@ use throttle::{
         Dataplane, Kernel as _,
     },
     policy::{
-        parse_set, Action, Class, Limits, Policy, Proto, Rate, RuleSpec, Scope, ScopePort, SetContent,
-        SetSpec, Target, Unit, Unmatched, UnmatchedAction,
+        parse_set, Action, Class, Limits, Period, Policy, Proto, Rate, RuleSpec, Scope, ScopePort,
+        SetContent, SetSpec, Target, Unit, Unmatched, UnmatchedAction,
     },
 };
 use throttle_common::{reason, rule_filter, PROTO_TCP, PROTO_UDP};
@@ -690,6 +690,66 @@ fn a_source_with_a_share_of_its_limit_gets_that_share_and_the_others_all_of_thei
     // The first packet took one of 100; a quarter of the rest is 24.
     assert_eq!(passed(&h, shared), 24);
     assert_eq!(passed(&h, whole), 99);
+}
+
+#[test]
+fn new_sources_seen_on_two_cpus_at_once_get_one_slot_and_one_limit() {
+    const SOURCES: u32 = 4_000;
+    const TRIES: usize = 4;
+    require_root!();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(cpus >= 2, "two CPUs are needed to insert from two at once; this machine has {cpus}");
+    // A burst of 3 at one a minute: nothing refills during the test.
+    let mut p = policy(1, 3);
+    p.limits.rate = Rate::new(1, Period::Minute).unwrap();
+    let mut h = Harness::new(&p);
+    // Room for every source in its first group.
+    h.dataplane = Dataplane::load(1 << 16).expect("loading the program");
+    write(&mut h.dataplane, &mut PolicyIds::default(), &p);
+    let frames: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
+        (0..SOURCES)
+            .map(|i| Frame::udp(IpAddr::V4(std::net::Ipv4Addr::from(0x0a50_0000 + i)), 53).build())
+            .collect(),
+    );
+    let fd = || {
+        use std::os::fd::AsFd as _;
+        h.dataplane.program().fd().unwrap().as_fd().try_clone_to_owned().unwrap()
+    };
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    // Both CPUs send every source's packets in the same order, so that each
+    // source's first packets meet on the two CPUs at about the same time.
+    let senders: Vec<_> = (0..2)
+        .map(|cpu| {
+            let (frames, start, fd) = (std::sync::Arc::clone(&frames), std::sync::Arc::clone(&start), fd());
+            std::thread::spawn(move || {
+                throttle_tests::traffic::pin_to_cpu(cpu);
+                start.wait();
+                let mut passed = vec![0u32; frames.len()];
+                for (i, frame) in frames.iter().enumerate() {
+                    for _ in 0..TRIES {
+                        if throttle_tests::xdp::run_fd(&fd, frame) == XDP_PASS {
+                            passed[i] += 1;
+                        }
+                    }
+                }
+                passed
+            })
+        })
+        .collect();
+    let passed: Vec<Vec<u32>> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, (a, b)) in passed[0].iter().zip(&passed[1]).enumerate() {
+        assert_eq!(a + b, 3, "source {i}: exactly its burst over both CPUs");
+    }
+    let mut keys = Vec::new();
+    h.dataplane.for_each_bucket(&mut |key, bucket| keys.push((*key, bucket.passed + bucket.dropped)));
+    assert_eq!(keys.len(), SOURCES as usize, "one slot per source");
+    keys.sort_unstable_by_key(|(k, _)| k.addr);
+    keys.dedup_by_key(|(k, _)| k.addr);
+    assert_eq!(keys.len(), SOURCES as usize, "no source twice");
+    let counted: u64 = keys.iter().map(|(_, n)| n).sum();
+    // The counts are plain adds: two CPUs on one source may lose a few.
+    let sent = u64::from(SOURCES) * 2 * TRIES as u64;
+    assert!(counted <= sent && counted >= sent * 99 / 100, "counted {counted} of {sent}");
 }
 
 #[test]
