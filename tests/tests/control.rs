@@ -614,13 +614,11 @@ fn check_carried_over(checks: &mut Checks, arrivals: &Arrivals, src: IpAddr, run
             &format!("counter {name} carried on: {c1} before the kill, {c2} after the restart"),
         );
     }
+    // `new_source` may move for another source (the sender's IPv6
+    // link-local address, whose router solicitations and MLD reports come
+    // when they come): the flood's own bucket is what must carry on, below.
     let (new1, new2) = (counter(&run.stats1, "new_source"), counter(&run.stats2, "new_source"));
-    checks.that(
-        new2 == new1,
-        &format!(
-            "new_source did not move ({new1} then {new2}): {src} kept its bucket, it was not seen as new"
-        ),
-    );
+    checks.note(&format!("new_source: {new1} before the kill, {new2} after the restart"));
     checks.note(&format!(
         "{src}'s bucket before the kill: {}; after the restart: {}",
         run.bucket1, run.bucket2
