@@ -59,6 +59,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let saved_controller = control.saved_controller().cloned();
     let state = Runtime::new(control);
     read_rings(&state, events, captures);
+    if let Some(cluster) = settings.cluster.clone() {
+        state.join_fleet(cluster).await.context("fleet mode")?;
+    }
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn({
@@ -113,6 +116,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 
     sampler.abort();
+    state.leave_fleet().await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(err))) => tracing::warn!("admin API: {err}"),
