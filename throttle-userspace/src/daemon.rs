@@ -89,20 +89,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let sampler = tokio::spawn(runtime::sample_forever(state.clone()));
 
     state.set_ready();
-    let policy = state.control(|c| c.policy().clone());
-    tracing::info!(
-        rate = %policy.limits.rate,
-        burst = policy.limits.burst,
-        unit = policy.limits.unit.name(),
-        ipv4_prefix = policy.limits.ipv4_prefix,
-        ipv6_prefix = policy.limits.ipv6_prefix,
-        dry_run = policy.limits.dry_run,
-        rules = policy.rules.len(),
-        scope = policy.scope.ports.len(),
-        classes = policy.classes.len(),
-        sets = policy.sets.len(),
-        "throttle is ready"
-    );
+    log_ready(&state);
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -134,6 +121,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
+}
+
+/// The line that says the daemon is ready, with the policy it runs.
+fn log_ready(state: &Runtime) {
+    let policy = state.control(|c| c.policy().clone());
+    tracing::info!(
+        rate = %policy.limits.rate,
+        burst = policy.limits.burst,
+        unit = policy.limits.unit.name(),
+        ipv4_prefix = policy.limits.ipv4_prefix,
+        ipv6_prefix = policy.limits.ipv6_prefix,
+        dry_run = policy.limits.dry_run,
+        rules = policy.rules.len(),
+        scope = policy.scope.ports.len(),
+        classes = policy.classes.len(),
+        sets = policy.sets.len(),
+        "throttle is ready"
+    );
 }
 
 /// Starts reading the data path's events and captures.

@@ -268,7 +268,10 @@ impl Settings {
 
 /// The `[cluster]` section under `--cluster-redis`, validated; `None`
 /// without either.
-fn cluster_config(section: Option<ClusterSection>, flag: Option<&str>) -> Result<Option<FleetConfig>, Invalid> {
+fn cluster_config(
+    section: Option<ClusterSection>,
+    flag: Option<&str>,
+) -> Result<Option<FleetConfig>, Invalid> {
     if section.is_none() && flag.is_none() {
         return Ok(None);
     }
@@ -530,29 +533,33 @@ mod tests {
         assert_eq!(cluster.seeds, ["redis://127.0.0.1:6379/0"]);
         assert_eq!((cluster.node.as_str(), cluster.name.as_str()), ("web-3", "prod"));
         assert_eq!(cluster.sync, std::time::Duration::from_millis(100));
-        assert_eq!(cluster.hold, std::time::Duration::from_millis(5000));
+        assert_eq!(cluster.hold, std::time::Duration::from_secs(5));
         assert_eq!(cluster.password_file.as_deref(), Some(Path::new("/etc/throttle/redis.pass")));
-        let seeds = parse("[cluster]\nredis = [\"redis://10.0.0.1:7000\", \"rediss://10.0.0.2:7000\"]\nnode = \"a\"")
-            .unwrap()
-            .cluster
-            .unwrap();
+        let seeds =
+            parse("[cluster]\nredis = [\"redis://10.0.0.1:7000\", \"rediss://10.0.0.2:7000\"]\nnode = \"a\"")
+                .unwrap()
+                .cluster
+                .unwrap();
         assert_eq!(seeds.seeds.len(), 2);
         assert_eq!(seeds.sync, std::time::Duration::from_millis(fleet::DEFAULT_SYNC_MS));
-        let args = DaemonArgs { cluster_redis: Some("redis://127.0.0.1:7777".into()), ..DaemonArgs::default() };
+        let args =
+            DaemonArgs { cluster_redis: Some("redis://127.0.0.1:7777".into()), ..DaemonArgs::default() };
         let file = FileConfig::parse("[cluster]\nredis = \"redis://127.0.0.1:6379\"\nnode = \"n1\"").unwrap();
         let cluster = Settings::merge(file, &args).unwrap().cluster.unwrap();
         assert_eq!(cluster.seeds, ["redis://127.0.0.1:7777"], "the flag over the file");
         let alone = Settings::merge(FileConfig::default(), &args).unwrap().cluster.unwrap();
         assert!(!alone.node.is_empty(), "the host name by default");
         assert_eq!(alone.name, fleet::DEFAULT_NAME);
-        let bad = DaemonArgs { cluster_redis: Some("redis://:secret@127.0.0.1".into()), ..DaemonArgs::default() };
+        let bad =
+            DaemonArgs { cluster_redis: Some("redis://:secret@127.0.0.1".into()), ..DaemonArgs::default() };
         let err = Settings::merge(FileConfig::default(), &bad).unwrap_err().to_string();
         assert!(err.contains("`--cluster-redis`") && err.contains("password_file"), "{err}");
     }
 
     #[test]
     fn bad_cluster_values_name_their_key_and_value() {
-        let with = |rest: &str| format!("[cluster]\nredis = \"redis://127.0.0.1:6379\"\nnode = \"n1\"\n{rest}");
+        let with =
+            |rest: &str| format!("[cluster]\nredis = \"redis://127.0.0.1:6379\"\nnode = \"n1\"\n{rest}");
         for (text, needle) in [
             ("[cluster]\nnode = \"n1\"".to_owned(), "`cluster.redis` = (missing)"),
             ("[cluster]\nredis = \"http://x\"".to_owned(), "`cluster.redis` = \"http://x\""),

@@ -211,12 +211,27 @@ fn fleet(registry: &mut Registry, state: &AppState) {
         m.sync_age.as_secs_f64(),
     );
     if let Some(rtt) = m.rtt {
-        gauge(registry, "cluster_sync_rtt_seconds", "Round trip of the last sync with Redis", rtt.as_secs_f64());
+        gauge(
+            registry,
+            "cluster_sync_rtt_seconds",
+            "Round trip of the last sync with Redis",
+            rtt.as_secs_f64(),
+        );
     }
     counter(registry, "cluster_syncs", "Syncs with the fleet that succeeded", m.syncs);
-    counter(registry, "cluster_sync_errors", "Syncs with the fleet that failed (deadline missed included)", m.errors);
+    counter(
+        registry,
+        "cluster_sync_errors",
+        "Syncs with the fleet that failed (deadline missed included)",
+        m.errors,
+    );
     counter(registry, "cluster_syncs_skipped", "Syncs skipped for missing their deadline", m.skipped);
-    counter(registry, "cluster_policy_refused", "Fleet policy documents refused here for not validating", m.refused);
+    counter(
+        registry,
+        "cluster_policy_refused",
+        "Fleet policy documents refused here for not validating",
+        m.refused,
+    );
     int_gauge(
         registry,
         "cluster_policy_version",
@@ -229,7 +244,12 @@ fn fleet(registry: &mut Registry, state: &AppState) {
         "The latest version of the fleet's policy, as last read",
         m.fleet_policy_version,
     );
-    int_gauge(registry, "cluster_heavy_sources", "Sources whose share was set at the last sync", m.heavy as u64);
+    int_gauge(
+        registry,
+        "cluster_heavy_sources",
+        "Sources whose share was set at the last sync",
+        m.heavy as u64,
+    );
     let family = Family::<Labels, Gauge>::default();
     for link in Link::ALL {
         family.get_or_create(&vec![("state", link.name().to_owned())]).set(i64::from(link == m.link));

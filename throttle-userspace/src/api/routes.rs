@@ -187,9 +187,14 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
     get, path = "/v1/cluster", tag = "status",
     responses((status = 200, body = crate::runtime::fleet::ClusterView), (status = 404, body = ErrorBody))
 )]
-async fn cluster(State(state): State<AppState>) -> Result<Json<crate::runtime::fleet::ClusterView>, ApiError> {
+async fn cluster(
+    State(state): State<AppState>,
+) -> Result<Json<crate::runtime::fleet::ClusterView>, ApiError> {
     state.cluster_view().map(Json).ok_or_else(|| {
-        ApiError::not_found("no_cluster", "this daemon runs alone: fleet mode needs `[cluster]` or --cluster-redis")
+        ApiError::not_found(
+            "no_cluster",
+            "this daemon runs alone: fleet mode needs `[cluster]` or --cluster-redis",
+        )
     })
 }
 

@@ -52,7 +52,7 @@ impl FleetDoc {
     pub fn of(state: &State) -> Self {
         Self {
             format: DOC_FORMAT,
-            limits: state.limits.clone(),
+            limits: state.limits,
             scope: state.scope.clone(),
             classes: state.classes.clone(),
             unmatched: state.unmatched,
@@ -64,7 +64,7 @@ impl FleetDoc {
     #[must_use]
     pub fn over(&self, state: &State) -> State {
         State {
-            limits: self.limits.clone(),
+            limits: self.limits,
             scope: self.scope.clone(),
             classes: self.classes.clone(),
             unmatched: self.unmatched,
@@ -294,12 +294,16 @@ mod tests {
         let fleet = Fleet::default();
         let kernel = FakeKernel::default();
         let mut b = node(&fleet, &kernel);
-        let good = FleetDoc { format: DOC_FORMAT, rules: Some(vec![deny("192.0.2.0/24")]), ..FleetDoc::default() };
+        let good =
+            FleetDoc { format: DOC_FORMAT, rules: Some(vec![deny("192.0.2.0/24")]), ..FleetDoc::default() };
         b.apply_fleet(&good, 3).unwrap();
         let writes = kernel.0.lock().unwrap().writes;
         for (text, needle) in [
             (r#"{"format": 1, "limits": {"rate": 0}}"#, "`fleet.limits.rate` = 0"),
-            (r#"{"format": 1, "rules": [{"cidr": "10.0.0.1/8", "action": "deny"}]}"#, "`fleet.rules[0].cidr`"),
+            (
+                r#"{"format": 1, "rules": [{"cidr": "10.0.0.1/8", "action": "deny"}]}"#,
+                "`fleet.rules[0].cidr`",
+            ),
             (r#"{"format": 1, "rules": [{"set": "ghost", "action": "deny"}]}"#, "`fleet.rules[0].set`"),
             (r#"{"format": 2}"#, "`fleet.format` = 2"),
             (r#"{"format": 1, "limitz": {}}"#, "unknown field `limitz`"),

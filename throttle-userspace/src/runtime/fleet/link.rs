@@ -220,8 +220,7 @@ impl Link {
                 .set_response_timeout(Some(config.sync.max(Duration::from_millis(500))))
                 .set_max_delay(MAX_BACKOFF)
                 .set_number_of_retries(1);
-            let manager =
-                redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), manager)?;
+            let manager = redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), manager)?;
             return Ok(Conn::Single(manager));
         }
         let seeds = config.seeds.iter().map(|s| info(s, password)).collect::<redis::RedisResult<Vec<_>>>()?;
@@ -257,9 +256,11 @@ impl Link {
     /// The fleet's document and its version (0 and `None`: none yet).
     pub async fn policy(&self, deadline: Duration) -> Result<(u64, Option<String>), LinkError> {
         let mut conn = self.conn()?;
-        let (version, doc): (Option<String>, Option<String>) =
-            within(deadline, redis::cmd("HMGET").arg(&self.policy_key).arg("version").arg("doc").query_async(&mut conn))
-                .await?;
+        let (version, doc): (Option<String>, Option<String>) = within(
+            deadline,
+            redis::cmd("HMGET").arg(&self.policy_key).arg("version").arg("doc").query_async(&mut conn),
+        )
+        .await?;
         Ok((parse_u64(version.as_deref().unwrap_or("0"), "the policy version")?, doc))
     }
 
@@ -289,7 +290,13 @@ impl Link {
 
     /// Writes `doc` back as `version` if the fleet holds no document;
     /// whether it did.
-    pub async fn restore(&self, doc: &str, version: u64, node: &str, deadline: Duration) -> Result<bool, LinkError> {
+    pub async fn restore(
+        &self,
+        doc: &str,
+        version: u64,
+        node: &str,
+        deadline: Duration,
+    ) -> Result<bool, LinkError> {
         let mut conn = self.conn()?;
         let mut call = self.restore.key(&self.policy_key);
         call.arg(version).arg(doc).arg(&self.channel).arg(node);
@@ -344,7 +351,11 @@ impl Link {
             })
             .collect::<Result<Vec<_>, LinkError>>()?;
         if sources.len() != reports.len() {
-            return Err(LinkError::Garbled(format!("{} sources for {} reported", sources.len(), reports.len())));
+            return Err(LinkError::Garbled(format!(
+                "{} sources for {} reported",
+                sources.len(),
+                reports.len()
+            )));
         }
         Ok(SyncReply {
             now_ms: parse_u64(&now, "Redis's time")?,
@@ -364,10 +375,9 @@ impl Link {
     /// Calls `changed` at each policy change published, until the
     /// subscription breaks (the caller subscribes again).
     pub async fn subscribe(&self, changed: &tokio::sync::Notify) -> Result<(), LinkError> {
-        let mut pubsub =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await.map_err(|_| {
-                LinkError::Timeout(CONNECT_TIMEOUT)
-            })??;
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
         pubsub.subscribe(&self.channel).await?;
         // A change may have come while not subscribed.
         changed.notify_one();

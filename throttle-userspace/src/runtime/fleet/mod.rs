@@ -78,19 +78,25 @@ pub struct FleetConfig {
 pub fn check_url(url: &str) -> Result<(), String> {
     if !["redis://", "rediss://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
         return Err(
-            "not a Redis URL: redis://HOST:PORT/DB, rediss:// for TLS, redis+unix:///PATH for a socket".to_owned()
+            "not a Redis URL: redis://HOST:PORT/DB, rediss:// for TLS, redis+unix:///PATH for a socket"
+                .to_owned(),
         );
     }
-    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| format!("not a Redis URL: {e}"))?;
     if info.redis_settings().password().is_some() {
-        return Err("holds a password: put it in `cluster.password_file` (the user may stay in the URL)".to_owned());
+        return Err(
+            "holds a password: put it in `cluster.password_file` (the user may stay in the URL)".to_owned()
+        );
     }
     Ok(())
 }
 
 /// Checks a node's or a fleet's name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 pub fn check_name(name: &str) -> Result<(), String> {
-    if (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    if (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
         Ok(())
     } else {
         Err("1 to 64 letters, digits, `.`, `_` or `-`".to_owned())
@@ -111,6 +117,8 @@ pub enum StartError {
     EmptyPassword { path: PathBuf },
     #[error("`cluster.redis`: {0}")]
     Client(#[from] redis::RedisError),
+    #[error("starting the fleet's writer: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// What a node writes at each heartbeat.
@@ -287,32 +295,79 @@ pub struct FleetMetrics {
     pub heavy: usize,
 }
 
+/// A compare-and-set for the publisher's thread: the document, the
+/// version expected, and where the answer goes.
+type Job = (String, u64, std::sync::mpsc::SyncSender<Result<Result<u64, u64>, LinkError>>);
+
 /// API changes, written to the fleet before they are made here.
+///
+/// The write runs on a thread of its own, with its own connection and
+/// runtime: the caller holds the control plane, which the daemon's async
+/// tasks also take, so the write must not need them to make progress.
 struct RedisPublisher {
     fleet: Arc<Fleet>,
-    handle: tokio::runtime::Handle,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl RedisPublisher {
+    fn start(fleet: Arc<Fleet>, password: Option<String>) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let config = fleet.config.clone();
+        let node = config.node.clone();
+        std::thread::Builder::new().name("fleet-publish".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!("fleet: no runtime for policy writes: {err}");
+                    return;
+                }
+            };
+            let link = match Link::new(&config, password.as_deref()) {
+                Ok(link) => link,
+                Err(err) => {
+                    tracing::error!("fleet: no link for policy writes: {err}");
+                    return;
+                }
+            };
+            runtime.spawn({
+                let link = Arc::clone(&link);
+                async move { link.connect(&config, password.as_deref()).await }
+            });
+            while let Ok((doc, expected, answer)) = queue.recv() {
+                let result = runtime.block_on(link.compare_and_set(&doc, expected, &node, POLICY_DEADLINE));
+                let _ = answer.send(result);
+            }
+        })?;
+        Ok(Self { fleet, jobs })
+    }
 }
 
 impl Publisher for RedisPublisher {
     fn publish(&self, doc: &FleetDoc, expected: u64) -> Result<u64, PublishError> {
         let text = serde_json::to_string(doc).expect("a document serialises");
-        let call = self.fleet.link.compare_and_set(&text, expected, &self.fleet.config.node, POLICY_DEADLINE);
-        // Called on the blocking thread that holds the control plane.
-        match self.handle.block_on(call) {
-            Ok(Ok(version)) => {
+        let (answer, result) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send((text, expected, answer))
+            .map_err(|_| PublishError::Unavailable("the fleet's writer stopped".into()))?;
+        match result.recv_timeout(POLICY_DEADLINE + Duration::from_millis(500)) {
+            Ok(Ok(Ok(version))) => {
                 tracing::info!(version, "fleet policy version {version} written");
-                lock(&self.fleet.status).fleet_policy_version = version;
+                let mut s = lock(&self.fleet.status);
+                s.fleet_policy_version = s.fleet_policy_version.max(version);
                 Ok(version)
             }
-            Ok(Err(current)) => Err(PublishError::Conflict { current }),
-            Err(err) => Err(PublishError::Unavailable(err.to_string())),
+            Ok(Ok(Err(current))) => Err(PublishError::Conflict { current }),
+            Ok(Err(err)) => Err(PublishError::Unavailable(err.to_string())),
+            Err(_) => {
+                Err(PublishError::Unavailable(format!("Redis did not answer within {POLICY_DEADLINE:?}")))
+            }
         }
     }
 }
 
 fn read_password(path: &std::path::Path) -> Result<String, StartError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| StartError::Password { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| StartError::Password { path: path.to_owned(), source })?;
     let password = text.lines().next().unwrap_or_default().trim().to_owned();
     if password.is_empty() {
         return Err(StartError::EmptyPassword { path: path.to_owned() });
@@ -359,16 +414,18 @@ impl Runtime {
             config,
         });
         let _ = self.0.fleet.set(Arc::clone(&fleet));
+        let publisher = RedisPublisher::start(Arc::clone(&fleet), password.clone())?;
         let connect = {
             let (link, config) = (Arc::clone(&link), fleet.config.clone());
             tokio::spawn(async move { link.connect(&config, password.as_deref()).await })
         };
         // The fleet's policy before anything is attached, if Redis answers.
         let _ = tokio::time::timeout(Duration::from_secs(2), connect).await;
-        let publisher = RedisPublisher { fleet: Arc::clone(&fleet), handle: tokio::runtime::Handle::current() };
         self.control(|c| c.join_fleet(Box::new(publisher), 0));
         if let Err(err) = self.check_policy(&fleet).await {
-            tracing::warn!("the fleet's policy could not be read, starting on this node's own until it can: {err}");
+            tracing::warn!(
+                "the fleet's policy could not be read, starting on this node's own until it can: {err}"
+            );
         }
         tokio::spawn(watch_policy(self.clone(), Arc::clone(&fleet)));
         tokio::spawn(subscribe(Arc::clone(&fleet)));
@@ -396,7 +453,10 @@ impl Runtime {
             // data): the policy the nodes run is written back.
             let doc = serde_json::to_string(&self.control(|c| c.fleet_doc())).expect("a document serialises");
             if fleet.link.restore(&doc, running, &fleet.config.node, POLICY_DEADLINE).await? {
-                tracing::warn!(version = running, "the fleet held no policy: wrote back version {running}, the one in force here");
+                tracing::warn!(
+                    version = running,
+                    "the fleet held no policy: wrote back version {running}, the one in force here"
+                );
                 lock(&fleet.status).fleet_policy_version = running;
             }
             return Ok(());
@@ -418,7 +478,9 @@ impl Runtime {
         match self.with_control(move |c| c.apply_fleet(&doc, version)).await {
             Ok(Applied::Changed) => {
                 tracing::info!(version, "fleet policy version {version} in force");
-                self.event(EventView::new("fleet").by("fleet").detail(format!("policy version {version} in force")));
+                self.event(
+                    EventView::new("fleet").by("fleet").detail(format!("policy version {version} in force")),
+                );
                 let mut s = lock(&fleet.status);
                 s.refused_version = None;
                 s.refused_reason = None;
@@ -436,7 +498,9 @@ impl Runtime {
     /// Reports a document refused; the running policy stays.
     fn refuse(&self, fleet: &Fleet, version: u64, err: &ChangeError) {
         tracing::error!(version, "fleet policy version {version} refused, the running policy stays: {err}");
-        self.event(EventView::new("fleet").by("fleet").detail(format!("policy version {version} refused: {err}")));
+        self.event(
+            EventView::new("fleet").by("fleet").detail(format!("policy version {version} refused: {err}")),
+        );
         self.control(|c| c.refuse_fleet(version));
         let mut s = lock(&fleet.status);
         s.refused += 1;
@@ -546,7 +610,8 @@ fn traffic(
             let admitted = passed.saturating_sub(p0);
             let offered = admitted + dropped.saturating_sub(d0);
             #[expect(clippy::cast_precision_loss, reason = "packet counts over one period")]
-            (offered > 0).then(|| (*key, Traffic { offered: offered as f64 / secs, admitted: admitted as f64 / secs }))
+            (offered > 0)
+                .then(|| (*key, Traffic { offered: offered as f64 / secs, admitted: admitted as f64 / secs }))
         })
         .collect()
 }
@@ -555,7 +620,7 @@ fn traffic(
 /// limit or more), and those it holds a share of that still send, at most
 /// [`HEAVY_SOURCES`] of them, most admitted first.
 #[must_use]
-pub fn heavy_sources(
+fn heavy_sources(
     traffic: &HashMap<BucketKey, Traffic>,
     rates: &HashMap<u32, f64>,
     held: &[BucketKey],
@@ -565,7 +630,8 @@ pub fn heavy_sources(
     let mut heavy: Vec<(BucketKey, Traffic)> = traffic
         .iter()
         .filter(|(key, t)| {
-            rates.get(&key.rule).is_some_and(|&rate| share::heavy(t.offered, rate, nodes)) || held.contains(key)
+            rates.get(&key.rule).is_some_and(|&rate| share::heavy(t.offered, rate, nodes))
+                || held.contains(key)
         })
         .map(|(k, t)| (*k, *t))
         .collect();
@@ -649,7 +715,13 @@ impl Runtime {
                             offered: sum.offered + t.offered,
                             admitted: sum.admitted + t.admitted,
                         });
-                        (*key, share::local_share(local.offered, total.offered, live), *local, total, fleet_traffic.len())
+                        (
+                            *key,
+                            share::local_share(local.offered, total.offered, live),
+                            *local,
+                            total,
+                            fleet_traffic.len(),
+                        )
                     })
                     .collect();
                 s.default_share = FULL_SHARE;
@@ -686,7 +758,9 @@ impl Runtime {
                 share::Link::Connecting => "connecting".to_owned(),
             };
             drop(s);
-            if state == share::Link::Synced || before == share::Link::Connecting && state != share::Link::Fallback {
+            if state == share::Link::Synced
+                || before == share::Link::Connecting && state != share::Link::Fallback
+            {
                 tracing::info!(from = before.name(), to = state.name(), "fleet: {detail}");
             } else {
                 tracing::warn!(from = before.name(), to = state.name(), "fleet: {detail}");
@@ -732,7 +806,9 @@ mod tests {
         assert!(check_url("http://127.0.0.1").unwrap_err().contains("not a Redis URL"));
         assert!(check_url("redis://user:pw@127.0.0.1").unwrap_err().contains("password_file"));
         assert_eq!(check_name("web-3.prod_a"), Ok(()));
-        assert!(check_name("").is_err() && check_name("a{b}").is_err() && check_name(&"a".repeat(65)).is_err());
+        assert!(
+            check_name("").is_err() && check_name("a{b}").is_err() && check_name(&"a".repeat(65)).is_err()
+        );
     }
 
     #[test]
@@ -759,8 +835,15 @@ mod tests {
         ]);
         let heavy = heavy_sources(&traffic, &rates, &[key(6, 0)], 3, 10);
         let keys: Vec<BucketKey> = heavy.iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, [key(1, 0), key(2, 0), key(4, 7), key(6, 0)], "a source of no known limit is left out");
+        assert_eq!(
+            keys,
+            [key(1, 0), key(2, 0), key(4, 7), key(6, 0)],
+            "a source of no known limit is left out"
+        );
         assert_eq!(heavy_sources(&traffic, &rates, &[], 3, 2).len(), 2, "at most K");
-        assert!(heavy_sources(&traffic, &rates, &[], 1, 10).is_empty(), "alone, only what is over its whole limit");
+        assert!(
+            heavy_sources(&traffic, &rates, &[], 1, 10).is_empty(),
+            "alone, only what is over its whole limit"
+        );
     }
 }

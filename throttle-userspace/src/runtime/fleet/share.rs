@@ -18,6 +18,11 @@ pub const FULL_SHARE: u32 = 1 << 16;
 /// The floor of a node's share, as a part of an even share (1/nodes).
 pub const FLOOR_OF_EVEN_SHARE: f64 = 0.25;
 
+/// A node count as a float.
+fn count(n: usize) -> f64 {
+    u32::try_from(n).map_or(f64::from(u32::MAX), f64::from)
+}
+
 /// One node's traffic of one source over the last sync, per second.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
@@ -30,7 +35,7 @@ pub struct Traffic {
 /// and the fleet's (this node's included), with `nodes` live.
 #[must_use]
 pub fn local_share(local: f64, fleet: f64, nodes: usize) -> u32 {
-    let nodes = nodes.max(1) as f64;
+    let nodes = count(nodes.max(1));
     let floor = FLOOR_OF_EVEN_SHARE / nodes;
     let part = if fleet.is_finite() && fleet > 0.0 && local.is_finite() {
         (local.max(0.0) / fleet).clamp(floor, 1.0)
@@ -45,7 +50,7 @@ pub fn local_share(local: f64, fleet: f64, nodes: usize) -> u32 {
 /// longer than `hold_ms`: the limit divided by the last known node count.
 #[must_use]
 pub fn fallback_share(nodes: usize) -> u32 {
-    to_fixed(1.0 / nodes.max(1) as f64)
+    to_fixed(1.0 / count(nodes.max(1)))
 }
 
 /// A fraction in 1/65536, at least 1 (never a blackhole) and at most the
@@ -103,7 +108,7 @@ pub fn link(since_ok: Option<Duration>, last_failed: bool, hold: Duration) -> Li
 /// share of its limit (`rate` per second) over the last sync.
 #[must_use]
 pub fn heavy(offered: f64, rate: f64, nodes: usize) -> bool {
-    rate > 0.0 && offered >= rate / nodes.max(1) as f64
+    rate > 0.0 && offered >= rate / count(nodes.max(1))
 }
 
 #[cfg(test)]
@@ -169,9 +174,9 @@ mod tests {
             let nodes = rates.len();
             let fleet: f64 = rates.iter().sum();
             let total: f64 = rates.iter().map(|&r| part(local_share(r, fleet, nodes))).sum();
-            let allowance = FLOOR_OF_EVEN_SHARE + nodes as f64 / f64::from(FULL_SHARE);
+            let allowance = FLOOR_OF_EVEN_SHARE + count(nodes) / f64::from(FULL_SHARE);
             prop_assert!(total <= 1.0 + allowance + 1e-9, "{total} for {rates:?}");
-            prop_assert!(total >= 1.0 - nodes as f64 / f64::from(FULL_SHARE), "{total} for {rates:?}");
+            prop_assert!(total >= 1.0 - count(nodes) / f64::from(FULL_SHARE), "{total} for {rates:?}");
             for &r in &rates {
                 prop_assert!(local_share(r, fleet, nodes) >= 1);
             }
