@@ -373,7 +373,10 @@ fn with_redis_gone_the_nodes_hold_then_fall_back_and_resume_on_their_own_when_it
     }
     for (node, &at) in nodes.iter().zip(&log_at) {
         let log = node.daemon.log();
-        let lines = log[at..].lines().filter(|l| l.contains("every source gets its limit")).count();
+        let lines = log[at..]
+            .lines()
+            .filter(|l| l.contains("throttle::runtime::fleet") && l.contains("every source gets its limit"))
+            .count();
         checks.that(lines == 1, &format!("{} logged the fallback once ({lines} lines)", node.name));
         // Never a blackhole: traffic under the limit still arrives.
         let (sent, arrived) = send(node, 200, 0.3);

@@ -57,6 +57,8 @@ pub const HEAVY_SOURCES: usize = 512;
 pub const PERIODS_TO_LEAVE: u32 = 3;
 /// Between two reads of the fleet's policy version (besides the messages).
 pub const POLICY_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// Between two looks at whether the policy writer's connection is up.
+const RETRY_CONNECTED: Duration = Duration::from_millis(50);
 /// How long a read or a write of the policy may take.
 pub const POLICY_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -296,8 +298,8 @@ pub struct FleetMetrics {
 }
 
 /// A compare-and-set for the publisher's thread: the document, the
-/// version expected, and where the answer goes.
-type Job = (String, u64, std::sync::mpsc::SyncSender<Result<Result<u64, u64>, LinkError>>);
+/// version expected, when the caller stops waiting, and where the answer goes.
+type Job = (String, u64, Instant, std::sync::mpsc::SyncSender<Result<Result<u64, u64>, LinkError>>);
 
 /// API changes, written to the fleet before they are made here.
 ///
@@ -306,37 +308,40 @@ type Job = (String, u64, std::sync::mpsc::SyncSender<Result<Result<u64, u64>, Li
 /// tasks also take, so the write must not need them to make progress.
 struct RedisPublisher {
     fleet: Arc<Fleet>,
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
 impl RedisPublisher {
     fn start(fleet: Arc<Fleet>, password: Option<String>) -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let config = fleet.config.clone();
-        let node = config.node.clone();
+        let link = Link::new(&config, password.as_deref()).map_err(std::io::Error::other)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("fleet-publish".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    tracing::error!("fleet: no runtime for policy writes: {err}");
-                    return;
+            runtime.block_on(async move {
+                tokio::spawn({
+                    let (link, config) = (Arc::clone(&link), config.clone());
+                    async move { link.connect(&config, password.as_deref()).await }
+                });
+                while let Some((doc, expected, deadline, answer)) = queue.recv().await {
+                    // A caller that gave up is not written for: its change
+                    // was refused.
+                    let result = loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break Err(LinkError::Timeout(POLICY_DEADLINE));
+                        }
+                        match link.compare_and_set(&doc, expected, &config.node, left).await {
+                            // Connecting still (a Redis Cluster): wait for it.
+                            Err(LinkError::NotConnected) => {
+                                tokio::time::sleep(left.min(RETRY_CONNECTED)).await
+                            }
+                            result => break result,
+                        }
+                    };
+                    let _ = answer.send(result);
                 }
-            };
-            let link = match Link::new(&config, password.as_deref()) {
-                Ok(link) => link,
-                Err(err) => {
-                    tracing::error!("fleet: no link for policy writes: {err}");
-                    return;
-                }
-            };
-            runtime.spawn({
-                let link = Arc::clone(&link);
-                async move { link.connect(&config, password.as_deref()).await }
             });
-            while let Ok((doc, expected, answer)) = queue.recv() {
-                let result = runtime.block_on(link.compare_and_set(&doc, expected, &node, POLICY_DEADLINE));
-                let _ = answer.send(result);
-            }
         })?;
         Ok(Self { fleet, jobs })
     }
@@ -346,10 +351,12 @@ impl Publisher for RedisPublisher {
     fn publish(&self, doc: &FleetDoc, expected: u64) -> Result<u64, PublishError> {
         let text = serde_json::to_string(doc).expect("a document serialises");
         let (answer, result) = std::sync::mpsc::sync_channel(1);
+        let deadline = Instant::now() + POLICY_DEADLINE;
         self.jobs
-            .send((text, expected, answer))
+            .send((text, expected, deadline, answer))
             .map_err(|_| PublishError::Unavailable("the fleet's writer stopped".into()))?;
-        match result.recv_timeout(POLICY_DEADLINE + Duration::from_millis(500)) {
+        // The writer answers by the deadline (its call has it too).
+        match result.recv_timeout(POLICY_DEADLINE + Duration::from_millis(200)) {
             Ok(Ok(Ok(version))) => {
                 tracing::info!(version, "fleet policy version {version} written");
                 let mut s = lock(&self.fleet.status);
@@ -443,10 +450,13 @@ impl Runtime {
     /// one; a document that does not validate is refused, once per version.
     async fn check_policy(&self, fleet: &Fleet) -> Result<(), LinkError> {
         let version = fleet.link.policy_version(POLICY_DEADLINE).await?;
-        let (running, refused) = {
+        // The control plane before the status, never inside it: a change
+        // being written holds the control plane and then takes the status.
+        let running = self.control(|c| c.fleet_version());
+        let refused = {
             let mut s = lock(&fleet.status);
             s.fleet_policy_version = s.fleet_policy_version.max(version);
-            (self.control(|c| c.fleet_version()), s.refused_version)
+            s.refused_version
         };
         if version == 0 && running > 0 {
             // The fleet lost its document (a Redis restarted without its
@@ -513,11 +523,11 @@ impl Runtime {
     pub fn cluster_view(&self) -> Option<ClusterView> {
         let fleet = self.fleet()?;
         let policy_version = self.control(|c| c.fleet_version());
-        let s = lock(&fleet.status);
-        let keys: Vec<(BucketKey, Bucket)> = s.shares.iter().map(|(k, ..)| (*k, Bucket::default())).collect();
+        let shares = lock(&fleet.status).shares.clone();
+        let keys: Vec<(BucketKey, Bucket)> = shares.iter().map(|(k, ..)| (*k, Bucket::default())).collect();
         let views = self.control(|c| c.views(&keys));
-        let sources = s
-            .shares
+        let s = lock(&fleet.status);
+        let sources = shares
             .iter()
             .zip(views)
             .map(|((_, q16, local, fleet_traffic, nodes), view)| ShareView {
