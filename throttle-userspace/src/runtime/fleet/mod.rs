@@ -334,7 +334,7 @@ impl RedisPublisher {
                         match link.compare_and_set(&doc, expected, &config.node, left).await {
                             // Connecting still (a Redis Cluster): wait for it.
                             Err(LinkError::NotConnected) => {
-                                tokio::time::sleep(left.min(RETRY_CONNECTED)).await
+                                tokio::time::sleep(left.min(RETRY_CONNECTED)).await;
                             }
                             result => break result,
                         }
