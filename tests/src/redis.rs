@@ -22,6 +22,7 @@ pub struct RedisServer {
     dir: PathBuf,
     port: u16,
     cluster: bool,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -50,22 +51,78 @@ impl RedisServer {
     /// Starts a server and waits until it answers.
     #[must_use]
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::launch(false, &[])
+    }
+
+    /// Starts a server with these settings too (`--requirepass`, `--user`...).
+    #[must_use]
+    pub fn start_with(args: &[&str]) -> Self {
+        Self::launch(false, args)
     }
 
     /// Starts a server with `cluster-enabled yes` (a Redis Cluster node).
     #[must_use]
     pub fn start_cluster_node() -> Self {
-        Self::start_with(true)
+        Self::launch(true, &[])
     }
 
-    fn start_with(cluster: bool) -> Self {
+    fn launch(cluster: bool, extra: &[&str]) -> Self {
         require_redis();
         let dir = std::env::temp_dir().join(format!("throttle-tests/redis-{}", unique_id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let mut server = Self { dir, port: free_port(), cluster, child: None };
+        let extra = extra.iter().map(|&a| a.to_owned()).collect();
+        let mut server = Self { dir, port: free_port(), cluster, extra, child: None };
         server.spawn();
         server
+    }
+
+    /// Starts a server that also serves TLS on a port of its own, with a
+    /// self-signed certificate for 127.0.0.1 made by `openssl req`: that
+    /// port and the certificate (the CA to trust).
+    #[must_use]
+    pub fn start_tls() -> (Self, u16, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("throttle-tests/redis-tls-{}", unique_id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run openssl (`cargo xtask setup` installs it): {e}"));
+        assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        let tls_port = free_port();
+        let (tls_port_text, cert_text, key_text) =
+            (tls_port.to_string(), cert.display().to_string(), key.display().to_string());
+        let server = Self::launch(
+            false,
+            &[
+                "--tls-port",
+                &tls_port_text,
+                "--tls-cert-file",
+                &cert_text,
+                "--tls-key-file",
+                &key_text,
+                "--tls-ca-cert-file",
+                &cert_text,
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
+        // The certificate's directory goes with the server's.
+        let kept = server.dir.join("cert.pem");
+        std::fs::copy(&cert, &kept).unwrap_or_else(|e| panic!("copy {}: {e}", cert.display()));
+        remove_dir(&dir);
+        (server, tls_port, kept)
+    }
+
+    /// The password `redis-cli` gives, from `--requirepass`.
+    fn password(&self) -> Option<&str> {
+        let at = self.extra.iter().position(|a| a == "--requirepass")?;
+        self.extra.get(at + 1).map(String::as_str)
     }
 
     fn spawn(&mut self) {
@@ -81,6 +138,7 @@ impl RedisServer {
         if self.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"]).arg(self.dir.join("nodes.conf"));
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -115,12 +173,13 @@ impl RedisServer {
     /// Runs `redis-cli` against it: its standard output.
     #[must_use]
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run redis-cli: {e}"));
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(password) = self.password() {
+            cmd.args(["--no-auth-warning", "-a", password]);
+        }
+        let out =
+            cmd.args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run redis-cli: {e}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -144,6 +144,20 @@ fn counter(node: &Node, name: &str) -> u64 {
     stats["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {stats}"))
 }
 
+/// The calls Redis served so far, by command (`INFO commandstats`).
+fn redis_calls(redis: &RedisServer) -> Vec<(String, u64)> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "info")
+        .collect()
+}
+
 /// The value of an unlabelled metric line `name value`.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -446,7 +460,17 @@ fn the_shares_of_one_source_follow_its_traffic_over_three_nodes() {
                 Flood::start(&node.pair.sender, vec![flow], None)
             })
             .collect();
-        thread::sleep(Duration::from_secs(2));
+        thread::sleep(Duration::from_secs(1));
+        let (calls_before, at) = (redis_calls(&redis), Instant::now());
+        thread::sleep(Duration::from_secs(1));
+        let calls = redis_calls(&redis);
+        let secs = at.elapsed().as_secs_f64();
+        for (command, count) in &calls {
+            let before = calls_before.iter().find(|(c, _)| c == command).map_or(0, |(_, n)| *n);
+            #[expect(clippy::cast_precision_loss, reason = "small counts")]
+            let per_node = (count - before) as f64 / secs / 3.0;
+            report(&format!("fleet, {label}: Redis load per node: {per_node:.1} {command}/s (sync_ms 100)"));
+        }
         let total: u64 = split.iter().sum();
         for (node, pps) in nodes.iter().zip(split) {
             let view = node.cluster();
@@ -478,6 +502,82 @@ fn the_shares_of_one_source_follow_its_traffic_over_three_nodes() {
         thread::sleep(Duration::from_millis(500));
     }
     checks.assert_all();
+}
+
+/// The daemon's own client against a Redis that requires a password: the
+/// password from its file, an ACL user in the URL; a wrong one is refused.
+#[test]
+fn the_password_and_the_acl_user_reach_a_redis_that_requires_them() {
+    use throttle::runtime::fleet::{FleetConfig, Link};
+    let redis = RedisServer::start_with(&[
+        "--requirepass",
+        "s3cret",
+        "--user",
+        "fleet",
+        "on",
+        ">f1eet",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    for (url, password, works) in [
+        (format!("redis://127.0.0.1:{}", redis.port()), "s3cret", true),
+        (format!("redis://fleet@127.0.0.1:{}", redis.port()), "f1eet", true),
+        (format!("redis://127.0.0.1:{}", redis.port()), "wrong", false),
+        (format!("redis://fleet@127.0.0.1:{}", redis.port()), "s3cret", false),
+    ] {
+        let config = FleetConfig {
+            seeds: vec![url.clone()],
+            password_file: None,
+            node: "a".into(),
+            name: format!("p{}", throttle_tests::unique_id()),
+            sync: Duration::from_millis(250),
+            hold: Duration::from_secs(10),
+        };
+        let answer = runtime.block_on(async {
+            let link = Link::new(&config, Some(password)).expect("a link");
+            link.connect(&config, Some(password)).await;
+            link.policy_version(Duration::from_secs(2)).await
+        });
+        report(&format!("fleet: {url} with password {password:?}: {answer:?}"));
+        assert_eq!(answer.is_ok(), works, "{url} with {password:?}: {answer:?}");
+    }
+}
+
+/// The daemon's own client over TLS (`rediss://`), the server's certificate
+/// checked against a CA given the way OpenSSL takes one (`SSL_CERT_FILE`);
+/// refused without it.
+#[test]
+fn tls_reaches_a_redis_whose_certificate_is_trusted() {
+    use throttle::runtime::fleet::{FleetConfig, Link};
+    let (redis, tls_port, cert) = RedisServer::start_tls();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    let config = FleetConfig {
+        seeds: vec![format!("rediss://127.0.0.1:{tls_port}")],
+        password_file: None,
+        node: "a".into(),
+        name: format!("s{}", throttle_tests::unique_id()),
+        sync: Duration::from_millis(250),
+        hold: Duration::from_secs(10),
+    };
+    let ask = || {
+        runtime.block_on(async {
+            let link = Link::new(&config, None).expect("a link");
+            link.connect(&config, None).await;
+            link.compare_and_set("{\"format\":1}", 0, "a", Duration::from_secs(3)).await
+        })
+    };
+    let untrusted = ask();
+    assert!(untrusted.is_err(), "a certificate no CA vouches for is refused: {untrusted:?}");
+    // The only test of this binary that reaches for a CA.
+    std::env::set_var("SSL_CERT_FILE", &cert);
+    let trusted = ask();
+    std::env::remove_var("SSL_CERT_FILE");
+    report(&format!("fleet over TLS: without the CA {untrusted:?}, with it {trusted:?}"));
+    assert_eq!(trusted, Ok(Ok(1)), "over TLS with the CA trusted");
+    let key = format!("{{{}}}:policy", config.name);
+    assert_eq!(redis.cli(&["HGET", &key, "version"]).trim(), "1", "written through TLS");
 }
 
 /// The daemon's own Redis client on a Redis Cluster of three masters: the

@@ -37,6 +37,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium",     // the dashboard's test, in a real browser
     "prometheus",   // promtool: checks the example alerting rules
     "redis-server", // the fleet tests' Redis (and redis-cli), a Redis Cluster too
+    "openssl",      // the certificate of the fleet tests' Redis over TLS
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
