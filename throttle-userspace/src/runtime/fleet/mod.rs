@@ -20,8 +20,21 @@
 //! on the document's version, before they are made here.
 //!
 //! The shares are computed and shown (`GET /v1/cluster`); the data path does
-//! not apply them yet: that needs one call into it, [`SharesView::enforced`]
-//! says which is the case.
+//! not apply them yet ([`SharesView::enforced`] says so). What it needs to is
+//! one call on [`crate::kernel::Kernel`], made after each sync with what
+//! `Status::shares` and `Status::default_share` hold:
+//!
+//! ```text
+//! fn set_shares(&mut self, default_q16: u32, shares: &[(BucketKey, u32)]) -> Result<(), KernelError>;
+//! ```
+//!
+//! each share in 1/65536 of the bucket's limit (1..=65536, never 0); a
+//! bucket named meters against `rate * share / 65536`; a bucket not named
+//! (or no longer named) against `rate * default_q16 / 65536` (65536 while
+//! synced or holding, `65536 / nodes` in fallback); the write keeps every
+//! bucket's state (its TAT and counters), and a packet of a bucket without a
+//! share of its own pays nothing for the feature (the share in the bucket's
+//! value, the default in the configuration array).
 
 mod link;
 pub mod share;
