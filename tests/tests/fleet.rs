@@ -473,20 +473,32 @@ fn the_shares_of_one_source_follow_its_traffic_over_three_nodes() {
         }
         let total: u64 = split.iter().sum();
         for (node, pps) in nodes.iter().zip(split) {
-            let view = node.cluster();
-            let source = view["shares"]["sources"]
-                .as_array()
-                .and_then(|s| s.iter().find(|s| s["source"] == SOURCE))
-                .cloned();
-            let Some(source) = source else {
-                checks.that(false, &format!("{label}: {} holds no share of {SOURCE}: {view}", node.name));
+            // The mean of five looks, 100 ms apart: each sync's share moves
+            // with how the machine paced the senders over its last periods.
+            let mut looks = Vec::new();
+            for _ in 0..5 {
+                let view = node.cluster();
+                let found = view["shares"]["sources"]
+                    .as_array()
+                    .and_then(|s| s.iter().find(|s| s["source"] == SOURCE))
+                    .cloned();
+                match found {
+                    Some(source) => looks.push(source),
+                    None => checks
+                        .that(false, &format!("{label}: {} holds no share of {SOURCE}: {view}", node.name)),
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            let Some(source) = looks.last().cloned() else {
                 continue;
             };
+            #[expect(clippy::cast_precision_loss, reason = "at most five looks")]
+            let mean = looks.iter().filter_map(|s| s["share"].as_f64()).sum::<f64>() / looks.len() as f64;
             #[expect(clippy::cast_precision_loss, reason = "small rates")]
             let expected = pps as f64 / total as f64;
-            let share = source["share"].as_f64().unwrap_or(-1.0);
+            let share = mean;
             report(&format!(
-                "fleet, {label}: {} offered {pps}/s of {total}/s, share {share:.3} (expected {expected:.3}), \
+                "fleet, {label}: {} offered {pps}/s of {total}/s, mean share {share:.3} (expected {expected:.3}), \
                  fleet offered {:.0}/s by {} nodes",
                 node.name, source["fleet_offered"], source["nodes"]
             ));

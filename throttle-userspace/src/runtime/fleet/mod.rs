@@ -639,6 +639,38 @@ fn traffic(
         .collect()
 }
 
+/// How much of the last period a source's smoothed traffic takes: an
+/// exponential average over about three periods, so that one period's
+/// scheduling jitter does not swing the shares.
+const SMOOTHING: f64 = 0.5;
+/// Smoothed traffic below this (per second) is forgotten.
+const FORGET_BELOW: f64 = 0.5;
+
+/// `current` averaged into `previous`: a source that sent nothing in the
+/// last period decays towards zero, then is forgotten.
+fn smooth(
+    previous: &HashMap<BucketKey, Traffic>,
+    current: &HashMap<BucketKey, Traffic>,
+) -> HashMap<BucketKey, Traffic> {
+    let mix = |old: Traffic, new: Traffic| Traffic {
+        offered: old.offered + SMOOTHING * (new.offered - old.offered),
+        admitted: old.admitted + SMOOTHING * (new.admitted - old.admitted),
+    };
+    let mut out: HashMap<BucketKey, Traffic> = current
+        .iter()
+        .map(|(key, &new)| (*key, previous.get(key).map_or(new, |&old| mix(old, new))))
+        .collect();
+    for (key, &old) in previous {
+        if !current.contains_key(key) {
+            let decayed = mix(old, Traffic::default());
+            if decayed.offered >= FORGET_BELOW {
+                out.insert(*key, decayed);
+            }
+        }
+    }
+    out
+}
+
 /// The sources a node reports: those heavy here (an even share of their
 /// limit or more), and those it holds a share of that still send, at most
 /// [`HEAVY_SOURCES`] of them, most admitted first.
@@ -670,6 +702,7 @@ async fn sync_forever(runtime: Runtime, fleet: Arc<Fleet>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut before: HashMap<BucketKey, (u64, u64)> = HashMap::new();
     let mut walked: Option<Instant> = None;
+    let mut smoothed: HashMap<BucketKey, Traffic> = HashMap::new();
     loop {
         ticker.tick().await;
         let walk = runtime.control(|c| c.bucket_walk());
@@ -686,11 +719,13 @@ async fn sync_forever(runtime: Runtime, fleet: Arc<Fleet>) {
         };
         let now = Instant::now();
         let secs = walked.map_or(period.as_secs_f64(), |at| now.duration_since(at).as_secs_f64()).max(1e-3);
-        let traffic = if walked.is_some() { traffic(&counts, &before, secs) } else { HashMap::new() };
+        if walked.is_some() {
+            smoothed = smooth(&smoothed, &traffic(&counts, &before, secs));
+        }
         walked = Some(now);
         let sources = counts.len() as u64;
         before = counts;
-        runtime.sync_once(&fleet, &traffic, sources).await;
+        runtime.sync_once(&fleet, &smoothed, sources).await;
     }
 }
 
@@ -842,6 +877,21 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t[&key(1, 0)], Traffic { offered: 200.0, admitted: 100.0 });
         assert_eq!(t[&key(3, 0)], Traffic { offered: 8.0, admitted: 8.0 }, "new since: all of it");
+    }
+
+    #[test]
+    fn traffic_is_smoothed_over_a_few_periods_and_idle_sources_fade_out() {
+        let t = |offered: f64| Traffic { offered, admitted: offered };
+        let first = smooth(&HashMap::new(), &HashMap::from([(key(1, 0), t(100.0))]));
+        assert_eq!(first[&key(1, 0)], t(100.0), "a new source: its rate as measured");
+        let jitter = smooth(&first, &HashMap::from([(key(1, 0), t(200.0)), (key(2, 0), t(0.8))]));
+        assert_eq!(jitter[&key(1, 0)], t(150.0), "one period's burst moves it half way");
+        let mut idle = jitter;
+        for _ in 0..3 {
+            idle = smooth(&idle, &HashMap::new());
+        }
+        assert_eq!(idle[&key(1, 0)], t(18.75));
+        assert!(!idle.contains_key(&key(2, 0)), "faded below half a packet a second: forgotten");
     }
 
     #[test]
