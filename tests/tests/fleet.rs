@@ -253,6 +253,18 @@ fn a_rule_added_on_one_node_is_in_force_on_every_node_within_a_second() {
         });
         checks.that(took.is_some(), &format!("{} runs the change: {}", node.name, node.get("/v1/limits")));
     }
+    // The controller's parameters travel too.
+    let (status, body) = a.call("PUT", "/v1/controller", &json!({"floor": 0.3}));
+    checks.that(status == 200, &format!("PUT /v1/controller on a: {status} {body}"));
+    for node in others {
+        let took = poll_until(PROPAGATION_BOUND, Duration::from_millis(20), || {
+            (node.get("/v1/controller")["floor"] == 0.3).then_some(())
+        });
+        checks.that(
+            took.is_some(),
+            &format!("{}'s controller floor: {}", node.name, node.get("/v1/controller")["floor"]),
+        );
+    }
     checks.assert_all();
 }
 

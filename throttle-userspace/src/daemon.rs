@@ -56,12 +56,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // The policy goes to the maps before the new program is attached: until
     // then a previous daemon's program keeps enforcing on the same maps.
     let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
-    let saved_controller = control.saved_controller().cloned();
     let state = Runtime::new(control);
     read_rings(&state, events, captures);
     if let Some(cluster) = settings.cluster.clone() {
-        state.join_fleet(cluster).await.context("fleet mode")?;
+        state.join_fleet(cluster, settings.adaptive.clone()).await.context("fleet mode")?;
     }
+    // After the fleet's policy, which may carry the controller's parameters.
+    let saved_controller = state.control(|c| c.saved_controller().cloned());
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn({

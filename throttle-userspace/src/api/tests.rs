@@ -241,7 +241,7 @@ async fn the_cluster_view_alone_and_in_a_fleet_whose_redis_is_gone() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "no_cluster");
     assert!(api.call(Method::GET, "/v1/status", None).await.1.get("fleet").is_none());
-    api.state.join_fleet(unreachable_fleet()).await.unwrap();
+    api.state.join_fleet(unreachable_fleet(), None).await.unwrap();
     let mut view = Value::Null;
     for _ in 0..100 {
         view = api.call(Method::GET, "/v1/cluster", None).await.1;
@@ -295,7 +295,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_served() {
     let feed = json!({"prefixes": ["192.0.2.0/24"]});
     assert_eq!(api.call(Method::PUT, "/v1/sets/feed", Some(feed)).await.0, StatusCode::CREATED);
     api.state.control(|c| c.attach("veth0", crate::kernel::XdpMode::Generic)).unwrap();
-    api.state.join_fleet(unreachable_fleet()).await.unwrap();
+    api.state.join_fleet(unreachable_fleet(), None).await.unwrap();
     // The controller reports latency once it has taken the samples in.
     let mut text = String::new();
     for _ in 0..50 {

@@ -11,7 +11,8 @@
 //! or refused and the running policy kept.
 //!
 //! The document holds the limits, the scope, the classes, what no class
-//! matches and the rules. Rules name sets by name: the sets themselves (their
+//! matches, the rules and the controller's parameters (its latency source
+//! aside: each node probes its own service). Rules name sets by name: the sets themselves (their
 //! prefixes) stay each node's own, from its files or its API, so a document
 //! whose rules name a set a node lacks does not validate there.
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{effective, ChangeError, Control};
 use crate::{
+    controller::{AdaptiveConfig, ParamsUpdate},
     policy::{Class, Invalid, LimitsPatch, RuleSpec, Scope, Unmatched},
     store::State,
 };
@@ -28,7 +30,7 @@ pub const DOC_FORMAT: u32 = 1;
 
 /// The fleet's policy: each section the fleet sets, the others left to each
 /// node's configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetDoc {
     /// [`DOC_FORMAT`].
@@ -44,6 +46,21 @@ pub struct FleetDoc {
     pub unmatched: Option<Unmatched>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<RuleSpec>>,
+    /// The controller's parameters as `PUT /v1/controller` takes them,
+    /// without `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ParamsUpdate>,
+}
+
+/// The controller's parameters the fleet shares: all but the latency source.
+#[must_use]
+pub fn controller_params(config: &AdaptiveConfig) -> ParamsUpdate {
+    let mut params = match serde_json::to_value(config).expect("the parameters serialise") {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    params.remove("source");
+    ParamsUpdate(params)
 }
 
 impl FleetDoc {
@@ -57,20 +74,42 @@ impl FleetDoc {
             classes: state.classes.clone(),
             unmatched: state.unmatched,
             rules: state.rules.clone(),
+            controller: state.controller.as_ref().map(controller_params),
         }
     }
 
-    /// `state` with the fleet's sections in place of its own.
+    /// `state` with the fleet's sections in place of its own, and
+    /// `controller` (the fleet's parameters over this node's own) when the
+    /// document sets them.
     #[must_use]
-    pub fn over(&self, state: &State) -> State {
+    pub fn over(&self, state: &State, controller: Option<AdaptiveConfig>) -> State {
         State {
             limits: self.limits,
             scope: self.scope.clone(),
             classes: self.classes.clone(),
             unmatched: self.unmatched,
             rules: self.rules.clone(),
+            controller: controller.or_else(|| state.controller.clone()),
             ..state.clone()
         }
+    }
+
+    /// The controller's parameters of this document over `base` (this
+    /// node's, whose latency source they keep), validated; `None` when the
+    /// document sets none.
+    pub fn controller_over(&self, base: &AdaptiveConfig) -> Result<Option<AdaptiveConfig>, Invalid> {
+        let Some(params) = &self.controller else {
+            return Ok(None);
+        };
+        params.apply_to(base).map(Some).map_err(|err| match err {
+            crate::policy::ParseError::Invalid(mut invalid) => {
+                invalid.key = crate::policy::key("fleet.controller", &invalid.key);
+                invalid
+            }
+            crate::policy::ParseError::Format { path, source } => {
+                Invalid::new(crate::policy::key("fleet.controller", &path), "(document)", source.to_string())
+            }
+        })
     }
 
     /// Reads a document as the fleet holds it (JSON); a value that does not
@@ -167,11 +206,20 @@ impl Control {
     /// Puts the fleet's document `version` in force, over this node's
     /// configuration file; a document that does not validate is refused
     /// and the running policy stays.
-    pub fn apply_fleet(&mut self, doc: &FleetDoc, version: u64) -> Result<Applied, ChangeError> {
+    ///
+    /// `base` is the controller's configuration the document's parameters
+    /// go over (the running controller's); the result is saved with the rest.
+    pub fn apply_fleet(
+        &mut self,
+        doc: &FleetDoc,
+        version: u64,
+        base: &AdaptiveConfig,
+    ) -> Result<Applied, ChangeError> {
         if version == self.fleet_version && FleetDoc::of(&self.state) == *doc {
             return Ok(Applied::Current);
         }
-        let state = doc.over(&self.state);
+        let controller = doc.controller_over(base)?;
+        let state = doc.over(&self.state, controller);
         let policy = effective(&self.base, &state);
         // Named under `fleet`: the document is where the bad value is.
         policy.validate().map_err(|mut invalid| {
@@ -253,8 +301,9 @@ mod tests {
             let f = fleet.0.lock().unwrap();
             (f.0, f.1.clone().unwrap())
         };
-        assert_eq!(b.apply_fleet(&doc, version).unwrap(), Applied::Changed);
-        assert_eq!(b.apply_fleet(&doc, version).unwrap(), Applied::Current);
+        let base = AdaptiveConfig::default();
+        assert_eq!(b.apply_fleet(&doc, version, &base).unwrap(), Applied::Changed);
+        assert_eq!(b.apply_fleet(&doc, version, &base).unwrap(), Applied::Current);
         assert_eq!(b.fleet_version(), 2);
         assert_eq!(b.rules().len(), 1);
         assert_eq!(b.limits().rate, Rate::per_second(9));
@@ -280,6 +329,32 @@ mod tests {
     }
 
     #[test]
+    fn the_controllers_parameters_travel_and_each_node_keeps_its_latency_source() {
+        let fleet = Fleet::default();
+        let (ka, kb) = (FakeKernel::default(), FakeKernel::default());
+        let mut a = node(&fleet, &ka);
+        let mut b = node(&fleet, &kb);
+        let mut params = serde_json::Map::new();
+        params.insert("floor".into(), serde_json::json!(0.3));
+        let tuned = ParamsUpdate(params).apply_to(&AdaptiveConfig::default()).unwrap();
+        a.save_controller(tuned).unwrap();
+        let doc = fleet.0.lock().unwrap().1.clone().unwrap();
+        let controller = doc.controller.as_ref().expect("the parameters are in the document");
+        assert!(controller.0.get("source").is_none(), "not the latency source");
+        let own: AdaptiveConfig = serde_json::from_value(serde_json::json!({
+            "source": {"kind": "tcp", "address": "127.0.0.1:5432"}
+        }))
+        .unwrap();
+        b.apply_fleet(&doc, 1, &own).unwrap();
+        let saved = b.saved_controller().unwrap();
+        assert!((saved.floor - 0.3).abs() < f64::EPSILON, "the fleet's floor");
+        assert_eq!(saved.source, own.source, "its own latency source");
+        fleet.0.lock().unwrap().2 = true;
+        assert!(matches!(a.save_controller(AdaptiveConfig::default()), Err(ChangeError::Fleet(_))));
+        assert!((a.saved_controller().unwrap().floor - 0.3).abs() < f64::EPSILON, "not saved either");
+    }
+
+    #[test]
     fn a_bad_change_never_reaches_the_fleet() {
         let fleet = Fleet::default();
         let kernel = FakeKernel::default();
@@ -296,7 +371,8 @@ mod tests {
         let mut b = node(&fleet, &kernel);
         let good =
             FleetDoc { format: DOC_FORMAT, rules: Some(vec![deny("192.0.2.0/24")]), ..FleetDoc::default() };
-        b.apply_fleet(&good, 3).unwrap();
+        let base = AdaptiveConfig::default();
+        b.apply_fleet(&good, 3, &base).unwrap();
         let writes = kernel.0.lock().unwrap().writes;
         for (text, needle) in [
             (r#"{"format": 1, "limits": {"rate": 0}}"#, "`fleet.limits.rate` = 0"),
@@ -306,12 +382,13 @@ mod tests {
             ),
             (r#"{"format": 1, "rules": [{"set": "ghost", "action": "deny"}]}"#, "`fleet.rules[0].set`"),
             (r#"{"format": 2}"#, "`fleet.format` = 2"),
+            (r#"{"format": 1, "controller": {"floor": 0}}"#, "`fleet.controller.floor` = 0"),
             (r#"{"format": 1, "limitz": {}}"#, "unknown field `limitz`"),
             ("not json", "not JSON"),
         ] {
             let err = match FleetDoc::parse(text) {
                 Err(invalid) => invalid.to_string(),
-                Ok(doc) => b.apply_fleet(&doc, 4).unwrap_err().to_string(),
+                Ok(doc) => b.apply_fleet(&doc, 4, &base).unwrap_err().to_string(),
             };
             assert!(err.contains(needle), "{text}: {err} lacks {needle}");
         }

@@ -15,7 +15,7 @@
 mod fleet;
 mod sets;
 
-pub use self::fleet::{Applied, FleetDoc, PublishError, Publisher, DOC_FORMAT};
+pub use self::fleet::{controller_params, Applied, FleetDoc, PublishError, Publisher, DOC_FORMAT};
 pub use self::sets::{read as read_set, Retired, SetLoad, SetView, SetsView, StagedSet};
 
 use std::{
@@ -718,14 +718,19 @@ impl Control {
         self.commit(state)
     }
 
-    /// `PUT /v1/controller`: saves the controller's new parameters.
+    /// `PUT /v1/controller`: saves the controller's new parameters (in
+    /// fleet mode, once the fleet took them).
     pub fn save_controller(&mut self, config: AdaptiveConfig) -> Result<(), ChangeError> {
         let mut state = self.state.clone();
         state.controller = Some(config);
+        let version = self.publish(&state)?;
         if let Some(store) = &self.store {
             store.stage(&state)?.commit()?;
         }
         self.state = state;
+        if let Some(version) = version {
+            self.fleet_version = version;
+        }
         Ok(())
     }
 

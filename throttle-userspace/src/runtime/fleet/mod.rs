@@ -53,7 +53,10 @@ use tokio::sync::Notify;
 pub use self::link::{Link, LinkError, SyncReply};
 use self::share::{Traffic, FULL_SHARE};
 use super::{lock, EventView, Runtime};
-use crate::control::{Applied, ChangeError, FleetDoc, PublishError, Publisher};
+use crate::{
+    control::{Applied, ChangeError, FleetDoc, PublishError, Publisher},
+    controller::AdaptiveConfig,
+};
 
 /// The fleet's name unless `cluster.name` gives one.
 pub const DEFAULT_NAME: &str = "throttle";
@@ -257,6 +260,9 @@ struct Status {
 /// Fleet mode's shared state.
 pub struct Fleet {
     config: FleetConfig,
+    /// This node's own controller configuration (`[adaptive]`), which the
+    /// fleet's parameters go over until the controller runs.
+    own_controller: Option<AdaptiveConfig>,
     link: Arc<Link>,
     status: Mutex<Status>,
     /// A policy change was published, or a sync saw a newer version.
@@ -406,7 +412,14 @@ impl Runtime {
     /// answers within a few seconds (else the node starts on its own and
     /// takes it once Redis answers), routes API changes through the fleet,
     /// and starts the fleet's tasks.
-    pub async fn join_fleet(&self, config: FleetConfig) -> Result<Arc<Fleet>, StartError> {
+    ///
+    /// `own_controller` is this node's `[adaptive]`, which the fleet's
+    /// controller parameters go over (its latency source stays its own).
+    pub async fn join_fleet(
+        &self,
+        config: FleetConfig,
+        own_controller: Option<AdaptiveConfig>,
+    ) -> Result<Arc<Fleet>, StartError> {
         let password = config.password_file.as_deref().map(read_password).transpose()?;
         let link = Link::new(&config, password.as_deref())?;
         let fleet = Arc::new(Fleet {
@@ -432,6 +445,7 @@ impl Runtime {
             }),
             changed: Notify::new(),
             config,
+            own_controller,
         });
         let _ = self.0.fleet.set(Arc::clone(&fleet));
         let publisher = RedisPublisher::start(Arc::clone(&fleet), password.clone())?;
@@ -498,8 +512,23 @@ impl Runtime {
                 return Ok(());
             }
         };
-        match self.with_control(move |c| c.apply_fleet(&doc, version)).await {
+        let handle = self.controller();
+        let base = match &handle {
+            Some(handle) => handle.config(),
+            None => self
+                .control(|c| c.saved_controller().cloned())
+                .or_else(|| fleet.own_controller.clone())
+                .unwrap_or_else(|| AdaptiveConfig { enabled: false, ..AdaptiveConfig::default() }),
+        };
+        let params = doc.controller.clone();
+        match self.with_control(move |c| c.apply_fleet(&doc, version, &base)).await {
             Ok(Applied::Changed) => {
+                if let (Some(handle), Some(params)) = (handle, params) {
+                    // Validated over the same configuration just now.
+                    if let Err(err) = handle.update(&params) {
+                        tracing::error!(version, "the controller refused the fleet's parameters: {err}");
+                    }
+                }
                 tracing::info!(version, "fleet policy version {version} in force");
                 self.event(
                     EventView::new("fleet").by("fleet").detail(format!("policy version {version} in force")),
