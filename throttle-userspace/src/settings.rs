@@ -289,7 +289,8 @@ fn cluster_config(
     }
     for (i, url) in seeds.iter().enumerate() {
         let at = if seeds.len() > 1 { format!("{key}[{i}]") } else { key.to_owned() };
-        fleet::check_url(url).map_err(|reason| Invalid::new(at, format!("{url:?}"), reason))?;
+        fleet::check_url(url)
+            .map_err(|reason| Invalid::new(at, format!("{:?}", fleet::redact(url)), reason))?;
     }
     let node = match section.node {
         Some(node) => node,
@@ -554,6 +555,7 @@ mod tests {
             DaemonArgs { cluster_redis: Some("redis://:secret@127.0.0.1".into()), ..DaemonArgs::default() };
         let err = Settings::merge(FileConfig::default(), &bad).unwrap_err().to_string();
         assert!(err.contains("`--cluster-redis`") && err.contains("password_file"), "{err}");
+        assert!(!err.contains("secret"), "the password is not repeated: {err}");
     }
 
     #[test]

@@ -110,6 +110,22 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `url` with the password of its user part, if any, shown as `***`: how
+/// a URL appears in errors and logs.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((user, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match user.split_once(':') {
+        Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Checks a node's or a fleet's name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 pub fn check_name(name: &str) -> Result<(), String> {
     if (1..=64).contains(&name.len())
@@ -892,6 +908,10 @@ mod tests {
         assert_eq!(check_url("redis+unix:///run/redis/redis.sock"), Ok(()));
         assert!(check_url("http://127.0.0.1").unwrap_err().contains("not a Redis URL"));
         assert!(check_url("redis://user:pw@127.0.0.1").unwrap_err().contains("password_file"));
+        assert_eq!(redact("redis://user:pw@127.0.0.1:6379/0"), "redis://user:***@127.0.0.1:6379/0");
+        assert_eq!(redact("rediss://:p@ss@h:1"), "rediss://:***@h:1");
+        assert_eq!(redact("redis://user@h"), "redis://user@h");
+        assert_eq!(redact("redis+unix:///run/redis.sock"), "redis+unix:///run/redis.sock");
         assert_eq!(check_name("web-3.prod_a"), Ok(()));
         assert!(
             check_name("").is_err() && check_name("a{b}").is_err() && check_name(&"a".repeat(65)).is_err()
