@@ -19,6 +19,7 @@ mod http;
 pub mod measure;
 pub mod netns;
 pub mod raw;
+pub mod redis;
 pub mod service;
 pub mod traffic;
 pub mod veth;

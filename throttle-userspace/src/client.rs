@@ -738,6 +738,12 @@ fn status_table(v: &Value) -> String {
         .unwrap_or_default();
     out.push('\n');
     out.push_str(&table(&["INTERFACE", "XDP MODE"], &rows));
+    if v["fleet"].is_object() {
+        out.push('\n');
+        let fleet = &v["fleet"];
+        let row = vec![cell(&fleet["node"]), cell(&fleet["policy_version"]), cell(&fleet["state"])];
+        out.push_str(&table(&["FLEET NODE", "POLICY VERSION", "STATE"], &[row]));
+    }
     out
 }
 
@@ -1101,6 +1107,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_status_names_the_fleet_policy_version_in_a_fleet_only() {
+        let alone = json!({"version": "0.1.0", "interfaces": [{"name": "eth0", "mode": "native"}]});
+        assert!(!status_table(&alone).contains("FLEET"));
+        let mut fleet = alone;
+        fleet["fleet"] = json!({"node": "web-3", "policy_version": 12, "state": "synced"});
+        let text = status_table(&fleet);
+        assert!(
+            text.ends_with("FLEET NODE  POLICY VERSION  STATE\nweb-3       12              synced\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn tables_align_and_show_missing_values_as_dashes() {

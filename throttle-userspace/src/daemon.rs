@@ -56,9 +56,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // The policy goes to the maps before the new program is attached: until
     // then a previous daemon's program keeps enforcing on the same maps.
     let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
-    let saved_controller = control.saved_controller().cloned();
     let state = Runtime::new(control);
     read_rings(&state, events, captures);
+    if let Some(cluster) = settings.cluster.clone() {
+        state.join_fleet(cluster, settings.adaptive.clone()).await.context("fleet mode")?;
+    }
+    // After the fleet's policy, which may carry the controller's parameters.
+    let saved_controller = state.control(|c| c.saved_controller().cloned());
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn({
@@ -86,20 +90,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let sampler = tokio::spawn(runtime::sample_forever(state.clone()));
 
     state.set_ready();
-    let policy = state.control(|c| c.policy().clone());
-    tracing::info!(
-        rate = %policy.limits.rate,
-        burst = policy.limits.burst,
-        unit = policy.limits.unit.name(),
-        ipv4_prefix = policy.limits.ipv4_prefix,
-        ipv6_prefix = policy.limits.ipv6_prefix,
-        dry_run = policy.limits.dry_run,
-        rules = policy.rules.len(),
-        scope = policy.scope.ports.len(),
-        classes = policy.classes.len(),
-        sets = policy.sets.len(),
-        "throttle is ready"
-    );
+    log_ready(&state);
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -113,6 +104,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 
     sampler.abort();
+    state.leave_fleet().await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(err))) => tracing::warn!("admin API: {err}"),
@@ -130,6 +122,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
+}
+
+/// The line that says the daemon is ready, with the policy it runs.
+fn log_ready(state: &Runtime) {
+    let policy = state.control(|c| c.policy().clone());
+    tracing::info!(
+        rate = %policy.limits.rate,
+        burst = policy.limits.burst,
+        unit = policy.limits.unit.name(),
+        ipv4_prefix = policy.limits.ipv4_prefix,
+        ipv6_prefix = policy.limits.ipv6_prefix,
+        dry_run = policy.limits.dry_run,
+        rules = policy.rules.len(),
+        scope = policy.scope.ports.len(),
+        classes = policy.classes.len(),
+        sets = policy.sets.len(),
+        "throttle is ready"
+    );
 }
 
 /// Starts reading the data path's events and captures.

@@ -18,6 +18,7 @@ use crate::{
     policy::{
         self, Class, Invalid, Limits, LimitsPatch, ParseError, Policy, RuleSpec, Scope, SetSpec, Unmatched,
     },
+    runtime::fleet::{self, FleetConfig},
 };
 
 /// Where the admin API listens unless told otherwise.
@@ -58,6 +59,29 @@ pub struct DaemonSection {
     pub max_sources: Option<u32>,
 }
 
+/// `redis` of `[cluster]`: one URL, or a list of seeds for Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RedisSeeds {
+    One(String),
+    Seeds(Vec<String>),
+}
+
+/// The `[cluster]` section: fleet mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    pub redis: Option<RedisSeeds>,
+    /// The Redis password, read from this file (never on the command line).
+    pub password_file: Option<PathBuf>,
+    /// This node's name in the fleet [default: the host name].
+    pub node: Option<String>,
+    /// The fleet's name: the prefix of its keys.
+    pub name: Option<String>,
+    pub sync_ms: Option<u64>,
+    pub hold_ms: Option<u64>,
+}
+
 /// The configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +100,9 @@ pub struct FileConfig {
     /// The `[adaptive]` section: absent, the controller is not started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveConfig>,
+    /// The `[cluster]` section: absent, the daemon runs alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
 }
 
 impl FileConfig {
@@ -128,6 +155,10 @@ pub struct DaemonArgs {
     /// Capacity of the bucket map: sources tracked at once [default: 1048576].
     #[arg(long, value_name = "N")]
     pub max_sources: Option<u32>,
+    /// Fleet mode on this Redis (`redis://HOST:PORT/DB`, `rediss://` for
+    /// TLS), over `cluster.redis`; the password goes in `cluster.password_file`.
+    #[arg(long, value_name = "URL")]
+    pub cluster_redis: Option<String>,
     /// On SIGTERM, leave the program attached and its maps pinned, for the
     /// next daemon (an upgrade) to adopt.
     #[arg(long)]
@@ -147,6 +178,8 @@ pub struct Settings {
     pub policy: Policy,
     /// The adaptive controller's settings, when the file has `[adaptive]`.
     pub adaptive: Option<AdaptiveConfig>,
+    /// Fleet mode, with `[cluster]` or `--cluster-redis`.
+    pub cluster: Option<FleetConfig>,
 }
 
 impl Settings {
@@ -172,7 +205,8 @@ impl Settings {
 
     /// The file's values under the flags'.
     pub fn merge(file: FileConfig, args: &DaemonArgs) -> Result<Self, Invalid> {
-        let FileConfig { daemon, limits, scope, classes, unmatched, sets, rules, adaptive } = file;
+        let FileConfig { daemon, limits, scope, classes, unmatched, sets, rules, adaptive, cluster } = file;
+        let cluster = cluster_config(cluster, args.cluster_redis.as_deref())?;
         let limits = args.limits.over(&limits);
         for (i, set) in sets.iter().enumerate() {
             if set.file.is_none() {
@@ -227,8 +261,58 @@ impl Settings {
             max_sources,
             policy,
             adaptive,
+            cluster,
         })
     }
+}
+
+/// The `[cluster]` section under `--cluster-redis`, validated; `None`
+/// without either.
+fn cluster_config(
+    section: Option<ClusterSection>,
+    flag: Option<&str>,
+) -> Result<Option<FleetConfig>, Invalid> {
+    if section.is_none() && flag.is_none() {
+        return Ok(None);
+    }
+    let section = section.unwrap_or_default();
+    let (seeds, key) = match (flag, section.redis) {
+        (Some(url), _) => (vec![url.to_owned()], "--cluster-redis"),
+        (None, Some(RedisSeeds::One(url))) => (vec![url], "cluster.redis"),
+        (None, Some(RedisSeeds::Seeds(urls))) => (urls, "cluster.redis"),
+        (None, None) => {
+            return Err(Invalid::new("cluster.redis", "(missing)", "fleet mode needs the URL of its Redis"));
+        }
+    };
+    if seeds.is_empty() {
+        return Err(Invalid::new(key, "[]", "name at least one Redis"));
+    }
+    for (i, url) in seeds.iter().enumerate() {
+        let at = if seeds.len() > 1 { format!("{key}[{i}]") } else { key.to_owned() };
+        fleet::check_url(url)
+            .map_err(|reason| Invalid::new(at, format!("{:?}", fleet::redact(url)), reason))?;
+    }
+    let node = match section.node {
+        Some(node) => node,
+        None => fleet::host_name()
+            .map_err(|e| Invalid::new("cluster.node", "(the host name)", format!("cannot be read: {e}")))?,
+    };
+    fleet::check_name(&node).map_err(|reason| Invalid::new("cluster.node", format!("{node:?}"), reason))?;
+    let name = section.name.unwrap_or_else(|| fleet::DEFAULT_NAME.to_owned());
+    fleet::check_name(&name).map_err(|reason| Invalid::new("cluster.name", format!("{name:?}"), reason))?;
+    let sync_ms = section.sync_ms.unwrap_or(fleet::DEFAULT_SYNC_MS);
+    policy::check_range("cluster.sync_ms", sync_ms, fleet::MIN_SYNC_MS, fleet::MAX_SYNC_MS)?;
+    let hold_ms = section.hold_ms.unwrap_or(fleet::DEFAULT_HOLD_MS);
+    policy::check_range("cluster.hold_ms", hold_ms, sync_ms, fleet::MAX_HOLD_MS)
+        .map_err(|err| Invalid { reason: format!("{} (at least cluster.sync_ms)", err.reason), ..err })?;
+    Ok(Some(FleetConfig {
+        seeds,
+        password_file: section.password_file,
+        node,
+        name,
+        sync: std::time::Duration::from_millis(sync_ms),
+        hold: std::time::Duration::from_millis(hold_ms),
+    }))
 }
 
 #[cfg(test)]
@@ -427,6 +511,72 @@ mod tests {
             ("[adaptive.source]\nkind = \"tcp\"\naddress = \"nowhere\"", "`adaptive.source.address`"),
         ] {
             let err = parse(text).expect_err(text);
+            assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_section_and_its_flag() {
+        assert_eq!(parse("").unwrap().cluster, None);
+        let settings = parse(
+            r#"
+            [cluster]
+            redis = "redis://127.0.0.1:6379/0"
+            password_file = "/etc/throttle/redis.pass"
+            node = "web-3"
+            name = "prod"
+            sync_ms = 100
+            hold_ms = 5000
+            "#,
+        )
+        .unwrap();
+        let cluster = settings.cluster.unwrap();
+        assert_eq!(cluster.seeds, ["redis://127.0.0.1:6379/0"]);
+        assert_eq!((cluster.node.as_str(), cluster.name.as_str()), ("web-3", "prod"));
+        assert_eq!(cluster.sync, std::time::Duration::from_millis(100));
+        assert_eq!(cluster.hold, std::time::Duration::from_secs(5));
+        assert_eq!(cluster.password_file.as_deref(), Some(Path::new("/etc/throttle/redis.pass")));
+        let seeds =
+            parse("[cluster]\nredis = [\"redis://10.0.0.1:7000\", \"rediss://10.0.0.2:7000\"]\nnode = \"a\"")
+                .unwrap()
+                .cluster
+                .unwrap();
+        assert_eq!(seeds.seeds.len(), 2);
+        assert_eq!(seeds.sync, std::time::Duration::from_millis(fleet::DEFAULT_SYNC_MS));
+        let args =
+            DaemonArgs { cluster_redis: Some("redis://127.0.0.1:7777".into()), ..DaemonArgs::default() };
+        let file = FileConfig::parse("[cluster]\nredis = \"redis://127.0.0.1:6379\"\nnode = \"n1\"").unwrap();
+        let cluster = Settings::merge(file, &args).unwrap().cluster.unwrap();
+        assert_eq!(cluster.seeds, ["redis://127.0.0.1:7777"], "the flag over the file");
+        let alone = Settings::merge(FileConfig::default(), &args).unwrap().cluster.unwrap();
+        assert!(!alone.node.is_empty(), "the host name by default");
+        assert_eq!(alone.name, fleet::DEFAULT_NAME);
+        let bad =
+            DaemonArgs { cluster_redis: Some("redis://:secret@127.0.0.1".into()), ..DaemonArgs::default() };
+        let err = Settings::merge(FileConfig::default(), &bad).unwrap_err().to_string();
+        assert!(err.contains("`--cluster-redis`") && err.contains("password_file"), "{err}");
+        assert!(!err.contains("secret"), "the password is not repeated: {err}");
+    }
+
+    #[test]
+    fn bad_cluster_values_name_their_key_and_value() {
+        let with =
+            |rest: &str| format!("[cluster]\nredis = \"redis://127.0.0.1:6379\"\nnode = \"n1\"\n{rest}");
+        for (text, needle) in [
+            ("[cluster]\nnode = \"n1\"".to_owned(), "`cluster.redis` = (missing)"),
+            ("[cluster]\nredis = \"http://x\"".to_owned(), "`cluster.redis` = \"http://x\""),
+            ("[cluster]\nredis = []".to_owned(), "`cluster.redis` = []"),
+            ("[cluster]\nredis = [\"redis://a:1\", \"nope\"]".to_owned(), "`cluster.redis[1]` = \"nope\""),
+            ("[cluster]\nredis = \"redis://:pw@127.0.0.1\"".to_owned(), "password_file"),
+            (with("sync_ms = 49"), "`cluster.sync_ms` = 49"),
+            (with("sync_ms = 5001"), "`cluster.sync_ms` = 5001"),
+            (with("sync_ms = 500\nhold_ms = 100"), "`cluster.hold_ms` = 100"),
+            (with("name = \"a{b}\""), "`cluster.name` = \"a{b}\""),
+            (with("name = \"\""), "`cluster.name` = \"\""),
+            (with("node = \"web 3\"").replace("node = \"n1\"\n", ""), "`cluster.node` = \"web 3\""),
+            (with("sync = 5"), "unknown field `sync`"),
+        ] {
+            let err = parse(&text).expect_err(&text);
             assert!(err.contains(needle), "{text:?}: {err:?} lacks {needle:?}");
         }
     }

@@ -33,9 +33,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",    // iptables -m hashlimit: baseline for the benchmarks
     "wrk",         // HTTP load against the admin API and the probed service
     "curl",
-    "tshark",     // reads back the captures of dropped packets
-    "chromium",   // the dashboard's test, in a real browser
-    "prometheus", // promtool: checks the example alerting rules
+    "tshark",       // reads back the captures of dropped packets
+    "chromium",     // the dashboard's test, in a real browser
+    "prometheus",   // promtool: checks the example alerting rules
+    "redis-server", // the fleet tests' Redis (and redis-cli), a Redis Cluster too
+    "openssl",      // the certificate of the fleet tests' Redis over TLS
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

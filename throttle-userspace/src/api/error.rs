@@ -15,7 +15,7 @@ use axum::{
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    control::ChangeError,
+    control::{ChangeError, PublishError},
     policy::{self, Invalid, ParseError},
 };
 
@@ -32,13 +32,17 @@ pub struct ErrorDetail {
     /// `unsupported_media_type`, `payload_too_large`, `invalid_path`,
     /// `invalid_query`, `not_found`, `rule_not_found`, `class_not_found`,
     /// `class_name_mismatch`, `source_not_tracked`, `method_not_allowed`, `conflict`,
-    /// `unauthorized`, `kernel_error`, `store_error`.
+    /// `unauthorized`, `kernel_error`, `store_error`, `fleet_conflict`, `fleet_unavailable`.
     pub code: String,
     /// For people: what was wrong, naming the value.
     pub message: String,
     /// The field to blame, as a dotted path (`limits.rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `fleet_conflict`: the version of the fleet's policy that won, to
+    /// make the change again against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
 }
 
 /// An error response.
@@ -48,11 +52,12 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    pub current_version: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, current_version: None }
     }
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
@@ -67,7 +72,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field },
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+                current_version: self.current_version,
+            },
         };
         (self.status, Json(body)).into_response()
     }
@@ -80,6 +90,7 @@ impl From<Invalid> for ApiError {
             code: "invalid_value",
             field: Some(invalid.key.clone()),
             message: invalid.to_string(),
+            current_version: None,
         }
     }
 }
@@ -119,6 +130,14 @@ impl From<ChangeError> for ApiError {
             }
             err @ ChangeError::Store(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", err.to_string())
+            }
+            ChangeError::Fleet(err @ PublishError::Conflict { current }) => {
+                let mut api = Self::new(StatusCode::CONFLICT, "fleet_conflict", err.to_string());
+                api.current_version = Some(current);
+                api
+            }
+            ChangeError::Fleet(err @ PublishError::Unavailable(_)) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "fleet_unavailable", err.to_string())
             }
         }
     }

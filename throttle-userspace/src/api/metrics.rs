@@ -112,6 +112,7 @@ pub async fn render(state: &AppState) -> String {
     int_gauge(&mut registry, "uptime_seconds", "Seconds since the daemon started", state.uptime().as_secs());
     gauge(&mut registry, "controller_scale", "The controller's factor on every rate (floor..1)", scale);
     controller(&mut registry, state);
+    fleet(&mut registry, state);
     registry.register(
         "api_requests",
         "Admin API requests by route, method and status",
@@ -187,6 +188,73 @@ fn controller(registry: &mut Registry, state: &AppState) {
         }
         registry.register("latency_ms", "The protected service's latency over the short window", family);
     }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Counter::<u64>::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
+}
+
+/// Fleet mode's gauges and counters.
+fn fleet(registry: &mut Registry, state: &AppState) {
+    use crate::runtime::fleet::share::Link;
+    let Some(fleet) = state.fleet() else {
+        return;
+    };
+    let m = fleet.metrics();
+    int_gauge(registry, "cluster_nodes", "Live nodes of the fleet at the last sync", m.nodes as u64);
+    gauge(
+        registry,
+        "cluster_sync_age_seconds",
+        "Seconds since the last sync with the fleet that succeeded (since the start if none has)",
+        m.sync_age.as_secs_f64(),
+    );
+    if let Some(rtt) = m.rtt {
+        gauge(
+            registry,
+            "cluster_sync_rtt_seconds",
+            "Round trip of the last sync with Redis",
+            rtt.as_secs_f64(),
+        );
+    }
+    counter(registry, "cluster_syncs", "Syncs with the fleet that succeeded", m.syncs);
+    counter(
+        registry,
+        "cluster_sync_errors",
+        "Syncs with the fleet that failed (deadline missed included)",
+        m.errors,
+    );
+    counter(registry, "cluster_syncs_skipped", "Syncs skipped for missing their deadline", m.skipped);
+    counter(
+        registry,
+        "cluster_policy_refused",
+        "Fleet policy documents refused here for not validating",
+        m.refused,
+    );
+    int_gauge(
+        registry,
+        "cluster_policy_version",
+        "The version of the fleet's policy in force on this node",
+        state.control(|c| c.fleet_version()),
+    );
+    int_gauge(
+        registry,
+        "cluster_fleet_policy_version",
+        "The latest version of the fleet's policy, as last read",
+        m.fleet_policy_version,
+    );
+    int_gauge(
+        registry,
+        "cluster_heavy_sources",
+        "Sources whose share was set at the last sync",
+        m.heavy as u64,
+    );
+    let family = Family::<Labels, Gauge>::default();
+    for link in Link::ALL {
+        family.get_or_create(&vec![("state", link.name().to_owned())]).set(i64::from(link == m.link));
+    }
+    registry.register("cluster_state", "1 for the node's state with the fleet", family);
 }
 
 /// The verdict counters of each interface, labelled.

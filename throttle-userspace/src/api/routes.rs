@@ -62,6 +62,7 @@ pub(super) fn routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
         .routes(routes!(readyz))
         .routes(routes!(metrics_text))
         .routes(routes!(status))
+        .routes(routes!(cluster))
         .routes(routes!(get_limits, put_limits, patch_limits))
         .routes(routes!(get_scope, put_scope))
         .routes(routes!(get_classes, put_classes))
@@ -136,6 +137,20 @@ pub struct StatusView {
     pub dry_run: bool,
     /// The controller's factor on every rate.
     pub scale: f64,
+    /// Fleet mode: the fleet's policy version this node runs and how it
+    /// stands with the fleet; none when the daemon runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// A node's place in its fleet, as `GET /v1/status` shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FleetStatus {
+    pub node: String,
+    /// The version of the fleet's policy in force here (0: none yet).
+    pub policy_version: u64,
+    /// `connecting`, `synced`, `holding` or `fallback`.
+    pub state: String,
 }
 
 #[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusView)))]
@@ -143,6 +158,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
     let sources_tracked = state.sources_tracked();
     let ready = state.is_ready();
     let uptime_seconds = state.uptime().as_secs();
+    let fleet = state.fleet().map(|f| (f.config().node.clone(), f.state().name().to_owned()));
     Json(state.control(|c| {
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -160,8 +176,26 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
             rules: c.policy().rules.len(),
             dry_run: c.limits().dry_run,
             scale: c.scale(),
+            fleet: fleet.map(|(node, state)| FleetStatus { node, policy_version: c.fleet_version(), state }),
         }
     }))
+}
+
+/// The fleet as this node sees it: its state, the live nodes with their
+/// last sync and policy version, and each heavy source's share here.
+#[utoipa::path(
+    get, path = "/v1/cluster", tag = "status",
+    responses((status = 200, body = crate::runtime::fleet::ClusterView), (status = 404, body = ErrorBody))
+)]
+async fn cluster(
+    State(state): State<AppState>,
+) -> Result<Json<crate::runtime::fleet::ClusterView>, ApiError> {
+    state.cluster_view().map(Json).ok_or_else(|| {
+        ApiError::not_found(
+            "no_cluster",
+            "this daemon runs alone: fleet mode needs `[cluster]` or --cluster-redis",
+        )
+    })
 }
 
 /// The default limit and the settings every source shares.

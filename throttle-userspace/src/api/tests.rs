@@ -227,6 +227,49 @@ async fn every_endpoint_answers() {
     }
 }
 
+/// Fleet mode on a Redis that is not there (nothing listens on port 1).
+fn unreachable_fleet() -> crate::runtime::fleet::FleetConfig {
+    crate::runtime::fleet::FleetConfig {
+        seeds: vec!["redis://127.0.0.1:1".into()],
+        password_file: None,
+        node: "n1".into(),
+        name: "test".into(),
+        sync: Duration::from_millis(50),
+        hold: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_view_alone_and_in_a_fleet_whose_redis_is_gone() {
+    let api = Api::new(None);
+    let (status, body) = api.call(Method::GET, "/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "no_cluster");
+    assert!(api.call(Method::GET, "/v1/status", None).await.1.get("fleet").is_none());
+    api.state.join_fleet(unreachable_fleet(), None).await.unwrap();
+    let mut view = Value::Null;
+    for _ in 0..100 {
+        view = api.call(Method::GET, "/v1/cluster", None).await.1;
+        if view["state"] == "fallback" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(view["state"], "fallback", "never synced and failing: the fallback at once: {view}");
+    assert_eq!(view["node"], "n1");
+    assert_eq!(view["shares"]["default_q16"], 65_536, "alone: the whole limit");
+    assert_eq!(view["shares"]["enforced"], false);
+    assert!(view["sync_errors"].as_u64().unwrap() >= 1, "{view}");
+    assert!(view["last_error"].as_str().unwrap().contains("Redis"), "{view}");
+    let status = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!(status["fleet"], json!({"node": "n1", "policy_version": 0, "state": "fallback"}));
+    // A change the fleet cannot take is not made here either.
+    let (code, body) = api.call(Method::PATCH, "/v1/limits", Some(json!({"rate": 7}))).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "fleet_unavailable");
+    assert_ne!(api.call(Method::GET, "/v1/limits", None).await.1["rate"], 7);
+}
+
 /// The metrics the Grafana dashboard and the alerting rules use.
 fn monitored_metrics() -> std::collections::BTreeSet<String> {
     let files = [
@@ -257,6 +300,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_served() {
     let feed = json!({"prefixes": ["192.0.2.0/24"]});
     assert_eq!(api.call(Method::PUT, "/v1/sets/feed", Some(feed)).await.0, StatusCode::CREATED);
     api.state.control(|c| c.attach("veth0", crate::kernel::XdpMode::Generic)).unwrap();
+    api.state.join_fleet(unreachable_fleet(), None).await.unwrap();
     // The controller reports latency once it has taken the samples in.
     let mut text = String::new();
     for _ in 0..50 {
@@ -560,6 +604,7 @@ async fn the_openapi_document_lists_every_route() {
             "/v1/capture",
             "/v1/classes",
             "/v1/classes/{name}",
+            "/v1/cluster",
             "/v1/controller",
             "/v1/events",
             "/v1/explain",

@@ -12,8 +12,10 @@
 //! a new version of a set goes into its slot not in use, the plan that
 //! names that slot is written, and only then is the old version removed.
 
+mod fleet;
 mod sets;
 
+pub use self::fleet::{controller_params, Applied, FleetDoc, PublishError, Publisher, DOC_FORMAT};
 pub use self::sets::{read as read_set, Retired, SetLoad, SetView, SetsView, StagedSet};
 
 use std::{
@@ -84,6 +86,9 @@ pub enum ChangeError {
     /// The state file could not be written; the previous policy is in force.
     #[error("the change could not be saved, the previous policy stays in force: {0}")]
     Store(#[from] StoreError),
+    /// Fleet mode: the fleet did not take the change; nothing changed.
+    #[error(transparent)]
+    Fleet(#[from] PublishError),
 }
 
 /// Stable ids for rules: a prefix or a set keeps its id (and so its sources
@@ -317,6 +322,12 @@ pub struct Control {
     set_memory: u64,
     /// The writer of the set tries, until the runtime takes it.
     loader: Option<Box<dyn crate::kernel::SetLoader>>,
+    /// Fleet mode: where API changes are written before they are made here.
+    fleet: Option<Box<dyn Publisher>>,
+    /// The version of the fleet's document in force (0: none).
+    fleet_version: u64,
+    /// A later version that did not validate here.
+    fleet_refused: Option<u64>,
 }
 
 /// `base` with the state's changes over it.
@@ -376,6 +387,9 @@ impl Control {
             places,
             set_memory: loader.memory_bytes(),
             loader: None,
+            fleet: None,
+            fleet_version: 0,
+            fleet_refused: None,
         };
         control.kernel.write(&plan)?;
         sets::sweep_after_start(&mut *loader, &control.sets)?;
@@ -499,10 +513,18 @@ impl Control {
     }
 
     /// Makes `state` the saved state and its policy the one in force, or
-    /// changes nothing.
+    /// changes nothing. In fleet mode the fleet takes it first: a change
+    /// it refuses (another change won) is not made here either, and one it
+    /// took that this node then fails to put in force is put in force by
+    /// the fleet's version check, as any other node's change is.
     fn commit(&mut self, state: State) -> Result<(), ChangeError> {
         let policy = effective(&self.base, &state);
-        self.switch(policy, state, None)
+        let version = self.publish(&state)?;
+        self.switch(policy, state, None)?;
+        if let Some(version) = version {
+            self.fleet_version = version;
+        }
+        Ok(())
     }
 
     /// Puts `policy` in force with `state` saved (and `base` as the new
@@ -696,14 +718,19 @@ impl Control {
         self.commit(state)
     }
 
-    /// `PUT /v1/controller`: saves the controller's new parameters.
+    /// `PUT /v1/controller`: saves the controller's new parameters (in
+    /// fleet mode, once the fleet took them).
     pub fn save_controller(&mut self, config: AdaptiveConfig) -> Result<(), ChangeError> {
         let mut state = self.state.clone();
         state.controller = Some(config);
+        let version = self.publish(&state)?;
         if let Some(store) = &self.store {
             store.stage(&state)?.commit()?;
         }
         self.state = state;
+        if let Some(version) = version {
+            self.fleet_version = version;
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 mod capture;
 mod events;
+pub mod fleet;
 mod lifecycle;
 mod sampler;
 mod sets;
@@ -36,6 +37,8 @@ struct Shared {
     sets: Mutex<Option<Box<dyn crate::kernel::SetLoader>>>,
     events: Mutex<events::EventLog>,
     capture: Mutex<capture::Session>,
+    /// Fleet mode, once joined.
+    fleet: std::sync::OnceLock<Arc<fleet::Fleet>>,
 }
 
 /// A handle on the daemon's shared state; clones share it.
@@ -59,6 +62,7 @@ impl Runtime {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             sampled: Mutex::new(sampler::Sampled::default()),
+            fleet: std::sync::OnceLock::new(),
         }))
     }
 
