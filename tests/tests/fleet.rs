@@ -474,9 +474,12 @@ fn the_shares_of_one_source_follow_its_traffic_over_three_nodes() {
             .collect();
         thread::sleep(Duration::from_secs(1));
         let (calls_before, at) = (redis_calls(&redis), Instant::now());
-        thread::sleep(Duration::from_secs(1));
+        let passed_before: Vec<u64> = nodes.iter().map(|node| counter(node, "passed")).collect();
+        thread::sleep(Duration::from_secs(2));
+        let passed_after: Vec<u64> = nodes.iter().map(|node| counter(node, "passed")).collect();
         let calls = redis_calls(&redis);
         let secs = at.elapsed().as_secs_f64();
+        check_fleet_admits(&mut checks, label, &split, &passed_before, &passed_after, secs);
         for (command, count) in &calls {
             let before = calls_before.iter().find(|(c, _)| c == command).map_or(0, |(_, n)| *n);
             #[expect(clippy::cast_precision_loss, reason = "small counts")]
@@ -526,6 +529,37 @@ fn the_shares_of_one_source_follow_its_traffic_over_three_nodes() {
         thread::sleep(Duration::from_millis(500));
     }
     checks.assert_all();
+}
+
+/// What the three nodes admitted of the one source over `secs` (their
+/// `passed` counters), once its shares had settled: the fleet's limit of
+/// 300/s, within 10 % and one sync period (100 ms) of the limit per node,
+/// where three nodes on their own would admit up to 300/s each.
+fn check_fleet_admits(
+    checks: &mut Checks,
+    label: &str,
+    split: &[u64; 3],
+    before: &[u64],
+    after: &[u64],
+    secs: f64,
+) {
+    const RATE: f64 = 300.0;
+    let admitted: u64 = before.iter().zip(after).map(|(b, a)| a - b).sum();
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let admitted = admitted as f64;
+    #[expect(clippy::cast_precision_loss, reason = "small rates")]
+    let alone: f64 = split.iter().map(|&pps| (pps as f64).min(RATE)).sum::<f64>() * secs;
+    let bound = RATE * secs;
+    let slack = 0.1 * bound + 3.0 * RATE * 0.1;
+    report(&format!(
+        "fleet, {label}: the fleet admitted {admitted:.0} in {secs:.2} s (the fleet's limit: {bound:.0}, \
+         allowed up to {:.0}); three nodes on their own would have admitted {alone:.0}",
+        bound + slack
+    ));
+    checks.that(
+        (admitted - bound).abs() <= slack,
+        &format!("{label}: the fleet admitted {admitted:.0}, within {slack:.0} of {bound:.0} (300/s for {secs:.2} s)"),
+    );
 }
 
 /// The daemon's own client against a Redis that requires a password: the

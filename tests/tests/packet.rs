@@ -12,7 +12,7 @@ use throttle::{
         bucket_key,
         explain::{explain, Probe},
         plan::Plan,
-        Dataplane, Kernel as _,
+        Dataplane,
     },
     policy::{
         parse_set, Action, Class, Limits, Period, Policy, Proto, Rate, RuleSpec, Scope, ScopePort,
@@ -675,14 +675,14 @@ fn a_source_with_a_share_of_its_limit_gets_that_share_and_the_others_all_of_thei
     require_root!();
     // 1/s with a burst of 100: what a source gets at once is its burst.
     let p = policy(1, 100);
-    let h = Harness::new(&p);
+    let mut h = Harness::new(&p);
     let (shared, whole) = (ip("10.30.0.1"), ip("10.30.0.2"));
     for source in [shared, whole] {
         assert_eq!(h.run(&Frame::udp(source, 53).build()), XDP_PASS);
     }
     let key = bucket_key(shared, 0, 32, 64);
     let quarter = throttle_common::table::SHARE_ONE / 4;
-    let set = h.dataplane.set_shares(&[(key, quarter), (bucket_key(ip("10.30.0.3"), 0, 32, 64), quarter)]);
+    let set = h.dataplane.set_shares(0, &[(key, quarter), (bucket_key(ip("10.30.0.3"), 0, 32, 64), quarter)]);
     assert_eq!(set.expect("setting shares"), 1, "one of the two is tracked");
     assert_eq!(h.dataplane.bucket(&key).unwrap().expect("tracked").share, quarter);
     let passed =
@@ -690,6 +690,11 @@ fn a_source_with_a_share_of_its_limit_gets_that_share_and_the_others_all_of_thei
     // The first packet took one of 100; a quarter of the rest is 24.
     assert_eq!(passed(&h, shared), 24);
     assert_eq!(passed(&h, whole), 99);
+    // The fleet out of reach: every source without a share of its own gets
+    // half of its limit, and the one that had a share is one of them.
+    h.dataplane.set_shares(throttle_common::table::SHARE_ONE / 2, &[]).expect("setting the default share");
+    assert_eq!(h.dataplane.bucket(&key).unwrap().expect("tracked").share, 0, "its share is taken back");
+    assert_eq!(passed(&h, ip("10.30.0.4")), 50, "a new source: half of its burst");
 }
 
 #[test]

@@ -192,7 +192,10 @@ pub struct Config {
     pub bucket_seed: u64,
     /// The bucket table's groups ([`table::groups`] of its slots).
     pub bucket_groups: u32,
-    pub _pad: u32,
+    /// The part of its limit a source without a share of its own gets
+    /// ([`table::Slot::share`]; 0: all of it). Fleet mode: the limit divided
+    /// by the nodes while the fleet cannot be reached.
+    pub default_share: u32,
 }
 
 const _: () = assert!(size_of::<Config>() == 72);

@@ -87,9 +87,13 @@ fn tracked(key: &SlotKey, limit: &Limit, config: &Config, charge_of: &Charge) ->
         return reason::UNTRACKED;
     };
     let arrival = Arrival { now: now(limit), cost: charge_of.cost, ban: charge_of.ban };
-    // In fleet mode a heavy source may have a share of its limit here: one
-    // load of the line just read, and the limit scaled for it alone.
-    let share = slot.share();
+    // In fleet mode a heavy source may have a share of its limit here (and
+    // every source the default one, with the fleet out of reach): one load
+    // of the line just read, and the limit scaled for them alone.
+    let share = match slot.share() {
+        0 => config.default_share,
+        share => share,
+    };
     let shared;
     let limit = if share == 0 {
         limit

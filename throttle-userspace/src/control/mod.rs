@@ -875,6 +875,16 @@ impl Control {
         std::sync::Arc::clone(&self.walk)
     }
 
+    /// Fleet mode: puts the shares of the sources' limits in force
+    /// ([`Kernel::set_shares`]). How many of `shares` are tracked.
+    pub fn set_shares(
+        &mut self,
+        default_share: u32,
+        shares: &[(BucketKey, u32)],
+    ) -> Result<usize, KernelError> {
+        self.kernel.set_shares(default_share, shares)
+    }
+
     /// Buckets as the API shows them.
     #[must_use]
     pub fn views(&self, buckets: &[(BucketKey, Bucket)]) -> Vec<SourceView> {
@@ -1195,6 +1205,8 @@ pub mod fake {
         pub now: u64,
         pub tries: FakeTries,
         pub attachments: Vec<Attachment>,
+        /// What the last `set_shares` gave the sources it did not name.
+        pub default_share: u32,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1243,9 +1255,17 @@ pub mod fake {
             Ok(s.buckets.len() != before)
         }
 
-        fn set_shares(&self, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError> {
+        fn set_shares(
+            &mut self,
+            default_share: u32,
+            shares: &[(BucketKey, u32)],
+        ) -> Result<usize, KernelError> {
             let mut s = self.0.lock().unwrap();
+            s.default_share = default_share;
             let mut tracked = 0;
+            for (_, bucket) in &mut s.buckets {
+                bucket.share = 0;
+            }
             for (key, share) in shares {
                 if let Some((_, bucket)) = s.buckets.iter_mut().find(|(k, _)| k == key) {
                     bucket.share = *share;

@@ -113,6 +113,11 @@ pub struct Dataplane {
     pub(super) attachments: Vec<Attachment>,
     /// Where the maps and links are pinned, if anywhere.
     pub(super) pins: Option<PinDir>,
+    /// [`Config::default_share`], as the last [`Dataplane::set_shares`] set it.
+    pub(super) default_share: u32,
+    /// The sources given a share of their own by the last
+    /// [`Dataplane::set_shares`].
+    shared: HashSet<BucketKey>,
     /// The pinned links this process holds, by interface. Closing them
     /// leaves the program attached: their pins hold the links.
     pub(super) links: Vec<(String, FdLink)>,
@@ -311,6 +316,8 @@ impl Dataplane {
             logger,
             attachments: Vec::new(),
             pins,
+            default_share: 0,
+            shared: HashSet::new(),
             links: Vec::new(),
             adopted,
             max_sources,
@@ -577,6 +584,31 @@ impl Dataplane {
     /// entry written carries.
     pub(super) fn table_geometry(&self) -> (u64, u32) {
         (self.buckets.seed(), table::groups(self.buckets.slots()))
+    }
+
+    /// Fleet mode: gives each source of `shares` that part of its limit (in
+    /// 1/`SHARE_ONE`ths), every other source `default_share` of it, and
+    /// the sources of the last call that are not in this one their whole
+    /// limit back. How many of `shares` are tracked.
+    pub fn set_shares(
+        &mut self,
+        default_share: u32,
+        shares: &[(BucketKey, u32)],
+    ) -> Result<usize, KernelError> {
+        let default_share = if default_share >= table::SHARE_ONE { 0 } else { default_share };
+        if default_share != self.default_share {
+            let mut config = self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
+            config.default_share = default_share;
+            self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
+            self.default_share = default_share;
+        }
+        let listed: HashSet<BucketKey> = shares.iter().map(|(key, _)| *key).collect();
+        for key in self.shared.difference(&listed) {
+            let _ = self.buckets.set_share(key, 0);
+        }
+        let tracked = shares.iter().filter(|(key, share)| self.buckets.set_share(key, *share)).count();
+        self.shared = listed;
+        Ok(tracked)
     }
 
     /// The bucket table itself (its mapping), for tests and benchmarks.

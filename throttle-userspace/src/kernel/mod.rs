@@ -105,10 +105,13 @@ pub trait Kernel: Send {
     fn counters_by_interface(&self) -> Result<Vec<(Option<Attachment>, Counters)>, KernelError>;
     fn bucket(&self, key: &BucketKey) -> Result<Option<Bucket>, KernelError>;
     fn remove_bucket(&mut self, key: &BucketKey) -> Result<bool, KernelError>;
-    /// Sets the part of its limit this host enforces for each source
-    /// (fleet mode: in 1/`SHARE_ONE`ths, 0 for all of it), in its bucket
-    /// where the program reads it. How many of them are tracked.
-    fn set_shares(&self, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError>;
+    /// Fleet mode: the part of its limit this host enforces for each
+    /// source of `shares` (in 1/`SHARE_ONE`ths, written in its bucket where
+    /// the program reads it) and for every other source (`default_share`;
+    /// `SHARE_ONE` or 0: all of it). Sources of the last call left out of
+    /// this one get their whole limit back. How many of `shares` are
+    /// tracked.
+    fn set_shares(&mut self, default_share: u32, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError>;
     /// A walk over every tracked bucket, on a handle that outlives the
     /// borrow of the kernel.
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError>;
@@ -166,8 +169,8 @@ impl Kernel for Dataplane {
         Dataplane::remove_bucket(self, key)
     }
 
-    fn set_shares(&self, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError> {
-        Ok(shares.iter().filter(|(key, share)| self.table().set_share(key, *share)).count())
+    fn set_shares(&mut self, default_share: u32, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError> {
+        Dataplane::set_shares(self, default_share, shares)
     }
 
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {

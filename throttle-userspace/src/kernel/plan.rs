@@ -97,11 +97,12 @@ impl Plan {
             rule_filter_shifts: placement.shifts,
             set_rule_count: u16::try_from(self.set_rules.len()).expect("at most MAX_SETS set rules"),
             set_rule_bank: u16::from(placement.set_bank == 1),
-            // The bucket table's geometry is the dataplane's, not the plan's:
-            // it fills it in as it writes the entry.
+            // The bucket table's geometry and the default share are the
+            // dataplane's, not the plan's: it fills them in as it writes the
+            // entry.
             bucket_seed: 0,
             bucket_groups: 0,
-            _pad: 0,
+            default_share: 0,
         }
     }
 

@@ -162,7 +162,7 @@ impl Dataplane {
 
     fn set_config(&mut self, config: &Config) -> Result<(), KernelError> {
         let (bucket_seed, bucket_groups) = self.table_geometry();
-        let config = Config { bucket_seed, bucket_groups, ..*config };
+        let config = Config { bucket_seed, bucket_groups, default_share: self.default_share, ..*config };
         self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))
     }
 

@@ -19,22 +19,16 @@
 //! API changes go to the fleet through [`RedisPublisher`], a compare-and-set
 //! on the document's version, before they are made here.
 //!
-//! The shares are computed and shown (`GET /v1/cluster`); the data path does
-//! not apply them yet ([`SharesView::enforced`] says so). What it needs to is
-//! one call on [`crate::kernel::Kernel`], made after each sync with what
-//! `Status::shares` and `Status::default_share` hold:
-//!
-//! ```text
-//! fn set_shares(&mut self, default_q16: u32, shares: &[(BucketKey, u32)]) -> Result<(), KernelError>;
-//! ```
-//!
-//! each share in 1/65536 of the bucket's limit (1..=65536, never 0); a
-//! bucket named meters against `rate * share / 65536`; a bucket not named
-//! (or no longer named) against `rate * default_q16 / 65536` (65536 while
-//! synced or holding, `65536 / nodes` in fallback); the write keeps every
-//! bucket's state (its TAT and counters), and a packet of a bucket without a
-//! share of its own pays nothing for the feature (the share in the bucket's
-//! value, the default in the configuration array).
+//! The shares are shown (`GET /v1/cluster`) and written to the buckets
+//! after every sync (`Kernel::set_shares`, [`SharesView::enforced`] says
+//! whether the last write held): each share in 1/65536 of the bucket's
+//! limit; a bucket named meters against `rate * share / 65536` and `burst *
+//! share / 65536` (at least one); a bucket not named (or no longer named)
+//! against the default share (the whole limit while synced or holding,
+//! `1 / nodes` of it in fallback). The write keeps every bucket's state,
+//! and a packet of a bucket without a share of its own pays one load of
+//! the cache line it reads anyway (the share is in the bucket's slot, the
+//! default in `CONFIG`).
 
 mod link;
 pub mod share;
@@ -209,9 +203,8 @@ pub struct SharesView {
     /// whole limit, or in fallback the limit divided by the last node count.
     pub default_q16: u32,
     pub sources: Vec<ShareView>,
-    /// Whether the data path applies them. It does not yet: the shares are
-    /// computed and shown, and the data path meters each source against its
-    /// whole limit.
+    /// Whether the data path holds them: the last write of them to the
+    /// buckets succeeded.
     pub enforced: bool,
 }
 
@@ -271,6 +264,9 @@ struct Status {
     refused_reason: Option<String>,
     default_share: u32,
     shares: Vec<(BucketKey, u32, Traffic, Traffic, usize)>,
+    /// Whether the data path holds the shares above (the last write of them
+    /// succeeded).
+    enforced: bool,
 }
 
 /// Fleet mode's shared state.
@@ -458,6 +454,7 @@ impl Runtime {
                 refused_reason: None,
                 default_share: FULL_SHARE,
                 shares: Vec::new(),
+                enforced: false,
             }),
             changed: Notify::new(),
             config,
@@ -620,7 +617,7 @@ impl Runtime {
             last_error: s.last_error.clone(),
             nodes: s.nodes.clone(),
             last_node_count: s.last_node_count,
-            shares: SharesView { default_q16: s.default_share, sources, enforced: false },
+            shares: SharesView { default_q16: s.default_share, sources, enforced: s.enforced },
         })
     }
 
@@ -771,10 +768,31 @@ async fn sync_forever(runtime: Runtime, fleet: Arc<Fleet>) {
         let sources = counts.len() as u64;
         before = counts;
         runtime.sync_once(&fleet, &smoothed, sources).await;
+        runtime.enforce_shares(&fleet);
     }
 }
 
 impl Runtime {
+    /// Puts the shares the last sync left (or the fallback's default) in
+    /// the buckets, where the data path meters against them.
+    fn enforce_shares(&self, fleet: &Fleet) {
+        let (default_share, shares): (u32, Vec<(BucketKey, u32)>) = {
+            let s = lock(&fleet.status);
+            (s.default_share, s.shares.iter().map(|(key, share, ..)| (*key, *share)).collect())
+        };
+        let written = self.control(|c| c.set_shares(default_share, &shares));
+        let mut s = lock(&fleet.status);
+        match written {
+            Ok(_) => s.enforced = true,
+            Err(err) => {
+                if s.enforced {
+                    tracing::warn!("fleet: the shares could not be written to the buckets: {err}");
+                }
+                s.enforced = false;
+            }
+        }
+    }
+
     /// One sync with the traffic of the last period.
     async fn sync_once(&self, fleet: &Fleet, traffic: &HashMap<BucketKey, Traffic>, sources: u64) {
         let config = &fleet.config;
