@@ -26,7 +26,7 @@ pub struct Options {
     /// run, for CI. Leaves the README's chart alone.
     #[arg(long)]
     pub quick: bool,
-    /// Only these parts (comma-separated: cost, flood, scale, admin).
+    /// Only these parts (comma-separated: cost, flood, live, scale, admin).
     #[arg(long)]
     pub parts: Option<String>,
 }

@@ -436,6 +436,7 @@ fn live_table(live: &live::Results) -> Table {
             "ns/frame",
             "over the generator",
             "vs XDP_DROP",
+            "throttle vs this",
             "passed",
             "dropped",
             "parity",
@@ -444,6 +445,16 @@ fn live_table(live: &live::Results) -> Table {
     for s in &live.summaries {
         let flood = &live.floods[s.flood];
         let invalid = s.parity == Some(false);
+        let throttle = live
+            .summaries
+            .iter()
+            .find(|t| t.flood == s.flood && t.system == live::System::Throttle && t.parity != Some(false));
+        let against = match throttle {
+            Some(t) if !invalid && s.system != live::System::Throttle => {
+                format!("{:.2}x", t.mpps / s.mpps.max(1e-9))
+            }
+            _ => "-".to_owned(),
+        };
         let figure = |text: String| if invalid { "invalid".to_owned() } else { text };
         let share = |n: f64| format!("{} ({:.1} %)", grouped(n), n / s.received.max(1.0) * 100.0);
         t.row(vec![
@@ -454,6 +465,7 @@ fn live_table(live: &live::Results) -> Table {
             figure(format!("{:.1}", s.ns_per_frame)),
             figure(format!("{:+.1}", s.ns_per_frame - live.generator_ns)),
             figure(s.vs_drop.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"))),
+            against,
             share(s.passed),
             share(s.dropped),
             match s.parity {
