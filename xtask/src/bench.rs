@@ -22,11 +22,11 @@ const CHART_COPY: &str = "docs/bench/flood.svg";
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Every part briefly (about a minute): checks that the benchmarks still
+    /// Every part briefly (about 70 s once built): checks that the benchmarks still
     /// run, for CI. Leaves the README's chart alone.
     #[arg(long)]
     pub quick: bool,
-    /// Only these parts (comma-separated: cost, flood, scale, admin).
+    /// Only these parts (comma-separated: cost, flood, live, scale, admin).
     #[arg(long)]
     pub parts: Option<String>,
 }

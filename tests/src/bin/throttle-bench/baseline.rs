@@ -1,4 +1,5 @@
-//! The benchmarks' reference XDP programs (`throttle-ebpf/src/bin/baseline.rs`),
+//! The benchmarks' XDP programs: the references (`throttle-ebpf/src/bin/baseline.rs`)
+//! and the live-frames generator (`throttle-ebpf/src/bin/generator.rs`),
 //! built for the BPF target by this crate's `build.rs` (`bench` feature).
 
 /// The object holding [`PASS_PROGRAM`], [`DROP_PROGRAM`], [`CLOCK_PROGRAM`],
@@ -23,3 +24,13 @@ pub const LRU_PROGRAM: &str = "ref_lru";
 pub const ATOMICS_PROGRAM: &str = "ref_atomics";
 /// The per-CPU counter of [`PASS_PROGRAM`].
 pub const COUNT_MAP: &str = "BASELINE_COUNT";
+
+/// The object of the live-frames generator (`throttle-ebpf/src/bin/generator.rs`).
+pub static GENERATOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/generator"));
+/// Writes a source, a port and TCP flags into each frame and returns the
+/// verdict it is told to.
+pub const GENERATOR_PROGRAM: &str = "generator";
+/// The generator's parameters: one `[u32; 8]`.
+pub const GENERATOR_PARAMS: &str = "GEN_PARAMS";
+/// Frames generated, per CPU, slot 0.
+pub const GENERATOR_SENT: &str = "GEN_SENT";

@@ -512,7 +512,7 @@ impl Drop for RemoveDir {
 /// guards inside are held for that).
 enum Active<'a> {
     Stack,
-    Xdp(#[expect(dead_code, reason = "held until the run ends")] XdpDrop<'a>),
+    Xdp(#[expect(dead_code, reason = "held until the run ends")] XdpProgram<'a>),
     Throttle(#[expect(dead_code, reason = "held until the run ends")] Box<Daemon>),
     Nftables(NftTable<'a>),
     Hashlimit(HashlimitRule<'a>),
@@ -522,7 +522,7 @@ impl<'a> Active<'a> {
     fn start(pair: &'a VethPair, mode: Mode, rate: u64, burst: u64) -> Self {
         match mode {
             Mode::Stack => Self::Stack,
-            Mode::XdpDrop => Self::Xdp(XdpDrop::attach(&pair.receiver, &pair.rx_if)),
+            Mode::XdpDrop => Self::Xdp(XdpProgram::attach(&pair.receiver, &pair.rx_if, DROP_PROGRAM)),
             Mode::Throttle => {
                 let config = format!(
                     "[daemon]\nxdp_mode = \"native\"\nmax_sources = {}\n\n\
@@ -533,8 +533,8 @@ impl<'a> Active<'a> {
                 daemon.wait_ready(DAEMON_READY);
                 Self::Throttle(Box::new(daemon))
             }
-            Mode::Nftables => Self::Nftables(NftTable::add(&pair.receiver, &pair.rx_if, rate, burst)),
-            Mode::Hashlimit => Self::Hashlimit(HashlimitRule::add(&pair.receiver, rate, burst)),
+            Mode::Nftables => Self::Nftables(NftTable::add(&pair.receiver, &pair.rx_if, &meter(rate, burst))),
+            Mode::Hashlimit => Self::Hashlimit(HashlimitRule::add(&pair.receiver, &meter(rate, burst))),
         }
     }
 
@@ -555,35 +555,80 @@ impl<'a> Active<'a> {
     }
 }
 
-/// The baseline's bare `XDP_DROP` attached in native mode; detached on drop.
-struct XdpDrop<'a> {
+/// The per-source limit of the limiters of the random-source and one-source
+/// floods: sources in 10.100.0.0/16, tables sized for four times the
+/// sources.
+fn meter(rate: u64, burst: u64) -> Meter {
+    Meter { sources: "10.100.0.0/16".to_owned(), rate, per: Per::Second, burst, entries: MANY_SOURCES * 4 }
+}
+
+/// What the nftables and hashlimit references meter: the sources they match,
+/// the per-source limit, and how many sources their tables hold.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    /// The sources as a prefix (`10.100.0.0/16`).
+    pub sources: String,
+    /// `rate` per `per`, after a burst of `burst` packets.
+    pub rate: u64,
+    pub per: Per,
+    pub burst: u64,
+    /// The table's capacity (hashlimit caps it at 1 048 576).
+    pub entries: u32,
+}
+
+/// The period of a rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Per {
+    Second,
+    Minute,
+}
+
+impl Per {
+    /// As nftables spells it (`limit rate over 1/minute`).
+    pub fn nft(self) -> &'static str {
+        match self {
+            Self::Second => "second",
+            Self::Minute => "minute",
+        }
+    }
+
+    /// As iptables spells it (`--hashlimit-above 1/min`).
+    fn iptables(self) -> &'static str {
+        match self {
+            Self::Second => "sec",
+            Self::Minute => "min",
+        }
+    }
+}
+
+/// One of the baseline's programs attached in native mode; detached on drop.
+pub struct XdpProgram<'a> {
     ns: &'a Netns,
     ebpf: Option<Ebpf>,
 }
 
-impl<'a> XdpDrop<'a> {
-    fn attach(ns: &'a Netns, iface: &str) -> Self {
+impl<'a> XdpProgram<'a> {
+    /// Loads `name` from the baseline's object and attaches it to `iface`
+    /// in `ns`, native.
+    pub fn attach(ns: &'a Netns, iface: &str, name: &'static str) -> Self {
         let iface = iface.to_owned();
         // The attachment's netlink socket must be in the interface's namespace.
         let ebpf = ns.run(move || {
             let mut ebpf =
                 Ebpf::load(BASELINE_OBJECT).unwrap_or_else(|e| panic!("loading the baseline: {e}"));
-            let program: &mut Xdp = ebpf
-                .program_mut(DROP_PROGRAM)
-                .expect("the baseline's drop program")
-                .try_into()
-                .expect("an XDP program");
-            program.load().unwrap_or_else(|e| panic!("loading {DROP_PROGRAM}: {e}"));
+            let program: &mut Xdp =
+                ebpf.program_mut(name).expect("a baseline program").try_into().expect("an XDP program");
+            program.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
             program
                 .attach(&iface, XdpMode::Driver)
-                .unwrap_or_else(|e| panic!("attaching {DROP_PROGRAM} to {iface} (native): {e}"));
+                .unwrap_or_else(|e| panic!("attaching {name} to {iface} (native): {e}"));
             ebpf
         });
         Self { ns, ebpf: Some(ebpf) }
     }
 }
 
-impl Drop for XdpDrop<'_> {
+impl Drop for XdpProgram<'_> {
     fn drop(&mut self) {
         if let Some(ebpf) = self.ebpf.take() {
             // Detaching goes through netlink too, from the same namespace.
@@ -594,41 +639,65 @@ impl Drop for XdpDrop<'_> {
 
 /// An nftables netdev table with a per-source meter on the ingress hook of
 /// one interface; deleted on drop.
-struct NftTable<'a> {
+pub struct NftTable<'a> {
     ns: &'a Netns,
     name: String,
 }
 
 impl<'a> NftTable<'a> {
-    fn add(ns: &'a Netns, iface: &str, rate: u64, burst: u64) -> Self {
+    /// A dynamic set of `meter.entries` elements, each with its own limit.
+    /// Its elements time out after a minute, unless `meter` says not to.
+    pub fn add(ns: &'a Netns, iface: &str, meter: &Meter) -> Self {
+        Self::add_with(ns, iface, meter, "\t\tflags dynamic,timeout\n\t\ttimeout 1m\n")
+    }
+
+    /// As [`NftTable::add`], with elements that never time out: no garbage
+    /// collection walks the set during a run.
+    pub fn add_without_timeout(ns: &'a Netns, iface: &str, meter: &Meter) -> Self {
+        Self::add_with(ns, iface, meter, "\t\tflags dynamic\n")
+    }
+
+    fn add_with(ns: &'a Netns, iface: &str, meter: &Meter, flags: &str) -> Self {
         let name = format!("throttle_bench_{}", unique_id().replace('-', "_"));
+        let Meter { sources, rate, per, burst, entries } = meter;
+        let per = per.nft();
         let script = format!(
             "table netdev {name} {{\n\
+             \tcounter dropped {{ }}\n\
              \tset persrc {{\n\
              \t\ttype ipv4_addr\n\
-             \t\tsize {size}\n\
-             \t\tflags dynamic,timeout\n\
-             \t\ttimeout 1m\n\
+             \t\tsize {entries}\n\
+             {flags}\
              \t}}\n\
              \tchain ingress {{\n\
              \t\ttype filter hook ingress device \"{iface}\" priority 0; policy accept;\n\
-             \t\tip saddr 10.100.0.0/16 update @persrc {{ ip saddr limit rate over {rate}/second burst {burst} packets }} counter drop\n\
+             \t\tip saddr {sources} update @persrc {{ ip saddr limit rate over {rate}/{per} burst {burst} packets }} counter name \"dropped\" drop\n\
              \t}}\n\
              }}\n",
-            size = MANY_SOURCES * 4,
         );
         nft(ns, &["-f", "-"], Some(&script));
         Self { ns, name }
     }
 
-    fn dropped(&self) -> u64 {
-        // The chain alone: listing the table would list every set element.
-        let listing = nft(self.ns, &["list", "chain", "netdev", &self.name, "ingress"], None);
+    /// Removes the rule and the set, then reads what the rule dropped: with
+    /// the set gone, nft lists the counter at once, where a set of a million
+    /// elements would hold it up for a minute.
+    pub fn remove_rule_and_count(&self) -> u64 {
+        nft(self.ns, &["flush", "chain", "netdev", &self.name, "ingress"], None);
+        nft(self.ns, &["delete", "set", "netdev", &self.name, "persrc"], None);
+        self.dropped()
+    }
+
+    /// What the rule dropped so far.
+    pub fn dropped(&self) -> u64 {
+        // The named counter alone; nft still fetches every element of the
+        // set first.
+        let listing = nft(self.ns, &["list", "counter", "netdev", &self.name, "dropped"], None);
         let words: Vec<&str> = listing.split_whitespace().collect();
         words
-            .windows(3)
-            .find(|w| w[0] == "counter" && w[1] == "packets")
-            .and_then(|w| w[2].parse().ok())
+            .windows(2)
+            .find(|w| w[0] == "packets")
+            .and_then(|w| w[1].parse().ok())
             .unwrap_or_else(|| panic!("no counter in:\n{listing}"))
     }
 }
@@ -664,18 +733,38 @@ fn nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> String {
 
 /// An iptables `hashlimit` rule in the raw table's PREROUTING chain (the
 /// earliest iptables hook); deleted on drop.
-struct HashlimitRule<'a> {
+pub struct HashlimitRule<'a> {
     ns: &'a Netns,
     spec: Vec<String>,
 }
 
+/// The most entries (and buckets) hashlimit takes; it truncates larger
+/// sizes to this (`HASHLIMIT_MAX_SIZE` in `xt_hashlimit.c`).
+pub const HASHLIMIT_MAX: u32 = 1 << 20;
+
 impl<'a> HashlimitRule<'a> {
-    fn add(ns: &'a Netns, rate: u64, burst: u64) -> Self {
+    /// A table of `meter.entries` (at most [`HASHLIMIT_MAX`]) entries, half
+    /// as many buckets, whose entries expire after a minute.
+    pub fn add(ns: &'a Netns, meter: &Meter) -> Self {
+        let entries = meter.entries.min(HASHLIMIT_MAX);
+        Self::add_with(ns, meter, entries / 2, entries, &[])
+    }
+
+    /// A table of `meter.entries` entries and as many buckets (both at most
+    /// [`HASHLIMIT_MAX`]), whose garbage collection runs once a minute, as
+    /// often as entries can expire: not during a run.
+    pub fn add_sized(ns: &'a Netns, meter: &Meter) -> Self {
+        let entries = meter.entries.min(HASHLIMIT_MAX);
+        Self::add_with(ns, meter, entries, entries, &["--hashlimit-htable-gcinterval", "60000"])
+    }
+
+    fn add_with(ns: &'a Netns, meter: &Meter, buckets: u32, entries: u32, extra: &[&str]) -> Self {
         let name = format!("thrb{}", unique_id());
+        let (rate, burst) = (meter.rate, meter.burst);
         let spec: Vec<String> = [
             "PREROUTING",
             "-s",
-            "10.100.0.0/16",
+            meter.sources.as_str(),
             "-m",
             "hashlimit",
             "--hashlimit-name",
@@ -683,26 +772,27 @@ impl<'a> HashlimitRule<'a> {
             "--hashlimit-mode",
             "srcip",
             "--hashlimit-above",
-            &format!("{rate}/sec"),
+            &format!("{rate}/{}", meter.per.iptables()),
             "--hashlimit-burst",
             &burst.to_string(),
             "--hashlimit-htable-size",
-            &(MANY_SOURCES * 2).to_string(),
+            &buckets.to_string(),
             "--hashlimit-htable-max",
-            &(MANY_SOURCES * 4).to_string(),
+            &entries.to_string(),
             "--hashlimit-htable-expire",
             "60000",
-            "-j",
-            "DROP",
         ]
         .into_iter()
+        .chain(extra.iter().copied())
+        .chain(["-j", "DROP"])
         .map(str::to_owned)
         .collect();
         run_checked(ns.exec_command("iptables").args(["-w", "-t", "raw", "-A"]).args(&spec));
         Self { ns, spec }
     }
 
-    fn dropped(&self) -> u64 {
+    /// What the rule dropped so far.
+    pub fn dropped(&self) -> u64 {
         let listing = run_checked(self.ns.exec_command("iptables").args([
             "-w",
             "-t",

@@ -5,8 +5,11 @@
 //! 2. flood drop rate on a veth pair against the stack, a bare `XDP_DROP`,
 //!    an nftables dynamic set and iptables `hashlimit`;
 //! 3. the admitted rate per source under those floods;
-//! 4. the bucket map with many tracked sources: memory, top 20;
-//! 5. the admin API of the real daemon with many tracked sources.
+//! 4. (`live`) floods from a NIC-like generator (an XDP program sending
+//!    live frames out of the sending veth), the same references, and the
+//!    verdict counts that show every limiter did the same work;
+//! 5. the bucket map with many tracked sources: memory, top 20;
+//! 6. the admin API of the real daemon with many tracked sources.
 //!
 //! Prints the tables, writes `<out>/<timestamp>.json`, `<out>/latest.json`,
 //! `<out>/latest.md` and `<out>/flood.svg`, and copies the chart to
@@ -15,7 +18,7 @@
 //! no figure. Needs root.
 //!
 //! ```text
-//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,scale,admin]
+//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,live,scale,admin]
 //! ```
 
 mod admin;
@@ -24,6 +27,7 @@ mod chart;
 mod cost;
 mod flood;
 mod kernel;
+mod live;
 mod report;
 mod scale;
 
@@ -37,6 +41,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{kernel::Machine, report::Report};
 
+/// The parts, in the order they run.
+const PARTS: [&str; 5] = ["cost", "flood", "live", "scale", "admin"];
+
 /// What to run and where to write.
 #[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 struct Options {
@@ -45,6 +52,7 @@ struct Options {
     chart_copy: Option<PathBuf>,
     cost: bool,
     flood: bool,
+    live: bool,
     scale: bool,
     admin: bool,
 }
@@ -56,6 +64,7 @@ fn options() -> Options {
         chart_copy: None,
         cost: true,
         flood: true,
+        live: true,
         scale: true,
         admin: true,
     };
@@ -70,12 +79,13 @@ fn options() -> Options {
                 let parts = value("--parts");
                 let parts: Vec<&str> = parts.split(',').collect();
                 for part in &parts {
-                    if !["cost", "flood", "scale", "admin"].contains(part) {
+                    if !PARTS.contains(part) {
                         usage(&format!("unknown part {part:?}"));
                     }
                 }
                 options.cost = parts.contains(&"cost");
                 options.flood = parts.contains(&"flood");
+                options.live = parts.contains(&"live");
                 options.scale = parts.contains(&"scale");
                 options.admin = parts.contains(&"admin");
             }
@@ -91,7 +101,8 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,scale,admin]"
+        "usage: throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts {}]",
+        PARTS.join(",")
     );
     std::process::exit(2);
 }
@@ -196,6 +207,11 @@ fn main() {
     } else {
         flood::Settings { secs: 5.0, rounds: 3 }
     };
+    let live_settings = if options.quick {
+        live::Settings { rounds: 1, quick: true }
+    } else {
+        live::Settings { rounds: 5, quick: false }
+    };
     let scale_settings = if options.quick {
         scale::Settings { sources: 1 << 17 }
     } else {
@@ -213,6 +229,9 @@ fn main() {
     }
     if options.flood {
         steps += flood::steps(&flood_settings);
+    }
+    if options.live {
+        steps += live::steps(&live_settings);
     }
     if options.scale {
         steps += scale::STEPS;
@@ -240,6 +259,7 @@ fn main() {
     if let Some(flood) = &flood {
         failures.extend(flood.failures.iter().cloned());
     }
+    let live = options.live.then(|| run_live(&live_settings, &progress, &mut failures));
     let scale = options.scale.then(|| scale::run(scale_settings, &progress, &mut failures));
     let admin = if options.admin { admin::run(admin_settings, &progress, &mut failures) } else { Vec::new() };
     progress.bar.finish_and_clear();
@@ -251,6 +271,7 @@ fn main() {
         wall_secs: started.elapsed().as_secs_f64(),
         cost,
         flood,
+        live,
         scale,
         admin,
         targets: Vec::new(),
@@ -267,6 +288,16 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// The `live` part, its runs logged.
+fn run_live(settings: &live::Settings, progress: &Progress, failures: &mut Vec<String>) -> live::Results {
+    let results = live::run(settings, progress);
+    for run in &results.runs {
+        progress.println(&format!("  {}", live::describe(&results.floods, run)));
+    }
+    failures.extend(results.failures.iter().cloned());
+    results
 }
 
 fn write_outputs(options: &Options, report: &Report) {

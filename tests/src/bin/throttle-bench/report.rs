@@ -11,7 +11,7 @@ use crate::{
     cost::{self, Path},
     flood::{self, Mode, Shape},
     kernel::Machine,
-    scale,
+    live, scale,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -22,6 +22,7 @@ pub struct Report {
     pub wall_secs: f64,
     pub cost: Option<cost::Results>,
     pub flood: Option<flood::Results>,
+    pub live: Option<live::Results>,
     pub scale: Option<scale::Results>,
     pub admin: Vec<admin::Row>,
     pub targets: Vec<Target>,
@@ -119,6 +120,9 @@ pub fn targets(report: &Report) -> Vec<Target> {
             }
         }
     }
+    if let Some(live) = &report.live {
+        out.extend(live_targets(live));
+    }
     if let Some(scale) = &report.scale {
         out.push(Target::new(
             "kernel memory per tracked source, table full",
@@ -148,6 +152,37 @@ pub fn targets(report: &Report) -> Vec<Target> {
             row.value.clone().unwrap_or_else(|| admin::NOT_MEASURED.to_owned()),
             row.met,
         ));
+    }
+    out
+}
+
+/// The live-frames targets: throttle against the bare `XDP_DROP` and
+/// against hashlimit, in the floods over their limits.
+fn live_targets(live: &live::Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let goals = [
+        (0, live::System::XdpDrop, 0.85),
+        (1, live::System::XdpDrop, 0.6),
+        (1, live::System::Hashlimit, 1.6),
+        (2, live::System::Hashlimit, 1.5),
+    ];
+    for (flood, reference, bound) in goals {
+        let Some(f) = live.floods.get(flood) else { continue };
+        let find = |system| live.summaries.iter().find(|s| s.flood == flood && s.system == system);
+        let (Some(throttle), Some(other)) = (find(live::System::Throttle), find(reference)) else { continue };
+        let what = format!("live flood vs {}, {}", reference.label(), f.label);
+        let valid = throttle.parity != Some(false) && other.parity != Some(false);
+        let ratio = throttle.mpps / other.mpps.max(1e-9);
+        out.push(if valid {
+            Target::new(
+                what,
+                format!(">= {bound}x"),
+                format!("{ratio:.2}x ({:.2} vs {:.2} Mpps)", throttle.mpps, other.mpps),
+                Some(ratio >= bound),
+            )
+        } else {
+            Target::new(what, format!(">= {bound}x"), "invalid: the verdict counts differ", None)
+        });
     }
     out
 }
@@ -338,6 +373,9 @@ fn tables(report: &Report) -> Vec<Table> {
         }
         out.push(t);
     }
+    if let Some(live) = &report.live {
+        out.push(live_table(live));
+    }
     if let Some(scale) = &report.scale {
         let mut t = Table::new("Scale (bucket table filled from user space)", &["what", "value"]);
         let rows = [
@@ -365,6 +403,82 @@ fn tables(report: &Report) -> Vec<Table> {
     }
     out.push(t);
     out
+}
+
+/// A count as the tables show it: 1 234 567.
+fn grouped(n: f64) -> String {
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a count, rounded")]
+    let s = (n.round().max(0.0) as u64).to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The live-frames floods: rate, cost, ratio, and the verdict counts that
+/// make a row comparable.
+fn live_table(live: &live::Results) -> Table {
+    let mut t = Table::new(
+        &format!(
+            "Floods from the live-frames generator (60-byte frames, one CPU, CPU {}; median and range of {} \
+             rounds). ns/frame: that CPU's time per frame, generator and receiving end together (the generator \
+             alone: {:.1} ns). Behind XDP_PASS: the count-and-pass program first ({:.1} ns alone under \
+             BPF_PROG_TEST_RUN; a bare XDP_DROP {:.1} ns). passed/dropped: frames per run. A limiter whose share \
+             of dropped frames is more than 2 % of the frames off the median of the row's limiters is invalid",
+            live.generator_cpu, live.rounds, live.generator_ns, live.pass_program_ns, live.drop_program_ns
+        ),
+        &[
+            "flood",
+            "receiving end",
+            "Mpps",
+            "range",
+            "ns/frame",
+            "over the generator",
+            "vs XDP_DROP",
+            "throttle vs this",
+            "passed",
+            "dropped",
+            "parity",
+        ],
+    );
+    for s in &live.summaries {
+        let flood = &live.floods[s.flood];
+        let invalid = s.parity == Some(false);
+        let throttle = live
+            .summaries
+            .iter()
+            .find(|t| t.flood == s.flood && t.system == live::System::Throttle && t.parity != Some(false));
+        let against = match throttle {
+            Some(t) if !invalid && s.system != live::System::Throttle => {
+                format!("{:.2}x", t.mpps / s.mpps.max(1e-9))
+            }
+            _ => "-".to_owned(),
+        };
+        let figure = |text: String| if invalid { "invalid".to_owned() } else { text };
+        let share = |n: f64| format!("{} ({:.1} %)", grouped(n), n / s.received.max(1.0) * 100.0);
+        t.row(vec![
+            flood.label.to_owned(),
+            s.system.label().to_owned(),
+            figure(format!("{:.2}", s.mpps)),
+            figure(format!("{:.2}-{:.2}", s.mpps_min, s.mpps_max)),
+            figure(format!("{:.1}", s.ns_per_frame)),
+            figure(format!("{:+.1}", s.ns_per_frame - live.generator_ns)),
+            figure(s.vs_drop.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"))),
+            against,
+            share(s.passed),
+            share(s.dropped),
+            match s.parity {
+                Some(true) => "ok".to_owned(),
+                Some(false) => "INVALID".to_owned(),
+                None => "-".to_owned(),
+            },
+        ]);
+    }
+    t
 }
 
 /// The tables as plain text, for the terminal.
