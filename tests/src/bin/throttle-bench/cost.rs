@@ -75,6 +75,9 @@ pub const LARGE_RULES: usize = 10_000;
 /// Bucket table size of the program under test: [`SPREAD_SOURCES`] fill an
 /// eighth of it, where its first groups have room for every one.
 const MAX_SOURCES: u32 = 1 << 19;
+/// The fleet share of the shared rows: a third of the limit, as one of
+/// three nodes that see a source alike holds.
+const FLEET_SHARE: u32 = throttle_common::table::SHARE_ONE / 3;
 /// How far ahead a TAT is pushed to keep a run on a drop path, ns.
 const PUSH_AHEAD_NS: u64 = 10_000_000_000;
 
@@ -132,6 +135,10 @@ pub enum Path {
     SetMiss,
     /// The over-budget drop while a capture copies one in 100 drops.
     OverBudgetCaptured,
+    /// The in-budget pass and the over-budget drop of a source with a fleet
+    /// share of its limit in its bucket (fleet mode on, for that source).
+    InBudgetShared,
+    OverBudgetShared,
 }
 
 impl Path {
@@ -151,6 +158,8 @@ impl Path {
             Self::SetHit => "in a deny set (1M prefixes)",
             Self::SetMiss => "in no set (2 sets of 1M), pass",
             Self::OverBudgetCaptured => "over-budget drop, capture of 1/100 running",
+            Self::InBudgetShared => "in-budget pass, source with a fleet share",
+            Self::OverBudgetShared => "over-budget drop, source with a fleet share",
         }
     }
 
@@ -160,10 +169,13 @@ impl Path {
             Self::OutOfScope => reason::OUT_OF_SCOPE,
             Self::AllowRule => reason::ALLOW_RULE,
             Self::DenyRule | Self::SetHit => reason::DENY_RULE,
-            Self::InBudget | Self::ClassOne | Self::ClassThree | Self::ClassTiers | Self::SetMiss => {
-                reason::PASSED
-            }
-            Self::OverBudget | Self::OverBudgetCaptured => reason::OVER_LIMIT,
+            Self::InBudget
+            | Self::InBudgetShared
+            | Self::ClassOne
+            | Self::ClassThree
+            | Self::ClassTiers
+            | Self::SetMiss => reason::PASSED,
+            Self::OverBudget | Self::OverBudgetCaptured | Self::OverBudgetShared => reason::OVER_LIMIT,
             Self::FirstSeen => reason::NEW_SOURCE,
             Self::FirstSeenRefused => reason::NEW_SOURCE_LIMIT,
         }
@@ -180,10 +192,10 @@ impl Path {
     /// The program set-up that reaches this path.
     fn setup(self) -> Setup {
         match self {
-            Self::NonIp | Self::InBudget | Self::FirstSeen => Setup::Open,
+            Self::NonIp | Self::InBudget | Self::InBudgetShared | Self::FirstSeen => Setup::Open,
             Self::OutOfScope => Setup::Scoped,
             Self::AllowRule | Self::DenyRule => Setup::Listed,
-            Self::OverBudget => Setup::Tight,
+            Self::OverBudget | Self::OverBudgetShared => Setup::Tight,
             Self::FirstSeenRefused => Setup::NewSourceBudget,
             Self::ClassOne | Self::ClassThree | Self::ClassTiers => Setup::Classed,
             Self::SetHit | Self::SetMiss => Setup::Sets,
@@ -320,6 +332,7 @@ impl Spec {
             Path::AllowRule => 1,
             Path::DenyRule => 2,
             Path::FirstSeen | Path::FirstSeenRefused => 5,
+            Path::InBudgetShared | Path::OverBudgetShared => 7,
             Path::SetHit => return set_member(self.family == Some(true), 0x5_4321),
             _ => 3,
         };
@@ -375,6 +388,8 @@ fn specs() -> Vec<Spec> {
         Path::SetHit,
         Path::SetMiss,
         Path::OverBudgetCaptured,
+        Path::InBudgetShared,
+        Path::OverBudgetShared,
     ] {
         for v4 in [true, false] {
             specs.push(Spec { path, family: Some(v4), rules: RuleSet::Empty });
@@ -634,7 +649,7 @@ impl Target {
                 // Makes the bucket if there is none (a first-seen packet).
                 let _ = test_run(self.dataplane.program(), frame, 1);
             }
-            Path::OverBudget | Path::OverBudgetCaptured => {
+            Path::OverBudget | Path::OverBudgetCaptured | Path::OverBudgetShared => {
                 if let Some(ring) = &mut self.captured {
                     while ring.next().is_some() {}
                 }
@@ -644,7 +659,15 @@ impl Target {
                 let mut bucket =
                     table.get(&key).unwrap_or_else(|| panic!("the over-budget source has no bucket"));
                 bucket.tat = push();
+                if spec.path == Path::OverBudgetShared {
+                    bucket.share = FLEET_SHARE;
+                }
                 assert!(table.put(&key, &bucket), "writing a bucket");
+            }
+            Path::InBudgetShared => {
+                let _ = test_run(self.dataplane.program(), frame, 1);
+                let key = bucket_key(spec.source(1), 0, 32, 64);
+                assert!(self.dataplane.table().set_share(&key, FLEET_SHARE), "the source has a bucket");
             }
             Path::FirstSeenRefused => {
                 self.new_sources.set(0, push(), 0).unwrap_or_else(|e| panic!("writing NEW_SOURCES: {e}"));
