@@ -16,7 +16,9 @@ use crate::{median, scale, Progress};
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Sources written into the daemon's bucket map (also its `max_sources`).
+    /// Sources written into the daemon's bucket table (its `max_sources` is
+    /// twice that: a full table holds about 89 % of its slots, a half full
+    /// one nearly all it is given).
     pub sources: u32,
     /// curl requests per timed endpoint (the median is kept).
     pub requests: usize,
@@ -73,15 +75,15 @@ pub fn run(settings: Settings, progress: &Progress, failures: &mut Vec<String>) 
     let pair = VethPair::builder().receiver_addrs(["10.98.0.1/16"]).sender_addr("10.98.0.2/16").build();
     let config = format!(
         "[daemon]\nxdp_mode = \"native\"\nmax_sources = {}\n\n[limits]\nrate = 100\nburst = 200\n",
-        settings.sources
+        settings.sources * 2
     );
     let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).config(&config).start_ready();
     let base = format!("http://{}", daemon.admin());
     progress.inc();
 
-    progress.message(&format!("admin: writing {} sources into the daemon's bucket map", settings.sources));
+    progress.message(&format!("admin: writing {} sources into the daemon's bucket table", settings.sources));
     if let Err(e) = fill(&daemon, settings.sources) {
-        failures.push(format!("admin: filling the daemon's bucket map: {e}"));
+        failures.push(format!("admin: filling the daemon's bucket table: {e}"));
         return rows;
     }
     progress.inc();
@@ -130,7 +132,9 @@ fn fill(daemon: &Daemon, sources: u32) -> Result<(), String> {
     let maps = daemon.pin_dir().join("maps");
     let table = BucketTable::from_pins(&maps).map_err(|e| format!("open {}: {e}", maps.display()))?;
     let written = scale::fill(&table, sources, 0x00ad_0001);
-    if written.len() < sources as usize * 9 / 10 {
+    // Half full, a few sources find both their groups full (measured: 4 in
+    // 1 000).
+    if written.len() < sources as usize * 99 / 100 {
         return Err(format!("the bucket table took {} of {sources} sources", written.len()));
     }
     Ok(())
