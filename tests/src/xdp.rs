@@ -86,23 +86,45 @@ pub fn write(dataplane: &mut Dataplane, ids: &mut PolicyIds, policy: &Policy) ->
 /// The part of `union bpf_attr` of `BPF_PROG_TEST_RUN` (linux/bpf.h).
 #[repr(C)]
 #[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
+pub struct TestRunAttr {
+    pub prog_fd: u32,
+    pub retval: u32,
+    pub data_size_in: u32,
+    pub data_size_out: u32,
+    pub data_in: u64,
+    pub data_out: u64,
+    pub repeat: u32,
+    pub duration: u32,
+    pub ctx_size_in: u32,
+    pub ctx_size_out: u32,
+    pub ctx_in: u64,
+    pub ctx_out: u64,
+    pub flags: u32,
+    pub cpu: u32,
+    pub batch_size: u32,
+    /// Padding, zero.
+    pub pad: u32,
+}
+
+impl TestRunAttr {
+    /// `BPF_PROG_TEST_RUN` with this attribute, which the kernel fills in
+    /// (`retval`, `duration`).
+    ///
+    /// # Safety
+    ///
+    /// Every pointer of the attribute (`data_in`, `ctx_in`, and the output
+    /// buffers if any) points at memory alive and large enough for the call.
+    pub unsafe fn run(&mut self) -> std::io::Result<()> {
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        // SAFETY: the caller's contract.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut *self, size_of::<Self>()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
 }
 
 /// The verdict of the program behind `fd` on `frame`, run once: for
@@ -110,7 +132,6 @@ struct TestRunAttr {
 #[must_use]
 pub fn run_fd(fd: &std::os::fd::OwnedFd, frame: &[u8]) -> u32 {
     use std::os::fd::AsRawFd as _;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
     let mut attr = TestRunAttr {
         prog_fd: u32::try_from(fd.as_raw_fd()).expect("an open descriptor"),
         data_size_in: u32::try_from(frame.len()).expect("a frame"),
@@ -120,8 +141,6 @@ pub fn run_fd(fd: &std::os::fd::OwnedFd, frame: &[u8]) -> u32 {
     };
     // SAFETY: the attribute points at `frame`, alive for the call, and asks
     // for no output buffer.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>()) };
-    assert!(rc == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    unsafe { attr.run() }.unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
     attr.retval
 }

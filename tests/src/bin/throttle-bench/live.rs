@@ -84,7 +84,6 @@ const STRIDE: u32 = 0x9e37_79b1;
 const DAEMON_READY: Duration = Duration::from_secs(30);
 /// `BPF_F_TEST_XDP_LIVE_FRAMES` (linux/bpf.h).
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// The verdicts the generator is told to return.
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
@@ -580,28 +579,6 @@ impl Generator {
     }
 }
 
-/// The part of `union bpf_attr` of `BPF_PROG_TEST_RUN` (linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// Runs the program behind `fd` `repeat` times on live frames holding
 /// `frame`, as received on `ifindex` (queue 0): the kernel's mean time per
 /// frame, ns. Call it from the interface's namespace.
@@ -609,7 +586,7 @@ fn live_test_run(fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> std::io::R
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
     // rx_queue_index, egress_ifindex. Live frames take no output buffers.
     let ctx: [u32; 6] = [0, u32::try_from(frame.len()).expect("a frame"), 0, ifindex, 0, 0];
-    let mut attr = TestRunAttr {
+    let mut attr = xdp::TestRunAttr {
         prog_fd: u32::try_from(fd).expect("an open descriptor"),
         data_size_in: u32::try_from(frame.len()).expect("a frame"),
         data_in: frame.as_ptr() as u64,
@@ -618,17 +595,12 @@ fn live_test_run(fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> std::io::R
         ctx_in: ctx.as_ptr() as u64,
         flags: BPF_F_TEST_XDP_LIVE_FRAMES,
         batch_size: BATCH,
-        ..TestRunAttr::default()
+        ..xdp::TestRunAttr::default()
     };
     // SAFETY: the attribute points at `frame` and `ctx`, alive for the
     // call, and asks for no output.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>()) };
-    if rc == 0 {
-        Ok(attr.duration)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    unsafe { attr.run() }?;
+    Ok(attr.duration)
 }
 
 /// The index of `ifname` in the calling thread's namespace.
