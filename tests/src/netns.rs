@@ -6,7 +6,7 @@ use std::{
     io,
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     thread::{self, JoinHandle},
 };
 
@@ -94,6 +94,36 @@ impl Netns {
             cmd.pre_exec(move || enter(&ns));
         }
         cmd
+    }
+
+    /// An HTTP request made with curl from this namespace: `method` on
+    /// `url` with `headers` and a JSON `body`, if any. Its status and body;
+    /// panics naming curl's output when there is no status.
+    #[must_use]
+    pub fn curl(&self, method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, String) {
+        let mut cmd = self.command("curl");
+        cmd.args(["-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"]);
+        for header in headers {
+            cmd.args(["-H", header]);
+        }
+        if let Some(body) = body {
+            cmd.args(["-H", "content-type: application/json", "--data-binary", body]);
+        }
+        let out = cmd
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl (`cargo xtask setup` installs it): {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let status = status.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl {url} gave no HTTP status ({}): stdout {text:?}, stderr {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (status, body.to_owned())
     }
 
     /// Runs `f` on a new thread that has joined this namespace, and returns

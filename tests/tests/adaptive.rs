@@ -70,23 +70,26 @@ const WARMUP: Duration = Duration::from_secs(8);
 /// The measured part of each phase.
 const MEASURE: Duration = Duration::from_secs(16);
 
-fn daemon_config(iface: &str, enabled: bool) -> String {
+/// The daemon's configuration of both tests: the limit's `burst`, the
+/// controller's `floor`, and `setting`, the line that turns it on or picks
+/// its mode.
+fn daemon_config(iface: &str, burst: u64, floor: f64, setting: &str) -> String {
     format!(
         r#"[daemon]
 interfaces = ["{iface}"]
 
 [limits]
 rate = {RATE}
-burst = {BURST}
+burst = {burst}
 unit = "packets"
 
 [scope]
 ports = [{{ proto = "tcp", port = {PORT} }}]
 
 [adaptive]
-enabled = {enabled}
+{setting}
 algorithm = "gradient"
-floor = {FLOOR}
+floor = {floor}
 interval_ms = 500
 window_ms = 2000
 min_samples = 5
@@ -181,7 +184,7 @@ fn run_phase(checks: &Checks, name: &'static str, enabled: bool) -> Phase {
     let pair = VethPair::builder().sender_addrs(LIGHT.iter().copied().chain([HEAVY])).build();
     let service = Service::start(&pair.receiver, SERVICE);
     let daemon = Daemon::builder(&pair.receiver, &pair.rx_if)
-        .config(&daemon_config(&pair.rx_if, enabled))
+        .config(&daemon_config(&pair.rx_if, BURST, FLOOR, &format!("enabled = {enabled}")))
         .start_ready();
     let api_get = |path| daemon.api_get(&pair.receiver, path);
     let dst = pair.dst_for(ip(HEAVY), PORT);
@@ -382,39 +385,6 @@ const AFTER: Duration = Duration::from_secs(10);
 /// The returning client is measured from this long after the attack.
 const AFTER_SETTLE: Duration = Duration::from_secs(3);
 
-fn bot_config(iface: &str, mode: &str) -> String {
-    format!(
-        r#"[daemon]
-interfaces = ["{iface}"]
-
-[limits]
-rate = {RATE}
-burst = {BOT_BURST}
-unit = "packets"
-
-[scope]
-ports = [{{ proto = "tcp", port = {PORT} }}]
-
-[adaptive]
-mode = "{mode}"
-algorithm = "gradient"
-floor = {BOT_FLOOR}
-interval_ms = 500
-window_ms = 2000
-min_samples = 5
-target_ms = {TARGET_MS}
-target_percentile = 99
-history = 200
-
-[adaptive.source]
-kind = "http"
-url = "http://127.0.0.1:{PORT}/"
-interval_ms = 50
-timeout_ms = 500
-"#
-    )
-}
-
 /// What one mode did with the botnet.
 #[derive(Debug)]
 struct BotPhase {
@@ -445,8 +415,9 @@ fn run_bot_phase(checks: &Checks, mode: &'static str) -> BotPhase {
         .sender_addrs(LIGHT.iter().copied().chain([RETURNING]).chain(bots.iter().map(String::as_str)))
         .build();
     let service = Service::start(&pair.receiver, SERVICE);
-    let daemon =
-        Daemon::builder(&pair.receiver, &pair.rx_if).config(&bot_config(&pair.rx_if, mode)).start_ready();
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if)
+        .config(&daemon_config(&pair.rx_if, BOT_BURST, BOT_FLOOR, &format!("mode = \"{mode}\"")))
+        .start_ready();
     let api_get = |path| daemon.api_get(&pair.receiver, path);
     let dst = pair.dst_for(ip(RETURNING), PORT);
     thread::sleep(Duration::from_secs(2));

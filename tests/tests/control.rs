@@ -15,7 +15,7 @@ use throttle_tests::{
     daemon::{self, throttle_bin, CliOutput},
     measure::bucket_allowance,
     mono_ns, require_root, secs_between, start_daemon, Arrivals, Checks, Daemon, Flood, Flow, FlowReport,
-    Netns, Receiver, VethPair,
+    Receiver, VethPair,
 };
 
 /// The UDP port every flood goes to.
@@ -50,30 +50,6 @@ fn json_of(out: &CliOutput) -> Value {
 /// `field` of `value` as a number; panics naming the whole value.
 fn num(value: &Value, field: &str) -> u64 {
     value[field].as_u64().unwrap_or_else(|| panic!("no number `{field}` in {value}"))
-}
-
-/// An HTTP request with curl in `ns`: its status and body.
-fn curl(ns: &Netns, url: &str, headers: &[&str]) -> (u16, String) {
-    let mut cmd = ns.command("curl");
-    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
-    for header in headers {
-        cmd.args(["-H", header]);
-    }
-    let out = cmd
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run curl (`cargo xtask setup` installs it): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let status = status.trim().parse().unwrap_or_else(|_| {
-        panic!(
-            "curl {url} gave no HTTP status ({}): stdout {text:?}, stderr {:?}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (status, body.to_owned())
 }
 
 /// `GET /v1/stats` on the daemon's loopback.
@@ -667,7 +643,7 @@ fn the_token_is_enforced_beyond_loopback() {
         ("/readyz", vec![], 200, None),
     ];
     for (path, headers, want, code) in &cases {
-        let (status, body) = curl(&pair.sender, &format!("{base}{path}"), headers);
+        let (status, body) = pair.sender.curl("GET", &format!("{base}{path}"), headers, None);
         let shown = headers.first().map_or_else(|| "no token".to_owned(), |h| h.replace(token, "<token>"));
         let code_ok = code.is_none_or(|code| {
             serde_json::from_str::<Value>(&body)

@@ -10,7 +10,6 @@
 
 use std::{
     net::IpAddr,
-    process::Stdio,
     sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
@@ -53,33 +52,15 @@ impl Node {
 
     fn metrics(&self) -> String {
         let (status, text) =
-            curl(&self.pair.receiver, "GET", &format!("http://{}/metrics", self.daemon.admin()), None);
+            self.pair.receiver.curl("GET", &format!("http://{}/metrics", self.daemon.admin()), &[], None);
         assert_eq!(status, 200, "GET /metrics: {text}");
         text
     }
 }
 
-/// An HTTP request with curl in `ns`: its status and body.
-fn curl(ns: &Netns, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = ns.command("curl");
-    cmd.args(["-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"]);
-    if let Some(body) = body {
-        cmd.args(["-H", "content-type: application/json", "--data-binary", body]);
-    }
-    let out = cmd
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run curl (`cargo xtask setup` installs it): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let status = status.trim().parse().unwrap_or_else(|_| panic!("curl {url}: no status in {text:?}"));
-    (status, body.to_owned())
-}
-
 /// A JSON request: its status and the JSON it answered (null when none).
 fn call(ns: &Netns, method: &str, url: &str, body: &Value) -> (u16, Value) {
-    let (status, text) = curl(ns, method, url, Some(&body.to_string()));
+    let (status, text) = ns.curl(method, url, &[], Some(&body.to_string()));
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 

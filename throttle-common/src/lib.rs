@@ -601,23 +601,22 @@ pub struct BucketKey {
 
 const _: () = assert!(size_of::<BucketKey>() == 24);
 
-/// A tracked source's bucket, as the daemon reads it from its
-/// [`table::Slot`].
+/// A tracked source's bucket, as the daemon reads it: the state half of
+/// its [`table::Slot`], whose fields say what each one holds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Bucket {
-    /// The GCRA theoretical arrival time, in ticks ([`gcra`]).
+    /// [`table::Slot::tat`].
     pub tat: u64,
-    /// Packets admitted.
+    /// [`table::Slot::passed`].
     pub passed: u64,
-    /// Packets over the limit (dropped, or passed in dry-run).
+    /// [`table::Slot::dropped`].
     pub dropped: u64,
-    /// Under a class with a ban: since when (ticks) every packet of the
-    /// source was over the limit; 0 when the last one passed.
+    /// [`table::Slot::over_since`].
     pub over_since: u64,
-    /// [`table::Slot::share`]: the part of its limit this host enforces.
+    /// [`table::Slot::share`].
     pub share: u32,
-    /// [`table::Slot::born`]: when the source took its slot.
+    /// [`table::Slot::born`].
     pub born: u32,
 }
 

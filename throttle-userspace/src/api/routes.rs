@@ -331,12 +331,18 @@ async fn put_class(
             Ok::<_, ChangeError>((created, c.class(&name)?.clone()))
         })
         .await?;
-    Ok(if created {
-        let location = format!("/v1/classes/{}", class.name);
-        (StatusCode::CREATED, [(header::LOCATION, location)], Json(class)).into_response()
+    let location = format!("/v1/classes/{}", class.name);
+    Ok(put_answer(created, location, Json(class)))
+}
+
+/// What a `PUT` of a named thing answers: `201` with its location when it
+/// made it, else `200`; the thing in the body either way.
+fn put_answer(created: bool, location: String, body: impl IntoResponse) -> Response {
+    if created {
+        (StatusCode::CREATED, [(header::LOCATION, location)], body).into_response()
     } else {
-        Json(class).into_response()
-    })
+        body.into_response()
+    }
 }
 
 /// Removes a class; the others keep their order.
@@ -670,12 +676,8 @@ async fn put_set(
     let load = tokio::task::spawn_blocking(move || runtime.load_set(name, parsed))
         .await
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))?;
-    Ok(if load.created {
-        let location = format!("/v1/sets/{}", load.name);
-        (StatusCode::CREATED, [(header::LOCATION, location)], Json(load)).into_response()
-    } else {
-        Json(load).into_response()
-    })
+    let location = format!("/v1/sets/{}", load.name);
+    Ok(put_answer(load.created, location, Json(load)))
 }
 
 /// Removes a set; refused (`409`) while a rule names it.

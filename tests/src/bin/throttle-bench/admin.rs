@@ -11,7 +11,7 @@ use serde::Serialize;
 use throttle::kernel::BucketTable;
 use throttle_tests::{Daemon, Netns, VethPair};
 
-use crate::{median, scale, Progress};
+use crate::{median, report, scale, Progress};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -48,15 +48,7 @@ fn sources_label(n: u32) -> String {
     if n == 1 << 20 {
         "1 M".to_owned()
     } else {
-        let s = n.to_string();
-        let mut out = String::new();
-        for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i).is_multiple_of(3) {
-                out.push(' ');
-            }
-            out.push(c);
-        }
-        out
+        report::grouped(f64::from(n))
     }
 }
 

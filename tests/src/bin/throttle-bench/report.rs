@@ -406,7 +406,7 @@ fn tables(report: &Report) -> Vec<Table> {
 }
 
 /// A count as the tables show it: 1 234 567.
-fn grouped(n: f64) -> String {
+pub fn grouped(n: f64) -> String {
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a count, rounded")]
     let s = (n.round().max(0.0) as u64).to_string();
     let mut out = String::new();
