@@ -816,7 +816,8 @@ fn classes(unmatched: UnmatchedAction) -> Policy {
         ipv4_prefix = 24
         "#,
     );
-    Policy { classes, unmatched: Unmatched { action: unmatched }, ..policy(1_000, 1) }
+    // The default: 1/s, burst 1, so that a slow run refills nothing.
+    Policy { classes, unmatched: Unmatched { action: unmatched }, ..policy(1, 1) }
 }
 
 #[test]
@@ -1243,4 +1244,66 @@ fn transitions_are_events_and_packets_are_not() {
     assert!(sent <= event::LIMIT.burst() + 50, "{sent} events sent for 1500 transitions");
     assert!(after.suppressed - before.suppressed >= 1_500 - sent - 50, "{after:?}: the rest held back");
     assert_eq!(after.lost, 0);
+}
+
+#[test]
+fn newcomers_get_their_share_of_the_limits_the_controller_moves_and_known_sources_all() {
+    require_root!();
+    // 1/s with a burst of 100 everywhere: what a source gets at once is its
+    // burst. The default limit and `game` are moved by the controller,
+    // `dns` is not.
+    let mut p = policy(1, 100);
+    p.classes = parse_classes(
+        r#"
+        [[classes]]
+        name = "dns"
+        match = [{ proto = "udp", ports = "53" }]
+        limits = [{ rate = 1, burst = 100 }]
+        [[classes]]
+        name = "game"
+        match = [{ proto = "udp", ports = "27015" }]
+        limits = [{ rate = 1, burst = 100 }]
+        adaptive = true
+        "#,
+    );
+    let mut h = Harness::new(&p);
+    let now = || {
+        throttle_common::table::born_of(
+            throttle_common::gcra::ticks_from_ns(throttle::kernel::monotonic_ns()),
+        )
+    };
+    let ports = [9000, 53, 27015];
+    // A known source: its buckets made three units before the overload.
+    let known = ip("10.31.0.1");
+    for port in ports {
+        assert_eq!(h.run(&Frame::udp(known, port).build()), XDP_PASS);
+    }
+    let table = h.dataplane.table().clone();
+    let mut aged = 0;
+    table.for_each(&mut |key, bucket| {
+        if key.addr == bucket_key(known, key.rule, 32, 64).addr {
+            assert!(table.put(key, &throttle_common::Bucket { born: now() - 3, ..*bucket }));
+            aged += 1;
+        }
+    });
+    assert_eq!(aged, 3, "one bucket a port");
+    let quarter = throttle_common::table::SHARE_ONE / 4;
+    h.dataplane
+        .set_newcomers(throttle::kernel::NewcomerShare { known_before: now(), share: quarter })
+        .expect("holding the newcomers");
+    let passed = |h: &Harness, source, port| {
+        (0..200).filter(|_| h.run(&Frame::udp(source, port).build()) == XDP_PASS).count()
+    };
+    // The known source: the rest of its burst everywhere.
+    for port in ports {
+        assert_eq!(passed(&h, known, port), 99, "known, port {port}");
+    }
+    // Newcomers: their first packet at the whole limit, then a quarter of
+    // the rest, under the limits the controller moves only.
+    assert_eq!(passed(&h, ip("10.31.0.2"), 9000), 1 + 24, "the default limit");
+    assert_eq!(passed(&h, ip("10.31.0.2"), 27015), 1 + 24, "an adaptive class");
+    assert_eq!(passed(&h, ip("10.31.0.2"), 53), 100, "a class the controller leaves alone");
+    // The hold lifted: a newcomer gets its whole burst again.
+    h.dataplane.set_newcomers(throttle::kernel::NewcomerShare::default()).expect("lifting the hold");
+    assert_eq!(passed(&h, ip("10.31.0.3"), 9000), 100);
 }

@@ -136,12 +136,18 @@ impl Limit {
     #[inline(always)]
     #[must_use]
     pub const fn shared(&self, share: u32) -> Self {
-        if share == 0 || share >= crate::table::SHARE_ONE {
+        if share >= crate::table::SHARE_ONE {
             return *self;
         }
         // The interval is below 2^51 (MAX_INTERVAL), the product below 2^67
-        // only for rates under one a day: saturate there.
-        let interval = self.interval.saturating_mul(crate::table::SHARE_ONE as u64) / share as u64;
+        // only for rates under one a day: saturate there. A share of 0 is
+        // the whole limit (and no division by zero for the program to
+        // carry a panic for).
+        let Some(interval) =
+            self.interval.saturating_mul(crate::table::SHARE_ONE as u64).checked_div(share as u64)
+        else {
+            return *self;
+        };
         let interval = if interval > MAX_INTERVAL { MAX_INTERVAL } else { interval };
         let tolerance = if self.tolerance < interval { interval } else { self.tolerance };
         Self { interval, tolerance, unit: self.unit, clock: self.clock }

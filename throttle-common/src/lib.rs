@@ -19,7 +19,7 @@ pub use gcra::{admit, ceiling, Limit, CLOCK_COARSE, CLOCK_FINE, UNIT_BYTES, UNIT
 
 /// Version of the layout of every map below. A daemon refuses pinned maps of
 /// another layout version; bump it whenever a key, a value or a map changes.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the maps in the XDP object (at most 15 bytes each: the kernel's
 /// `BPF_OBJ_NAME_LEN` less the NUL).
@@ -119,6 +119,14 @@ const _: () = assert!(size_of::<Family>() == size_of::<u32>());
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// Bits of [`ClassConfig::flags`].
+pub mod class_flags {
+    /// The adaptive controller moves the class's limits: newcomers are
+    /// held to [`super::Config::newcomer_share`] of them while a reserve
+    /// for known sources is in force.
+    pub const ADAPTIVE: u32 = 1 << 0;
+}
+
 /// Bits of [`Config::flags`].
 pub mod flags {
     /// Pass what would be dropped, and count it as `dry_run_pass`.
@@ -196,9 +204,17 @@ pub struct Config {
     /// ([`table::Slot::share`]; 0: all of it). Fleet mode: the limit divided
     /// by the nodes while the fleet cannot be reached.
     pub default_share: u32,
+    /// The adaptive controller's reserve for known sources: a bucket of a
+    /// limit it moves that was made at or after this time
+    /// ([`table::born_of`]) is a newcomer's, held to `newcomer_share` of
+    /// the limit.
+    pub known_before: u32,
+    /// The part of a moved limit a newcomer gets, in 1/[`table::SHARE_ONE`]ths
+    /// of it; 0: all of it, as every other source (no reserve in force).
+    pub newcomer_share: u32,
 }
 
-const _: () = assert!(size_of::<Config>() == 72);
+const _: () = assert!(size_of::<Config>() == 80);
 
 /// A limit class as the data path meters it: the `CLASSES` entry of its id
 /// (0: the default class, `[limits]`).
@@ -217,7 +233,8 @@ pub struct ClassConfig {
     pub tiers: [TierConfig; MAX_TIERS as usize],
     /// How many of `tiers` are in force (0 to [`MAX_TIERS`]).
     pub tier_count: u32,
-    pub _pad: u32,
+    /// [`class_flags`].
+    pub flags: u32,
     /// The ban: a source over one of the class's limits for `ban_after`
     /// ticks in a row is denied for `ban_for` ticks; 0: no ban.
     pub ban_after: u64,

@@ -75,12 +75,16 @@ const _: () = assert!(size_of::<Slot>() == 64);
 /// [`Slot::share`] of the whole limit.
 pub const SHARE_ONE: u32 = 1 << 16;
 
-/// [`Slot::born`] of a time in ticks: units of 2^30 ns (1.07 s), which a
-/// u32 counts for 146 years of uptime.
+/// The unit of [`Slot::born`]: 2^30 ns (1.07 s), which a u32 counts for
+/// 146 years of uptime.
+pub const BORN_UNIT_NS: u64 = 1 << BORN_SHIFT;
+const BORN_SHIFT: u32 = 30;
+
+/// [`Slot::born`] of a time in ticks, in [`BORN_UNIT_NS`].
 #[inline(always)]
 #[must_use]
 pub const fn born_of(ticks: u64) -> u32 {
-    (ticks >> (30 + crate::gcra::TICK_SHIFT)) as u32
+    (ticks >> (BORN_SHIFT + crate::gcra::TICK_SHIFT)) as u32
 }
 
 /// A bucket key as the table stores and hashes it.

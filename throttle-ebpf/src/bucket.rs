@@ -26,11 +26,13 @@ impl Ban {
 }
 
 /// How a packet is metered besides its key and limit: what it costs,
-/// whether a bucket made for it draws on the first-seen budget, and its
-/// class's ban.
+/// whether a bucket made for it draws on the first-seen budget, the part of
+/// the limit a newcomer gets ([`Config::newcomer_share`] under a limit the
+/// controller moves, else 0: none is held back), and its class's ban.
 pub struct Charge {
     pub cost: u64,
     pub budget: bool,
+    pub newcomer: u32,
     pub ban: Ban,
 }
 
@@ -89,19 +91,39 @@ fn tracked(key: &SlotKey, limit: &Limit, config: &Config, charge_of: &Charge) ->
     let arrival = Arrival { now: now(limit), cost: charge_of.cost, ban: charge_of.ban };
     // In fleet mode a heavy source may have a share of its limit here (and
     // every source the default one, with the fleet out of reach): one load
-    // of the line just read, and the limit scaled for them alone.
-    let share = match slot.share() {
-        0 => config.default_share,
-        share => share,
-    };
-    let shared;
-    let limit = if share == 0 {
-        limit
-    } else {
-        shared = limit.shared(share);
-        &shared
-    };
-    charge(slot, &arrival, limit, key).unwrap_or(reason::UNTRACKED)
+    // of the line just read, and the limit scaled for them alone. While the
+    // controller reserves capacity for the sources known before an
+    // overload, those that came since get a part of the limit too.
+    //
+    // Without a branch: the verifier walks what follows once, not once for
+    // each way the share came about (and the limit is a copy whatever the
+    // share, for the same reason).
+    let share = slot.share();
+    let share = whole_if_zero(share + is_zero(share) * config.default_share);
+    let newcomer = charge_of.newcomer * at_or_after(slot.born(), config.known_before);
+    // A product of two at most 2^16, over 2^16.
+    let share = ((u64::from(share) * u64::from(whole_if_zero(newcomer))) >> 16) as u32;
+    let shared = limit.shared(share + is_zero(share));
+    charge(slot, &arrival, &shared, key).unwrap_or(reason::UNTRACKED)
+}
+
+/// 1 when `x` is 0, else 0, without a branch.
+#[inline(always)]
+fn is_zero(x: u32) -> u32 {
+    (u64::from(x).wrapping_sub(1) >> 63) as u32
+}
+
+/// `x`, or the whole limit's share ([`table::SHARE_ONE`]) for 0, without a
+/// branch.
+#[inline(always)]
+fn whole_if_zero(x: u32) -> u32 {
+    x + is_zero(x) * table::SHARE_ONE
+}
+
+/// 1 when `born` is at or after `at`, else 0, without a branch.
+#[inline(always)]
+fn at_or_after(born: u32, at: u32) -> u32 {
+    1 - (u64::from(born).wrapping_sub(u64::from(at)) >> 63) as u32
 }
 
 /// When a packet came, what it costs, and its class's ban.

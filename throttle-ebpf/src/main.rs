@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use throttle_common::{
-    class_owner, flags, reason, ClassConfig, Config, Limit, Reason, FAMILY_V4, MAX_CLASS_LIMITS, MAX_TIERS,
-    TIER_SLOT, TIER_V4, TIER_V6, UNIT_BYTES,
+    class_flags, class_owner, flags, reason, ClassConfig, Config, Limit, Reason, FAMILY_V4, MAX_CLASS_LIMITS,
+    MAX_TIERS, TIER_SLOT, TIER_V4, TIER_V6, UNIT_BYTES,
 };
 
 use crate::{
@@ -111,7 +111,9 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
         ),
     };
     let key = bucket::key(packet.family, &packet.src, owner, class);
-    let verdict = bucket::meter(&key, limit, config, &Charge { cost: cost(limit, len), budget: true, ban });
+    let newcomer = newcomer_share(by_rule, class, config);
+    let verdict =
+        bucket::meter(&key, limit, config, &Charge { cost: cost(limit, len), budget: true, newcomer, ban });
     if reason::drops(verdict) || by_rule || (class.limit_count < 2 && class.tier_count == 0) {
         return verdict;
     }
@@ -120,6 +122,18 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
         rest
     } else {
         verdict
+    }
+}
+
+/// The part of its limit a newcomer gets under a limit rule (`by_rule`) or
+/// a limit of `class`: the controller moves every limit rule and the
+/// adaptive classes.
+#[inline(always)]
+fn newcomer_share(by_rule: bool, class: &ClassConfig, config: &Config) -> u32 {
+    if by_rule || class.flags & class_flags::ADAPTIVE != 0 {
+        config.newcomer_share
+    } else {
+        0
     }
 }
 
@@ -150,7 +164,8 @@ fn meter_rest(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, config: 
     let Rest { class_id, len, ban } = *rest;
     // One key and one charge, rewritten for each bucket: the stack of this
     // call is part of the deepest chain.
-    let mut charge = Charge { cost: 0, budget: false, ban };
+    let newcomer = newcomer_share(false, class, config);
+    let mut charge = Charge { cost: 0, budget: false, newcomer, ban };
     let mut key;
     for slot in 1..MAX_CLASS_LIMITS {
         if slot >= class.limit_count {

@@ -36,6 +36,14 @@ impl SlotWords {
         unsafe { addr_of_mut!((*self.slot).share).read_volatile() }
     }
 
+    /// When the source took the slot ([`table::born_of`]); written once,
+    /// before the tag that publishes the slot.
+    #[inline(always)]
+    pub fn born(self) -> u32 {
+        // SAFETY: as in `slot_word!`: an aligned u32 of live map memory.
+        unsafe { addr_of_mut!((*self.slot).born).read_volatile() }
+    }
+
     slot_word!(tag, tag);
     slot_word!(tat, tat);
     slot_word!(passed, passed);

@@ -744,6 +744,12 @@ impl Control {
         Ok(())
     }
 
+    /// The controller's hold on the sources that came during an overload
+    /// ([`Kernel::set_newcomers`]).
+    pub fn set_newcomers(&mut self, newcomers: crate::kernel::NewcomerShare) -> Result<(), KernelError> {
+        self.kernel.set_newcomers(newcomers)
+    }
+
     /// The configured rate of each limit and its effective (scaled) one, by
     /// the rule id its buckets carry (0: the default limit).
     #[must_use]
@@ -1207,6 +1213,8 @@ pub mod fake {
         pub attachments: Vec<Attachment>,
         /// What the last `set_shares` gave the sources it did not name.
         pub default_share: u32,
+        /// What the last `set_newcomers` set.
+        pub newcomers: crate::kernel::NewcomerShare,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1273,6 +1281,11 @@ pub mod fake {
                 }
             }
             Ok(tracked)
+        }
+
+        fn set_newcomers(&mut self, newcomers: crate::kernel::NewcomerShare) -> Result<(), KernelError> {
+            self.0.lock().unwrap().newcomers = newcomers;
+            Ok(())
         }
 
         fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {

@@ -319,6 +319,11 @@ pub struct AdaptiveConfig {
     /// busiest source's share of its base rate times (1 + this) (0..=10).
     /// Default 0.25.
     pub app_limit_headroom: f64,
+    /// `fair_share`: the part of the capacity (0..=1) guaranteed to the
+    /// sources seen before an overload began, at a level of their own; the
+    /// sources that came since share the rest, at a level no higher. 0:
+    /// every source alike. Default 0.5.
+    pub known_reserve: f64,
     /// Number of past decisions kept for the status (1..=1000). Default 32.
     pub history: u32,
     pub gradient: GradientParams,
@@ -343,6 +348,7 @@ impl Default for AdaptiveConfig {
             max_increase: 0.05,
             max_decrease: 0.3,
             app_limit_headroom: 0.25,
+            known_reserve: 0.5,
             history: 32,
             gradient: GradientParams::default(),
             vegas: VegasParams::default(),
@@ -515,6 +521,7 @@ impl AdaptiveConfig {
         check_fraction(&key(prefix, "max_increase"), self.max_increase)?;
         check_open(&key(prefix, "max_decrease"), self.max_decrease, 0.0, 1.0)?;
         check_f64(&key(prefix, "app_limit_headroom"), self.app_limit_headroom, 0.0, 10.0)?;
+        check_f64(&key(prefix, "known_reserve"), self.known_reserve, 0.0, 1.0)?;
         check_range(&key(prefix, "history"), u64::from(self.history), 1, 1_000)?;
         self.gradient.validate(&key(prefix, "gradient"))?;
         self.vegas.validate(&key(prefix, "vegas"))?;
@@ -653,6 +660,8 @@ mod tests {
             ("max_increase = 0.0", "`adaptive.max_increase` = 0"),
             ("max_decrease = 1.0", "`adaptive.max_decrease` = 1"),
             ("app_limit_headroom = -0.5", "`adaptive.app_limit_headroom`"),
+            ("known_reserve = 1.5", "`adaptive.known_reserve` = 1.5"),
+            ("known_reserve = nan", "`adaptive.known_reserve` = NaN"),
             ("history = 0", "`adaptive.history` = 0"),
             ("[gradient]\ntolerance = 0.5", "`adaptive.gradient.tolerance` = 0.5"),
             ("[gradient]\nsmoothing = 0.0", "`adaptive.gradient.smoothing` = 0"),

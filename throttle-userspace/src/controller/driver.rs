@@ -9,7 +9,9 @@ use std::{
 
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use super::{probe, AdaptiveConfig, Controller, Decision, ParamsUpdate, State, Status, UpdateError, Usage};
+use super::{
+    probe, AdaptiveConfig, Controller, Decision, Newcomers, ParamsUpdate, State, Status, UpdateError, Usage,
+};
 use crate::policy::Invalid;
 
 /// Most samples one `POST /v1/latency` may carry.
@@ -23,8 +25,14 @@ const CHANNEL: usize = 1_024;
 pub trait ScaleSink: Send + Sync {
     /// The traffic's usage since the previous call.
     fn usage(&self) -> Usage;
-    /// Applies `scale` to every limit (the effective rates reach the kernel).
-    fn apply_scale(&self, scale: f64) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    /// Applies `scale` to every limit it moves (the effective rates reach
+    /// the kernel), and holds the sources that came during an overload to
+    /// their part of it (`newcomers`; None: nobody is told apart).
+    fn apply_scale(
+        &self,
+        scale: f64,
+        newcomers: Option<Newcomers>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 struct Shared {
@@ -45,10 +53,11 @@ impl Shared {
 
 /// Applies `decision` through `sink`, or reverts it when that fails.
 fn apply(controller: &mut Controller, sink: &dyn ScaleSink, decision: &Decision) {
-    match sink.apply_scale(decision.to) {
+    match sink.apply_scale(decision.to, decision.newcomers) {
         Ok(()) => tracing::info!(
             from = format_args!("{:.3}", decision.from),
             to = format_args!("{:.3}", decision.to),
+            newcomers = format_args!("{:.3}", decision.newcomers.map_or(1.0, |n| n.share)),
             reason = decision.reason,
             "controller changed the scale"
         ),
@@ -245,7 +254,11 @@ mod tests {
             }
         }
 
-        fn apply_scale(&self, scale: f64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        fn apply_scale(
+            &self,
+            scale: f64,
+            _newcomers: Option<Newcomers>,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err("map update refused".into());
             }

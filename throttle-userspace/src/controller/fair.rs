@@ -9,6 +9,11 @@
 //! base)`, and the level is the largest with the sum of those within the
 //! capacity. A limit's share of the capacity is thus in proportion to its
 //! configured rate, and within a limit every source is treated alike.
+//!
+//! With a reserve for known sources ([`reserved_levels`]), the sources whose
+//! buckets were made before the overload began are guaranteed up to a part
+//! of the capacity at a level of their own, and those that came since share
+//! what is left, at a level no higher.
 
 use serde::Serialize;
 
@@ -19,6 +24,38 @@ pub struct SourceRate {
     pub offered: f64,
     /// What its bucket admitted.
     pub admitted: f64,
+    /// When its bucket was made, on the data path's clock
+    /// ([`throttle_common::table::born_of`]).
+    pub born: u32,
+}
+
+/// Which sources a computation counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Every source.
+    All,
+    /// Those whose buckets were made before this time (the known ones).
+    Before(u32),
+    /// Those whose buckets were made at or after it (the newcomers).
+    Since(u32),
+}
+
+impl Pool {
+    fn holds(self, source: &SourceRate) -> bool {
+        match self {
+            Self::All => true,
+            Self::Before(at) => source.born < at,
+            Self::Since(at) => source.born >= at,
+        }
+    }
+}
+
+/// The levels of the known sources and of the newcomers, as fractions of
+/// each limit's configured rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    pub known: f64,
+    pub new: f64,
 }
 
 /// One limit the controller moves, with the rates of its sources.
@@ -43,8 +80,15 @@ pub struct LevelView {
     pub level_per_s: f64,
     /// Sources seen during the last interval.
     pub sources: usize,
-    /// Of those, how many sent more than the level.
+    /// Of those, how many sent more than their level.
     pub over_level: usize,
+    /// While the sources known before the overload keep a reserve: the
+    /// level of those that came since, per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomer_level_per_s: Option<f64>,
+    /// And how many of the sources came since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomers: Option<usize>,
 }
 
 fn usable(x: f64) -> f64 {
@@ -59,11 +103,17 @@ fn usable(x: f64) -> f64 {
 /// limit's configured rate), per second.
 #[must_use]
 pub fn kept_at(limits: &[LimitUsage], level: f64) -> f64 {
+    kept_in(limits, level, Pool::All)
+}
+
+/// [`kept_at`] for the sources of `pool` only.
+#[must_use]
+pub fn kept_in(limits: &[LimitUsage], level: f64, pool: Pool) -> f64 {
     limits
         .iter()
         .map(|l| {
             let cap = usable(l.base) * level;
-            l.sources.iter().map(|s| usable(s.offered).min(cap)).sum::<f64>()
+            l.sources.iter().filter(|s| pool.holds(s)).map(|s| usable(s.offered).min(cap)).sum::<f64>()
         })
         .sum()
 }
@@ -79,8 +129,14 @@ pub fn admitted(limits: &[LimitUsage]) -> f64 {
 /// their configured rates. The level of no capacity is 0.
 #[must_use]
 pub fn water_level(limits: &[LimitUsage], capacity: f64) -> f64 {
+    water_level_in(limits, capacity, Pool::All)
+}
+
+/// [`water_level`] over the sources of `pool` only.
+#[must_use]
+pub fn water_level_in(limits: &[LimitUsage], capacity: f64, pool: Pool) -> f64 {
     let capacity = usable(capacity);
-    if kept_at(limits, 1.0) <= capacity {
+    if kept_in(limits, 1.0, pool) <= capacity {
         return 1.0;
     }
     // Each source's demand as a fraction of its limit's rate, with that
@@ -90,7 +146,7 @@ pub fn water_level(limits: &[LimitUsage], capacity: f64) -> f64 {
         .iter()
         .filter(|l| usable(l.base) > 0.0)
         .flat_map(|l| {
-            l.sources.iter().map(move |s| {
+            l.sources.iter().filter(move |s| pool.holds(s)).map(move |s| {
                 let offered = usable(s.offered);
                 (offered / l.base, offered, l.base)
             })
@@ -114,19 +170,46 @@ pub fn water_level(limits: &[LimitUsage], capacity: f64) -> f64 {
     ((capacity - below) / weight).clamp(0.0, 1.0)
 }
 
-/// The level of each limit at `level`, for the status.
+/// The levels at which `limits` keep at most `capacity` in all, with up to
+/// `reserve` of it (a fraction, 0 to 1) guaranteed to the sources whose
+/// buckets were made before `known_before`: one level for every source
+/// while that already gives the known ones their reserve (or all they
+/// send, if less); else the known sources are water-filled over their
+/// guarantee, and the newcomers over what is left, at a level no higher.
 #[must_use]
-pub fn levels(limits: &[LimitUsage], level: f64) -> Vec<LevelView> {
+pub fn reserved_levels(limits: &[LimitUsage], capacity: f64, reserve: f64, known_before: u32) -> Split {
+    let level = water_level(limits, capacity);
+    let known = Pool::Before(known_before);
+    let guaranteed = kept_in(limits, 1.0, known).min(usable(reserve).min(1.0) * usable(capacity));
+    if kept_in(limits, level, known) >= guaranteed * (1.0 - 1e-9) {
+        return Split { known: level, new: level };
+    }
+    let known_level = water_level_in(limits, guaranteed, known);
+    let rest = (usable(capacity) - kept_in(limits, known_level, known)).max(0.0);
+    let new = water_level_in(limits, rest, Pool::Since(known_before)).min(known_level);
+    Split { known: known_level, new }
+}
+
+/// The level of each limit at `level`, and with `newcomers` (the time the
+/// known sources' buckets were made before, and the level of the others)
+/// the newcomers', for the status.
+#[must_use]
+pub fn levels(limits: &[LimitUsage], level: f64, newcomers: Option<(u32, f64)>) -> Vec<LevelView> {
     limits
         .iter()
         .map(|l| {
             let per_s = usable(l.base) * level;
+            let new_per_s = newcomers.map(|(_, new)| usable(l.base) * new);
+            let is_new = |s: &SourceRate| newcomers.is_some_and(|(at, _)| Pool::Since(at).holds(s));
+            let level_of = |s: &SourceRate| if is_new(s) { new_per_s.unwrap_or(per_s) } else { per_s };
             LevelView {
                 limit: l.name.clone(),
                 configured_per_s: l.base,
                 level_per_s: per_s,
                 sources: l.sources.len(),
-                over_level: l.sources.iter().filter(|s| usable(s.offered) > per_s).count(),
+                over_level: l.sources.iter().filter(|s| usable(s.offered) > level_of(s)).count(),
+                newcomer_level_per_s: new_per_s,
+                newcomers: newcomers.map(|_| l.sources.iter().filter(|s| is_new(s)).count()),
             }
         })
         .collect()
@@ -140,7 +223,10 @@ mod tests {
         LimitUsage {
             name: name.to_owned(),
             base,
-            sources: offered.iter().map(|&o| SourceRate { offered: o, admitted: o.min(base) }).collect(),
+            sources: offered
+                .iter()
+                .map(|&o| SourceRate { offered: o, admitted: o.min(base), born: 0 })
+                .collect(),
         }
     }
 
@@ -154,7 +240,7 @@ mod tests {
         let level = water_level(&limits, 250.0);
         assert!((level * 150.0 - 50.0).abs() < 1e-9, "{}", level * 150.0);
         assert!((kept_at(&limits, level) - 250.0).abs() < 1e-9);
-        let view = &levels(&limits, level)[0];
+        let view = &levels(&limits, level, None)[0];
         assert_eq!((view.sources, view.over_level), (14, 4));
         // Too little for the light ones too: everybody gets the same.
         let level = water_level(&limits, 28.0);
@@ -182,5 +268,39 @@ mod tests {
         let garbage = [limit("x", f64::NAN, &[f64::INFINITY, -1.0]), limit("y", 10.0, &[f64::NAN, 20.0])];
         let level = water_level(&garbage, 5.0);
         assert!((level - 0.5).abs() < 1e-9, "{level}");
+    }
+
+    #[test]
+    fn known_sources_keep_their_reserve_and_newcomers_share_the_rest() {
+        // 40 known at 5/s (200/s) beside 1000 newcomers at 75/s, limit
+        // 150/s, capacity 1000/s: one level would give each source under
+        // 1/s. Half reserved: the known keep all they send, the newcomers
+        // share the other 800/s at 0.8/s each.
+        let mut limits = [limit("default", 150.0, &[5.0; 40])];
+        limits[0].sources.extend((0..1_000).map(|_| SourceRate { offered: 75.0, admitted: 75.0, born: 10 }));
+        let one = water_level(&limits, 1_000.0);
+        assert!(one * 150.0 < 1.0, "{}", one * 150.0);
+        let split = reserved_levels(&limits, 1_000.0, 0.5, 10);
+        assert!((split.known - 1.0).abs() < 1e-9, "{split:?}");
+        assert!((split.new * 150.0 - 0.8).abs() < 1e-9, "{split:?}");
+        let kept =
+            kept_in(&limits, split.known, Pool::Before(10)) + kept_in(&limits, split.new, Pool::Since(10));
+        assert!((kept - 1_000.0).abs() < 1e-6, "{kept}");
+        let view = &levels(&limits, split.known, Some((10, split.new)))[0];
+        assert_eq!((view.newcomers, view.over_level), (Some(1_000), 1_000));
+        // A reserve smaller than their need: the known share 10 % of the
+        // capacity, 100/s at 2.5/s each; the newcomers 900/s.
+        let split = reserved_levels(&limits, 1_000.0, 0.1, 10);
+        assert!((split.known * 150.0 - 2.5).abs() < 1e-9, "{split:?}");
+        assert!((split.new * 150.0 - 0.9).abs() < 1e-9, "{split:?}");
+        // Few newcomers: the one level gives the known ones their reserve
+        // already, and nobody is told apart.
+        limits[0].sources.truncate(40 + 3);
+        let split = reserved_levels(&limits, 300.0, 0.5, 10);
+        let one = water_level(&limits, 300.0);
+        assert_eq!(split, Split { known: one, new: one });
+        // No reserve: the one level.
+        let split = reserved_levels(&limits, 250.0, 0.0, 10);
+        assert!((split.known - split.new).abs() < f64::EPSILON, "{split:?}");
     }
 }

@@ -66,6 +66,9 @@ pub const CEILING: f64 = 1.0;
 /// Changes of the scale smaller than this are not made (they would only
 /// rewrite the kernel's configuration).
 pub const MIN_CHANGE: f64 = 0.001;
+/// Changes of the newcomers' share smaller than this part of it are not
+/// made.
+const MIN_SHARE_CHANGE: f64 = 0.01;
 /// Over the target, one evaluation cuts the scale by at most half.
 const MIN_TARGET_GRADIENT: f64 = 0.5;
 /// Above this share of the target the scale does not grow.
@@ -83,6 +86,14 @@ const DRAINING: f64 = 0.9;
 /// `fair_share`: share of the way to a new water level that one evaluation
 /// moves the level, between cuts.
 const LEVEL_SMOOTHING: f64 = 0.5;
+/// Seconds in a unit of the data path's clock of bucket births.
+#[expect(clippy::cast_precision_loss, reason = "2^30 is exact in an f64")]
+const BORN_UNIT_S: f64 = throttle_common::table::BORN_UNIT_NS as f64 / 1e9;
+/// `fair_share`: the known sources of an overload are those whose buckets
+/// were made before the oldest of this many evaluations that held nobody
+/// back before it (a few seconds: the first evaluation over the target may
+/// come a little after the overload began).
+const CALM_MEMORY: usize = 3;
 
 /// What the traffic did during the last interval, from the data path.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,6 +109,31 @@ pub struct Usage {
     /// `fair_share` mode; empty when not measured, in which case that mode
     /// walks the scale as the `scale` mode does.
     pub limits: Vec<LimitUsage>,
+    /// The data path's clock when the rates were measured, in the units of
+    /// the sources' `born` ([`throttle_common::table::born_of`]); None when
+    /// unknown, in which case known sources keep no reserve.
+    pub born_clock: Option<u32>,
+}
+
+/// `fair_share` with `known_reserve`: the sources that came during an
+/// overload, held to a part of the level of the sources known before it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Newcomers {
+    /// A source whose bucket was made at or after this time (the data
+    /// path's clock, [`throttle_common::table::born_of`]) is a newcomer.
+    pub known_before: u32,
+    /// Their level as a part of the known sources' (0 < share < 1).
+    pub share: f64,
+}
+
+/// What `GET /v1/controller` shows of the newcomers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NewcomersView {
+    /// Their level as a part of the known sources'.
+    pub share: f64,
+    /// How long before the latest measurement the known sources' buckets
+    /// were made by, in seconds.
+    pub known_for_s: f64,
 }
 
 /// A proposal of one algorithm.
@@ -135,6 +171,12 @@ pub struct Decision {
     pub from: f64,
     /// The scale after.
     pub to: f64,
+    /// The newcomers' hold after, while there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomers: Option<Newcomers>,
+    /// The newcomers' hold before.
+    #[serde(skip)]
+    pub newcomers_before: Option<Newcomers>,
     /// Why.
     pub reason: String,
 }
@@ -184,6 +226,10 @@ pub struct Status {
     /// Each limit the controller moves, with its per-source level, as of
     /// the latest evaluation.
     pub levels: Vec<LevelView>,
+    /// `fair_share`: while the sources known before the overload keep
+    /// their reserve, the level of those that came since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomers: Option<NewcomersView>,
     pub samples: SampleCounts,
     /// The latest decisions, oldest first.
     pub decisions: Vec<Decision>,
@@ -220,6 +266,16 @@ pub struct Controller {
     /// `fair_share`: what was admitted during the latest window within the
     /// target before the sources were held.
     sustained: Option<f64>,
+    /// The newcomers' hold in force.
+    newcomers: Option<Newcomers>,
+    /// `fair_share`: the data path's clock at the last evaluations that held
+    /// nobody back, oldest first.
+    calm: VecDeque<u32>,
+    /// `fair_share`: while sources are held, the time before which the
+    /// known sources' buckets were made.
+    known_before: Option<u32>,
+    /// The data path's clock at the latest measurement.
+    clock: Option<u32>,
 }
 
 /// The median of the last `n` values of `recent` (the higher middle one of
@@ -271,6 +327,10 @@ impl Controller {
             levels: Vec::new(),
             last_p50: None,
             sustained: None,
+            newcomers: None,
+            calm: VecDeque::new(),
+            known_before: None,
+            clock: None,
         })
     }
 
@@ -292,6 +352,12 @@ impl Controller {
     #[must_use]
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    /// The newcomers' hold in force, if any.
+    #[must_use]
+    pub fn newcomers(&self) -> Option<Newcomers> {
+        self.newcomers
     }
 
     /// The current state.
@@ -319,15 +385,18 @@ impl Controller {
         }
     }
 
-    fn decide(&mut self, now: Duration, to: f64, reason: String) -> Decision {
+    fn decide(&mut self, now: Duration, to: f64, newcomers: Option<Newcomers>, reason: String) -> Decision {
         let decision = Decision {
             at_ms: millis(now),
             unix_ms: self.epoch.and_then(|start| (start + now).duration_since(UNIX_EPOCH).ok()).map(millis),
             from: self.scale,
             to,
+            newcomers,
+            newcomers_before: self.newcomers,
             reason,
         };
         self.scale = to;
+        self.newcomers = newcomers;
         self.apply_error = None;
         self.decisions.push_back(decision.clone());
         while self.decisions.len() > self.config.history as usize {
@@ -356,6 +425,7 @@ impl Controller {
     /// One evaluation at `now` (time since start) with the traffic's `usage`
     /// of the last interval. Returns a decision when the scale changed.
     pub fn tick(&mut self, now: Duration, usage: &Usage) -> Option<Decision> {
+        self.clock = usage.born_clock.or(self.clock);
         self.pending.expire(now, Duration::from_millis(self.config.window_ms));
         let enough = self.pending.len() >= self.config.min_samples() as usize;
         if !self.config.enabled {
@@ -464,7 +534,7 @@ impl Controller {
         if self.config.mode == Mode::FairShare {
             reason = format!("no per-source rates measured, scaling: {reason}");
         }
-        self.levels = fair::levels(&usage.limits, scale);
+        self.levels = fair::levels(&usage.limits, scale, None);
         let config = &self.config;
         let binding = usage.over_limit_drops > 0;
         let peak = usage.peak_ratio.filter(|r| r.is_finite() && *r >= 0.0);
@@ -508,22 +578,40 @@ impl Controller {
         let high = scale * (1.0 + config.max_increase);
         let low = from * (1.0 - config.max_decrease);
         let desired = bounded(desired, low, high, scale);
-        self.settle(now, desired, reason)
+        self.settle(now, desired, None, reason)
     }
 
-    /// Moves the scale to `desired` (within the floor and the ceiling) when
-    /// that is a change worth making.
-    fn settle(&mut self, now: Duration, desired: f64, reason: String) -> Option<Decision> {
+    /// Moves the scale to `desired` (within the floor and the ceiling), and
+    /// the newcomers' hold to `newcomers`, when that is a change worth
+    /// making.
+    fn settle(
+        &mut self,
+        now: Duration,
+        desired: f64,
+        newcomers: Option<Newcomers>,
+        reason: String,
+    ) -> Option<Decision> {
         let config = &self.config;
         let scale = self.scale;
         let desired = bounded(desired, config.floor, CEILING, scale);
         self.state = State::Adjusting;
         let at_bound = |x: f64| (x - CEILING).abs() < f64::EPSILON || (x - config.floor).abs() < f64::EPSILON;
-        let changed =
-            (desired - scale).abs() >= MIN_CHANGE || (at_bound(desired) && (desired - scale).abs() > 0.0);
+        let held_changed = match (self.newcomers, newcomers) {
+            (None, None) => false,
+            (Some(was), Some(next)) => {
+                // Relative: the newcomers' level is a small part of the
+                // known sources' one.
+                was.known_before != next.known_before
+                    || (was.share - next.share).abs() >= MIN_SHARE_CHANGE * was.share.max(next.share)
+            }
+            _ => true,
+        };
+        let changed = (desired - scale).abs() >= MIN_CHANGE
+            || (at_bound(desired) && (desired - scale).abs() > 0.0)
+            || held_changed;
         if changed {
             self.reason.clone_from(&reason);
-            Some(self.decide(now, desired, reason))
+            Some(self.decide(now, desired, newcomers, reason))
         } else {
             self.reason = format!("{reason}; scale stays at {scale:.3}");
             None
@@ -659,20 +747,72 @@ impl Controller {
             self.sustained = Some(admitted);
         }
         self.capacity = capacity;
-        let mut level = capacity.map_or(CEILING, |c| fair::water_level(limits, c)).max(config.floor);
+        self.note_known(held, capacity.is_some(), usage.born_clock);
+        let config = &self.config;
+        let split = match (capacity, self.known_before) {
+            (Some(c), Some(before)) if config.known_reserve > 0.0 => {
+                fair::reserved_levels(limits, c, config.known_reserve, before)
+            }
+            (Some(c), _) => {
+                let level = fair::water_level(limits, c);
+                fair::Split { known: level, new: level }
+            }
+            (None, _) => fair::Split { known: CEILING, new: CEILING },
+        };
+        let mut level = split.known.max(config.floor);
+        let mut new_level = split.new.max(config.floor).min(level);
         if held && capacity.is_some() && !cut {
             // The rates measured over one interval are noisy: between cuts
-            // the level moves half way to the water level each time.
+            // the levels move half way to the water level each time.
+            let was_new = self.scale * self.newcomers.map_or(1.0, |n| n.share);
             level = self.scale + LEVEL_SMOOTHING * (level - self.scale);
+            if self.newcomers.is_some() && split.new < split.known {
+                // The known sources are a set fixed for the overload: what
+                // lowers their level is a cut, not one second of noise in
+                // the rates of a few of them.
+                level = level.max(self.scale);
+            }
+            new_level = (was_new + LEVEL_SMOOTHING * (new_level - was_new)).min(level);
         }
-        self.levels = fair::levels(limits, level);
+        let newcomers = match self.known_before {
+            Some(known_before) if capacity.is_some() && new_level < level * (1.0 - MIN_CHANGE) => {
+                Some(Newcomers { known_before, share: new_level / level })
+            }
+            _ => None,
+        };
+        self.levels = fair::levels(limits, level, newcomers.map(|n| (n.known_before, new_level)));
         let reason = if capacity.is_some() {
             let held = self.levels.iter().map(|l| l.over_level).sum::<usize>();
-            format!("{why}; fair share {level:.3} of each limit, {held} sources held to it")
+            match newcomers {
+                Some(n) => format!(
+                    "{why}; known sources keep their reserve at {level:.3} of each limit, newcomers get {:.3} of that, {held} sources held",
+                    n.share
+                ),
+                None => format!("{why}; fair share {level:.3} of each limit, {held} sources held to it"),
+            }
         } else {
             why
         };
-        self.settle(now, level, reason)
+        self.settle(now, level, newcomers, reason)
+    }
+
+    /// `fair_share`: keeps the clock of the evaluations that hold nobody
+    /// back, and when sources start being held (`holds` after `held`
+    /// did not), fixes which ones are known: those made before the oldest
+    /// of the last calm evaluations.
+    fn note_known(&mut self, held: bool, holds: bool, clock: Option<u32>) {
+        if !holds {
+            self.known_before = None;
+            if let Some(clock) = clock {
+                if self.calm.len() >= CALM_MEMORY {
+                    self.calm.pop_front();
+                }
+                self.calm.push_back(clock);
+            }
+        } else if !held {
+            self.known_before = self.calm.front().copied();
+            self.calm.clear();
+        }
     }
 
     /// Applies a `PUT /v1/controller` body at `now`. Returns the decision when
@@ -682,6 +822,7 @@ impl Controller {
         let was_enabled = self.config.enabled;
         if !next.enabled || next.mode != self.config.mode {
             self.capacity = None;
+            self.known_before = None;
         }
         self.config = next;
         while self.decisions.len() > self.config.history as usize {
@@ -694,6 +835,7 @@ impl Controller {
                 return Ok(Some(self.decide(
                     now,
                     CEILING,
+                    None,
                     "turned off: every limit back to its base".to_owned(),
                 )));
             }
@@ -705,7 +847,8 @@ impl Controller {
         }
         if self.scale < self.config.floor {
             let floor = self.config.floor;
-            return Ok(Some(self.decide(now, floor, format!("floor raised to {floor}"))));
+            let newcomers = self.newcomers;
+            return Ok(Some(self.decide(now, floor, newcomers, format!("floor raised to {floor}"))));
         }
         Ok(None)
     }
@@ -714,6 +857,7 @@ impl Controller {
     /// goes back to what it was.
     pub fn revert(&mut self, decision: &Decision, error: &str) {
         self.scale = decision.from;
+        self.newcomers = decision.newcomers_before;
         if self.decisions.back() == Some(decision) {
             self.decisions.pop_back();
         }
@@ -749,8 +893,18 @@ impl Controller {
             levels: self
                 .levels
                 .iter()
-                .map(|l| LevelView { level_per_s: l.configured_per_s * self.scale, ..l.clone() })
+                .map(|l| LevelView {
+                    level_per_s: l.configured_per_s * self.scale,
+                    newcomer_level_per_s: self.newcomers.map(|n| l.configured_per_s * self.scale * n.share),
+                    ..l.clone()
+                })
                 .collect(),
+            newcomers: self.newcomers.map(|n| NewcomersView {
+                share: n.share,
+                known_for_s: self
+                    .clock
+                    .map_or(0.0, |clock| f64::from(clock.saturating_sub(n.known_before)) * BORN_UNIT_S),
+            }),
             samples: SampleCounts {
                 total: self.pending.total(),
                 pending: self.pending.len() as u64,

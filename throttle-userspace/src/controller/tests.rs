@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::*;
 
-const BINDING: Usage = Usage { over_limit_drops: 100, peak_ratio: Some(1.0), limits: Vec::new() };
+const BINDING: Usage =
+    Usage { over_limit_drops: 100, peak_ratio: Some(1.0), limits: Vec::new(), born_clock: None };
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -91,13 +92,13 @@ fn the_app_limited_guard_grows_only_to_what_is_used() {
     let low = c.scale();
     assert!(low < 0.2, "{low}");
     // Nothing binds and use is unknown: no growth however good the latency.
-    let idle = Usage { over_limit_drops: 0, peak_ratio: None, limits: Vec::new() };
+    let idle = Usage { over_limit_drops: 0, peak_ratio: None, limits: Vec::new(), born_clock: None };
     for t in 10..20 {
         assert_eq!(step(&mut c, t, 10.0, &idle), None);
     }
     assert!(c.reason().contains("app-limited"), "{}", c.reason());
     // The busiest source uses 0.2 of its base limit: up to 0.25, no further.
-    let light = Usage { over_limit_drops: 0, peak_ratio: Some(0.2), limits: Vec::new() };
+    let light = Usage { over_limit_drops: 0, peak_ratio: Some(0.2), limits: Vec::new(), born_clock: None };
     for t in 20..60 {
         step(&mut c, t, 10.0, &light);
     }
@@ -113,7 +114,7 @@ fn the_app_limited_guard_grows_only_to_what_is_used() {
 fn a_cut_starts_from_what_the_busiest_source_uses() {
     let mut c = controller(AdaptiveConfig::default());
     step(&mut c, 1, 10.0, &BINDING);
-    let quiet = Usage { over_limit_drops: 0, peak_ratio: Some(0.4), limits: Vec::new() };
+    let quiet = Usage { over_limit_drops: 0, peak_ratio: Some(0.4), limits: Vec::new(), born_clock: None };
     let d = step(&mut c, 2, 1_000.0, &quiet).unwrap();
     // gradient 0.5 smoothed by half: 0.75 of where the cut starts, which is
     // the use (0.4) but no lower than half the scale in one evaluation.
@@ -122,7 +123,7 @@ fn a_cut_starts_from_what_the_busiest_source_uses() {
     // A use under the floor is not trusted: the cut starts from the scale.
     let mut c = controller(AdaptiveConfig::default());
     step(&mut c, 1, 10.0, &BINDING);
-    let stale = Usage { over_limit_drops: 0, peak_ratio: Some(0.0), limits: Vec::new() };
+    let stale = Usage { over_limit_drops: 0, peak_ratio: Some(0.0), limits: Vec::new(), born_clock: None };
     let d = step(&mut c, 2, 1_000.0, &stale).unwrap();
     assert!(d.to >= 0.7 - 1e-9, "{d:?}");
 }
@@ -220,10 +221,26 @@ fn garbage_in_never_panics() {
         c.record(secs(t), ms);
         c.tick(
             secs(t),
-            &Usage { over_limit_drops: u64::MAX, peak_ratio: Some(f64::NAN), limits: Vec::new() },
+            &Usage {
+                over_limit_drops: u64::MAX,
+                peak_ratio: Some(f64::NAN),
+                limits: Vec::new(),
+                born_clock: None,
+            },
         );
-        c.tick(secs(t), &Usage { over_limit_drops: 0, peak_ratio: Some(-1.0), limits: Vec::new() });
-        c.tick(secs(t), &Usage { over_limit_drops: 0, peak_ratio: Some(f64::INFINITY), limits: Vec::new() });
+        c.tick(
+            secs(t),
+            &Usage { over_limit_drops: 0, peak_ratio: Some(-1.0), limits: Vec::new(), born_clock: None },
+        );
+        c.tick(
+            secs(t),
+            &Usage {
+                over_limit_drops: 0,
+                peak_ratio: Some(f64::INFINITY),
+                limits: Vec::new(),
+                born_clock: None,
+            },
+        );
         let scale = c.scale();
         assert!(scale.is_finite() && (0.1..=1.0).contains(&scale), "{scale}");
     }
@@ -252,13 +269,14 @@ fn a_probe_slower_than_min_samples_per_tick_waits_without_holding() {
 /// A `fair_share` usage: 10 light sources at 5/s and `heavy` sources at
 /// `rate`/s under a limit of 150/s, each admitted up to `level`/s.
 fn fair_usage(heavy: usize, rate: f64, level: f64) -> Usage {
-    let source = |offered: f64| fair::SourceRate { offered, admitted: offered.min(level) };
+    let source = |offered: f64| fair::SourceRate { offered, admitted: offered.min(level), born: 0 };
     let mut sources = vec![source(5.0); 10];
     sources.extend(std::iter::repeat_n(source(rate), heavy));
     Usage {
         over_limit_drops: 0,
         peak_ratio: None,
         limits: vec![LimitUsage { name: "default".to_owned(), base: 150.0, sources }],
+        born_clock: None,
     }
 }
 
@@ -377,4 +395,74 @@ fn fair_share_does_not_cut_what_admits_nothing() {
     // The first sources then come in at their full rate, not at the floor.
     step(&mut c, 5, 10.0, &fair_usage(2, 20.0, 150.0));
     assert!((c.scale() - 1.0).abs() < f64::EPSILON, "{}", c.scale());
+}
+
+/// 10 light sources at 5/s whose buckets were made at 0, and `newcomers`
+/// at `rate`/s made at 10, measured at the data path's clock `clock`; each
+/// admitted up to its level as the controller has it.
+fn usage_at(c: &Controller, clock: u32, newcomers: usize, rate: f64) -> Usage {
+    let known = c.scale() * 150.0;
+    let new = known * c.status(secs(0)).newcomers.map_or(1.0, |n| n.share);
+    let mut usage = fair_usage(0, 0.0, known);
+    let newcomer = fair::SourceRate { offered: rate, admitted: rate.min(new), born: 10 };
+    usage.limits[0].sources.extend(std::iter::repeat_n(newcomer, newcomers));
+    usage.born_clock = Some(clock);
+    usage
+}
+
+/// Calm until second 5 (clock 6 to 10), then 1000 newcomers at 75/s keep
+/// the latency over the target for `overload` evaluations.
+fn botnet(c: &mut Controller, overload: u64) {
+    for t in 1..=5 {
+        let usage = usage_at(c, 5 + t as u32, 0, 0.0);
+        step(c, t, 10.0, &usage);
+    }
+    for t in 6..6 + overload {
+        let usage = usage_at(c, 5 + t as u32, 1_000, 75.0);
+        step(c, t, 300.0, &usage);
+    }
+}
+
+#[test]
+fn known_sources_keep_their_reserve_and_newcomers_share_the_rest() {
+    assert!((AdaptiveConfig::default().known_reserve - 0.5).abs() < f64::EPSILON, "the default");
+    let mut c = fair(AdaptiveConfig { floor: 0.002, ..AdaptiveConfig::default() });
+    botnet(&mut c, 15);
+    let status = c.status(secs(20));
+    let newcomers = status.newcomers.expect("newcomers held apart");
+    let d = status.decisions.last().unwrap();
+    // Known: made before the oldest of the last three calm evaluations.
+    assert_eq!(d.newcomers.map(|n| n.known_before), Some(8), "{d:?}");
+    let level = &status.levels[0];
+    assert_eq!(level.newcomers, Some(1_000));
+    assert!(level.level_per_s >= 5.0, "the light sources keep all they send: {level:?}");
+    let new = level.newcomer_level_per_s.unwrap();
+    assert!(new < 1.0 && (new - level.level_per_s * newcomers.share).abs() < 1e-9, "{level:?}");
+    assert!(status.capacity_per_s.is_some_and(|c| c < 2_000.0), "{status:?}");
+    assert!(d.reason.contains("known sources keep their reserve"), "{}", d.reason);
+    let json = serde_json::to_value(&status).unwrap();
+    assert!(json["newcomers"]["known_for_s"].as_f64().unwrap() > 10.0, "{json}");
+
+    // The newcomers leave: every limit back at its rate, nobody held apart.
+    let calm = usage_at(&c, 40, 0, 0.0);
+    let d = step(&mut c, 30, 10.0, &calm).unwrap();
+    assert!((d.to - 1.0).abs() < f64::EPSILON && d.newcomers.is_none(), "{d:?}");
+    assert!(c.status(secs(30)).newcomers.is_none());
+}
+
+#[test]
+fn without_a_reserve_every_source_gets_one_level() {
+    let mut c = fair(AdaptiveConfig { known_reserve: 0.0, floor: 0.002, ..AdaptiveConfig::default() });
+    botnet(&mut c, 15);
+    let status = c.status(secs(20));
+    assert!(status.newcomers.is_none() && status.decisions.iter().all(|d| d.newcomers.is_none()));
+    assert!(status.levels[0].level_per_s < 5.0, "the light sources are cut too: {:?}", status.levels[0]);
+    // Known before nothing: with no calm evaluation seen, nobody is told
+    // apart either.
+    let mut c = fair(AdaptiveConfig { floor: 0.002, ..AdaptiveConfig::default() });
+    for t in 1..=15 {
+        let usage = usage_at(&c, t as u32, 1_000, 75.0);
+        step(&mut c, t, 300.0, &usage);
+    }
+    assert!(c.status(secs(15)).newcomers.is_none());
 }

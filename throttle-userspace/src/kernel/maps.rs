@@ -38,7 +38,7 @@ use super::{
     sets::SetTries,
     sys::{self, if_index},
     table::BucketTable,
-    Attachment, Counters,
+    Attachment, Counters, NewcomerShare,
 };
 
 /// The XDP object, built for the BPF target by `build.rs`.
@@ -115,6 +115,8 @@ pub struct Dataplane {
     pub(super) pins: Option<PinDir>,
     /// [`Config::default_share`], as the last [`Dataplane::set_shares`] set it.
     pub(super) default_share: u32,
+    /// What the last [`Dataplane::set_newcomers`] set.
+    pub(super) newcomers: NewcomerShare,
     /// The sources given a share of their own by the last
     /// [`Dataplane::set_shares`].
     shared: HashSet<BucketKey>,
@@ -317,6 +319,7 @@ impl Dataplane {
             attachments: Vec::new(),
             pins,
             default_share: 0,
+            newcomers: NewcomerShare::default(),
             shared: HashSet::new(),
             links: Vec::new(),
             adopted,
@@ -609,6 +612,23 @@ impl Dataplane {
         let tracked = shares.iter().filter(|(key, share)| self.buckets.set_share(key, *share)).count();
         self.shared = listed;
         Ok(tracked)
+    }
+
+    /// Holds the sources that came at or after `known_before` to their
+    /// share of the limits the controller moves ([`Kernel::set_newcomers`]).
+    pub fn set_newcomers(&mut self, newcomers: NewcomerShare) -> Result<(), KernelError> {
+        let newcomers = NewcomerShare {
+            share: if newcomers.share >= table::SHARE_ONE { 0 } else { newcomers.share },
+            ..newcomers
+        };
+        if newcomers != self.newcomers {
+            let mut config = self.config.get(&0, 0).map_err(map_err(map_name::CONFIG))?;
+            config.known_before = newcomers.known_before;
+            config.newcomer_share = newcomers.share;
+            self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))?;
+            self.newcomers = newcomers;
+        }
+        Ok(())
     }
 
     /// The bucket table itself (its mapping), for tests and benchmarks.

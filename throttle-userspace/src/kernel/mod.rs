@@ -73,6 +73,16 @@ pub struct Attachment {
     pub adopted: bool,
 }
 
+/// The adaptive controller's hold on newcomers ([`Kernel::set_newcomers`]):
+/// under a limit it moves, a source whose bucket was made at or after
+/// `known_before` ([`throttle_common::table::born_of`]) gets `share` of it,
+/// in 1/`SHARE_ONE`ths (0: all of it, no reserve in force).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewcomerShare {
+    pub known_before: u32,
+    pub share: u32,
+}
+
 /// Verdict counters by [`reason`] slot.
 pub type Counters = [u64; reason::COUNT as usize];
 
@@ -112,6 +122,10 @@ pub trait Kernel: Send {
     /// this one get their whole limit back. How many of `shares` are
     /// tracked.
     fn set_shares(&mut self, default_share: u32, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError>;
+    /// The adaptive controller's reserve for known sources: under a limit
+    /// it moves, a source whose bucket was made at or after
+    /// `known_before` gets `share` of it.
+    fn set_newcomers(&mut self, newcomers: NewcomerShare) -> Result<(), KernelError>;
     /// A walk over every tracked bucket, on a handle that outlives the
     /// borrow of the kernel.
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError>;
@@ -171,6 +185,10 @@ impl Kernel for Dataplane {
 
     fn set_shares(&mut self, default_share: u32, shares: &[(BucketKey, u32)]) -> Result<usize, KernelError> {
         Dataplane::set_shares(self, default_share, shares)
+    }
+
+    fn set_newcomers(&mut self, newcomers: NewcomerShare) -> Result<(), KernelError> {
+        Dataplane::set_newcomers(self, newcomers)
     }
 
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {

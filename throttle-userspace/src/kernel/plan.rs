@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use throttle_common::{
-    class_of, flags, gcra::ticks_from_ns, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit, Rule, SetRule,
-    TierConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES, MAX_CLASS_LIMITS,
-    MAX_TIERS, TIER_V4, TIER_V6, UNIT_BYTES, UNIT_PACKETS,
+    class_flags, class_of, flags, gcra::ticks_from_ns, ipv4_mask, ipv6_mask, ClassConfig, Config, Limit,
+    Rule, SetRule, TierConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, LAYOUT_VERSION, MAX_CLASSES,
+    MAX_CLASS_LIMITS, MAX_TIERS, TIER_V4, TIER_V6, UNIT_BYTES, UNIT_PACKETS,
 };
 
 use super::rule_filter::Region;
@@ -97,12 +97,14 @@ impl Plan {
             rule_filter_shifts: placement.shifts,
             set_rule_count: u16::try_from(self.set_rules.len()).expect("at most MAX_SETS set rules"),
             set_rule_bank: u16::from(placement.set_bank == 1),
-            // The bucket table's geometry and the default share are the
-            // dataplane's, not the plan's: it fills them in as it writes the
-            // entry.
+            // The bucket table's geometry, the default share and the
+            // newcomers' are the dataplane's, not the plan's: it fills them
+            // in as it writes the entry.
             bucket_seed: 0,
             bucket_groups: 0,
             default_share: 0,
+            known_before: 0,
+            newcomer_share: 0,
         }
     }
 
@@ -173,7 +175,7 @@ fn class_config(class: &Class, scale: f64, coarse_tick_ns: u64) -> ClassConfig {
         ipv6_mask: ipv6_mask(class.ipv6_prefix),
         tiers,
         tier_count: u32::try_from(class.tiers.len()).expect("at most 2 tiers"),
-        _pad: 0,
+        flags: if class.adaptive { class_flags::ADAPTIVE } else { 0 },
         ban_after: class.ban.map_or(0, |ban| ticks(ban.after.0)),
         ban_for: class.ban.map_or(0, |ban| ticks(ban.duration.0)),
     }
@@ -280,6 +282,8 @@ pub fn compile(policy: &Policy, ids: Ids<'_>, scale: f64, coarse_tick_ns: u64) -
         ipv4_mask: ipv4_mask(limits.ipv4_prefix),
         limit_count: 1,
         ipv6_mask: ipv6_mask(limits.ipv6_prefix),
+        // The controller moves the default limit.
+        flags: class_flags::ADAPTIVE,
         ..ClassConfig::default()
     };
     plan.classes[0] = default_class;

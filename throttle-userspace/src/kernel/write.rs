@@ -24,6 +24,7 @@ use super::{
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sys::if_index,
+    NewcomerShare,
 };
 
 impl Dataplane {
@@ -162,7 +163,15 @@ impl Dataplane {
 
     fn set_config(&mut self, config: &Config) -> Result<(), KernelError> {
         let (bucket_seed, bucket_groups) = self.table_geometry();
-        let config = Config { bucket_seed, bucket_groups, default_share: self.default_share, ..*config };
+        let NewcomerShare { known_before, share: newcomer_share } = self.newcomers;
+        let config = Config {
+            bucket_seed,
+            bucket_groups,
+            default_share: self.default_share,
+            known_before,
+            newcomer_share,
+            ..*config
+        };
         self.config.set(0, config, 0).map_err(map_err(map_name::CONFIG))
     }
 

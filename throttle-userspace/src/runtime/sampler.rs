@@ -6,13 +6,16 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use throttle_common::{reason, BucketKey};
+use throttle_common::{reason, table, BucketKey};
 use tokio::time::Instant;
 
 use super::{lock, Runtime};
-use crate::controller::{
-    fair::{LimitUsage, SourceRate},
-    ScaleSink, Usage,
+use crate::{
+    controller::{
+        fair::{LimitUsage, SourceRate},
+        Newcomers, ScaleSink, Usage,
+    },
+    kernel::NewcomerShare,
 };
 
 /// Shortest pause between two walks over the buckets.
@@ -31,6 +34,9 @@ pub(super) struct Sampled {
     /// The rates of the sources of every limit the controller moves, over
     /// the interval between the last two samples.
     limits: Vec<LimitUsage>,
+    /// The data path's clock at the last sample, in units of the buckets'
+    /// `born`.
+    born_clock: Option<u32>,
     /// `passed` and `dropped` summed over the tracked buckets of each owner
     /// (the `rule` word of their keys: a limit rule, a class's limit).
     pub(super) owners: HashMap<u32, (u64, u64)>,
@@ -66,7 +72,9 @@ impl Runtime {
         let mut peak: Option<f64> = None;
         let mut sources = 0u64;
         let mut owners: HashMap<u32, (u64, u64)> = HashMap::new();
-        let (walk, scaled) = self.control(|control| (control.bucket_walk(), control.scaled_limits()));
+        let (walk, scaled, ticks) = self.control(|control| {
+            (control.bucket_walk(), control.scaled_limits(), control.kernel().now_ticks())
+        });
         // The limits in a stable order (by the `rule` word), each with its
         // sources.
         let mut order: Vec<u32> = scaled.keys().copied().collect();
@@ -96,7 +104,7 @@ impl Runtime {
                 bucket.passed.saturating_sub(passed) as f64 / secs,
                 bucket.dropped.saturating_sub(dropped) as f64 / secs,
             );
-            limit.sources.push(SourceRate { offered: admitted + over, admitted });
+            limit.sources.push(SourceRate { offered: admitted + over, admitted, born: bucket.born });
             if limit.base > 0.0 {
                 let ratio = admitted / limit.base;
                 peak = Some(peak.map_or(ratio, |p: f64| p.max(ratio)));
@@ -113,6 +121,7 @@ impl Runtime {
         sampled.owners = owners;
         sampled.peak_ratio = if elapsed.is_some() { Some(peak.unwrap_or(0.0)) } else { None };
         sampled.limits = limits;
+        sampled.born_clock = Some(table::born_of(ticks));
         sampled.at = Some(now);
     }
 }
@@ -125,19 +134,44 @@ impl ScaleSink for Runtime {
         let mut sampled = lock(&self.0.sampled);
         let delta = over_limit.saturating_sub(sampled.over_limit_seen);
         sampled.over_limit_seen = over_limit;
-        Usage { over_limit_drops: delta, peak_ratio: sampled.peak_ratio, limits: sampled.limits.clone() }
+        Usage {
+            over_limit_drops: delta,
+            peak_ratio: sampled.peak_ratio,
+            limits: sampled.limits.clone(),
+            born_clock: sampled.born_clock,
+        }
     }
 
-    fn apply_scale(&self, scale: f64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn apply_scale(
+        &self,
+        scale: f64,
+        newcomers: Option<Newcomers>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let share = newcomers.map_or(NewcomerShare::default(), |n| NewcomerShare {
+            known_before: n.known_before,
+            share: share_q16(n.share),
+        });
         let before = self.control(|c| c.scale());
-        self.control(|c| c.set_scale(scale))?;
+        self.control(|c| {
+            c.set_scale(scale)?;
+            c.set_newcomers(share)
+        })?;
+        let held = newcomers.map_or(String::new(), |n| format!(", newcomers {:.3} of it", n.share));
         self.event(
             super::EventView::new("controller")
                 .by("controller")
-                .detail(format!("scale {before:.3} -> {scale:.3}")),
+                .detail(format!("scale {before:.3} -> {scale:.3}{held}")),
         );
         Ok(())
     }
+}
+
+/// A share of a limit (0 to 1) in the data path's 1/`SHARE_ONE`ths, at
+/// least one of them.
+fn share_q16(share: f64) -> u32 {
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "clamped to 1..=SHARE_ONE")]
+    let q16 = (share * f64::from(table::SHARE_ONE)).round().clamp(1.0, f64::from(table::SHARE_ONE)) as u32;
+    q16
 }
 
 #[cfg(test)]
