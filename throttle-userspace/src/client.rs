@@ -198,6 +198,11 @@ pub struct ControllerSet {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_ms: Option<f64>,
+    /// `fair_share`: the part of the capacity (0 to 1) kept for the
+    /// sources seen before an overload began.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_reserve: Option<f64>,
 }
 
 /// A client subcommand.
@@ -1076,6 +1081,8 @@ fn controller_table(v: &Value) -> String {
                         cell(&l["level_per_s"]),
                         cell(&l["sources"]),
                         cell(&l["over_level"]),
+                        cell(&l["newcomer_level_per_s"]),
+                        cell(&l["newcomers"]),
                     ]
                 })
                 .collect()
@@ -1083,7 +1090,10 @@ fn controller_table(v: &Value) -> String {
         .unwrap_or_default();
     if !levels.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["LIMIT", "CONFIGURED/S", "LEVEL/S", "SOURCES", "OVER LEVEL"], &levels));
+        out.push_str(&table(
+            &["LIMIT", "CONFIGURED/S", "LEVEL/S", "SOURCES", "OVER LEVEL", "NEWCOMERS/S", "NEWCOMERS"],
+            &levels,
+        ));
     }
     let decisions: Vec<Vec<String>> = v["decisions"]
         .as_array()
