@@ -512,6 +512,50 @@ fn the_shares_of_one_source_follow_its_traffic_over_three_nodes() {
     checks.assert_all();
 }
 
+#[test]
+fn a_per_minute_limit_holds_for_the_fleet_by_one_merged_debt() {
+    // 30 a minute with a burst of 1: one packet every 2 s for the fleet.
+    const RATE: f64 = 0.5;
+    const BURST: f64 = 1.0;
+    const SECS: f64 = 15.0;
+    require_root!();
+    let mut checks = Checks::new("a_per_minute_limit_holds_for_the_fleet_by_one_merged_debt");
+    let redis = RedisServer::start();
+    let nodes = start_fleet(&redis, 3, 100, 5_000, "rate = \"30/minute\"\nburst = 1");
+    // One source flooding the three nodes at once, evenly.
+    let arrived: Vec<(u64, u64)> = thread::scope(|scope| {
+        let floods: Vec<_> = nodes.iter().map(|node| scope.spawn(|| send(node, 50, SECS))).collect();
+        floods.into_iter().map(|f| f.join().expect("a flood")).collect()
+    });
+    let admitted: u64 = arrived.iter().map(|&(_, got)| got).sum();
+    let bound = BURST + RATE * SECS;
+    // Nodes that see the fleet's bucket admit again at the same moment each
+    // admit one: up to (nodes - 1) bursts over the bound at that moment,
+    // paid back by the wait that follows; one sync period (100 ms) more of
+    // the rate per node.
+    let allowance = 2.0 * BURST + 3.0 * RATE * 0.1;
+    let alone = 3.0 * bound;
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let admitted_f = admitted as f64;
+    report(&format!(
+        "fleet, a limit of 30/minute: the fleet admitted {admitted} in {SECS} s (one bucket: {bound:.1}, \
+         allowed up to {:.1}); three nodes on their own would have admitted {alone:.1}; each node: {arrived:?}",
+        bound + allowance
+    ));
+    checks.that(
+        admitted_f <= bound + allowance && admitted_f >= bound - 2.0,
+        &format!("the fleet admitted {admitted} of a source under 30/minute over {SECS} s, near {bound:.1}"),
+    );
+    for node in &nodes {
+        let shared = node.cluster()["shares"]["sources"].as_array().map_or(0, Vec::len);
+        checks.that(
+            shared == 0,
+            &format!("{}: a per-minute limit is not shared out ({shared} shares)", node.name),
+        );
+    }
+    checks.assert_all();
+}
+
 /// What the three nodes admitted of the one source over `secs` (their
 /// `passed` counters), once its shares had settled: the fleet's limit of
 /// 300/s, within 10 % and one sync period (100 ms) of the limit per node,
@@ -623,7 +667,7 @@ fn tls_reaches_a_redis_whose_certificate_is_trusted() {
 /// fleet's keys share one hash tag, so its scripts run on one shard.
 #[test]
 fn a_redis_cluster_of_three_masters_holds_a_fleet() {
-    use throttle::runtime::fleet::{share::Traffic, FleetConfig, Link};
+    use throttle::runtime::fleet::{share::Traffic, Debt, FleetConfig, Link};
     let Some(cluster) = RedisCluster::start(3) else {
         panic!("redis-server's cluster mode does not run here: see the lines above");
     };
@@ -650,8 +694,15 @@ fn a_redis_cluster_of_three_masters_holds_a_fleet() {
         let key = throttle::kernel::bucket_key(SOURCE.parse().expect("an address"), 0, 32, 64);
         let traffic = |offered| Traffic { offered, admitted: offered / 2.0 };
         let ttl = Duration::from_secs(1);
-        link.sync("b", "{}", ttl, &[(key, traffic(30.0))], deadline).await.expect("b's sync");
-        let reply = link.sync("a", "{}", ttl, &[(key, traffic(10.0))], deadline).await.expect("a's sync");
+        // A per-minute limit's debt: b spent 2 s of it, a nothing; a reads
+        // the fleet's, 2 s ahead of now less the time between.
+        let debt = |spent_us| Debt { key, spent_us, tolerance_us: 10e6 };
+        link.sync("b", "{}", ttl, &[(key, traffic(30.0))], &[debt(2e6)], deadline).await.expect("b's sync");
+        let reply = link
+            .sync("a", "{}", ttl, &[(key, traffic(10.0))], &[debt(0.0)], deadline)
+            .await
+            .expect("a's sync");
+        assert!((1_500_000..=2_000_000).contains(&reply.debts_us[0]), "{reply:?}");
         assert_eq!(reply.policy_version, 1);
         assert_eq!(reply.nodes.len(), 2, "{reply:?}");
         let mut seen: Vec<(String, f64)> =

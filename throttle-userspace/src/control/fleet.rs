@@ -190,6 +190,35 @@ impl Control {
         rates
     }
 
+    /// The limits under one a second (written per minute, hour or day),
+    /// by the `rule` word of their buckets, with their interval and their
+    /// tolerance (burst times interval) in microseconds: the fleet merges
+    /// their GCRA debt instead of sharing their rate.
+    #[must_use]
+    pub fn low_rate_limits(&self) -> std::collections::HashMap<u32, super::super::runtime::fleet::LowRate> {
+        let mut limits = std::collections::HashMap::new();
+        let mut add = |owner: u32, rate: crate::policy::Rate, burst: u64| {
+            if rate.per_sec() < 1.0 {
+                let interval_us = 1e6 / rate.per_sec();
+                #[expect(clippy::cast_precision_loss, reason = "a burst far below 2^52")]
+                let tolerance_us = interval_us * burst as f64;
+                limits.insert(owner, super::super::runtime::fleet::LowRate { interval_us, tolerance_us });
+            }
+        };
+        add(0, self.policy.limits.rate, self.policy.limits.burst);
+        for (&id, spec) in self.rule_ids.iter().zip(&self.policy.rules) {
+            if let Some(limit) = spec.limit() {
+                add(id, limit.rate, limit.burst);
+            }
+        }
+        for (&id, class) in self.class_ids.iter().zip(&self.policy.classes) {
+            for (slot, limit) in (0u32..).zip(&class.limits) {
+                add(throttle_common::class_owner(id, slot), limit.rate, limit.burst());
+            }
+        }
+        limits
+    }
+
     /// The version of the fleet's document in force here (0: none, or not
     /// in fleet mode).
     #[must_use]

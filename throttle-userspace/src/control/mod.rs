@@ -744,6 +744,11 @@ impl Control {
         Ok(())
     }
 
+    /// Fleet mode: raises the TATs of `tats` ([`Kernel::raise_tats`]).
+    pub fn raise_tats(&mut self, tats: &[(BucketKey, u64)]) -> usize {
+        self.kernel.raise_tats(tats)
+    }
+
     /// The controller's hold on the sources that came during an overload
     /// ([`Kernel::set_newcomers`]).
     pub fn set_newcomers(&mut self, newcomers: crate::kernel::NewcomerShare) -> Result<(), KernelError> {
@@ -1286,6 +1291,18 @@ pub mod fake {
         fn set_newcomers(&mut self, newcomers: crate::kernel::NewcomerShare) -> Result<(), KernelError> {
             self.0.lock().unwrap().newcomers = newcomers;
             Ok(())
+        }
+
+        fn raise_tats(&mut self, tats: &[(BucketKey, u64)]) -> usize {
+            let mut s = self.0.lock().unwrap();
+            let mut tracked = 0;
+            for (key, tat) in tats {
+                if let Some((_, bucket)) = s.buckets.iter_mut().find(|(k, _)| k == key) {
+                    bucket.tat = bucket.tat.max(*tat);
+                    tracked += 1;
+                }
+            }
+            tracked
         }
 
         fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {

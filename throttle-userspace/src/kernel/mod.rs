@@ -126,6 +126,10 @@ pub trait Kernel: Send {
     /// it moves, a source whose bucket was made at or after
     /// `known_before` gets `share` of it.
     fn set_newcomers(&mut self, newcomers: NewcomerShare) -> Result<(), KernelError>;
+    /// Fleet mode: raises the TAT of each source of `tats` to at least the
+    /// given one (ticks), for the debt its low-rate limit ran up on other
+    /// nodes. How many are tracked.
+    fn raise_tats(&mut self, tats: &[(BucketKey, u64)]) -> usize;
     /// A walk over every tracked bucket, on a handle that outlives the
     /// borrow of the kernel.
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError>;
@@ -189,6 +193,10 @@ impl Kernel for Dataplane {
 
     fn set_newcomers(&mut self, newcomers: NewcomerShare) -> Result<(), KernelError> {
         Dataplane::set_newcomers(self, newcomers)
+    }
+
+    fn raise_tats(&mut self, tats: &[(BucketKey, u64)]) -> usize {
+        tats.iter().filter(|(key, tat)| self.table().raise_tat(key, *tat)).count()
     }
 
     fn bucket_walk(&self) -> Result<BucketWalk, KernelError> {

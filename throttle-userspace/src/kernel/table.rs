@@ -221,6 +221,25 @@ impl BucketTable {
         true
     }
 
+    /// Raises the TAT of `key`'s bucket to `tat` when it is lower: the
+    /// source spent that much more of its limit elsewhere (fleet mode's
+    /// merged debt of a low-rate limit). A banned source's TAT, marked, is
+    /// left as it is. False when it is not tracked.
+    #[must_use]
+    pub fn raise_tat(&self, key: &BucketKey, tat: u64) -> bool {
+        let key = SlotKey::of(key);
+        let Some(index) = self.group_of(&key).find(|&index| self.read(index).is_some_and(|(k, _)| k == key))
+        else {
+            return false;
+        };
+        let _ = self.word(index, TAT).fetch_update(Ordering::AcqRel, Ordering::Relaxed, |seen| {
+            (seen & throttle_common::BAN_MARK == 0 && seen < tat).then_some(tat)
+        });
+        // A slot that changed hands meanwhile (a new source in it since the
+        // look-up) may have been raised: it starts at most one debt behind.
+        self.word(index, TAG).load(Ordering::Acquire) == key.tag
+    }
+
     /// Writes `bucket` as the state of `key`: over its slot's if tracked,
     /// else as [`Self::insert`] does (for the tests and the benchmarks).
     /// False when it was not tracked and its groups are full.

@@ -46,11 +46,19 @@ return 1
 ";
 
 /// One sync: the node's heartbeat (KEYS[1], field ARGV[1], its info
-/// ARGV[2]), entries older than ARGV[3] ms dropped; then for each source
-/// KEYS[3..] this node's traffic (ARGV[4..], two numbers each) and every
-/// fresh node's in return. Times are Redis's own clock, so the nodes'
-/// clocks need not agree. Returns `{now_ms, policy version (KEYS[2]),
-/// {node, "at info"...}, {{node, "at offered admitted"...}...}}`.
+/// ARGV[2]), entries older than ARGV[3] ms dropped; then for each of the
+/// ARGV[4] sources KEYS[3..] this node's traffic (ARGV[5..], two numbers
+/// each) and every fresh node's in return; then for each source of a
+/// low-rate limit (the keys after) the GCRA debt this node ran up since
+/// the last sync and the limit's tolerance (two numbers each, in
+/// microseconds), added to the fleet's TAT of the source (at least now),
+/// and how far ahead of now that is in return. The TAT may run past the
+/// tolerance when nodes admitted at once what one bucket would not have:
+/// that is paid back by waiting; it is kept under the tolerance once per
+/// live node and once more, so that no report runs it away. Times are Redis's own clock, so the
+/// nodes' clocks need not agree. Returns `{now_ms, policy version
+/// (KEYS[2]), {node, "at info"...}, {{node, "at offered admitted"...}...},
+/// {debt_us...}}`.
 const SYNC: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -72,13 +80,25 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %s', now, ARGV[2]))
 local nodes = fresh(KEYS[1])
 local sources = {}
-for k = 3, #KEYS do
-  local n = 4 + (k - 3) * 2
+local shared = tonumber(ARGV[4])
+for k = 3, 2 + shared do
+  local n = 5 + (k - 3) * 2
   redis.call('HSET', KEYS[k], ARGV[1], string.format('%d %s %s', now, ARGV[n], ARGV[n + 1]))
   redis.call('PEXPIRE', KEYS[k], ttl)
   sources[#sources + 1] = fresh(KEYS[k])
 end
-return {tostring(now), redis.call('HGET', KEYS[2], 'version') or '0', nodes, sources}
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local debts = {}
+for k = 3 + shared, #KEYS do
+  local n = 5 + 2 * shared + (k - 3 - shared) * 2
+  local tolerance = tonumber(ARGV[n + 1])
+  local tat = math.max(tonumber(redis.call('GET', KEYS[k]) or '0'), now_us) + tonumber(ARGV[n])
+  tat = math.min(tat, now_us + tolerance * (1 + #nodes / 2))
+  local ahead = tat - now_us
+  redis.call('SET', KEYS[k], string.format('%.0f', tat), 'PX', math.floor(ahead / 1000) + ttl)
+  debts[#debts + 1] = string.format('%.0f', ahead)
+end
+return {tostring(now), redis.call('HGET', KEYS[2], 'version') or '0', nodes, sources, debts}
 ";
 
 /// Why a call to Redis failed.
@@ -147,6 +167,9 @@ pub struct SyncReply {
     pub nodes: Vec<(String, u64, String)>,
     /// For each source reported, in order: each live node's traffic.
     pub sources: Vec<Vec<(String, super::share::Traffic)>>,
+    /// For each source of a low-rate limit reported, in order: how far
+    /// ahead of now the fleet's TAT of it is, in microseconds.
+    pub debts_us: Vec<u64>,
 }
 
 /// The fleet's keys and its connection.
@@ -154,6 +177,7 @@ pub struct Link {
     policy_key: String,
     nodes_key: String,
     source_prefix: String,
+    debt_prefix: String,
     channel: String,
     /// For the subscription (the first seed).
     client: Client,
@@ -184,6 +208,7 @@ impl Link {
             policy_key: format!("{{{name}}}:policy"),
             nodes_key: format!("{{{name}}}:nodes"),
             source_prefix: format!("{{{name}}}:src:"),
+            debt_prefix: format!("{{{name}}}:debt:"),
             channel: format!("{{{name}}}:policy:changed"),
             client,
             conn: OnceCell::new(),
@@ -248,9 +273,13 @@ impl Link {
     /// The key of a source's traffic.
     #[must_use]
     pub fn source_key(&self, key: &BucketKey) -> String {
-        let [a, b, c, d] = key.addr;
-        let family = if key.family == throttle_common::FAMILY_V4 { 4 } else { 6 };
-        format!("{}{:x}:{family}:{a:08x}{b:08x}{c:08x}{d:08x}", self.source_prefix, key.rule)
+        format!("{}{}", self.source_prefix, key_suffix(key))
+    }
+
+    /// The key of a source's merged debt under a low-rate limit.
+    #[must_use]
+    pub fn debt_key(&self, key: &BucketKey) -> String {
+        format!("{}{}", self.debt_prefix, key_suffix(key))
     }
 
     /// The fleet's document and its version (0 and `None`: none yet).
@@ -304,26 +333,38 @@ impl Link {
         Ok(done == 1)
     }
 
-    /// One sync: the heartbeat and `reports` (each source's key and this
-    /// node's traffic) in one round trip, and what every live node wrote.
+    /// One sync: the heartbeat, `reports` (each source's key and this
+    /// node's traffic) and `debts` (each source of a low-rate limit, the
+    /// debt this node ran up since the last sync and the limit's tolerance)
+    /// in one round trip, and what every live node wrote.
     pub async fn sync(
         &self,
         node: &str,
         info: &str,
         ttl: Duration,
         reports: &[(BucketKey, super::share::Traffic)],
+        debts: &[super::Debt],
         deadline: Duration,
     ) -> Result<SyncReply, LinkError> {
         let mut conn = self.conn()?;
         let mut call = self.sync.prepare_invoke();
         call.key(&self.nodes_key).key(&self.policy_key);
-        call.arg(node).arg(info).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        call.arg(node).arg(info).arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)).arg(reports.len());
         for (key, traffic) in reports {
             call.key(self.source_key(key));
             call.arg(format!("{:.3}", traffic.offered)).arg(format!("{:.3}", traffic.admitted));
         }
-        let (now, version, nodes, sources): (String, String, Vec<String>, Vec<Vec<String>>) =
-            within(deadline, call.invoke_async(&mut conn)).await?;
+        for debt in debts {
+            call.key(self.debt_key(&debt.key));
+            call.arg(format!("{:.0}", debt.spent_us)).arg(format!("{:.0}", debt.tolerance_us));
+        }
+        let (now, version, nodes, sources, debts_us): (
+            String,
+            String,
+            Vec<String>,
+            Vec<Vec<String>>,
+            Vec<String>,
+        ) = within(deadline, call.invoke_async(&mut conn)).await?;
         let nodes = pairs(&nodes)
             .map(|(name, value)| {
                 let (at, info) = value.split_once(' ').unwrap_or((value, ""));
@@ -350,11 +391,13 @@ impl Link {
                     .collect::<Result<Vec<_>, LinkError>>()
             })
             .collect::<Result<Vec<_>, LinkError>>()?;
-        if sources.len() != reports.len() {
+        if sources.len() != reports.len() || debts_us.len() != debts.len() {
             return Err(LinkError::Garbled(format!(
-                "{} sources for {} reported",
+                "{} sources for {} reported, {} debts for {}",
                 sources.len(),
-                reports.len()
+                reports.len(),
+                debts_us.len(),
+                debts.len()
             )));
         }
         Ok(SyncReply {
@@ -362,6 +405,7 @@ impl Link {
             policy_version: parse_u64(&version, "the policy version")?,
             nodes,
             sources,
+            debts_us: debts_us.iter().map(|d| parse_u64(d, "a debt")).collect::<Result<_, _>>()?,
         })
     }
 
@@ -397,6 +441,14 @@ async fn within<T>(
         Ok(result) => result.map_err(Into::into),
         Err(_) => Err(LinkError::Timeout(deadline)),
     }
+}
+
+/// A source's part of its keys: its limit's `rule` word, family and
+/// address.
+fn key_suffix(key: &BucketKey) -> String {
+    let [a, b, c, d] = key.addr;
+    let family = if key.family == throttle_common::FAMILY_V4 { 4 } else { 6 };
+    format!("{:x}:{family}:{a:08x}{b:08x}{c:08x}{d:08x}", key.rule)
 }
 
 fn parse_u64(text: &str, what: &str) -> Result<u64, LinkError> {

@@ -63,6 +63,30 @@ pub const DEFAULT_HOLD_MS: u64 = 10_000;
 pub const MAX_HOLD_MS: u64 = 3_600_000;
 /// K: most sources a node reports at each sync, the heaviest first.
 pub const HEAVY_SOURCES: usize = 512;
+/// Sources of low-rate limits a node reports its debt of at most, in one
+/// sync.
+pub const LOW_RATE_SOURCES: usize = 512;
+
+/// A limit under one a second (written per minute, hour or day): a share
+/// of it would be a fraction of a packet a period, so the fleet merges its
+/// GCRA debt instead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowRate {
+    /// Microseconds between two packets at its rate.
+    pub interval_us: f64,
+    /// Its burst times that: how far ahead of now its TAT may run.
+    pub tolerance_us: f64,
+}
+
+/// What a node reports of a source of a low-rate limit: the debt it ran up
+/// on this node since the last sync (packets admitted times the interval)
+/// and the limit's tolerance, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Debt {
+    pub key: BucketKey,
+    pub spent_us: f64,
+    pub tolerance_us: f64,
+}
 /// A node not seen for this many sync periods has left.
 pub const PERIODS_TO_LEAVE: u32 = 3;
 /// Between two reads of the fleet's policy version (besides the messages).
@@ -206,6 +230,10 @@ pub struct SharesView {
     /// Whether the data path holds them: the last write of them to the
     /// buckets succeeded.
     pub enforced: bool,
+    /// Sources of limits under one a second (per minute, hour or day),
+    /// which the fleet meters by one merged debt rather than by shares,
+    /// whose bucket here took the fleet's debt at the last sync.
+    pub debts: usize,
 }
 
 /// The fleet as this node sees it: `GET /v1/cluster`.
@@ -267,6 +295,9 @@ struct Status {
     /// Whether the data path holds the shares above (the last write of them
     /// succeeded).
     enforced: bool,
+    /// Sources of low-rate limits whose bucket took the fleet's debt at the
+    /// last sync.
+    debts: usize,
 }
 
 /// Fleet mode's shared state.
@@ -455,6 +486,7 @@ impl Runtime {
                 default_share: FULL_SHARE,
                 shares: Vec::new(),
                 enforced: false,
+                debts: 0,
             }),
             changed: Notify::new(),
             config,
@@ -617,7 +649,12 @@ impl Runtime {
             last_error: s.last_error.clone(),
             nodes: s.nodes.clone(),
             last_node_count: s.last_node_count,
-            shares: SharesView { default_q16: s.default_share, sources, enforced: s.enforced },
+            shares: SharesView {
+                default_q16: s.default_share,
+                sources,
+                enforced: s.enforced,
+                debts: s.debts,
+            },
         })
     }
 
@@ -737,6 +774,31 @@ fn heavy_sources(
     heavy
 }
 
+/// What this node reports of the sources of `low` (the low-rate limits)
+/// that sent here during the last period: the debt each ran up, most sent
+/// first, at most `k`.
+fn debts(
+    now: &HashMap<BucketKey, (u64, u64)>,
+    before: &HashMap<BucketKey, (u64, u64)>,
+    low: &HashMap<u32, LowRate>,
+    k: usize,
+) -> Vec<Debt> {
+    let mut sent: Vec<(u64, Debt)> = now
+        .iter()
+        .filter_map(|(key, &(passed, dropped))| {
+            let limit = low.get(&key.rule)?;
+            let (p0, d0) = before.get(key).copied().unwrap_or_default();
+            let admitted = passed.saturating_sub(p0);
+            let offered = admitted + dropped.saturating_sub(d0);
+            #[expect(clippy::cast_precision_loss, reason = "packet counts over one period")]
+            let spent_us = admitted as f64 * limit.interval_us;
+            (offered > 0).then_some((offered, Debt { key: *key, spent_us, tolerance_us: limit.tolerance_us }))
+        })
+        .collect();
+    sent.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.key.addr.cmp(&b.1.key.addr)));
+    sent.into_iter().take(k).map(|(_, debt)| debt).collect()
+}
+
 /// Syncs every `sync_ms`, skipping the periods a slow sync overran.
 async fn sync_forever(runtime: Runtime, fleet: Arc<Fleet>) {
     let period = fleet.config.sync;
@@ -760,14 +822,17 @@ async fn sync_forever(runtime: Runtime, fleet: Arc<Fleet>) {
             return;
         };
         let now = Instant::now();
+        let walked_before = walked.is_some();
         let secs = walked.map_or(period.as_secs_f64(), |at| now.duration_since(at).as_secs_f64()).max(1e-3);
         if walked.is_some() {
             smoothed = smooth(&smoothed, &traffic(&counts, &before, secs));
         }
         walked = Some(now);
         let sources = counts.len() as u64;
+        let low = runtime.control(|c| c.low_rate_limits());
+        let debts = if walked_before { debts(&counts, &before, &low, LOW_RATE_SOURCES) } else { Vec::new() };
         before = counts;
-        runtime.sync_once(&fleet, &smoothed, sources).await;
+        runtime.sync_once(&fleet, &smoothed, &debts, sources).await;
         runtime.enforce_shares(&fleet);
     }
 }
@@ -793,10 +858,33 @@ impl Runtime {
         }
     }
 
+    /// Each source of `debts` takes the fleet's debt of it (`debts_us`, how
+    /// far ahead of now the fleet's TAT is): its bucket's TAT is raised to
+    /// that on this node's clock, never lowered. How many are tracked.
+    fn merge_debts(&self, debts: &[Debt], debts_us: &[u64]) -> usize {
+        let now = self.control(|c| c.kernel().now_ticks());
+        let tats: Vec<(BucketKey, u64)> = debts
+            .iter()
+            .zip(debts_us)
+            .filter(|(_, &ahead)| ahead > 0)
+            .map(|(debt, &ahead)| (debt.key, now.saturating_add(ticks_of_us(ahead))))
+            .collect();
+        self.control(|c| c.raise_tats(&tats))
+    }
+
     /// One sync with the traffic of the last period.
-    async fn sync_once(&self, fleet: &Fleet, traffic: &HashMap<BucketKey, Traffic>, sources: u64) {
+    async fn sync_once(
+        &self,
+        fleet: &Fleet,
+        traffic: &HashMap<BucketKey, Traffic>,
+        debts: &[Debt],
+        sources: u64,
+    ) {
         let config = &fleet.config;
-        let (rates, running) = self.control(|c| (c.limit_rates(), c.fleet_version()));
+        let (mut rates, low, running) =
+            self.control(|c| (c.limit_rates(), c.low_rate_limits(), c.fleet_version()));
+        // The low-rate limits go by their merged debt, not by shares.
+        rates.retain(|rule, _| !low.contains_key(rule));
         let (nodes, held, link_state) = {
             let s = lock(&fleet.status);
             (s.last_node_count, s.shares.iter().map(|(k, ..)| *k).collect::<Vec<_>>(), s.link)
@@ -811,8 +899,9 @@ impl Runtime {
         .expect("the node's info serialises");
         let ttl = config.sync * PERIODS_TO_LEAVE;
         let started = Instant::now();
-        let result = fleet.link.sync(&config.node, &info, ttl, &reports, config.sync).await;
+        let result = fleet.link.sync(&config.node, &info, ttl, &reports, debts, config.sync).await;
         let rtt = started.elapsed();
+        let merged = result.as_ref().map_or(0, |reply| self.merge_debts(debts, &reply.debts_us));
         let mut s = lock(&fleet.status);
         match result {
             Ok(reply) => {
@@ -846,6 +935,7 @@ impl Runtime {
                     })
                     .collect();
                 s.default_share = FULL_SHARE;
+                s.debts = merged;
             }
             Err(err) => {
                 s.errors += 1;
@@ -889,6 +979,11 @@ impl Runtime {
             self.event(EventView::new("fleet").by("fleet").detail(detail));
         }
     }
+}
+
+/// Microseconds in ticks of the GCRA clock.
+fn ticks_of_us(us: u64) -> u64 {
+    throttle_common::gcra::ticks_from_ns(us.saturating_mul(1_000))
 }
 
 /// The live nodes of a sync's reply, as the API lists them.
