@@ -121,6 +121,10 @@ pub struct Dataplane {
     /// The pinned links this process holds, by interface. Closing them
     /// leaves the program attached: their pins hold the links.
     pub(super) links: Vec<(String, FdLink)>,
+    /// The index each attached interface had when it was attached, which
+    /// tells an interface made again under the same name from the one
+    /// attached to.
+    pub(super) ifindexes: BTreeMap<String, u32>,
     adopted: bool,
     max_sources: u32,
 }
@@ -319,6 +323,7 @@ impl Dataplane {
             default_share: 0,
             shared: HashSet::new(),
             links: Vec::new(),
+            ifindexes: BTreeMap::new(),
             adopted,
             max_sources,
         };
