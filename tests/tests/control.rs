@@ -866,6 +866,24 @@ fn a_start_that_fails_leaves_no_pins_and_attaches_nothing() {
         !xdp_attached(&pair),
         &format!("the good interface {} is left unattached: {:?}", pair.rx_if, pair.xdp_attachment()),
     );
+    drop(daemon);
+
+    // A state file that does not parse, found once the maps are loaded.
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).start_ready();
+    daemon.stop();
+    fs::write(daemon.state_dir().join("state.json"), "{\"format\": 1, \"limits\": ")
+        .expect("write the state file");
+    daemon.start_again(&pair.receiver);
+    failed_start(&mut daemon, &mut checks, "a corrupt state file");
+    checks.that(
+        daemon.log().contains("is corrupt"),
+        &format!("it names the corrupt state file: {:?}", daemon.log().lines().last()),
+    );
+    checks.that(
+        !daemon.pin_dir().exists(),
+        &format!("a corrupt state file leaves no pins: {:?}", pin_list(daemon.pin_dir())),
+    );
+    checks.that(!xdp_attached(&pair), "and no XDP program");
     checks.assert_all();
 }
 

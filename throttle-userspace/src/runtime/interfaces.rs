@@ -74,7 +74,14 @@ async fn check(runtime: &Runtime) {
     let presence = runtime.with_control(|c| c.presence()).await;
     for (iface, presence) in presence {
         match presence {
-            Presence::Attached => {}
+            Presence::Attached => {
+                // The same device back (moved out of the namespace and in
+                // again), with the program still on it.
+                if lock(&runtime.0.missing).remove(&iface).is_some() {
+                    tracing::info!(iface, "the interface is back, the program still attached");
+                    runtime.event(EventView::new("attach").detail(format!("{iface}: back, still attached")));
+                }
+            }
             Presence::Missing => {
                 if runtime.note_missing(&iface, None) {
                     tracing::warn!(
