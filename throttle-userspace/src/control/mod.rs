@@ -1266,6 +1266,8 @@ pub mod fake {
         pub now: u64,
         pub tries: FakeTries,
         pub attachments: Vec<Attachment>,
+        /// How attachments stand with their interfaces, when not attached.
+        pub presence: std::collections::BTreeMap<String, crate::kernel::Presence>,
         /// What the last `set_shares` gave the sources it did not name.
         pub default_share: u32,
     }
@@ -1398,11 +1400,14 @@ pub mod fake {
 
         fn presence(&self) -> Vec<(String, crate::kernel::Presence)> {
             let s = self.0.lock().unwrap();
-            s.attachments.iter().map(|a| (a.iface.clone(), crate::kernel::Presence::Attached)).collect()
+            let presence =
+                |iface: &str| s.presence.get(iface).copied().unwrap_or(crate::kernel::Presence::Attached);
+            s.attachments.iter().map(|a| (a.iface.clone(), presence(&a.iface))).collect()
         }
 
         fn reattach(&mut self, iface: &str) -> Result<Attachment, KernelError> {
-            let s = self.0.lock().unwrap();
+            let mut s = self.0.lock().unwrap();
+            s.presence.remove(iface);
             s.attachments
                 .iter()
                 .find(|a| a.iface == iface)

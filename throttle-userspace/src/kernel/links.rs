@@ -277,9 +277,19 @@ impl Dataplane {
             .position(|a| a.iface == iface)
             .ok_or_else(|| KernelError::NotAttached { iface: iface.to_owned() })?;
         let old = self.attachments.remove(at);
+        if let Err(err) = self.reattach_inner(iface, old.mode) {
+            // Still configured: the next check tries again.
+            self.attachments.insert(at, old);
+            return Err(err);
+        }
+        self.rewrite_config(false)?;
+        Ok(self.attachments.last().expect("just attached"))
+    }
+
+    fn reattach_inner(&mut self, iface: &str, mode: &'static str) -> Result<(), KernelError> {
         self.links.retain(|(name, _)| name != iface);
         if let Some(pins) = &self.pins {
-            unpin_link(&pins.mode_dir(old.mode).join(link_pin_name(iface)))?;
+            unpin_link(&pins.mode_dir(mode).join(link_pin_name(iface)))?;
         }
         let ifindex = if_index(iface);
         if let (Some(was), Some(now)) = (self.ifindexes.remove(iface), ifindex) {
@@ -294,14 +304,8 @@ impl Dataplane {
         if let Some(now) = ifindex {
             self.give_slot(iface, now)?;
         }
-        let mode = if old.mode == NATIVE { XdpMode::Native } else { XdpMode::Generic };
-        if let Err(err) = self.attach_inner(iface, mode) {
-            // Still configured: the next check tries again.
-            self.attachments.insert(at, old);
-            return Err(err);
-        }
-        self.rewrite_config(false)?;
-        Ok(self.attachments.last().expect("just attached"))
+        let mode = if mode == NATIVE { XdpMode::Native } else { XdpMode::Generic };
+        self.attach_inner(iface, mode).map(drop)
     }
 
     /// Stops the data path. With `keep_pins`, everything stays attached and

@@ -70,7 +70,7 @@ async fn wait(events: Option<&LinkEvents>) -> io::Result<()> {
 
 /// Compares every attachment with its interface, reports what went and
 /// attaches again to what came back.
-async fn check(runtime: &Runtime) {
+pub async fn check(runtime: &Runtime) {
     let presence = runtime.with_control(|c| c.presence()).await;
     for (iface, presence) in presence {
         match presence {

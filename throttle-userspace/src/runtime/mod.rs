@@ -22,7 +22,7 @@ use std::{
 pub use self::{
     capture::{forward_captures, wall_time, CaptureError, CaptureGuard},
     events::{forward_kernel_events, EventView, RECENT},
-    interfaces::watch_interfaces,
+    interfaces::{check as check_interfaces, watch_interfaces},
     lifecycle::{attach_all, forward_ebpf_logs},
     sampler::sample_forever,
 };
