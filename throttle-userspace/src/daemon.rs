@@ -1,6 +1,7 @@
 //! `throttle daemon`: load (or adopt) the program, attach, enforce, serve the
-//! admin API, run the controller, reload on SIGHUP, and on SIGINT/SIGTERM
-//! detach (or, with `--keep-on-exit`, leave everything for the next daemon).
+//! admin API, run the controller, watch the interfaces, reload on SIGHUP,
+//! and on SIGINT/SIGTERM detach (or, with `--keep-on-exit`, leave everything
+//! for the next daemon). A start that fails undoes what it made.
 
 use std::{sync::Arc, time::Duration};
 

@@ -32,7 +32,7 @@ use throttle_common::{
 
 use super::{
     error::{map_err, syscall_err, KernelError},
-    pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
+    pins::{check_pinned, pin_exists, pin_new_maps, remove_pin, PinDir},
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sets::SetTries,
@@ -219,7 +219,11 @@ impl Dataplane {
             }
             let made = pins.clone();
             return Self::from_object(options.max_sources, Origin::Created(pins)).inspect_err(|_| {
-                // Nothing was pinned: leave no empty directory behind either.
+                // Whatever this load pinned before it failed goes (there was
+                // no map pinned here before it), and so do the directories.
+                for name in map_name::ALL {
+                    let _ = remove_pin(&made.maps().join(name));
+                }
                 let _ = made.remove_dirs();
             });
         }
