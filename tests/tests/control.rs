@@ -1000,6 +1000,7 @@ fn a_change_the_state_file_refuses_is_never_enforced() {
     chattr("+i", &state_file);
     let immutable = Immutable(&state_file);
     let rules_before = daemon.api_get(&pair.receiver, "/v1/rules");
+    let version_before = daemon.api_get(&pair.receiver, "/v1/status")["config_version"].clone();
 
     let flood = Flood::start(&pair.sender, vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)], None);
     thread::sleep(Duration::from_millis(500));
@@ -1025,6 +1026,11 @@ fn a_change_the_state_file_refuses_is_never_enforced() {
     checks.that(denied == 0, &format!("no packet met the refused deny rule: deny_rule moved {denied}"));
     let rules_after = daemon.api_get(&pair.receiver, "/v1/rules");
     checks.that(rules_after == rules_before, &format!("the rules are as they were: {rules_after}"));
+    let version = daemon.api_get(&pair.receiver, "/v1/status")["config_version"].clone();
+    checks.that(
+        version == version_before,
+        &format!("the maps were not written: configuration version {version} (was {version_before})"),
+    );
     let now = fs::read(&state_file).unwrap_or_default();
     checks.that(now == saved, "the state file is as it was");
     let (health, _) = pair.receiver.curl("GET", &url("/healthz"), &[], None);
