@@ -109,9 +109,18 @@ pub struct DaemonBuilder<'a> {
     admin_ip: IpAddr,
     admin_port: u16,
     token: Option<String>,
+    pin_dir: Option<PathBuf>,
 }
 
 impl DaemonBuilder<'_> {
+    /// Pins under `dir` instead of a directory of its own: the pin
+    /// directory of an earlier daemon, to adopt what it left.
+    #[must_use]
+    pub fn pin_dir(mut self, dir: &Path) -> Self {
+        self.pin_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Adds another `--iface`.
     #[must_use]
     pub fn iface(mut self, iface: &str) -> Self {
@@ -198,7 +207,7 @@ impl DaemonBuilder<'_> {
         for iface in &self.ifaces {
             args.extend(["--iface".to_owned(), iface.clone()]);
         }
-        let pin_dir = PathBuf::from(BPFFS).join(format!("thr-test-{id}"));
+        let pin_dir = self.pin_dir.unwrap_or_else(|| PathBuf::from(BPFFS).join(format!("thr-test-{id}")));
         args.extend([
             "--pin-dir".to_owned(),
             pin_dir.display().to_string(),
@@ -276,6 +285,7 @@ impl Daemon {
             admin_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_port: ADMIN_PORT,
             token: None,
+            pin_dir: None,
         }
     }
 

@@ -114,77 +114,6 @@ impl VethPairBuilder {
         let [_, _, hi, lo] = mac.to_be_bytes();
         let tx_mac = format!("02:74:68:{hi:02x}:{lo:02x}:01");
         let rx_mac = format!("02:74:68:{hi:02x}:{lo:02x}:02");
-        let queues = self.queues.to_string();
-
-        sender.ip([
-            "link",
-            "add",
-            "name",
-            &tx_if,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "address",
-            &tx_mac,
-            "mtu",
-            "1500",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &rx_if,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "address",
-            &rx_mac,
-            "mtu",
-            "1500",
-            "netns",
-            receiver.name(),
-        ]);
-        for (ns, ifname, addrs) in [(&sender, &tx_if, &self.sender), (&receiver, &rx_if, &self.receiver)] {
-            for addr in addrs {
-                let cidr = addr.to_string();
-                let mut args = vec!["addr", "add", &cidr, "dev", ifname.as_str()];
-                if addr.addr().is_ipv6() {
-                    // No duplicate address detection: the address is usable
-                    // at once, and no ND packet crosses the pair.
-                    args.push("nodad");
-                }
-                ns.ip(args);
-            }
-        }
-        // Static neighbours both ways: no ARP or ND during a test.
-        for (ns, ifname, addrs, mac) in
-            [(&sender, &tx_if, &self.receiver, &rx_mac), (&receiver, &rx_if, &self.sender, &tx_mac)]
-        {
-            for addr in addrs {
-                ns.ip([
-                    "neigh",
-                    "replace",
-                    &addr.addr().to_string(),
-                    "lladdr",
-                    mac,
-                    "dev",
-                    ifname,
-                    "nud",
-                    "permanent",
-                ]);
-            }
-        }
-        if self.xps {
-            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-            for queue in 0..self.queues as usize {
-                let mask = 1u64 << (queue % cpus);
-                sender.sh(&format!("echo {mask:x} > /sys/class/net/{tx_if}/queues/tx-{queue}/xps_cpus"));
-            }
-        }
-        sender.ip(["link", "set", &tx_if, "up"]);
-        receiver.ip(["link", "set", &rx_if, "up"]);
-
         let pair = VethPair {
             sender,
             receiver,
@@ -193,15 +122,14 @@ impl VethPairBuilder {
             tx_mac,
             rx_mac,
             queues: self.queues,
+            xps: self.xps,
             sender_addrs: self.sender,
             receiver_addrs: self.receiver,
         };
-        pair.wait_carrier();
-        pair.probe();
+        pair.create();
         pair
     }
 }
-
 /// Two namespaces joined by a veth: [`VethPair::tx_if`] in
 /// [`VethPair::sender`], [`VethPair::rx_if`] in [`VethPair::receiver`]. Both
 /// namespaces (and with them the pair) go when this drops.
@@ -221,6 +149,7 @@ pub struct VethPair {
     pub rx_mac: String,
     /// Queues in each direction on each end.
     pub queues: u32,
+    xps: bool,
     sender_addrs: Vec<IpNet>,
     receiver_addrs: Vec<IpNet>,
 }
@@ -269,6 +198,100 @@ impl VethPair {
     pub fn xdp_attachment(&self) -> String {
         let link = self.receiver.ip(["-d", "link", "show", "dev", &self.rx_if]);
         link.split_whitespace().filter_map(|word| word.strip_prefix("prog/")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Deletes the pair (both ends go with either), as an operator or a
+    /// network manager might under a running daemon.
+    pub fn delete(&self) {
+        self.receiver.ip(["link", "del", "dev", &self.rx_if]);
+    }
+
+    /// Makes the pair again after [`VethPair::delete`]: the same names,
+    /// addresses, neighbours and queues (the interfaces get new indexes),
+    /// up and checked as [`VethPairBuilder::build`] checks them.
+    pub fn recreate(&self) {
+        self.create();
+    }
+
+    /// Makes the pair, its addresses and neighbours, brings it up and
+    /// checks that it carries datagrams.
+    fn create(&self) {
+        let queues = self.queues.to_string();
+        self.sender.ip([
+            "link",
+            "add",
+            "name",
+            &self.tx_if,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "address",
+            &self.tx_mac,
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.rx_if,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "address",
+            &self.rx_mac,
+            "mtu",
+            "1500",
+            "netns",
+            self.receiver.name(),
+        ]);
+        for (ns, ifname, addrs) in [
+            (&self.sender, &self.tx_if, &self.sender_addrs),
+            (&self.receiver, &self.rx_if, &self.receiver_addrs),
+        ] {
+            for addr in addrs {
+                let cidr = addr.to_string();
+                let mut args = vec!["addr", "add", &cidr, "dev", ifname.as_str()];
+                if addr.addr().is_ipv6() {
+                    // No duplicate address detection: the address is usable
+                    // at once, and no ND packet crosses the pair.
+                    args.push("nodad");
+                }
+                ns.ip(args);
+            }
+        }
+        // Static neighbours both ways: no ARP or ND during a test.
+        for (ns, ifname, addrs, mac) in [
+            (&self.sender, &self.tx_if, &self.receiver_addrs, &self.rx_mac),
+            (&self.receiver, &self.rx_if, &self.sender_addrs, &self.tx_mac),
+        ] {
+            for addr in addrs {
+                ns.ip([
+                    "neigh",
+                    "replace",
+                    &addr.addr().to_string(),
+                    "lladdr",
+                    mac,
+                    "dev",
+                    ifname,
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
+        if self.xps {
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            for queue in 0..self.queues as usize {
+                let mask = 1u64 << (queue % cpus);
+                self.sender
+                    .sh(&format!("echo {mask:x} > /sys/class/net/{}/queues/tx-{queue}/xps_cpus", self.tx_if));
+            }
+        }
+        self.sender.ip(["link", "set", &self.tx_if, "up"]);
+        self.receiver.ip(["link", "set", &self.rx_if, "up"]);
+        self.wait_carrier();
+        self.probe();
     }
 
     /// Waits until both ends report carrier.

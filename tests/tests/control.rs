@@ -801,3 +801,325 @@ fn a_clean_stop_removes_the_pins_and_keep_on_exit_keeps_them() {
     checks.that(!pair.xdp_attachment().is_empty(), &format!("XDP attached: {}", pair.xdp_attachment()));
     checks.assert_all();
 }
+
+/// Everything under `dir`, relative to it, sorted; empty when it is gone.
+fn pin_list(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.map(|e| e.expect("a directory entry")) {
+            let path = entry.path();
+            out.push(path.strip_prefix(root).expect("under the root").display().to_string());
+            if entry.file_type().expect("a file type").is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The id of the XDP program `ip -d link` shows on `iface` in `ns`.
+fn xdp_prog_id(ns: &throttle_tests::Netns, iface: &str) -> Option<u64> {
+    let out = ns.ip(["-d", "link", "show", "dev", iface]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "prog/xdp")?;
+    words.get(at + 2).and_then(|id| id.parse().ok())
+}
+
+/// Waits for a daemon that is to fail its start; panics when it still runs.
+fn failed_start(daemon: &mut Daemon, checks: &mut Checks, what: &str) {
+    let exited = daemon.wait_exit(daemon::READY_TIMEOUT);
+    checks.that(
+        exited.is_some_and(|s| !s.success()),
+        &format!("{what}: the daemon exits with a failure ({exited:?})"),
+    );
+}
+
+#[test]
+fn a_start_that_fails_leaves_no_pins_and_attaches_nothing() {
+    require_root!();
+    let test = "a_start_that_fails_leaves_no_pins_and_attaches_nothing";
+    let mut checks = Checks::new(test);
+
+    // An interface that does not exist.
+    let ns = throttle_tests::Netns::new();
+    let mut daemon = Daemon::builder(&ns, "nosuch0").start();
+    failed_start(&mut daemon, &mut checks, "--iface nosuch0");
+    checks.note(&format!("its log: {}", daemon.log().trim()));
+    checks.that(
+        pin_list(daemon.pin_dir()).is_empty() && !daemon.pin_dir().exists(),
+        &format!("--iface nosuch0 leaves no pins: {:?}", pin_list(daemon.pin_dir())),
+    );
+    drop(daemon);
+
+    // A good interface and a bad one: both or neither.
+    let pair = VethPair::builder().build();
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).iface("nosuch0").start();
+    failed_start(&mut daemon, &mut checks, &format!("--iface {} --iface nosuch0", pair.rx_if));
+    checks.that(
+        !daemon.pin_dir().exists(),
+        &format!("a good and a bad interface leave no pins: {:?}", pin_list(daemon.pin_dir())),
+    );
+    checks.that(
+        !xdp_attached(&pair),
+        &format!("the good interface {} is left unattached: {:?}", pair.rx_if, pair.xdp_attachment()),
+    );
+    drop(daemon);
+
+    // A state file that does not parse, found once the maps are loaded.
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if).start_ready();
+    daemon.stop();
+    fs::write(daemon.state_dir().join("state.json"), "{\"format\": 1, \"limits\": ")
+        .expect("write the state file");
+    daemon.start_again(&pair.receiver);
+    failed_start(&mut daemon, &mut checks, "a corrupt state file");
+    checks.that(
+        daemon.log().contains("is corrupt"),
+        &format!("it names the corrupt state file: {:?}", daemon.log().lines().last()),
+    );
+    checks.that(
+        !daemon.pin_dir().exists(),
+        &format!("a corrupt state file leaves no pins: {:?}", pin_list(daemon.pin_dir())),
+    );
+    checks.that(!xdp_attached(&pair), "and no XDP program");
+    checks.assert_all();
+}
+
+#[test]
+fn a_second_daemon_refused_an_interface_leaves_the_first_as_it_was() {
+    require_root!();
+    let test = "a_second_daemon_refused_an_interface_leaves_the_first_as_it_was";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().build();
+    // Another interface of the receiver's namespace, free.
+    let free = format!("fr{}", throttle_tests::unique_id());
+    pair.receiver.ip(["link", "add", &free, "type", "veth", "peer", "name", &format!("{free}p")]);
+    pair.receiver.ip(["link", "set", &free, "up"]);
+    let first = start_daemon(&pair, ["--rate", "100", "--burst", "100"], &checks);
+    let pins_before = pin_list(first.pin_dir());
+    let prog_before = xdp_prog_id(&pair.receiver, &pair.rx_if);
+
+    // The free interface first: it is attached before the busy one fails.
+    let mut second = Daemon::builder(&pair.receiver, &free).iface(&pair.rx_if).admin_port(9841).start();
+    failed_start(&mut second, &mut checks, &format!("a second daemon on {free} and {}", pair.rx_if));
+    checks.note(&format!("its log: {}", second.log().trim()));
+    checks.that(
+        !second.pin_dir().exists(),
+        &format!("the second daemon leaves no pins: {:?}", pin_list(second.pin_dir())),
+    );
+    checks.that(
+        xdp_prog_id(&pair.receiver, &free).is_none(),
+        &format!("{free}, which the second daemon attached first, is detached again"),
+    );
+    checks.that(
+        pin_list(first.pin_dir()) == pins_before,
+        &format!("the first daemon's pins are as they were: {:?}", pin_list(first.pin_dir())),
+    );
+    checks.that(
+        xdp_prog_id(&pair.receiver, &pair.rx_if) == prog_before,
+        &format!("the first daemon's program still runs on {} ({prog_before:?})", pair.rx_if),
+    );
+    let (ready, _) = pair.receiver.curl("GET", &format!("http://{}/readyz", first.admin()), &[], None);
+    checks.that(ready == 200, &format!("the first daemon is still ready: {ready}"));
+    checks.assert_all();
+}
+
+#[test]
+fn a_failed_restart_leaves_the_adopted_pins_as_they_were() {
+    require_root!();
+    let test = "a_failed_restart_leaves_the_adopted_pins_as_they_were";
+    let mut checks = Checks::new(test);
+    let pair = VethPair::builder().build();
+    let mut first = start_daemon(&pair, ["--rate", "100", "--burst", "100", "--keep-on-exit"], &checks);
+    first.stop();
+    let pins_before = pin_list(first.pin_dir());
+    let prog_before = xdp_prog_id(&pair.receiver, &pair.rx_if);
+    checks.that(prog_before.is_some() && !pins_before.is_empty(), "--keep-on-exit left the program attached");
+
+    let mut next = Daemon::builder(&pair.receiver, &pair.rx_if)
+        .iface("nosuch0")
+        .pin_dir(first.pin_dir())
+        .args(["--rate", "100", "--burst", "100"])
+        .start();
+    failed_start(&mut next, &mut checks, &format!("a restart on {} and nosuch0", pair.rx_if));
+    checks.that(
+        pin_list(first.pin_dir()) == pins_before,
+        &format!("the pins it found are as they were: {:?}", pin_list(first.pin_dir())),
+    );
+    checks.that(
+        xdp_prog_id(&pair.receiver, &pair.rx_if) == prog_before,
+        &format!("the program it found still runs on {} ({prog_before:?})", pair.rx_if),
+    );
+    checks.assert_all();
+}
+
+/// Runs `chattr` on `path`; panics with its output when it fails.
+fn chattr(flag: &str, path: &Path) {
+    let out = std::process::Command::new("chattr")
+        .args([flag, &path.display().to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chattr (e2fsprogs): {e}"));
+    assert!(
+        out.status.success(),
+        "chattr {flag} {}: {} (the test's state directory must be on a file system with the \
+         immutable flag: ext4, xfs, btrfs, tmpfs)",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Clears the immutable flag of a file on drop, whatever happened.
+struct Immutable<'a>(&'a Path);
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").args(["-i", &self.0.display().to_string()]).status();
+    }
+}
+
+#[test]
+fn a_change_the_state_file_refuses_is_never_enforced() {
+    require_root!();
+    let test = "a_change_the_state_file_refuses_is_never_enforced";
+    let mut checks = Checks::new(test);
+    let (changes, offered) = (40, 5_000);
+    let pair = VethPair::builder().sender_addrs(["10.99.1.1/16"]).build();
+    let receiver = Receiver::start(&pair.receiver, PORT);
+    let daemon = start_daemon(&pair, ["--rate", "100000", "--burst", "100000"], &checks);
+    let src = pair.sender_ips()[0];
+    let url = |path: &str| format!("http://{}{path}", daemon.admin());
+
+    // A first change, saved: the state file exists, then is made immutable.
+    let allow = r#"{"cidr": "10.98.0.0/16", "action": "allow"}"#;
+    let (status, body) = pair.receiver.curl("POST", &url("/v1/rules"), &[], Some(allow));
+    assert_eq!(status, 201, "the first rule is added: {body}");
+    let state_file = daemon.state_dir().join("state.json");
+    let saved = fs::read(&state_file).unwrap_or_else(|e| panic!("read {}: {e}", state_file.display()));
+    chattr("+i", &state_file);
+    let immutable = Immutable(&state_file);
+    let rules_before = daemon.api_get(&pair.receiver, "/v1/rules");
+    let version_before = daemon.api_get(&pair.receiver, "/v1/status")["config_version"].clone();
+
+    let flood = Flood::start(&pair.sender, vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)], None);
+    thread::sleep(Duration::from_millis(500));
+    let before = stats(&pair, &daemon);
+    let deny = format!(r#"{{"cidr": "{src}/32", "action": "deny"}}"#);
+    let mut answers = Vec::new();
+    for _ in 0..changes {
+        answers.push(pair.receiver.curl("POST", &url("/v1/rules"), &[], Some(&deny)));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let after = stats(&pair, &daemon);
+    let reports = flood.stop();
+    let arrivals = receiver.finish(QUIET);
+    drop(immutable);
+
+    checks.offered(&src.to_string(), &reports[0], 0.5 * as_f64(offered), OFFERED);
+    let refused = answers.iter().filter(|(status, _)| (500..600).contains(status)).count();
+    checks.that(
+        refused == changes,
+        &format!("{refused} of {changes} changes were answered 5xx; the first: {:?}", answers.first()),
+    );
+    let denied = counter(&after, "deny_rule") - counter(&before, "deny_rule");
+    checks.that(denied == 0, &format!("no packet met the refused deny rule: deny_rule moved {denied}"));
+    let rules_after = daemon.api_get(&pair.receiver, "/v1/rules");
+    checks.that(rules_after == rules_before, &format!("the rules are as they were: {rules_after}"));
+    let version = daemon.api_get(&pair.receiver, "/v1/status")["config_version"].clone();
+    checks.that(
+        version == version_before,
+        &format!("the maps were not written: configuration version {version} (was {version_before})"),
+    );
+    let now = fs::read(&state_file).unwrap_or_default();
+    checks.that(now == saved, "the state file is as it was");
+    let (health, _) = pair.receiver.curl("GET", &url("/healthz"), &[], None);
+    checks.that(health == 200, &format!("the daemon keeps running: /healthz {health}"));
+    checks.note(&format!("{} of {} sent arrived", arrivals.from_source(src), reports[0].sent));
+    checks.assert_all();
+}
+
+/// The value of `throttle_interface_attached` for `iface` in `/metrics`.
+fn attached_metric(pair: &VethPair, daemon: &Daemon) -> Option<String> {
+    let (_, text) = pair.receiver.curl("GET", &format!("http://{}/metrics", daemon.admin()), &[], None);
+    let label = format!("interface=\"{}\"", pair.rx_if);
+    text.lines()
+        .find(|l| l.starts_with("throttle_interface_attached{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+/// The `state` the status gives the receiving interface.
+fn iface_state(pair: &VethPair, daemon: &Daemon) -> String {
+    let status = daemon.api_get(&pair.receiver, "/v1/status");
+    status["interfaces"]
+        .as_array()
+        .and_then(|ifaces| ifaces.iter().find(|i| i["name"] == pair.rx_if.as_str()))
+        .map_or_else(
+            || format!("not listed in {status}"),
+            |i| i["state"].as_str().unwrap_or("none").to_owned(),
+        )
+}
+
+#[test]
+fn an_interface_deleted_and_made_again_is_reported_and_attached_again() {
+    require_root!();
+    let test = "an_interface_deleted_and_made_again_is_reported_and_attached_again";
+    let mut checks = Checks::new(test);
+    let (rate, burst, offered) = (100, 100, 1_000);
+    let pair = VethPair::builder().sender_addr("10.99.1.1/16").build();
+    let mut daemon =
+        start_daemon(&pair, ["--rate", &rate.to_string(), "--burst", &burst.to_string()], &checks);
+    let readyz = |daemon: &Daemon| {
+        pair.receiver.curl("GET", &format!("http://{}/readyz", daemon.admin()), &[], None).0
+    };
+    let mode = daemon.api_get(&pair.receiver, "/v1/status")["interfaces"][0]["mode"].clone();
+    checks.that(readyz(&daemon) == 200, "ready once attached");
+
+    let mark = daemon.log_len();
+    pair.delete();
+    let gap = throttle_tests::poll_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        (readyz(&daemon) == 503).then_some(())
+    });
+    checks.that(gap.is_some(), &format!("/readyz answers 503 once {} is gone", pair.rx_if));
+    let state = iface_state(&pair, &daemon);
+    checks.that(state == "missing", &format!("the status says {} is missing: {state}", pair.rx_if));
+    let metric = attached_metric(&pair, &daemon);
+    checks.that(metric.as_deref() == Some("0"), &format!("throttle_interface_attached is 0: {metric:?}"));
+    let gone_logged = daemon.log().get(mark..).is_some_and(|l| l.contains(&pair.rx_if) && l.contains("gone"));
+    checks.that(gone_logged, "the daemon logged that the interface is gone");
+
+    pair.recreate();
+    let back = throttle_tests::poll_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        (readyz(&daemon) == 200 && xdp_attached(&pair)).then_some(())
+    });
+    checks.that(back.is_some(), &format!("attached again and ready: {:?}", pair.xdp_attachment()));
+    let status = daemon.api_get(&pair.receiver, "/v1/status");
+    checks.that(
+        status["interfaces"][0]["mode"] == mode && status["interfaces"][0]["state"] == "attached",
+        &format!("in the mode it had ({mode}): {status}"),
+    );
+    let metric = attached_metric(&pair, &daemon);
+    checks.that(metric.as_deref() == Some("1"), &format!("throttle_interface_attached is 1: {metric:?}"));
+    daemon.wait_for_log("attached again", mark, Duration::from_secs(5));
+
+    // Metered again: a flood over the limit is held to it.
+    let src = pair.sender_ips()[0];
+    let receiver = Receiver::start(&pair.receiver, PORT);
+    let report = Flood::start(
+        &pair.sender,
+        vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)],
+        Some(Duration::from_secs(3)),
+    )
+    .join()
+    .remove(0);
+    let arrivals = receiver.finish(QUIET);
+    checks.offered(&src.to_string(), &report, 0.75 * as_f64(offered), OFFERED);
+    checks.within(
+        &format!("after the return: arrived over {:.3} s (burst {burst} + {rate} * t)", report.secs()),
+        bucket_allowance(rate, burst, report.secs()),
+        arrivals.from_source(src),
+        TOLERANCE,
+    );
+    checks.assert_all();
+}

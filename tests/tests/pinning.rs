@@ -28,7 +28,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use throttle::{
-    kernel::{bucket_key, counters_label, Dataplane, KernelError, Options, XdpMode},
+    kernel::{bucket_key, counters_label, Dataplane, KernelError, Options, Presence, XdpMode},
     policy::{Period, Policy, Rate},
 };
 use throttle_common::{map_name, reason, Config, LAYOUT_VERSION};
@@ -603,4 +603,85 @@ fn counters_are_told_apart_by_interface_and_carry_on_across_adoption() {
         dataplane.release(false).expect("release");
     });
     assert_eq!(lab.xdp("a0"), None);
+}
+
+#[test]
+fn abandon_removes_what_this_process_made_and_keeps_what_it_adopted() {
+    require_root!();
+    let lab = Lab::new(2);
+    let pins = PinDirGuard::new();
+    // A fresh start that fails: nothing stays.
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
+        write(&mut dataplane, &policy());
+        dataplane.attach("a0", XdpMode::Generic).expect("attach a0");
+        dataplane.abandon().expect("abandon");
+        dataplane.release(false).expect("nothing left to release");
+    });
+    assert_eq!(lab.xdp("a0"), None, "what it attached is detached");
+    assert!(!pins.path.exists(), "what it pinned is gone: {:?}", pins.list());
+
+    // An earlier daemon's pins, adopted by a start that fails.
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
+        dataplane.attach("a0", XdpMode::Generic).expect("attach a0");
+        // Left pinned, as after a SIGKILL.
+    });
+    let before = pins.list();
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open again");
+        assert!(dataplane.adopted());
+        write(&mut dataplane, &policy());
+        assert!(dataplane.attach("a0", XdpMode::Auto).expect("take a0 over").adopted);
+        assert!(!dataplane.attach("a1", XdpMode::Generic).expect("attach a1").adopted);
+        dataplane.abandon().expect("abandon");
+    });
+    assert_eq!(pins.list(), before, "the adopted pins stay as they were, a1's goes");
+    assert_eq!(lab.xdp("a0").map(|(mode, _)| mode), Some("generic"), "the link taken over stays");
+    assert_eq!(lab.xdp("a1"), None, "the link it made is detached");
+}
+
+#[test]
+fn an_interface_made_again_is_attached_again_with_its_bucket_and_counters() {
+    require_root!();
+    let lab = Lab::new(1);
+    let pins = PinDirGuard::new();
+    let ifindex = || -> u32 {
+        let text = lab.ns.ip(["-o", "link", "show", "dev", "a0"]);
+        let index = text.split(':').next().unwrap_or_default().trim();
+        index.parse().unwrap_or_else(|e| panic!("ifindex of a0 in {text:?}: {e}"))
+    };
+    let frame = frame();
+    let old = ifindex();
+    lab.ns.run(|| {
+        let mut dataplane = Dataplane::open(&pins.options(MAX_SOURCES)).expect("open");
+        write(&mut dataplane, &slow_policy());
+        dataplane.attach("a0", XdpMode::Generic).expect("attach a0");
+        assert_eq!(dataplane.presence(), [("a0".to_owned(), Presence::Attached)]);
+        for i in 0..BURST - 1 {
+            assert_eq!(run_on(&dataplane, old, &frame), XDP_PASS, "packet {i} of the burst");
+        }
+
+        lab.ns.ip(["link", "del", "a0"]);
+        assert_eq!(dataplane.presence(), [("a0".to_owned(), Presence::Missing)]);
+        lab.ns.ip(["link", "add", "a0", "type", "veth", "peer", "name", "b0"]);
+        lab.ns.ip(["link", "set", "a0", "up"]);
+        assert_eq!(lab.xdp("a0"), None, "nothing runs on the new interface");
+        assert_eq!(dataplane.presence(), [("a0".to_owned(), Presence::Returned)]);
+
+        let attachment = dataplane.reattach("a0").expect("attach again").clone();
+        assert_eq!(attachment.mode, "generic", "in the mode it had");
+        assert_eq!(lab.xdp("a0").map(|(mode, _)| mode), Some("generic"));
+        assert_eq!(dataplane.presence(), [("a0".to_owned(), Presence::Attached)]);
+        assert_eq!(pins.list(), pinned_names(&[("a0", "generic")], &["generic"]), "the new link is pinned");
+        let new = ifindex();
+        assert_ne!(new, old, "a new interface");
+        // The source's bucket carried on: one packet of its burst is left.
+        assert_eq!(run_on(&dataplane, new, &frame), XDP_PASS);
+        assert_eq!(run_on(&dataplane, new, &frame), XDP_DROP);
+        assert_eq!(by_interface(&dataplane), [("a0".to_owned(), 1, 1)], "a0's counters carried on");
+        dataplane.shutdown(false).expect("a clean stop");
+    });
+    assert_eq!(lab.xdp("a0"), None);
+    assert!(!pins.path.exists(), "left behind: {:?}", pins.list());
 }

@@ -739,10 +739,10 @@ fn status_table(v: &Value) -> String {
     );
     let rows: Vec<Vec<String>> = v["interfaces"]
         .as_array()
-        .map(|a| a.iter().map(|i| vec![cell(&i["name"]), cell(&i["mode"])]).collect())
+        .map(|a| a.iter().map(|i| vec![cell(&i["name"]), cell(&i["mode"]), cell(&i["state"])]).collect())
         .unwrap_or_default();
     out.push('\n');
-    out.push_str(&table(&["INTERFACE", "XDP MODE"], &rows));
+    out.push_str(&table(&["INTERFACE", "XDP MODE", "STATE"], &rows));
     if v["fleet"].is_object() {
         out.push('\n');
         let fleet = &v["fleet"];

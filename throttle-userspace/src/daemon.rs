@@ -1,6 +1,7 @@
 //! `throttle daemon`: load (or adopt) the program, attach, enforce, serve the
-//! admin API, run the controller, reload on SIGHUP, and on SIGINT/SIGTERM
-//! detach (or, with `--keep-on-exit`, leave everything for the next daemon).
+//! admin API, run the controller, watch the interfaces, reload on SIGHUP,
+//! and on SIGINT/SIGTERM detach (or, with `--keep-on-exit`, leave everything
+//! for the next daemon). A start that fails undoes what it made.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +16,7 @@ use crate::{
     api::{self, AppState, Token},
     control::Control,
     controller::{self, AdaptiveConfig},
-    kernel::{Dataplane, Options},
+    kernel::{if_index, Dataplane, Options},
     runtime::{self, EventView, Runtime},
     settings::{DaemonArgs, Settings},
     store::Store,
@@ -26,6 +27,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args)?;
     if settings.interfaces.is_empty() {
         bail!("no interface to attach to: pass --iface IF or set `daemon.interfaces` in the config file");
+    }
+    // Every interface is there, or nothing is loaded: a name that is not
+    // leaves no pins and no attachment behind.
+    if let Some(missing) = settings.interfaces.iter().find(|iface| if_index(iface).is_none()) {
+        bail!("no interface is named {missing:?} (`ip link` lists them): nothing was loaded or attached");
     }
     let token = settings.token_file.as_deref().map(Token::read).transpose()?;
     api::check_exposure(settings.admin, token.as_ref()).map_err(anyhow::Error::msg)?;
@@ -58,36 +64,20 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let control = Control::new(Box::new(dataplane), settings.policy.clone(), Some(store))?;
     let state = Runtime::new(control);
     read_rings(&state, events, captures);
-    if let Some(cluster) = settings.cluster.clone() {
-        state.join_fleet(cluster, settings.adaptive.clone()).await.context("fleet mode")?;
-    }
-    // After the fleet's policy, which may carry the controller's parameters.
-    let saved_controller = state.control(|c| c.saved_controller().cloned());
-
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = tokio::spawn({
-        let router = api::router(AppState::new(state.clone(), token));
-        async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = start(&settings, &state, listener, token, stop_rx).await;
+    let (server, sampler) = match started {
+        Ok(running) => running,
+        Err(err) => {
+            // Attached to all or to none; what an earlier daemon left stays.
+            state.leave_fleet().await;
+            if let Err(undo) = state.with_control(Control::abandon).await {
+                tracing::warn!("undoing the start: {undo}");
+            }
+            return Err(err);
         }
-    });
-    tracing::info!("admin API on http://{}", settings.admin);
-
-    runtime::attach_all(&state, &settings.interfaces, settings.xdp_mode).await?;
-
-    let adaptive = saved_controller.or_else(|| settings.adaptive.clone()).unwrap_or_else(|| AdaptiveConfig {
-        // Without `[adaptive]` the controller is off; it can be turned on
-        // through the API, with samples pushed to /v1/latency.
-        enabled: false,
-        ..AdaptiveConfig::default()
-    });
-    let controller = controller::spawn(adaptive, Arc::new(state.clone()))?;
-    state.set_controller(controller);
-    let sampler = tokio::spawn(runtime::sample_forever(state.clone()));
+    };
+    let watcher = tokio::spawn(runtime::watch_interfaces(state.clone()));
 
     state.set_ready();
     log_ready(&state);
@@ -104,6 +94,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 
     sampler.abort();
+    watcher.abort();
     state.leave_fleet().await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -122,6 +113,48 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
+}
+
+/// The part of the start that may fail once the maps are loaded: the fleet,
+/// the admin API, the attachments and the controller. The daemon then
+/// undoes what it made.
+async fn start(
+    settings: &Settings,
+    state: &Runtime,
+    listener: TcpListener,
+    token: Option<Token>,
+    mut stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, tokio::task::JoinHandle<()>)> {
+    if let Some(cluster) = settings.cluster.clone() {
+        state.join_fleet(cluster, settings.adaptive.clone()).await.context("fleet mode")?;
+    }
+    // After the fleet's policy, which may carry the controller's parameters.
+    let saved_controller = state.control(|c| c.saved_controller().cloned());
+
+    let server = tokio::spawn({
+        let router = api::router(AppState::new(state.clone(), token));
+        async move {
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        }
+    });
+    tracing::info!("admin API on http://{}", settings.admin);
+
+    runtime::attach_all(state, &settings.interfaces, settings.xdp_mode).await?;
+
+    let adaptive = saved_controller.or_else(|| settings.adaptive.clone()).unwrap_or_else(|| AdaptiveConfig {
+        // Without `[adaptive]` the controller is off; it can be turned on
+        // through the API, with samples pushed to /v1/latency.
+        enabled: false,
+        ..AdaptiveConfig::default()
+    });
+    let controller = controller::spawn(adaptive, Arc::new(state.clone()))?;
+    state.set_controller(controller);
+    let sampler = tokio::spawn(runtime::sample_forever(state.clone()));
+    Ok((server, sampler))
 }
 
 /// The line that says the daemon is ready, with the policy it runs.

@@ -164,8 +164,8 @@ impl Store {
     }
 
     /// Writes `state` beside the state file and syncs it; nothing is in
-    /// force until [`Staged::commit`]. Dropped uncommitted, the temporary
-    /// file is removed.
+    /// force until [`Staged::commit`] (and [`Committed::revert`] undoes
+    /// that). Dropped uncommitted, the temporary file is removed.
     pub fn stage(&self, state: &State) -> Result<Staged, StoreError> {
         let mut text = serde_json::to_vec_pretty(state).expect("the state serialises");
         text.push(b'\n');
@@ -246,11 +246,45 @@ pub struct Staged {
 
 impl Staged {
     /// Renames the staged file over the state file and syncs the directory,
-    /// so the change survives a crash.
-    pub fn commit(mut self) -> Result<(), StoreError> {
+    /// so the change survives a crash. What the file held before is kept
+    /// in memory, for [`Committed::revert`].
+    pub fn commit(mut self) -> Result<Committed, StoreError> {
+        let previous = match fs::read(&self.path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("read", &self.path)(e)),
+        };
         fs::rename(&self.tmp, &self.path).map_err(io_err("rename", &self.path))?;
         self.done = true;
-        File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(io_err("sync", &self.dir))
+        sync_dir(&self.dir)?;
+        Ok(Committed { path: self.path.clone(), dir: self.dir.clone(), previous })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|dir| dir.sync_all()).map_err(io_err("sync", dir))
+}
+
+/// A file of the state directory put in force by [`Staged::commit`], with
+/// what it held before.
+#[derive(Debug)]
+pub struct Committed {
+    path: PathBuf,
+    dir: PathBuf,
+    /// `None`: there was no file.
+    previous: Option<Vec<u8>>,
+}
+
+impl Committed {
+    /// Puts back what the file held before the commit (written, synced and
+    /// renamed into place as the commit was), or removes it when there was
+    /// none: for a change the kernel then refused.
+    pub fn revert(self) -> Result<(), StoreError> {
+        if let Some(bytes) = &self.previous {
+            return stage_file(&self.dir, &self.path, bytes)?.commit().map(drop);
+        }
+        fs::remove_file(&self.path).map_err(io_err("remove", &self.path))?;
+        sync_dir(&self.dir)
     }
 }
 
@@ -309,6 +343,29 @@ mod tests {
         drop(store.stage(&second).unwrap());
         assert_eq!(store.load().unwrap(), Some(first));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "the temporary file is gone");
+    }
+
+    #[test]
+    fn a_revert_puts_back_what_the_file_held_or_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = State {
+            limits: LimitsPatch { rate: Some(Rate::per_second(5)), ..LimitsPatch::default() },
+            ..State::default()
+        };
+        store.stage(&first).unwrap().commit().unwrap().revert().unwrap();
+        assert_eq!(store.load().unwrap(), None, "there was no file: it is gone again");
+        store.stage(&first).unwrap().commit().unwrap();
+        let before = fs::read(store.path()).unwrap();
+        let second = State {
+            limits: LimitsPatch { rate: Some(Rate::per_second(6)), ..LimitsPatch::default() },
+            ..State::default()
+        };
+        let committed = store.stage(&second).unwrap().commit().unwrap();
+        assert_eq!(store.load().unwrap(), Some(second));
+        committed.revert().unwrap();
+        assert_eq!(fs::read(store.path()).unwrap(), before, "the file holds what it held");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
     }
 
     #[test]

@@ -73,11 +73,11 @@ pub async fn render(state: &AppState) -> String {
                 ("interface", attachment.iface.clone()),
                 ("mode", attachment.mode.to_owned()),
             ])
-            .set(1);
+            .set(i64::from(state.is_attached(&attachment.iface)));
     }
     registry.register(
         "interface_attached",
-        "Interfaces the program is attached to, with the XDP mode",
+        "Interfaces the program is attached to, with the XDP mode: 0 while the interface is missing",
         interfaces,
     );
     int_gauge(&mut registry, "sources_tracked", "Sources with a bucket, at the last count", sources);
@@ -106,7 +106,7 @@ pub async fn render(state: &AppState) -> String {
     int_gauge(
         &mut registry,
         "ready",
-        "1 once the program is attached to every interface",
+        "1 once the program is attached to every interface, 0 while one is missing",
         u64::from(state.is_ready()),
     );
     int_gauge(&mut registry, "uptime_seconds", "Seconds since the daemon started", state.uptime().as_secs());

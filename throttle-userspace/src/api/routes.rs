@@ -90,16 +90,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready: the program is attached to every interface.
+/// Ready: the program is attached to every interface, and none of them is
+/// missing.
 #[utoipa::path(
     get, path = "/readyz", tag = "health", security(()),
     responses((status = 200, body = String), (status = 503, body = String))
 )]
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     if state.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
+    } else if let missing @ [_, ..] = state.missing_interfaces().as_slice() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("interface missing: {}\n", missing.join(", ")))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "attaching\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "attaching\n".to_owned())
     }
 }
 
@@ -117,6 +120,11 @@ pub struct InterfaceView {
     pub name: String,
     /// `native` or `generic`.
     pub mode: String,
+    /// `attached`, or `missing` while no interface has that name (it was
+    /// deleted or moved away): nothing is metered there until one comes
+    /// back, and the daemon attaches to it again.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// The daemon at a glance.
@@ -169,7 +177,14 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
                 .kernel()
                 .attachments()
                 .into_iter()
-                .map(|a| InterfaceView { name: a.iface, mode: a.mode.to_owned() })
+                .map(|a| {
+                    let attached = state.is_attached(&a.iface);
+                    InterfaceView {
+                        state: if attached { "attached" } else { "missing" }.to_owned(),
+                        name: a.iface,
+                        mode: a.mode.to_owned(),
+                    }
+                })
                 .collect(),
             sources_tracked,
             max_sources: c.kernel().max_sources(),

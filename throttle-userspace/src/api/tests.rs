@@ -140,6 +140,45 @@ async fn the_api_answers_while_the_sampler_walks_the_buckets() {
 }
 
 #[tokio::test]
+async fn an_interface_gone_is_missing_until_it_is_attached_again() {
+    use crate::kernel::Presence;
+    let api = Api::new(None);
+    api.state.control(|c| c.attach("veth0", crate::kernel::XdpMode::Generic)).unwrap();
+    api.state.set_ready();
+    let attached =
+        |text: &str| text.lines().find(|l| l.starts_with("throttle_interface_attached{")).map(str::to_owned);
+    let metrics = || async { api.call(Method::GET, "/metrics", None).await.1.as_str().unwrap().to_owned() };
+    assert_eq!(api.call(Method::GET, "/readyz", None).await.0, StatusCode::OK);
+
+    api.kernel.0.lock().unwrap().presence.insert("veth0".to_owned(), Presence::Missing);
+    crate::runtime::check_interfaces(&api.state).await;
+    let (status, body) = api.call(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "interface missing: veth0\n");
+    let status = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!(
+        (status["ready"].clone(), status["interfaces"][0]["state"].clone()),
+        (json!(false), json!("missing"))
+    );
+    assert!(
+        attached(&metrics().await).is_some_and(|l| l.ends_with(" 0")),
+        "{:?}",
+        attached(&metrics().await)
+    );
+    crate::runtime::check_interfaces(&api.state).await;
+    let events = api.call(Method::GET, "/v1/events", None).await.1;
+    let gone = events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "detach").count();
+    assert_eq!(gone, 1, "one event for the gap, however many checks see it: {events}");
+
+    api.kernel.0.lock().unwrap().presence.insert("veth0".to_owned(), Presence::Returned);
+    crate::runtime::check_interfaces(&api.state).await;
+    assert_eq!(api.call(Method::GET, "/readyz", None).await.0, StatusCode::OK);
+    let status = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!(status["interfaces"][0]["state"], "attached");
+    assert!(attached(&metrics().await).is_some_and(|l| l.ends_with(" 1")));
+}
+
+#[tokio::test]
 async fn every_endpoint_answers() {
     let api = Api::new(None);
     assert_eq!(api.call(Method::GET, "/healthz", None).await.0, StatusCode::OK);

@@ -2,11 +2,12 @@
 //!
 //! A change (from the admin API, a SIGHUP or the controller) goes through
 //! [`Control`]: the new policy is validated whole and compiled into a plan,
-//! the state file is staged, the plan is written to the maps, and only then
-//! is the state file put in force. When the kernel refuses, the previous plan
-//! is written back and the staged file dropped; when the state file cannot
-//! be renamed into place, the maps are put back too. Either way nothing is
-//! half-applied.
+//! the state file is written beside the old one, synced and renamed into
+//! place, and only then is the plan written to the maps. A state file that
+//! cannot be written or renamed stops the change before the kernel sees any
+//! of it; when the kernel refuses, the previous plan is written back and the
+//! previous state file put back. Either way nothing is half-applied, and
+//! nothing is enforced that was not saved.
 //!
 //! The prefixes of the IP sets are loaded beside the policy (`sets.rs`):
 //! a new version of a set goes into its slot not in use, the plan that
@@ -41,7 +42,7 @@ use crate::{
         validate_classes, validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch, Policy,
         Rate, RuleSpec, Scope, SetName, Target, Unmatched, MAX_CLASSES,
     },
-    store::{SavedClassId, SavedRuleId, Staged, State, Store, StoreError},
+    store::{Committed, SavedClassId, SavedRuleId, Staged, State, Store, StoreError},
 };
 
 /// Why a change was not made.
@@ -330,6 +331,15 @@ pub struct Control {
     fleet_refused: Option<u64>,
 }
 
+/// Puts back, last first, the files of a change that was not made.
+fn revert(saved: Vec<Committed>) {
+    for file in saved.into_iter().rev() {
+        if let Err(err) = file.revert() {
+            tracing::error!("could not put the state directory back as it was: {err}");
+        }
+    }
+}
+
 /// `base` with the state's changes over it.
 fn effective(base: &Policy, state: &State) -> Policy {
     Policy {
@@ -342,35 +352,79 @@ fn effective(base: &Policy, state: &State) -> Policy {
     }
 }
 
-impl Control {
-    /// Takes over `kernel`: restores the saved state over `base`, writes the
-    /// result to the maps, and saves the rule ids. A corrupt state file or
-    /// a saved policy that does not validate is an error: the daemon does not
-    /// start half-configured.
-    pub fn new(kernel: Box<dyn Kernel>, base: Policy, store: Option<Store>) -> Result<Self, StartError> {
-        let state = match &store {
+/// What [`Control::new`] puts in force before it owns the kernel.
+struct Start {
+    state: State,
+    policy: Policy,
+    ids: RuleIds,
+    classes: ClassIds,
+    rule_ids: Vec<u32>,
+    class_ids: Vec<u32>,
+    walk: BucketWalk,
+    loader: Box<dyn crate::kernel::SetLoader>,
+    sets: BTreeMap<SetName, sets::LoadedSet>,
+    places: BTreeMap<SetName, SetPlace>,
+    plan: Plan,
+}
+
+impl Start {
+    /// The saved state over `base`, its sets loaded and its plan written,
+    /// and the ids saved.
+    fn take_over(kernel: &mut dyn Kernel, base: &Policy, store: Option<&Store>) -> Result<Self, StartError> {
+        let mut state = match store {
             Some(store) => store.load()?.unwrap_or_default(),
             None => State::default(),
         };
-        let policy = effective(&base, &state);
+        let policy = effective(base, &state);
         let mut ids = RuleIds::from_saved(&state.rule_ids);
         let rule_ids = ids.resolve(&policy).map_err(|source| StartError::Invalid {
-            path: store.as_ref().map(|s| s.path().display().to_string()),
+            path: store.map(|s| s.path().display().to_string()),
             source,
         })?;
         let mut classes = ClassIds::from_saved(&state.class_ids);
         let class_ids = classes.resolve(&policy.classes);
         let walk = kernel.bucket_walk()?;
         let mut loader = kernel.set_loader()?;
-        let in_force = sets::load_at_start(&*kernel, &mut *loader, &policy.sets, store.as_ref())?;
-        let places = sets::places(&in_force);
+        let sets = sets::load_at_start(&*kernel, &mut *loader, &policy.sets, store)?;
+        let places = sets::places(&sets);
         let plan = compile(
             &policy,
             Ids { rules: &rule_ids, classes: &class_ids, sets: &places },
             1.0,
             kernel.coarse_tick_ns(),
         );
-        let mut control = Self {
+        kernel.write(&plan)?;
+        sets::sweep_after_start(&mut *loader, &sets)?;
+        if ids.saved() != state.rule_ids || classes.saved() != state.class_ids {
+            state.rule_ids = ids.saved();
+            state.class_ids = classes.saved();
+            if let Some(store) = store {
+                store.stage(&state)?.commit()?;
+            }
+        }
+        Ok(Self { state, policy, ids, classes, rule_ids, class_ids, walk, loader, sets, places, plan })
+    }
+}
+
+impl Control {
+    /// Takes over `kernel`: restores the saved state over `base`, writes the
+    /// result to the maps, and saves the rule ids. A corrupt state file or
+    /// a saved policy that does not validate is an error: the daemon does not
+    /// start half-configured, and what it made of the kernel is undone
+    /// ([`Kernel::abandon`]).
+    pub fn new(mut kernel: Box<dyn Kernel>, base: Policy, store: Option<Store>) -> Result<Self, StartError> {
+        let start = match Start::take_over(&mut *kernel, &base, store.as_ref()) {
+            Ok(start) => start,
+            Err(err) => {
+                if let Err(undo) = kernel.abandon() {
+                    tracing::warn!("undoing the start: {undo}");
+                }
+                return Err(err);
+            }
+        };
+        let Start { state, policy, ids, classes, rule_ids, class_ids, walk, loader, sets, places, plan } =
+            start;
+        Ok(Self {
             kernel,
             walk,
             base,
@@ -382,27 +436,15 @@ impl Control {
             rule_ids,
             class_ids,
             scale: 1.0,
-            plan: plan.clone(),
-            sets: in_force,
+            plan,
+            sets,
             places,
             set_memory: loader.memory_bytes(),
-            loader: None,
+            loader: Some(loader),
             fleet: None,
             fleet_version: 0,
             fleet_refused: None,
-        };
-        control.kernel.write(&plan)?;
-        sets::sweep_after_start(&mut *loader, &control.sets)?;
-        control.loader = Some(loader);
-        if control.ids.saved() != control.state.rule_ids || control.classes.saved() != control.state.class_ids
-        {
-            control.state.rule_ids = control.ids.saved();
-            control.state.class_ids = control.classes.saved();
-            if let Some(store) = &control.store {
-                store.stage(&control.state)?.commit()?;
-            }
-        }
-        Ok(control)
+        })
     }
 
     /// The writer of the set tries, for the one caller that changes sets.
@@ -506,6 +548,23 @@ impl Control {
         self.kernel.release_others(keep)
     }
 
+    /// How each attachment stands with its interface now.
+    #[must_use]
+    pub fn presence(&self) -> Vec<(String, crate::kernel::Presence)> {
+        self.kernel.presence()
+    }
+
+    /// Attaches again to an interface made again under a name attached to.
+    pub fn reattach(&mut self, iface: &str) -> Result<Attachment, KernelError> {
+        self.kernel.reattach(iface)
+    }
+
+    /// Undoes a start that failed: what this daemon attached and pinned
+    /// goes, what an earlier one left stays.
+    pub fn abandon(&mut self) -> Result<(), KernelError> {
+        self.kernel.abandon()
+    }
+
     /// Detaches and unpins everything, or with `keep_pins` leaves it all in
     /// place for the next daemon.
     pub fn release(&mut self, keep_pins: bool) -> Result<(), KernelError> {
@@ -534,7 +593,7 @@ impl Control {
     }
 
     /// [`Self::switch`], with a staged file of the state directory put in
-    /// place just before the state file.
+    /// place just before the state file (and put back with it).
     fn switch_with(
         &mut self,
         policy: Policy,
@@ -555,21 +614,22 @@ impl Control {
             self.scale,
             self.kernel.coarse_tick_ns(),
         );
+        // Saved first, then enforced: a change the state directory refuses
+        // never reaches the kernel, not even for a moment.
+        let mut saved = Vec::new();
+        for file in [file, staged].into_iter().flatten() {
+            match file.commit() {
+                Ok(committed) => saved.push(committed),
+                Err(err) => {
+                    revert(saved);
+                    return Err(err.into());
+                }
+            }
+        }
         if let Err(err) = self.kernel.write(&plan) {
             self.restore();
+            revert(saved);
             return Err(err.into());
-        }
-        if let Some(file) = file {
-            if let Err(err) = file.commit() {
-                self.restore();
-                return Err(err.into());
-            }
-        }
-        if let Some(staged) = staged {
-            if let Err(err) = staged.commit() {
-                self.restore();
-                return Err(err.into());
-            }
         }
         self.ids = ids;
         self.classes = classes;
@@ -585,6 +645,7 @@ impl Control {
     }
 
     /// Writes the plan in force back to the maps after a failed change.
+    /// (A write the kernel refuses may have written part of the plan.)
     fn restore(&mut self) {
         if let Err(err) = self.kernel.write(&self.plan) {
             tracing::error!("could not write the previous policy back to the maps: {err}");
@@ -1216,6 +1277,8 @@ pub mod fake {
         pub now: u64,
         pub tries: FakeTries,
         pub attachments: Vec<Attachment>,
+        /// How attachments stand with their interfaces, when not attached.
+        pub presence: std::collections::BTreeMap<String, crate::kernel::Presence>,
         /// What the last `set_shares` gave the sources it did not name.
         pub default_share: u32,
         /// What the last `set_newcomers` set.
@@ -1365,6 +1428,28 @@ pub mod fake {
             Ok(attachment)
         }
 
+        fn presence(&self) -> Vec<(String, crate::kernel::Presence)> {
+            let s = self.0.lock().unwrap();
+            let presence =
+                |iface: &str| s.presence.get(iface).copied().unwrap_or(crate::kernel::Presence::Attached);
+            s.attachments.iter().map(|a| (a.iface.clone(), presence(&a.iface))).collect()
+        }
+
+        fn reattach(&mut self, iface: &str) -> Result<Attachment, KernelError> {
+            let mut s = self.0.lock().unwrap();
+            s.presence.remove(iface);
+            s.attachments
+                .iter()
+                .find(|a| a.iface == iface)
+                .cloned()
+                .ok_or_else(|| KernelError::NotAttached { iface: iface.to_owned() })
+        }
+
+        fn abandon(&mut self) -> Result<(), KernelError> {
+            self.0.lock().unwrap().attachments.clear();
+            Ok(())
+        }
+
         fn release_others(&mut self, _keep: &[String]) -> Result<Vec<String>, KernelError> {
             Ok(Vec::new())
         }
@@ -1406,6 +1491,39 @@ mod tests {
         assert_eq!(written(&kernel), before, "the previous plan is written back");
         assert_eq!(written(&kernel).classes[0].limits[0].rate(), Limits::default().rate.count);
         assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).ok(), saved);
+    }
+
+    #[test]
+    fn a_change_the_state_file_refuses_never_reaches_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = FakeKernel::default();
+        let mut control = control(&kernel, Some(Store::open(dir.path()).unwrap()));
+        control.add_rule(deny("10.0.0.0/8")).unwrap();
+        // A directory in the state file's place: staging beside it works,
+        // renaming over it does not.
+        let path = dir.path().join("state.json");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(path.join("in-the-way")).unwrap();
+        let (before, writes) = (written(&kernel), kernel.0.lock().unwrap().writes);
+        let err = control.add_rule(deny("192.0.2.0/24")).unwrap_err();
+        assert!(matches!(err, ChangeError::Store(_)), "{err}");
+        assert_eq!(kernel.0.lock().unwrap().writes, writes, "the kernel was not written to");
+        assert_eq!(written(&kernel), before);
+        assert_eq!(control.rules().len(), 1, "the rules are as they were");
+    }
+
+    #[test]
+    fn a_refused_kernel_write_puts_the_state_file_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = FakeKernel::default();
+        let mut control = control(&kernel, Some(Store::open(dir.path()).unwrap()));
+        control.add_rule(deny("10.0.0.0/8")).unwrap();
+        let saved = std::fs::read(dir.path().join("state.json")).unwrap();
+        kernel.0.lock().unwrap().fail_next_write = true;
+        control.add_rule(deny("192.0.2.0/24")).unwrap_err();
+        assert_eq!(std::fs::read(dir.path().join("state.json")).unwrap(), saved);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["state.json"], "no temporary file is left");
     }
 
     #[test]

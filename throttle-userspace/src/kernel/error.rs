@@ -30,6 +30,8 @@ pub enum KernelError {
     Attach { iface: String, mode: &'static str, source: ProgramError },
     #[error("the program is already attached to {iface}")]
     AlreadyAttached { iface: String },
+    #[error("the program was never attached to {iface}")]
+    NotAttached { iface: String },
     #[error("pin directory {}: {source}", dir.display())]
     PinDir { dir: PathBuf, source: io::Error },
     #[error(

@@ -13,7 +13,7 @@ use super::{
     maps::Dataplane,
     pins::{create_dir_if_missing, link_pin_name, remove_pin, unpin_link, LinkPin, GENERIC, NATIVE},
     sys::{self, if_index},
-    Attachment, XdpMode,
+    Attachment, Presence, XdpMode,
 };
 
 impl Dataplane {
@@ -87,6 +87,9 @@ impl Dataplane {
                             .pin(&path)
                             .map_err(|source| KernelError::Pin { path: path.clone(), source })?;
                         self.links.push((iface.to_owned(), pinned.into()));
+                    }
+                    if let Some(ifindex) = if_index(iface) {
+                        self.ifindexes.insert(iface.to_owned(), ifindex);
                     }
                     self.attachments.push(Attachment { iface: iface.to_owned(), mode: name, adopted: false });
                     return Ok(self.attachments.last().expect("just pushed"));
@@ -162,6 +165,7 @@ impl Dataplane {
         // so that dropping the program never detaches it.
         let link = FdLink::try_from(self.program_mut().take_link(link_id)?).map_err(link_err)?;
         self.links.push((pin.iface.clone(), link));
+        self.ifindexes.insert(pin.iface.clone(), ifindex);
         self.attachments.push(Attachment { iface: pin.iface.clone(), mode: pin.mode, adopted: true });
         Ok(true)
     }
@@ -182,6 +186,7 @@ impl Dataplane {
             unpin_link(&pin.path)?;
             self.links.retain(|(iface, _)| *iface != pin.iface);
             self.attachments.retain(|a| a.iface != pin.iface);
+            self.ifindexes.remove(&pin.iface);
             if let Some(ifindex) = if_index(&pin.iface) {
                 self.take_slot(ifindex)?;
             }
@@ -189,6 +194,118 @@ impl Dataplane {
         }
         self.rewrite_config(false)?;
         Ok(released)
+    }
+
+    /// Undoes a start that failed: detaches the links this process
+    /// attached (not those it took over) and removes their pins, and when
+    /// the maps were made by this process, removes their pins and the pin
+    /// directories too, so that the kernel frees them. What an earlier
+    /// daemon pinned stays pinned: its maps (with the policy this process
+    /// wrote) and its links (running this process's program on them).
+    /// Afterwards the dataplane holds no pins, as after [`Dataplane::release`].
+    pub fn abandon(&mut self) -> Result<(), KernelError> {
+        let Some(pins) = self.pins.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        let mut record = |step: Result<(), KernelError>| {
+            if let Err(err) = step {
+                tracing::warn!("{err}");
+                if result.is_ok() {
+                    result = Err(err);
+                }
+            }
+        };
+        let made: Vec<Attachment> = self.attachments.iter().filter(|a| !a.adopted).cloned().collect();
+        for attachment in made {
+            record(unpin_link(&pins.mode_dir(attachment.mode).join(link_pin_name(&attachment.iface))));
+            self.links.retain(|(iface, _)| *iface != attachment.iface);
+            self.attachments.retain(|a| a.iface != attachment.iface);
+            if let Some(ifindex) = self.ifindexes.remove(&attachment.iface) {
+                if self.adopted() {
+                    record(self.take_slot(ifindex));
+                }
+            }
+        }
+        if !self.adopted() {
+            let maps = pins.maps();
+            for name in map_name::ALL {
+                record(remove_pin(&maps.join(name)));
+            }
+            // The link directories stay when an earlier daemon left links
+            // there (without maps); the rest goes.
+            let _ = pins.remove_dirs();
+        }
+        result
+    }
+
+    /// How each attachment stands with its interface now: still there, gone
+    /// (deleted, or moved to another namespace), or back under the same
+    /// name as a new interface that nothing is attached to.
+    #[must_use]
+    pub fn presence(&self) -> Vec<(String, Presence)> {
+        self.attachments
+            .iter()
+            .map(|a| {
+                let presence = match if_index(&a.iface) {
+                    None => Presence::Missing,
+                    Some(now) if self.ifindexes.get(&a.iface) != Some(&now) => Presence::Returned,
+                    Some(_) => {
+                        // The kernel detaches an XDP link whose device goes
+                        // away and reports index 0 for it from then on.
+                        let pin =
+                            self.pins.as_ref().map(|p| p.mode_dir(a.mode).join(link_pin_name(&a.iface)));
+                        match pin.map(|pin| sys::xdp_link_ifindex(&pin)) {
+                            Some(Ok(Some(0))) => Presence::Returned,
+                            _ => Presence::Attached,
+                        }
+                    }
+                };
+                (a.iface.clone(), presence)
+            })
+            .collect()
+    }
+
+    /// Attaches again to `iface`, an interface made again under the name of
+    /// one attached to (see [`Dataplane::presence`]), in the mode the
+    /// attachment had. The defunct link and its pin go; the interface's
+    /// counters slot follows it to its new index, so its counters carry on.
+    pub fn reattach(&mut self, iface: &str) -> Result<&Attachment, KernelError> {
+        let at = self
+            .attachments
+            .iter()
+            .position(|a| a.iface == iface)
+            .ok_or_else(|| KernelError::NotAttached { iface: iface.to_owned() })?;
+        let old = self.attachments.remove(at);
+        if let Err(err) = self.reattach_inner(iface, old.mode) {
+            // Still configured: the next check tries again.
+            self.attachments.insert(at, old);
+            return Err(err);
+        }
+        self.rewrite_config(false)?;
+        Ok(self.attachments.last().expect("just attached"))
+    }
+
+    fn reattach_inner(&mut self, iface: &str, mode: &'static str) -> Result<(), KernelError> {
+        self.links.retain(|(name, _)| name != iface);
+        if let Some(pins) = &self.pins {
+            unpin_link(&pins.mode_dir(mode).join(link_pin_name(iface)))?;
+        }
+        let ifindex = if_index(iface);
+        if let (Some(was), Some(now)) = (self.ifindexes.remove(iface), ifindex) {
+            if let Some(slot) = self.slots.get(&was).copied() {
+                self.take_slot(was)?;
+                if now < throttle_common::MAX_IFINDEX {
+                    self.iface_slot.set(now, slot, 0).map_err(super::error::map_err(map_name::IFACE_SLOT))?;
+                    self.slots.insert(now, slot);
+                }
+            }
+        }
+        if let Some(now) = ifindex {
+            self.give_slot(iface, now)?;
+        }
+        let mode = if mode == NATIVE { XdpMode::Native } else { XdpMode::Generic };
+        self.attach_inner(iface, mode).map(drop)
     }
 
     /// Stops the data path. With `keep_pins`, everything stays attached and

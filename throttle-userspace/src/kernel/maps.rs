@@ -32,7 +32,7 @@ use throttle_common::{
 
 use super::{
     error::{map_err, syscall_err, KernelError},
-    pins::{check_pinned, pin_exists, pin_new_maps, PinDir},
+    pins::{check_pinned, pin_exists, pin_new_maps, remove_pin, PinDir},
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sets::SetTries,
@@ -123,6 +123,10 @@ pub struct Dataplane {
     /// The pinned links this process holds, by interface. Closing them
     /// leaves the program attached: their pins hold the links.
     pub(super) links: Vec<(String, FdLink)>,
+    /// The index each attached interface had when it was attached, which
+    /// tells an interface made again under the same name from the one
+    /// attached to.
+    pub(super) ifindexes: BTreeMap<String, u32>,
     adopted: bool,
     max_sources: u32,
 }
@@ -217,7 +221,11 @@ impl Dataplane {
             }
             let made = pins.clone();
             return Self::from_object(options.max_sources, Origin::Created(pins)).inspect_err(|_| {
-                // Nothing was pinned: leave no empty directory behind either.
+                // Whatever this load pinned before it failed goes (there was
+                // no map pinned here before it), and so do the directories.
+                for name in map_name::ALL {
+                    let _ = remove_pin(&made.maps().join(name));
+                }
                 let _ = made.remove_dirs();
             });
         }
@@ -322,6 +330,7 @@ impl Dataplane {
             newcomers: NewcomerShare::default(),
             shared: HashSet::new(),
             links: Vec::new(),
+            ifindexes: BTreeMap::new(),
             adopted,
             max_sources,
         };

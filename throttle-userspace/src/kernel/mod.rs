@@ -33,7 +33,7 @@ pub use self::{
     maps::{bucket_key, masked_key, BucketWalker, Dataplane, EventStats, Options, ProgramLogger},
     plan::{compile, Plan, SetPlace},
     sets::{SetLoader, SetTries},
-    sys::{coarse_resolution_ns, grace_period, monotonic_ns},
+    sys::{coarse_resolution_ns, grace_period, if_index, monotonic_ns},
     table::BucketTable,
 };
 
@@ -81,6 +81,19 @@ pub struct Attachment {
 pub struct NewcomerShare {
     pub known_before: u32,
     pub share: u32,
+}
+
+/// How an attachment stands with its interface ([`Kernel::presence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The interface attached to is there, and so is the program.
+    Attached,
+    /// No interface has that name (deleted, or moved to another namespace):
+    /// nothing is metered there.
+    Missing,
+    /// An interface of that name is there again, a new one, which the
+    /// program is not attached to: [`Kernel::reattach`].
+    Returned,
 }
 
 /// Verdict counters by [`reason`] slot.
@@ -151,8 +164,16 @@ pub trait Kernel: Send {
     fn version(&self) -> u64;
     /// Attaches to `iface` (or takes over the pinned link there).
     fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment, KernelError>;
+    /// How each attachment stands with its interface now.
+    fn presence(&self) -> Vec<(String, Presence)>;
+    /// Attaches again, in the mode it had, to an interface of the name of
+    /// one attached to that was made again.
+    fn reattach(&mut self, iface: &str) -> Result<Attachment, KernelError>;
     /// Detaches what a previous daemon attached to interfaces not in `keep`.
     fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, KernelError>;
+    /// Undoes a start that failed: what this process attached and pinned
+    /// goes, what an earlier daemon left stays.
+    fn abandon(&mut self) -> Result<(), KernelError>;
     /// Detaches and unpins everything, or with `keep_pins` leaves it all
     /// attached and pinned for the next daemon.
     fn release(&mut self, keep_pins: bool) -> Result<(), KernelError>;
@@ -240,8 +261,20 @@ impl Kernel for Dataplane {
         Dataplane::attach(self, iface, mode).cloned()
     }
 
+    fn presence(&self) -> Vec<(String, Presence)> {
+        Dataplane::presence(self)
+    }
+
+    fn reattach(&mut self, iface: &str) -> Result<Attachment, KernelError> {
+        Dataplane::reattach(self, iface).cloned()
+    }
+
     fn release_others(&mut self, keep: &[String]) -> Result<Vec<String>, KernelError> {
         Dataplane::release_others(self, keep)
+    }
+
+    fn abandon(&mut self) -> Result<(), KernelError> {
+        Dataplane::abandon(self)
     }
 
     fn release(&mut self, keep_pins: bool) -> Result<(), KernelError> {

@@ -238,7 +238,6 @@ pub(super) fn unpin_link(path: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// The index of interface `name` in the calling thread's network namespace.
 /// What a map of this build looks like to the kernel.
 struct Expected {
     name: &'static str,

@@ -130,6 +130,8 @@ pub fn is_bpffs(dir: &Path) -> io::Result<bool> {
     Ok(stats.f_type == libc::BPF_FS_MAGIC)
 }
 
+/// The index of interface `name` in the calling thread's network namespace.
+#[must_use]
 pub fn if_index(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
     // SAFETY: `name` is a NUL-terminated string that outlives the call.

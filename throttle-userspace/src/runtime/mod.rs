@@ -6,6 +6,7 @@
 mod capture;
 mod events;
 pub mod fleet;
+mod interfaces;
 mod lifecycle;
 mod sampler;
 mod sets;
@@ -21,6 +22,7 @@ use std::{
 pub use self::{
     capture::{forward_captures, wall_time, CaptureError, CaptureGuard},
     events::{forward_kernel_events, EventView, RECENT},
+    interfaces::{check as check_interfaces, watch_interfaces},
     lifecycle::{attach_all, forward_ebpf_logs},
     sampler::sample_forever,
 };
@@ -31,6 +33,10 @@ struct Shared {
     control: Arc<Mutex<Control>>,
     controller: Mutex<Option<ControllerHandle>>,
     ready: AtomicBool,
+    /// The attached interfaces that are gone (deleted, or moved to another
+    /// namespace) or that could not be attached again since they came
+    /// back, with why not.
+    missing: Mutex<std::collections::BTreeMap<String, Option<String>>>,
     started: Instant,
     sampled: Mutex<sampler::Sampled>,
     /// The writer of the set tries: one set change at a time.
@@ -60,6 +66,7 @@ impl Runtime {
             control: Arc::new(Mutex::new(control)),
             controller: Mutex::new(None),
             ready: AtomicBool::new(false),
+            missing: Mutex::new(std::collections::BTreeMap::new()),
             started: Instant::now(),
             sampled: Mutex::new(sampler::Sampled::default()),
             fleet: std::sync::OnceLock::new(),
@@ -81,9 +88,23 @@ impl Runtime {
         self.0.ready.store(true, Ordering::Release);
     }
 
+    /// Ready: every interface was attached, and none is missing now.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Acquire)
+        self.0.ready.load(Ordering::Acquire) && lock(&self.0.missing).is_empty()
+    }
+
+    /// Whether the program is attached to `iface` now (false while the
+    /// interface is gone, until it is attached again).
+    #[must_use]
+    pub fn is_attached(&self, iface: &str) -> bool {
+        !lock(&self.0.missing).contains_key(iface)
+    }
+
+    /// The interfaces attached to that are missing now.
+    #[must_use]
+    pub fn missing_interfaces(&self) -> Vec<String> {
+        lock(&self.0.missing).keys().cloned().collect()
     }
 
     /// Runs `f` on the control plane on a blocking thread: map reads and
