@@ -110,6 +110,15 @@ pub struct DaemonBuilder<'a> {
     admin_port: u16,
     token: Option<String>,
     pin_dir: Option<PathBuf>,
+    user: Option<User>,
+}
+
+/// An unprivileged user a daemon runs as, and the capabilities it keeps.
+#[derive(Debug, Clone)]
+struct User {
+    uid: u32,
+    gid: u32,
+    caps: Vec<String>,
 }
 
 impl DaemonBuilder<'_> {
@@ -156,6 +165,25 @@ impl DaemonBuilder<'_> {
     #[must_use]
     pub fn admin_ip(mut self, ip: IpAddr) -> Self {
         self.admin_ip = ip;
+        self
+    }
+
+    /// Runs the daemon as user `uid` and group `gid` with exactly the
+    /// capabilities [`DAEMON_CAPS`] (through `setpriv`, as a service
+    /// manager would); its pin, state and work directories are theirs.
+    #[must_use]
+    pub fn as_user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some(User { uid, gid, caps: DAEMON_CAPS.iter().map(|&c| c.to_owned()).collect() });
+        self
+    }
+
+    /// With [`DaemonBuilder::as_user`]: these capabilities instead (`setpriv`
+    /// names, such as `bpf`).
+    #[must_use]
+    pub fn caps(mut self, caps: &[&str]) -> Self {
+        if let Some(user) = self.user.as_mut() {
+            user.caps = caps.iter().map(|&c| c.to_owned()).collect();
+        }
         self
     }
 
@@ -208,6 +236,13 @@ impl DaemonBuilder<'_> {
             args.extend(["--iface".to_owned(), iface.clone()]);
         }
         let pin_dir = self.pin_dir.unwrap_or_else(|| PathBuf::from(BPFFS).join(format!("thr-test-{id}")));
+        if let Some(user) = &self.user {
+            fs::create_dir_all(&pin_dir).unwrap_or_else(|e| panic!("create {}: {e}", pin_dir.display()));
+            for dir in [&workdir, &state_dir, &pin_dir] {
+                std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+            }
+        }
         args.extend([
             "--pin-dir".to_owned(),
             pin_dir.display().to_string(),
@@ -235,6 +270,7 @@ impl DaemonBuilder<'_> {
             admin,
             child: None,
             started_at: 0,
+            user: self.user,
         };
         daemon.spawn(self.ns);
         daemon
@@ -254,6 +290,9 @@ pub fn start_daemon(
     daemon
 }
 
+/// The capabilities the daemon runs with as a service (`setpriv` names).
+pub const DAEMON_CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
+
 /// A running `throttle daemon` in a namespace. Its stdout and stderr go to a
 /// log file, printed when a test fails. On drop: SIGTERM, SIGKILL after
 /// 10 s, then its pin directory and work directory are removed.
@@ -271,6 +310,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Length of the log when the current process was spawned.
     started_at: usize,
+    /// The user and group it runs as, and its capabilities; `None`: root.
+    user: Option<User>,
 }
 
 impl Daemon {
@@ -286,6 +327,7 @@ impl Daemon {
             admin_port: ADMIN_PORT,
             token: None,
             pin_dir: None,
+            user: None,
         }
     }
 
@@ -297,7 +339,21 @@ impl Daemon {
             .open(&self.log_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
         let log2 = log.try_clone().expect("dup the log descriptor");
-        let mut cmd = ns.command(&self.bin);
+        let mut cmd = match &self.user {
+            None => ns.command(&self.bin),
+            Some(User { uid, gid, caps }) => {
+                let caps: String = caps.iter().flat_map(|cap| [",+", cap.as_str()]).collect();
+                let mut cmd = ns.command("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg(format!("--inh-caps=-all{caps}"))
+                    .arg(format!("--ambient-caps=-all{caps}"))
+                    .arg(format!("--bounding-set=-all{caps}"))
+                    .arg(&self.bin);
+                cmd
+            }
+        };
         cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log2);
         // The ready and reload lines are at info; keep a caller's own filter.
         if std::env::var_os(LOG_FILTER_ENV).is_none() {

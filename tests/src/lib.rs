@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use daemon::{start_daemon, Daemon, DaemonBuilder};
+pub use daemon::{start_daemon, Daemon, DaemonBuilder, DAEMON_CAPS};
 pub use measure::Checks;
 pub use netns::Netns;
 pub use traffic::{Arrival, Arrivals, Flood, Flow, FlowReport, Receiver};

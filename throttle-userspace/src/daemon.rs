@@ -33,6 +33,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(missing) = settings.interfaces.iter().find(|iface| if_index(iface).is_none()) {
         bail!("no interface is named {missing:?} (`ip link` lists them): nothing was loaded or attached");
     }
+    let missing = crate::kernel::missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "the daemon needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and this process lacks {}: run it as \
+             root, or with those three (systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN, as \
+             throttle.service does; by hand: setpriv --inh-caps=+bpf,+perfmon,+net_admin \
+             --ambient-caps=+bpf,+perfmon,+net_admin)",
+            missing.join(" and ")
+        );
+    }
     let token = settings.token_file.as_deref().map(Token::read).transpose()?;
     api::check_exposure(settings.admin, token.as_ref()).map_err(anyhow::Error::msg)?;
     // Listen first: a port in use is found before anything is attached.

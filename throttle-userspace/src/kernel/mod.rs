@@ -33,7 +33,7 @@ pub use self::{
     maps::{bucket_key, masked_key, BucketWalker, Dataplane, EventStats, Options, ProgramLogger},
     plan::{compile, Plan, SetPlace},
     sets::{SetLoader, SetTries},
-    sys::{coarse_resolution_ns, grace_period, if_index, monotonic_ns},
+    sys::{coarse_resolution_ns, grace_period, if_index, missing_capabilities, monotonic_ns},
     table::BucketTable,
 };
 
