@@ -113,6 +113,12 @@ pub async fn render(state: &AppState) -> String {
     gauge(&mut registry, "controller_scale", "The controller's factor on every rate (floor..1)", scale);
     controller(&mut registry, state);
     fleet(&mut registry, state);
+    counter(
+        &mut registry,
+        "log_write_errors",
+        "Log lines the daemon could not write (its stderr closed or full) and dropped",
+        crate::logging::write_errors(),
+    );
     registry.register(
         "api_requests",
         "Admin API requests by route, method and status",
