@@ -23,6 +23,7 @@ use crate::{
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let nofile = raise_nofile_limit();
     let settings = Settings::load(&args)?;
     if settings.interfaces.is_empty() {
         bail!("no interface to attach to: pass --iface IF or set `daemon.interfaces` in the config file");
@@ -64,18 +65,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // After the fleet's policy, which may carry the controller's parameters.
     let saved_controller = state.control(|c| c.saved_controller().cloned());
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = tokio::spawn({
-        let router = api::router(AppState::new(state.clone(), token));
-        async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        }
-    });
-    tracing::info!("admin API on http://{}", settings.admin);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cap = api::connection_cap(nofile);
+    let router = api::router(AppState::new(state.clone(), token));
+    let server = tokio::spawn(api::serve(listener, router, cap, stop_rx));
+    tracing::info!(
+        connections = cap,
+        per_peer = api::MAX_CONNECTIONS_PER_PEER,
+        "admin API on http://{}",
+        settings.admin
+    );
 
     runtime::attach_all(&state, &settings.interfaces, settings.xdp_mode).await?;
 
@@ -106,10 +105,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     sampler.abort();
     state.leave_fleet().await;
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(err))) => tracing::warn!("admin API: {err}"),
-        Ok(_) => {}
-        Err(_) => tracing::warn!("admin API connections still open after 5 s; closing"),
+    if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+        tracing::warn!("admin API connections still open after 5 s; closing");
     }
     let keep = args.keep_on_exit;
     if keep {
@@ -122,6 +119,32 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard one (the
+/// connections the admin API may hold are a part of it: see
+/// [`api::connection_cap`]) and returns the soft limit in force.
+fn raise_nofile_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit, which `raised` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(
+                "setrlimit(RLIMIT_NOFILE, {}): {}",
+                limit.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    limit.rlim_cur
 }
 
 /// The line that says the daemon is ready, with the policy it runs.

@@ -67,6 +67,7 @@ pub fn eprint_line(args: fmt::Arguments<'_>) {
 
 /// Writes `text` to stdout, as `print!` would, but never panics; false when
 /// it could not be written (a closed pipe: `throttle status | head -1`).
+#[must_use = "false: the reader has gone"]
 pub fn print_text(text: &str) -> bool {
     let mut stdout = io::stdout().lock();
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_ok()

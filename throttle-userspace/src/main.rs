@@ -212,7 +212,7 @@ fn main() -> ExitCode {
         // A reader that went away (`throttle rules list | head -1`) is no
         // error of the command's.
         Ok(text) => {
-            logging::print_text(&text);
+            let _ = logging::print_text(&text);
             ExitCode::from(client::EXIT_OK)
         }
         Err(err) => {

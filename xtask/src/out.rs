@@ -58,5 +58,4 @@ mod tests {
         line(&mut buf, format_args!("a {}", "b"));
         assert_eq!(buf, b"a b\n");
     }
-
 }

@@ -157,7 +157,7 @@ fn stop(child: &mut Child, grace: Duration) {
     errln!("stopping the daemon (pid {pid})");
     // SAFETY: kill has no memory-safety preconditions. The pid is our own
     // child's, not yet reaped, so it cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid, SIGTERM) };
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
