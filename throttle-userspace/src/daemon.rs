@@ -72,6 +72,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     tracing::info!(
         connections = cap,
         per_peer = api::MAX_CONNECTIONS_PER_PEER,
+        descriptors = nofile,
         "admin API on http://{}",
         settings.admin
     );
@@ -121,6 +122,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The soft limit on descriptors Linux starts a process with, taken when
+/// the real one cannot be read.
+const DEFAULT_NOFILE: u64 = 1024;
+
 /// Raises the soft limit on open descriptors to the hard one (the
 /// connections the admin API may hold are a part of it: see
 /// [`api::connection_cap`]) and returns the soft limit in force.
@@ -129,7 +134,7 @@ fn raise_nofile_limit() -> u64 {
     // SAFETY: getrlimit writes one rlimit, which `limit` is.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
         tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
-        return 1024;
+        return DEFAULT_NOFILE;
     }
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
