@@ -143,6 +143,21 @@ fn a_closed_stderr_stops_neither_enforcement_nor_the_clean_exit() {
     checks.assert_all();
 }
 
+/// Raises this process's soft descriptor limit to its hard one, and
+/// returns the soft limit in force: the flood holds [`FLOOD`] sockets.
+fn raise_own_nofile() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) }, 0, "getrlimit");
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads one rlimit, which `limit` is.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        // SAFETY: as above.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) };
+    }
+    limit.rlim_cur
+}
+
 /// Opens `n` connections to `dst` from `src` in the calling thread's
 /// namespace, each sending [`HALF_REQUEST`]; those that connected, as
 /// non-blocking streams.
@@ -193,6 +208,11 @@ fn a_flood_of_idle_connections_leaves_the_api_answering() {
     require_root!();
     let test = "a_flood_of_idle_connections_leaves_the_api_answering";
     let mut checks = Checks::new(test);
+    let own = raise_own_nofile();
+    assert!(
+        own > u64::try_from(FLOOD).expect("a count") + 256,
+        "this test holds {FLOOD} connections and its process may open {own} descriptors: raise its hard limit"
+    );
     let token = "token-of-the-flood-test";
     let pair = VethPair::builder().sender_addrs(["10.99.1.1/16", "10.99.1.2/16"]).build();
     let [flooder, other] = pair.sender_ips()[..] else { panic!("two sender addresses") };
@@ -208,6 +228,11 @@ fn a_flood_of_idle_connections_leaves_the_api_answering() {
     // Unauthenticated, from beyond loopback: requests that never end.
     let mut flood = pair.sender.run(|| half_sent(flooder, admin, FLOOD));
     let flood_held = Instant::now();
+    assert!(
+        flood.len() as u64 > NOFILE,
+        "{} connections made, fewer than the daemon's {NOFILE} descriptors: the flood would prove nothing",
+        flood.len()
+    );
     checks.note(&format!(
         "{} of {FLOOD} connections from {flooder} sent half a request (the daemon has {NOFILE} descriptors)",
         flood.len()
