@@ -3,15 +3,19 @@
 use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
-    io,
+    io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::{
         fd::AsRawFd,
         unix::{fs::OpenOptionsExt as _, process::CommandExt},
     },
     path::{Path, PathBuf},
-    process::{Child, ExitStatus, Stdio},
-    thread,
+    process::{Child, ChildStderr, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
     time::Duration,
 };
 
@@ -41,6 +45,8 @@ const ADMIN_ENV: &str = "THROTTLE_ADMIN";
 const TOKEN_ENV: &str = "THROTTLE_TOKEN";
 /// How long a daemon gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often the relay of a piped stderr looks whether it must close.
+const RELAY_POLL_MS: libc::c_int = 20;
 
 /// The `throttle` binary: `$THROTTLE_BIN`, else `target/debug/throttle` of
 /// this workspace (or of `$CARGO_TARGET_DIR`). Panics when it is missing.
@@ -111,6 +117,8 @@ pub struct DaemonBuilder<'a> {
     token: Option<String>,
     pin_dir: Option<PathBuf>,
     user: Option<User>,
+    stderr_pipe: bool,
+    nofile: Option<u64>,
 }
 
 /// An unprivileged user a daemon runs as, and the capabilities it keeps.
@@ -127,6 +135,22 @@ impl DaemonBuilder<'_> {
     #[must_use]
     pub fn pin_dir(mut self, dir: &Path) -> Self {
         self.pin_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The daemon's stderr a pipe, relayed to the log until
+    /// [`Daemon::close_stderr`] closes its read end (its stdout still goes
+    /// to the log file).
+    #[must_use]
+    pub fn stderr_pipe(mut self) -> Self {
+        self.stderr_pipe = true;
+        self
+    }
+
+    /// Starts the daemon with `RLIMIT_NOFILE` at `limit`, soft and hard.
+    #[must_use]
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 
@@ -271,6 +295,9 @@ impl DaemonBuilder<'_> {
             child: None,
             started_at: 0,
             user: self.user,
+            stderr_pipe: self.stderr_pipe,
+            relay: None,
+            nofile: self.nofile,
         };
         daemon.spawn(self.ns);
         daemon
@@ -312,6 +339,12 @@ pub struct Daemon {
     started_at: usize,
     /// The user and group it runs as, and its capabilities; `None`: root.
     user: Option<User>,
+    /// Whether stderr is a pipe ([`DaemonBuilder::stderr_pipe`]).
+    stderr_pipe: bool,
+    /// The relay of a piped stderr into the log: set the flag to close it.
+    relay: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// `RLIMIT_NOFILE` ([`DaemonBuilder::nofile_limit`]).
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -328,6 +361,8 @@ impl Daemon {
             token: None,
             pin_dir: None,
             user: None,
+            stderr_pipe: false,
+            nofile: None,
         }
     }
 
@@ -354,7 +389,12 @@ impl Daemon {
                 cmd
             }
         };
-        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log2);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log);
+        if self.stderr_pipe {
+            cmd.stderr(Stdio::piped());
+        } else {
+            cmd.stderr(log2.try_clone().expect("dup the log descriptor"));
+        }
         // The ready and reload lines are at info; keep a caller's own filter.
         if std::env::var_os(LOG_FILTER_ENV).is_none() {
             cmd.env(LOG_FILTER_ENV, "info");
@@ -374,9 +414,42 @@ impl Daemon {
                 }
             });
         }
+        if let Some(limit) = self.nofile {
+            let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            // SAFETY: one async-signal-safe syscall between fork and exec,
+            // reading a plain value the closure owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         self.started_at = self.log_len();
         eprintln!("starting in {}: {} {}", self.ns_name, self.bin.display(), self.args.join(" "));
-        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display())));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        if let Some(pipe) = child.stderr.take() {
+            let close = Arc::new(AtomicBool::new(false));
+            let relay = {
+                let close = Arc::clone(&close);
+                thread::spawn(move || relay(pipe, log2, &close))
+            };
+            self.relay = Some((close, relay));
+        }
+        self.child = Some(child);
+    }
+
+    /// Closes the read end of the daemon's stderr pipe
+    /// ([`DaemonBuilder::stderr_pipe`]), as a reader that goes away (`| tee`
+    /// stopped by a Ctrl-C): its next write to stderr fails with `EPIPE`.
+    /// Its log ends here.
+    pub fn close_stderr(&mut self) {
+        let (close, relay) = self.relay.take().expect("the daemon's stderr is a pipe: stderr_pipe()");
+        close.store(true, Ordering::Relaxed);
+        relay.join().expect("the stderr relay");
     }
 
     /// Waits until the daemon logs [`READY_LINE`] (after the last start);
@@ -565,6 +638,25 @@ impl Daemon {
     }
 }
 
+/// Copies what the daemon writes to `pipe` into `log` until `close` is set
+/// or the pipe ends; the read end closes as `pipe` drops.
+fn relay(mut pipe: ChildStderr, mut log: File, close: &AtomicBool) {
+    let mut buf = [0u8; 8192];
+    while !close.load(Ordering::Relaxed) {
+        let mut fd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, alive for the call.
+        if unsafe { libc::poll(&raw mut fd, 1, RELAY_POLL_MS) } <= 0 {
+            continue;
+        }
+        match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let _ = log.write_all(&buf[..n]);
+            }
+        }
+    }
+}
+
 /// How one run of the client ended ([`Daemon::cli`]).
 #[derive(Debug, Clone)]
 pub struct CliOutput {
@@ -614,6 +706,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let crashed = self.exit_status();
         let status = self.stop();
+        if let Some((close, relay)) = self.relay.take() {
+            close.store(true, Ordering::Relaxed);
+            let _ = relay.join();
+        }
         if thread::panicking() || crashed.is_some() {
             eprintln!(
                 "----- throttle daemon log ({}; {}) -----\n{}\n----- end of daemon log -----",

@@ -473,8 +473,8 @@ impl Client {
                 b.total_cmp(&a)
             });
             rows.truncate(n);
-            if json {
-                println!("{value}");
+            let shown = if json {
+                crate::logging::print_text(&format!("{value}\n"))
             } else {
                 let table = table(
                     &["SOURCE", "LIMIT", "PASSED/S", "DROPPED/S", "PASSED", "DROPPED"],
@@ -482,9 +482,12 @@ impl Client {
                 );
                 let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
                 // Clear the screen and go home, as `top` does.
-                print!("\x1b[2J\x1b[H{now}  throttle top --watch (every {:.1} s, rates since the last refresh)\n\n{table}", interval.as_secs_f64());
+                crate::logging::print_text(&format!("\x1b[2J\x1b[H{now}  throttle top --watch (every {:.1} s, rates since the last refresh)\n\n{table}", interval.as_secs_f64()))
+            };
+            // Nobody reads any more (`throttle top --watch --json | head -3`).
+            if !shown {
+                return Ok(());
             }
-            let _ = std::io::Write::flush(&mut std::io::stdout());
             refreshes += 1;
             if count.is_some_and(|count| refreshes >= count) {
                 return Ok(());
@@ -506,10 +509,10 @@ impl Client {
                 let line: String = pending.drain(..=end).collect();
                 if let Some(event) = line.trim_end().strip_prefix("data:") {
                     let event: Value = serde_json::from_str(event.trim()).unwrap_or(Value::Null);
-                    if json {
-                        println!("{event}");
-                    } else {
-                        print!("{}", event_line(&event));
+                    let line = if json { format!("{event}\n") } else { event_line(&event) };
+                    // Nobody reads any more (`throttle events -f | head -3`).
+                    if !crate::logging::print_text(&line) {
+                        return Ok(());
                     }
                 }
             }
@@ -542,7 +545,10 @@ async fn run_live(
         }
         ClientCommand::Capture(capture) => {
             if let Some(records) = client.capture(&capture).await? {
-                eprintln!("{records} packets captured into {}", capture.write.display());
+                crate::logging::eprint_line(format_args!(
+                    "{records} packets captured into {}",
+                    capture.write.display()
+                ));
             }
             Ok(Ok(String::new()))
         }

@@ -24,6 +24,7 @@ use crate::{
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let nofile = raise_nofile_limit();
     let settings = Settings::load(&args)?;
     if settings.interfaces.is_empty() {
         bail!("no interface to attach to: pass --iface IF or set `daemon.interfaces` in the config file");
@@ -75,7 +76,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let state = Runtime::new(control);
     read_rings(&state, events, captures);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let started = start(&settings, &state, listener, token, stop_rx).await;
+    let started = start(&settings, &state, listener, token, stop_rx, nofile).await;
     let (server, sampler) = match started {
         Ok(running) => running,
         Err(err) => {
@@ -107,10 +108,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     watcher.abort();
     state.leave_fleet().await;
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(err))) => tracing::warn!("admin API: {err}"),
-        Ok(_) => {}
-        Err(_) => tracing::warn!("admin API connections still open after 5 s; closing"),
+    if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+        tracing::warn!("admin API connections still open after 5 s; closing");
     }
     let keep = args.keep_on_exit;
     if keep {
@@ -133,25 +132,25 @@ async fn start(
     state: &Runtime,
     listener: TcpListener,
     token: Option<Token>,
-    mut stop_rx: watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, tokio::task::JoinHandle<()>)> {
+    stop_rx: watch::Receiver<bool>,
+    nofile: u64,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)> {
     if let Some(cluster) = settings.cluster.clone() {
         state.join_fleet(cluster, settings.adaptive.clone()).await.context("fleet mode")?;
     }
     // After the fleet's policy, which may carry the controller's parameters.
     let saved_controller = state.control(|c| c.saved_controller().cloned());
 
-    let server = tokio::spawn({
-        let router = api::router(AppState::new(state.clone(), token));
-        async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        }
-    });
-    tracing::info!("admin API on http://{}", settings.admin);
+    let cap = api::connection_cap(nofile);
+    let router = api::router(AppState::new(state.clone(), token));
+    let server = tokio::spawn(api::serve(listener, router, cap, stop_rx));
+    tracing::info!(
+        connections = cap,
+        per_peer = api::MAX_CONNECTIONS_PER_PEER,
+        descriptors = nofile,
+        "admin API on http://{}",
+        settings.admin
+    );
 
     runtime::attach_all(state, &settings.interfaces, settings.xdp_mode).await?;
 
@@ -165,6 +164,36 @@ async fn start(
     state.set_controller(controller);
     let sampler = tokio::spawn(runtime::sample_forever(state.clone()));
     Ok((server, sampler))
+}
+
+/// The soft limit on descriptors Linux starts a process with, taken when
+/// the real one cannot be read.
+const DEFAULT_NOFILE: u64 = 1024;
+
+/// Raises the soft limit on open descriptors to the hard one (the
+/// connections the admin API may hold are a part of it: see
+/// [`api::connection_cap`]) and returns the soft limit in force.
+fn raise_nofile_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
+        return DEFAULT_NOFILE;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit, which `raised` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(
+                "setrlimit(RLIMIT_NOFILE, {}): {}",
+                limit.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    limit.rlim_cur
 }
 
 /// The line that says the daemon is ready, with the policy it runs.

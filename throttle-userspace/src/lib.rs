@@ -12,7 +12,8 @@
 //! - [`store`], [`control`]: the state file; the running policy and every change to it;
 //! - [`runtime`]: the daemon's shared state and tasks (attach, sampler);
 //! - [`api`]: HTTP only;
-//! - [`settings`], [`client`], [`daemon`]: the file and flags, the CLI client, the daemon's main loop.
+//! - [`settings`], [`client`], [`daemon`]: the file and flags, the CLI client, the daemon's main loop;
+//! - [`logging`]: the daemon's log output, which never fails (beside all of them).
 
 pub mod api;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod control;
 pub mod controller;
 pub mod daemon;
 pub mod kernel;
+pub mod logging;
 pub mod policy;
 pub mod runtime;
 pub mod settings;

@@ -8,6 +8,7 @@ use throttle::{
         self, BansCommand, CaptureArgs, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand,
         LimitsCommand, RulesCommand, SetsCommand,
     },
+    logging,
     settings::DaemonArgs,
 };
 use tracing_subscriber::EnvFilter;
@@ -160,7 +161,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
+            logging::eprint_line(format_args!("error: starting the runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
@@ -170,12 +171,14 @@ fn main() -> ExitCode {
                 .with_env_filter(
                     EnvFilter::try_from_env("THROTTLE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
                 )
-                .with_writer(std::io::stderr)
+                // A log nobody reads any more must not stop the daemon.
+                .with_writer(logging::Stderr)
+                .log_internal_errors(false)
                 .init();
             return match runtime.block_on(throttle::daemon::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("error: {}", chain(&err));
+                    logging::eprint_line(format_args!("error: {}", chain(&err)));
                     ExitCode::FAILURE
                 }
             };
@@ -192,7 +195,7 @@ fn main() -> ExitCode {
         Command::Top { client, n, by, watch: false, .. } => (client, ClientCommand::Top { n, by }),
         Command::Top { client, n, by, watch: true, interval, count } => {
             if !(interval.is_finite() && (0.1..=3600.0).contains(&interval)) {
-                eprintln!("error: --interval {interval}: from 0.1 to 3600 seconds");
+                logging::eprint_line(format_args!("error: --interval {interval}: from 0.1 to 3600 seconds"));
                 return ExitCode::from(client::EXIT_USAGE);
             }
             (
@@ -206,12 +209,14 @@ fn main() -> ExitCode {
         Command::Controller { client, set } => (client, ClientCommand::Controller(set)),
     };
     match runtime.block_on(client::run(&client, command)) {
+        // A reader that went away (`throttle rules list | head -1`) is no
+        // error of the command's.
         Ok(text) => {
-            print!("{text}");
+            let _ = logging::print_text(&text);
             ExitCode::from(client::EXIT_OK)
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            logging::eprint_line(format_args!("error: {err}"));
             ExitCode::from(err.exit_code())
         }
     }

@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
+use crate::out::errln;
+
 /// The command line as a shell would take it, with the environment variables
 /// the command sets in front.
 pub fn display(cmd: &Command) -> String {
@@ -33,7 +35,7 @@ fn quote(word: &OsStr) -> String {
 /// Echoes `cmd`, runs it with inherited stdio and fails unless it succeeds.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
-    eprintln!("$ {shown}");
+    errln!("$ {shown}");
     let status = cmd.status().with_context(|| format!("running `{shown}`"))?;
     ensure!(status.success(), "`{shown}` failed: {status}");
     Ok(())

@@ -10,6 +10,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod out;
 mod run;
 mod setup;
 mod test;
@@ -44,12 +45,20 @@ enum Command {
     Bench(bench::Options),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Setup => setup::setup(),
         Command::Build(options) => build::build(&options),
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::test(&options),
         Command::Bench(options) => bench::bench(&options),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // Not `main() -> Result`, whose report would panic on a closed stderr.
+            out::errln!("Error: {err:?}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

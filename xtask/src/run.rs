@@ -5,6 +5,8 @@ use std::{
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, ExitStatus},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -16,7 +18,14 @@ use signal_hook::{
 use crate::{
     build,
     cmd::{self, Privilege},
+    out::{errln, outln},
 };
+
+/// How long the daemon gets to detach and unpin after SIGTERM, when xtask
+/// itself stops it, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often a stopping daemon is asked whether it has exited.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -58,17 +67,17 @@ pub fn run(options: Options) -> Result<()> {
     }
     daemon.args(&args);
 
-    println!("the daemon logs what it attached to; stop it with Ctrl-C");
+    outln!("the daemon logs what it attached to; stop it with Ctrl-C");
     if let Some(sandbox) = &sandbox {
         sandbox.describe();
     }
     let admin = flag_value(&args, "--admin").unwrap_or_else(|| "127.0.0.1:9840".to_owned());
     let client = binary.display();
-    println!("admin API:      http://{admin}  (curl http://{admin}/v1/status)");
-    println!("watch it:       {client} status; {client} top; {client} limits set --rate 100");
+    outln!("admin API:      http://{admin}  (curl http://{admin}/v1/status)");
+    outln!("watch it:       {client} status; {client} top; {client} limits set --rate 100");
 
     if signals.pending().any(|signal| signal != SIGCHLD) {
-        println!("interrupted before the daemon started");
+        outln!("interrupted before the daemon started");
         return Ok(());
     }
     if privilege == Privilege::Sudo {
@@ -77,22 +86,18 @@ pub fn run(options: Options) -> Result<()> {
         cmd::run(Command::new("sudo").arg("-v"))?;
     }
     let shown = cmd::display(&daemon);
-    eprintln!("$ {shown}");
+    errln!("$ {shown}");
     // A process group of its own: a Ctrl-C at the terminal reaches only us,
     // and the daemon gets it forwarded exactly once.
-    let mut child = daemon.process_group(0).spawn().with_context(|| format!("running `{shown}`"))?;
-    let (status, signalled) = match wait_forwarding_signals(&mut child, &mut signals) {
-        Ok(exit) => exit,
-        Err(e) => {
-            // Best effort: the daemon must not outlive its sandbox.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
+    let child = daemon.process_group(0).spawn().with_context(|| format!("running `{shown}`"))?;
+    // Dropped before the sandbox, however this function ends (an error, a
+    // panic): the daemon is stopped and waited for, then the sandbox goes.
+    let mut child = Supervised(child);
+    let (status, signalled) = wait_forwarding_signals(&mut child.0, &mut signals)?;
+    drop(child);
     drop(sandbox);
     if status.success() || signalled {
-        println!("daemon exited: {status}");
+        outln!("daemon exited: {status}");
         Ok(())
     } else {
         bail!("`{shown}` failed: {status}")
@@ -115,19 +120,56 @@ fn wait_forwarding_signals(child: &mut Child, signals: &mut Signals) -> Result<(
             }
             continue;
         }
-        println!("forwarding signal {signal} to the daemon");
+        outln!("forwarding signal {signal} to the daemon");
         signalled = true;
         // SAFETY: kill has no memory-safety preconditions. The pid is our own
         // child's, not yet reaped, so it cannot have been reused.
         if unsafe { libc::kill(pid, signal) } != 0 {
             let e = std::io::Error::last_os_error();
-            eprintln!("warning: forwarding signal {signal} to the daemon: {e}");
+            errln!("warning: forwarding signal {signal} to the daemon: {e}");
         }
     }
     bail!("the signal iterator ended before the daemon exited")
 }
 
-/// Whether `args` has `flag`, as `--flag VALUE` or `--flag=VALUE`.
+/// The daemon's process; dropped while it still runs, it is sent SIGTERM, so
+/// it detaches and removes its pins, and waited for (SIGKILL after
+/// [`STOP_GRACE`]).
+struct Supervised(Child);
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        stop(&mut self.0, STOP_GRACE);
+    }
+}
+
+/// SIGTERM to `child`, then up to `grace` for it to exit, then SIGKILL; it is
+/// reaped either way.
+fn stop(child: &mut Child, grace: Duration) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    errln!("stopping the daemon (pid {pid})");
+    // SAFETY: kill has no memory-safety preconditions. The pid is our own
+    // child's, not yet reaped, so it cannot have been reused.
+    unsafe { libc::kill(pid, SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+            return;
+        }
+        thread::sleep(STOP_POLL);
+    }
+    errln!("warning: the daemon did not exit within {grace:?} of SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The value of `--flag VALUE` or `--flag=VALUE` among `args`.
 fn flag_value(args: &[String], flag: &str) -> Option<String> {
     let prefix = format!("{flag}=");
@@ -204,19 +246,19 @@ impl Sandbox {
         let Self { netns, host_if, peer_if, privilege } = self;
         let host_v4 = address(Self::HOST_V4);
         let sudo = privilege.prefix();
-        println!(
+        outln!(
             "sandbox: {host_if} ({}, {}) <-> {peer_if} ({}, {}) in network namespace {netns}",
             Self::HOST_V4,
             Self::HOST_V6,
             Self::PEER_V4,
             Self::PEER_V6,
         );
-        println!(
+        outln!(
             "send UDP at it: {sudo}ip netns exec {netns} bash -c \
              'while :; do echo x >/dev/udp/{host_v4}/9; done'"
         );
         if let Ok(mac) = fs::read_to_string(format!("/sys/class/net/{host_if}/address")) {
-            println!(
+            outln!(
                 "flood it:       {sudo}ip netns exec {netns} trafgen --dev {peer_if} --cpus 1 \
                  '{{ eth(da={}), ipv4(daddr={host_v4}), udp(dp=9), fill(0, 18) }}'",
                 mac.trim()
@@ -236,7 +278,7 @@ impl Sandbox {
         }
         for args in steps {
             if let Err(e) = cmd::run(self.privilege.command("ip").args(&args)) {
-                eprintln!("warning: removing the sandbox: {e:#}");
+                errln!("warning: removing the sandbox: {e:#}");
             }
         }
     }
@@ -268,6 +310,35 @@ mod tests {
         assert!(has_flag(&args, "--admin"));
         assert!(!has_flag(&args, "--ifac"));
         assert!(!has_flag(&strings(&["--iface-mode=x"]), "--iface"));
+    }
+
+    #[test]
+    fn a_dropped_daemon_is_stopped_and_reaped() {
+        // A child that exits on SIGTERM, as the daemon does after detaching.
+        let child = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        let started = Instant::now();
+        drop(Supervised(child));
+        assert!(started.elapsed() < STOP_GRACE, "stopped by SIGTERM, not by SIGKILL after the grace");
+        // Reaped: no such process (a zombie would still answer kill 0).
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "pid {pid} was reaped");
+    }
+
+    #[test]
+    fn a_daemon_that_ignores_sigterm_is_killed() {
+        let mut child = Command::new("sh")
+            .args(["-c", "trap '' TERM; echo ready; exec sleep 600"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        // Wait until the trap is set.
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready)
+            .unwrap();
+        stop(&mut child, Duration::from_millis(200));
+        assert!(child.try_wait().unwrap().is_some(), "killed and reaped");
     }
 
     #[test]

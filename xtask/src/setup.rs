@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd::{self, is_root};
+use crate::{
+    cmd::{self, is_root},
+    out::outln,
+};
 
 /// The toolchain that builds the eBPF crate, by its undated name: no dated
 /// nightly is installed on the project's machines.
@@ -62,7 +65,7 @@ fn nightly() -> Result<u32> {
         })?;
     let major = llvm_major(&version)
         .with_context(|| format!("no `LLVM version` in `rustc +{NIGHTLY} -vV`:\n{version}"))?;
-    println!("{NIGHTLY} toolchain (LLVM {major}): ok");
+    outln!("{NIGHTLY} toolchain (LLVM {major}): ok");
     Ok(major)
 }
 
@@ -88,11 +91,11 @@ fn rust_src() -> Result<()> {
         NIGHTLY,
     ]))?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
-        println!("rust-src ({NIGHTLY}): ok");
+        outln!("rust-src ({NIGHTLY}): ok");
         return Ok(());
     }
     cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
-    println!("rust-src ({NIGHTLY}): installed");
+    outln!("rust-src ({NIGHTLY}): installed");
     Ok(())
 }
 
@@ -107,14 +110,14 @@ fn bpf_linker(llvm_major: u32) -> Result<()> {
     link_nightly_llvm(&prefix)?;
     match bpf_linker_version() {
         Ok(found) if found.contains(BPF_LINKER_VERSION) => {
-            println!("{what}: ok");
+            outln!("{what}: ok");
             return Ok(());
         }
         Ok(found) => {
-            println!("{what}: ok, found `{found}` (the project pins {BPF_LINKER_VERSION})");
+            outln!("{what}: ok, found `{found}` (the project pins {BPF_LINKER_VERSION})");
             return Ok(());
         }
-        Err(e) => println!("{what}: none that works ({e:#}); building it, a minute or two"),
+        Err(e) => outln!("{what}: none that works ({e:#}); building it, a minute or two"),
     }
     let features = format!("llvm-{llvm_major}");
     cmd::run(
@@ -131,7 +134,7 @@ fn bpf_linker(llvm_major: u32) -> Result<()> {
         "bpf-linker was installed, but does not run: is cargo's bin directory \
          (`$CARGO_HOME/bin`) on PATH?",
     )?;
-    println!("{what}: installed");
+    outln!("{what}: installed");
     Ok(())
 }
 
@@ -194,7 +197,7 @@ fn ensure_symlink(target: &Path, link: &Path) -> Result<()> {
 fn debian_packages() -> Result<()> {
     let missing = missing_packages(DEBIAN_PACKAGES, &dpkg_listing()?);
     if missing.is_empty() {
-        println!("debian packages: ok");
+        outln!("debian packages: ok");
         return Ok(());
     }
     let missing = missing.join(" ");
@@ -211,7 +214,7 @@ fn debian_packages() -> Result<()> {
             .args(["install", "-y"])
             .args(missing.split(' ')),
     )?;
-    println!("debian packages: installed {missing}");
+    outln!("debian packages: installed {missing}");
     Ok(())
 }
 
@@ -249,14 +252,14 @@ fn missing_packages<'a>(wanted: &[&'a str], listing: &str) -> Vec<&'a str> {
 fn bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     if bpffs_mounted(&mounts) {
-        println!("bpffs at {BPFFS}: ok");
+        outln!("bpffs at {BPFFS}: ok");
         return Ok(());
     }
     if !is_root() {
         bail!("bpffs is not mounted at {BPFFS}: mount it as root with `mount -t bpf bpf {BPFFS}`");
     }
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
-    println!("bpffs at {BPFFS}: mounted");
+    outln!("bpffs at {BPFFS}: mounted");
     Ok(())
 }
 

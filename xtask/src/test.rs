@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use crate::{
     build::{self, EBPF_CRATE},
     cmd::{self, Privilege},
+    out::{errln, outln},
     setup,
 };
 
@@ -55,11 +56,11 @@ pub fn test(options: &Options) -> Result<()> {
     };
 
     if matches!(privileged, Outcome::Skipped(_)) {
-        eprintln!("{}", skipped_banner());
+        errln!("{}", skipped_banner());
     }
-    println!("test summary:");
-    println!("  unprivileged tiers (workspace less {PRIVILEGED_CRATE}): {unprivileged}");
-    println!("  privileged tiers ({PRIVILEGED_CRATE}, as root): {privileged}");
+    outln!("test summary:");
+    outln!("  unprivileged tiers (workspace less {PRIVILEGED_CRATE}): {unprivileged}");
+    outln!("  privileged tiers ({PRIVILEGED_CRATE}, as root): {privileged}");
     match privileged {
         Outcome::Passed => Ok(()),
         Outcome::Skipped(_) if !in_ci => Ok(()),
@@ -73,7 +74,7 @@ fn tier_outcome(result: Result<()>) -> Outcome {
     match result {
         Ok(()) => Outcome::Passed,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             Outcome::Failed
         }
     }

@@ -113,6 +113,7 @@ pub async fn render(state: &AppState) -> String {
     gauge(&mut registry, "controller_scale", "The controller's factor on every rate (floor..1)", scale);
     controller(&mut registry, state);
     fleet(&mut registry, state);
+    daemon_counters(&mut registry);
     registry.register(
         "api_requests",
         "Admin API requests by route, method and status",
@@ -188,6 +189,35 @@ fn controller(registry: &mut Registry, state: &AppState) {
         }
         registry.register("latency_ms", "The protected service's latency over the short window", family);
     }
+}
+
+/// What the daemon dropped or refused to stay up: log lines, connections.
+fn daemon_counters(registry: &mut Registry) {
+    counter(
+        registry,
+        "log_write_errors",
+        "Log lines the daemon could not write (its stderr closed or full) and dropped",
+        crate::logging::write_errors(),
+    );
+    let connections = super::serve::connection_stats();
+    counter(
+        registry,
+        "api_connections_refused_peer",
+        "Admin API connections closed on arrival: their peer held its share",
+        connections.refused_peer,
+    );
+    counter(
+        registry,
+        "api_connections_refused_full",
+        "Admin API connections closed on arrival: every slot had a request in progress",
+        connections.refused_full,
+    );
+    counter(
+        registry,
+        "api_connections_evicted",
+        "Idle admin API connections closed to make room for a new one",
+        connections.evicted,
+    );
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {

@@ -7,6 +7,7 @@
 mod error;
 mod metrics;
 mod routes;
+pub mod serve;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +23,9 @@ use axum::{
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 pub use routes::ClassList;
+pub use serve::{
+    connection_cap, serve, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
+};
 use subtle::ConstantTimeEq as _;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
