@@ -109,3 +109,64 @@ fn without_cap_bpf_the_daemon_names_it_and_leaves_nothing_behind() {
     let left = std::fs::read_dir(daemon.pin_dir()).map_or(0, Iterator::count);
     assert_eq!(left, 0, "nothing pinned");
 }
+
+/// `cargo xtask install` into a directory of the test's: every file where
+/// a system looks for it, the unit's capabilities the daemon's own, and
+/// the unit accepted by `systemd-analyze verify`.
+#[test]
+fn the_service_installs_and_its_unit_verifies() {
+    require_root!();
+    let dest = std::env::temp_dir().join(format!("throttle-tests/install-{}", throttle_tests::unique_id()));
+    let status = std::process::Command::new("cargo")
+        .args(["xtask", "install", "--debug", "--prefix", "/usr", "--destdir"])
+        .arg(&dest)
+        .status()
+        .expect("run cargo xtask install");
+    assert!(status.success(), "cargo xtask install: {status}");
+    let file = |path: &str| dest.join(path);
+    for path in [
+        "usr/bin/throttle",
+        "usr/lib/sysusers.d/throttle.conf",
+        "etc/throttle/throttle.toml",
+        "usr/share/man/man1/throttle.1",
+        "usr/share/man/man1/throttle-daemon.1",
+        "usr/share/bash-completion/completions/throttle",
+        "usr/share/zsh/site-functions/_throttle",
+        "usr/share/fish/vendor_completions.d/throttle.fish",
+    ] {
+        assert!(file(path).is_file(), "{path} installed");
+    }
+    let unit_path = file("usr/lib/systemd/system/throttle.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("the unit");
+    assert!(unit.contains("ExecStart=/usr/bin/throttle daemon"), "the binary's path filled in:\n{unit}");
+    let caps: Vec<String> = DAEMON_CAPS.iter().map(|c| format!("CAP_{}", c.to_uppercase())).collect();
+    for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
+        let line = unit.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} in the unit"));
+        let mut named: Vec<&str> = line.split_once('=').map_or("", |(_, v)| v).split_whitespace().collect();
+        named.sort_unstable();
+        let mut wanted: Vec<&str> = caps.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        assert_eq!(named, wanted, "{key}: the capabilities the daemon runs with");
+    }
+    for key in ["NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=throttle", "ExecReload="] {
+        assert!(unit.contains(key), "{key} in the unit");
+    }
+    // The unit as installed, its binary at the test's copy of it.
+    let check = dest.join("throttle.service");
+    let binary = file("usr/bin/throttle");
+    std::fs::write(&check, unit.replace("/usr/bin/throttle", &binary.display().to_string())).expect("write");
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&check)
+        .output()
+        .expect("systemd-analyze (Debian's systemd; `cargo xtask setup` installs it)");
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let help =
+        std::process::Command::new(&binary).args(["generate", "completions", "bash"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("_throttle"), "a bash completion script");
+    let man = std::fs::read_to_string(file("usr/share/man/man1/throttle-daemon.1")).expect("the man page");
+    assert!(man.contains(".TH") && man.contains(r"\-\-pin\-dir"), "a man page of the daemon's options");
+    let _ = std::fs::remove_dir_all(&dest);
+    report(&format!("installed into a scratch directory; {} verified", unit_path.display()));
+}

@@ -1,8 +1,8 @@
 //! The `throttle` binary: the daemon, and the client of its admin API.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use throttle::{
     client::{
         self, BansCommand, CaptureArgs, ClassesCommand, ClientArgs, ClientCommand, ControllerCommand,
@@ -24,6 +24,12 @@ struct Cli {
 enum Command {
     /// Load the XDP program, attach it and enforce the limits.
     Daemon(DaemonArgs),
+    /// Write the man pages or a shell's completions, generated from these
+    /// definitions (for packagers and `cargo xtask install`).
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// The daemon at a glance: interfaces, sources tracked, version.
     Status(#[command(flatten)] ClientArgs),
     /// Show the default limit, or change it with `limits set`.
@@ -156,6 +162,32 @@ fn hoist_client_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
     out
 }
 
+/// What `throttle generate` writes.
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// The man pages into DIR: `throttle.1`, and one for each subcommand
+    /// (`throttle-daemon.1`...).
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, on standard output.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// Writes what `what` asks for.
+fn generate(what: &Generate) -> std::io::Result<()> {
+    let mut command = Cli::command();
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(command, dir)
+        }
+        Generate::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut command, "throttle", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_client_flags(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Runtime::new() {
@@ -207,6 +239,15 @@ fn main() -> ExitCode {
         Command::Capture { client, capture } => (client, ClientCommand::Capture(capture)),
         Command::Source { client, addr, reset } => (client, ClientCommand::Source { addr, reset }),
         Command::Controller { client, set } => (client, ClientCommand::Controller(set)),
+        Command::Generate { what } => {
+            return match generate(&what) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    logging::eprint_line(format_args!("error: {err}"));
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match runtime.block_on(client::run(&client, command)) {
         // A reader that went away (`throttle rules list | head -1`) is no

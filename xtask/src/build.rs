@@ -41,6 +41,14 @@ pub fn daemon_binary(release: bool) -> Result<PathBuf> {
     Ok(target_dir()?.join(profile).join("throttle"))
 }
 
+/// The workspace's root: where xtask's own manifest's parent is.
+pub fn workspace_dir() -> Result<PathBuf> {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .context("xtask's manifest directory has no parent")
+}
+
 /// The workspace's target directory, as cargo resolves it (`CARGO_TARGET_DIR`
 /// and configuration included).
 pub fn target_dir() -> Result<PathBuf> {

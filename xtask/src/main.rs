@@ -5,11 +5,13 @@
 //! - `build`: set-up, then the workspace;
 //! - `run`: build, then the daemon, by default on a sandbox veth pair;
 //! - `test`: build, then the unprivileged and the privileged test tiers;
-//! - `bench`: build, then the benchmarks as root.
+//! - `bench`: build, then the benchmarks as root;
+//! - `install`: build (release), then throttle as a systemd service.
 
 mod bench;
 mod build;
 mod cmd;
+mod install;
 mod out;
 mod run;
 mod setup;
@@ -43,6 +45,11 @@ enum Command {
     /// flood drop rate against nftables and iptables, accuracy, scale.
     /// Results go to target/bench/ (JSON, Markdown, SVG chart).
     Bench(bench::Options),
+    /// Build (release), then install throttle as a systemd service: the
+    /// binary, the unit (an unprivileged user with `CAP_BPF`, `CAP_PERFMON` and
+    /// `CAP_NET_ADMIN`), the user, a commented `/etc/throttle/throttle.toml`,
+    /// the man pages and the shell completions.
+    Install(install::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::test(&options),
         Command::Bench(options) => bench::bench(&options),
+        Command::Install(options) => install::install(&options),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -41,6 +41,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",   // promtool: checks the example alerting rules
     "redis-server", // the fleet tests' Redis (and redis-cli), a Redis Cluster too
     "openssl",      // the certificate of the fleet tests' Redis over TLS
+    "util-linux",   // setpriv: the daemon as an unprivileged user with its capabilities
+    "systemd",      // systemd-analyze: checks the service's unit
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
