@@ -170,3 +170,39 @@ fn the_service_installs_and_its_unit_verifies() {
     let _ = std::fs::remove_dir_all(&dest);
     report(&format!("installed into a scratch directory; {} verified", unit_path.display()));
 }
+
+/// Without a token, on loopback: any local user may look, only root (and
+/// the daemon's own user) may change the policy.
+#[test]
+fn a_local_user_may_look_but_not_change_the_policy() {
+    require_root!();
+    let pair = VethPair::builder().build();
+    let daemon = Daemon::builder(&pair.receiver, &pair.rx_if).start_ready();
+    let url = |path: &str| format!("http://{}{path}", daemon.admin());
+    let as_nobody = |method: &str, path: &str, body: Option<&str>| {
+        let mut cmd = pair.receiver.command("setpriv");
+        cmd.args([&format!("--reuid={UID}"), &format!("--regid={GID}"), "--clear-groups", "curl", "-sS"])
+            .args(["--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]);
+        if let Some(body) = body {
+            cmd.args(["-H", "content-type: application/json", "-d", body]);
+        }
+        let out = cmd.arg(url(path)).output().expect("curl as nobody");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(as_nobody("GET", "/v1/limits", None), "200", "nobody may look");
+    assert_eq!(
+        as_nobody("PATCH", "/v1/limits", Some(r#"{"dry_run": true}"#)),
+        "403",
+        "nobody may not change"
+    );
+    let limits = daemon.api_get(&pair.receiver, "/v1/limits");
+    assert_eq!(limits["dry_run"], false, "nothing changed: {limits}");
+    let (code, body) = pair.receiver.curl(
+        "PATCH",
+        &url("/v1/limits"),
+        &["content-type: application/json"],
+        Some(r#"{"dry_run": true}"#),
+    );
+    assert_eq!(code, 200, "root may: {body}");
+    report("without a token: nobody's change refused (403), root's taken");
+}

@@ -129,6 +129,23 @@ pub fn install(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask deb`: the Debian package. What [`install`] puts under
+/// `/usr` (release build) is staged in `target/deb-root`, then cargo-deb
+/// (installed with `cargo install` when missing) packs it with the
+/// metadata of throttle-userspace's manifest; the package lands in
+/// `target/debian/`.
+pub fn deb() -> Result<()> {
+    let stage = build::target_dir()?.join("deb-root");
+    if stage.exists() {
+        fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    install(&Options { prefix: PathBuf::from("/usr"), destdir: Some(stage), debug: false })?;
+    if cmd::output(Command::new("cargo").args(["deb", "--version"])).is_err() {
+        cmd::run(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
+    }
+    cmd::run(Command::new("cargo").args(["deb", "-p", "throttle-userspace", "--no-build", "--no-strip"]))
+}
+
 /// Whether `program` is on the PATH.
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")

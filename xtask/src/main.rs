@@ -50,6 +50,9 @@ enum Command {
     /// `CAP_NET_ADMIN`), the user, a commented `/etc/throttle/throttle.toml`,
     /// the man pages and the shell completions.
     Install(install::Options),
+    /// Build (release), then the Debian package of what `install` puts
+    /// under `/usr` (cargo-deb), in target/debian/.
+    Deb,
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(options) => test::test(&options),
         Command::Bench(options) => bench::bench(&options),
         Command::Install(options) => install::install(&options),
+        Command::Deb => install::deb(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 
 mod error;
 mod metrics;
+pub mod peer;
 mod routes;
 pub mod serve;
 #[cfg(test)]
@@ -104,6 +105,9 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&Token>) -> Result<(), Str
 pub struct Shared {
     runtime: Runtime,
     token: Option<Token>,
+    /// Whether, without a token, a change is checked for who makes it
+    /// ([`peer`]); not for requests made in the daemon's own process.
+    check_callers: bool,
     requests: Family<RequestLabels, Counter>,
 }
 
@@ -114,7 +118,15 @@ pub struct AppState(Arc<Shared>);
 impl AppState {
     #[must_use]
     pub fn new(runtime: Runtime, token: Option<Token>) -> Self {
-        Self(Arc::new(Shared { runtime, token, requests: Family::default() }))
+        Self(Arc::new(Shared { runtime, token, check_callers: true, requests: Family::default() }))
+    }
+
+    /// The state of a router called in the daemon's own process (the
+    /// in-process tests): its requests come from no socket, so no caller
+    /// is checked; the token still is.
+    #[must_use]
+    pub fn in_process(runtime: Runtime, token: Option<Token>) -> Self {
+        Self(Arc::new(Shared { runtime, token, check_callers: false, requests: Family::default() }))
     }
 }
 
@@ -217,10 +229,30 @@ fn asset(name: &str) -> Response {
 }
 
 /// With a token set, every request but the health checks and the
-/// dashboard's files must carry it.
+/// dashboard's files must carry it. Without one (on loopback), a change is
+/// only taken from root or the daemon's own user ([`peer`]): any local
+/// user may look, not every one may change.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let open = matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/assets/");
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if state.0.token.is_none() && state.0.check_callers && !reads {
+        let peer = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|info| info.0);
+        let uid = peer.and_then(peer::uid_of);
+        if !uid.is_some_and(peer::may_change) {
+            let who =
+                uid.map_or_else(|| "a caller whose user is unknown".to_owned(), |uid| format!("uid {uid}"));
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{who} may not change the policy: without a token, changes are taken from root and the \
+                     daemon's own user only (run the client as one of them, or give the daemon --token-file)"
+                ),
+            )
+            .into_response();
+        }
+    }
     match &state.0.token {
         Some(token) if !open && !token.admits(request.headers().get(header::AUTHORIZATION)) => {
             let mut response = ApiError::new(

@@ -42,7 +42,7 @@ impl Api {
         let control =
             Control::new(Box::new(kernel.clone()), Policy::default(), Some(Store::open(dir.path()).unwrap()))
                 .unwrap();
-        let state = AppState::new(Runtime::new(control), token.map(Token::from));
+        let state = AppState::in_process(Runtime::new(control), token.map(Token::from));
         let config = AdaptiveConfig { enabled: false, ..AdaptiveConfig::default() };
         state.set_controller(controller::spawn(config, Arc::new(Runtime::clone(&state))).unwrap());
         Self { router: router(state.clone()), state, kernel, dir }
@@ -1193,4 +1193,40 @@ async fn bad_inputs_get_a_4xx_naming_the_value_and_change_nothing() {
         table.len(),
         failures.join("\n")
     );
+}
+
+#[tokio::test]
+async fn without_a_token_a_change_is_taken_from_the_daemons_own_user_and_not_from_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::new(
+        Box::new(FakeKernel::default()),
+        Policy::default(),
+        Some(Store::open(dir.path()).unwrap()),
+    )
+    .unwrap();
+    let router = router(AppState::new(Runtime::new(control), None));
+    let patch = |peer: Option<std::net::SocketAddr>| {
+        let mut request = Request::patch("/v1/limits")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"dry_run": true}"#))
+            .unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        }
+        request
+    };
+    // A caller on a socket of this process: this process's user.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let ours = router.clone().oneshot(patch(Some(client.local_addr().unwrap()))).await.unwrap();
+    assert_eq!(ours.status(), StatusCode::OK, "the daemon's own user");
+    // A caller whose socket is nowhere in the table: refused, and said why.
+    let unknown = router.clone().oneshot(patch(Some("127.0.0.1:1".parse().unwrap()))).await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::FORBIDDEN);
+    let body = unknown.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("--token-file"), "{body:?}");
+    assert_eq!(router.clone().oneshot(patch(None)).await.unwrap().status(), StatusCode::FORBIDDEN);
+    // Looking needs no one in particular.
+    let look = Request::get("/v1/limits").body(Body::empty()).unwrap();
+    assert_eq!(router.oneshot(look).await.unwrap().status(), StatusCode::OK);
 }
