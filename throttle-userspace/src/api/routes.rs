@@ -301,7 +301,7 @@ async fn put_classes(
 
 /// One class.
 #[utoipa::path(
-    get, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    get, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
     responses((status = 200, body = Class), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn get_class(
@@ -316,7 +316,7 @@ async fn get_class(
 /// others are left as they are. The body's `name` may be left out; given,
 /// it must be the path's.
 #[utoipa::path(
-    put, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    put, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
     request_body = Class,
     responses((status = 200, body = Class), (status = 201, body = Class), (status = 400, body = ErrorBody))
 )]
@@ -350,7 +350,7 @@ fn put_answer(created: bool, location: String, body: impl IntoResponse) -> Respo
 
 /// Removes a class; the others keep their order.
 #[utoipa::path(
-    delete, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    delete, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn remove_class(
@@ -388,8 +388,11 @@ pub struct EventsView {
 #[utoipa::path(
     get, path = "/v1/events", tag = "events", params(EventsQuery),
     responses(
-        (status = 200, body = EventsView, content_type = "application/json"),
-        (status = 200, description = "Server-Sent Events", content_type = "text/event-stream"),
+        (
+            status = 200,
+            description = "The events as JSON; with `Accept: text/event-stream`, a live stream of them",
+            content((EventsView = "application/json"), (String = "text/event-stream"))
+        ),
         (status = 400, body = ErrorBody)
     )
 )]
@@ -645,7 +648,7 @@ body_keys! { SetBody => "" }
 /// or JSON `{"prefixes": [...]}`. Lines that are no prefix are refused,
 /// counted and the first of them named; the rest is loaded.
 #[utoipa::path(
-    put, path = "/v1/sets/{name}", tag = "sets", params(("name" = String, Path, description = "The set's name")),
+    put, path = "/v1/sets/{name}", tag = "sets", params(("name" = policy::Name, Path, description = "The set's name")),
     request_body(content((String = "text/plain"), (SetBody = "application/json"))),
     responses(
         (status = 200, body = SetLoad), (status = 201, body = SetLoad), (status = 400, body = ErrorBody),
@@ -695,7 +698,7 @@ async fn put_set(
 
 /// Removes a set; refused (`409`) while a rule names it.
 #[utoipa::path(
-    delete, path = "/v1/sets/{name}", tag = "sets", params(("name" = String, Path, description = "The set's name")),
+    delete, path = "/v1/sets/{name}", tag = "sets", params(("name" = policy::Name, Path, description = "The set's name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
 async fn remove_set(

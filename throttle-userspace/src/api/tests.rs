@@ -734,6 +734,17 @@ async fn the_openapi_document_says_what_the_server_does() {
     let (_, _, headers) = api.send(request).await;
     assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
 
+    // The events are JSON or a stream, both answers of one 200.
+    let events = &doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"];
+    assert!(events["application/json"].is_object() && events["text/event-stream"].is_object(), "{events}");
+
+    // A rule as listed: its fields and its id, in one object that admits
+    // both (the rule's own schema admits no other field).
+    let view = &schemas["RuleView"];
+    assert!(view["properties"]["id"].is_object() && view["properties"]["cidr"].is_object(), "{view}");
+    assert!(view["required"].as_array().unwrap().contains(&json!("id")), "{view}");
+    assert!(view.get("allOf").is_none(), "{view}");
+
     // `POST /v1/rules` takes one rule or a list, and says what comes back.
     let post = &doc["paths"]["/v1/rules"]["post"];
     let body = &post["requestBody"]["content"]["application/json"]["schema"];

@@ -192,11 +192,41 @@ impl ClassIds {
 }
 
 /// A rule with its id, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleView {
     pub id: u32,
     #[serde(flatten)]
     pub rule: RuleSpec,
+}
+
+impl utoipa::PartialSchema for RuleView {
+    /// The rule's fields and `id` in one object. Not an `allOf` of the
+    /// rule's schema: that one admits no field it does not name, as the
+    /// API admits none in a rule it is sent.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{
+            schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type},
+            RefOr,
+        };
+        let RefOr::T(Schema::Object(mut object)) = <RuleSpec as utoipa::PartialSchema>::schema() else {
+            unreachable!("a rule's schema is an object's")
+        };
+        let id = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(0))
+            .description(Some("The rule's id."));
+        object.properties.insert("id".to_owned(), id.into());
+        object.required.insert(0, "id".to_owned());
+        object.description = Some("A rule with its id, as the API shows it.".to_owned());
+        RefOr::T(Schema::Object(object))
+    }
+}
+
+impl utoipa::ToSchema for RuleView {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <RuleSpec as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 /// Which counter ranks sources.
