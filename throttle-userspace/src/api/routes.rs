@@ -29,6 +29,28 @@ use crate::{
     },
 };
 
+/// What a change of the policy may also answer in fleet mode.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "the document's form of the answers; the errors are ApiError's")]
+enum FleetErrors {
+    /// `fleet_conflict`: another node's change came first;
+    /// `error.current_version` is the version that won.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// `fleet_unavailable`: Redis did not take the change; nothing changed.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What the controller's endpoints answer before it runs.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "the document's form of the answer; the error is ApiError's")]
+enum NoController {
+    /// `controller_unavailable`: the controller is not running yet.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// The key each body's fields are named under in errors.
 macro_rules! body_keys {
     ($($body:ty => $key:literal),* $(,)?) => {
@@ -210,7 +232,7 @@ async fn get_limits(State(state): State<AppState>) -> Json<Limits> {
 /// Replaces every limit setting; a field left out takes its default.
 #[utoipa::path(
     put, path = "/v1/limits", tag = "limits", request_body = Limits,
-    responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Limits), (status = 400, body = ErrorBody))
 )]
 async fn put_limits(
     State(state): State<AppState>,
@@ -225,7 +247,7 @@ async fn put_limits(
 /// Changes the fields given.
 #[utoipa::path(
     patch, path = "/v1/limits", tag = "limits", request_body = LimitsPatch,
-    responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Limits), (status = 400, body = ErrorBody))
 )]
 async fn patch_limits(
     State(state): State<AppState>,
@@ -245,7 +267,7 @@ async fn get_scope(State(state): State<AppState>) -> Json<Scope> {
 
 #[utoipa::path(
     put, path = "/v1/scope", tag = "scope", request_body = Scope,
-    responses((status = 200, body = Scope), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Scope), (status = 400, body = ErrorBody))
 )]
 async fn put_scope(State(state): State<AppState>, Body(scope): Body<Scope>) -> Result<Json<Scope>, ApiError> {
     state
@@ -285,7 +307,7 @@ async fn get_classes(State(state): State<AppState>) -> Json<ClassList> {
 /// Replaces the whole list of classes (checked whole, with the scope).
 #[utoipa::path(
     put, path = "/v1/classes", tag = "classes", request_body = ClassList,
-    responses((status = 200, body = ClassList), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = ClassList), (status = 400, body = ErrorBody))
 )]
 async fn put_classes(
     State(state): State<AppState>,
@@ -318,7 +340,7 @@ async fn get_class(
 #[utoipa::path(
     put, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
     request_body = Class,
-    responses((status = 200, body = Class), (status = 201, body = Class), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Class), (status = 201, body = Class), (status = 400, body = ErrorBody))
 )]
 async fn put_class(
     State(state): State<AppState>,
@@ -351,7 +373,7 @@ fn put_answer(created: bool, location: String, body: impl IntoResponse) -> Respo
 /// Removes a class; the others keep their order.
 #[utoipa::path(
     delete, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(FleetErrors, (status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn remove_class(
     State(state): State<AppState>,
@@ -722,7 +744,7 @@ async fn get_unmatched(State(state): State<AppState>) -> Json<Unmatched> {
 
 #[utoipa::path(
     put, path = "/v1/unmatched", tag = "classes", request_body = Unmatched,
-    responses((status = 200, body = Unmatched), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Unmatched), (status = 400, body = ErrorBody))
 )]
 async fn put_unmatched(
     State(state): State<AppState>,
@@ -781,7 +803,9 @@ struct RuleList {
 #[utoipa::path(
     post, path = "/v1/rules", tag = "rules", request_body = RuleOrList,
     responses(
-        (status = 201, body = RuleOrRules), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)
+        FleetErrors,
+        (status = 201, body = RuleOrRules), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`conflict`: a rule covers that prefix or set already")
     )
 )]
 async fn add_rule(
@@ -840,7 +864,7 @@ fn rule_id(text: &str) -> Result<u32, ApiError> {
 /// Removes a rule.
 #[utoipa::path(
     delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = u32, Path, description = "The rule's id")),
-    responses((status = 204), (status = 404, body = ErrorBody))
+    responses(FleetErrors, (status = 204), (status = 404, body = ErrorBody))
 )]
 async fn remove_rule(
     State(state): State<AppState>,
@@ -1174,7 +1198,7 @@ fn controller_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
 /// decisions, and the configured and effective rates.
 #[utoipa::path(
     get, path = "/v1/controller", tag = "controller",
-    responses((status = 200, body = serde_json::Value))
+    responses(NoController, (status = 200, body = serde_json::Value))
 )]
 async fn get_controller(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     controller_view(&state).map(Json)
@@ -1184,7 +1208,7 @@ async fn get_controller(State(state): State<AppState>) -> Result<Json<serde_json
 /// off with `{"enabled": false}`; saved in the state directory.
 #[utoipa::path(
     put, path = "/v1/controller", tag = "controller", request_body = serde_json::Value,
-    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody))
+    responses(FleetErrors, NoController, (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody))
 )]
 async fn put_controller(
     State(state): State<AppState>,
@@ -1219,7 +1243,7 @@ pub struct Accepted {
 
 #[utoipa::path(
     post, path = "/v1/latency", tag = "controller", request_body = LatencySamples,
-    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody))
+    responses(NoController, (status = 202, body = Accepted), (status = 400, body = ErrorBody))
 )]
 async fn push_latency(
     State(state): State<AppState>,

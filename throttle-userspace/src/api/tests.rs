@@ -734,6 +734,20 @@ async fn the_openapi_document_says_what_the_server_does() {
     let (_, _, headers) = api.send(request).await;
     assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
 
+    // A change of the policy may meet the fleet; the controller may not run yet.
+    for (path, method, statuses) in [
+        ("/v1/limits", "put", &["409", "503"][..]),
+        ("/v1/rules", "post", &["409", "503"]),
+        ("/v1/rules/{id}", "delete", &["409", "503"]),
+        ("/v1/controller", "get", &["503"]),
+        ("/v1/latency", "post", &["503"]),
+    ] {
+        let answers = &doc["paths"][path][method]["responses"];
+        for status in statuses {
+            assert!(answers[status].is_object(), "{method} {path}: {status} in {answers}");
+        }
+    }
+
     // The events are JSON or a stream, both answers of one 200.
     let events = &doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"];
     assert!(events["application/json"].is_object() && events["text/event-stream"].is_object(), "{events}");
