@@ -75,21 +75,22 @@ pub enum RulesCommand {
     /// The rules with their ids.
     List,
     /// Add a rule: `rules add 10.0.0.0/8 deny`, `rules add 2001:db8::/32 limit --rate 100`,
-    /// `rules add @blocklist deny`.
+    /// `rules add @blocklist deny`; or many at once, all or none: `rules add --file rules.txt`.
     Add(AddRule),
     /// Remove the rule with this id.
     Rm { id: String },
 }
 
-/// `throttle rules add`: a rule of a prefix or of a set.
+/// `throttle rules add`: a rule of a prefix or of a set, or the rules of a
+/// file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AddRule {
     /// A prefix (`10.0.0.0/8`) or a set (`@blocklist`).
-    #[arg(value_name = "CIDR|@SET")]
-    pub target: Target,
+    #[arg(value_name = "CIDR|@SET", required_unless_present = "file")]
+    pub target: Option<Target>,
     /// `allow`, `deny` or `limit`.
-    #[arg(value_enum, value_name = "ACTION")]
-    pub action: Action,
+    #[arg(value_enum, value_name = "ACTION", required_unless_present = "file")]
+    pub action: Option<Action>,
     /// `limit` only: per source, a number per second or `N/second|minute|hour|day`.
     #[arg(long, value_name = "RATE")]
     pub rate: Option<Rate>,
@@ -99,19 +100,86 @@ pub struct AddRule {
     /// `limit` only; defaults to packets.
     #[arg(long, value_enum, value_name = "UNIT")]
     pub unit: Option<Unit>,
+    /// The rules of a file, added in one change (all, or none when one is
+    /// refused): one a line as this command takes them (`10.0.0.0/8 deny`,
+    /// `2001:db8::/32 limit --rate 100`; `#` comments), or a JSON list as
+    /// `POST /v1/rules` takes it; `-`: standard input.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "action", "rate", "burst", "unit"])]
+    pub file: Option<PathBuf>,
+}
+
+/// One line of a `rules add --file`: the arguments of `rules add`.
+#[derive(Debug, clap::Parser)]
+#[command(no_binary_name = true)]
+struct RuleLine {
+    #[command(flatten)]
+    rule: AddRule,
 }
 
 impl AddRule {
-    /// The body of `POST /v1/rules`.
-    #[must_use]
-    pub fn spec(self) -> RuleSpec {
-        RuleSpec {
+    /// The body of `POST /v1/rules`: one rule, or the list of a file.
+    pub fn body(self) -> Result<Value, ClientError> {
+        let Some(path) = &self.file else {
+            let rule =
+                self.spec().ok_or_else(|| ClientError::Usage("a rule needs CIDR|@SET and ACTION".into()))?;
+            return Ok(serde_json::to_value(rule).expect("a rule serialises"));
+        };
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(path)
+        }
+        .map_err(|e| ClientError::Usage(format!("reading {}: {e}", path.display())))?;
+        rules_of_file(&text).map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))
+    }
+
+    /// The rule given by the arguments, if they name one.
+    fn spec(self) -> Option<RuleSpec> {
+        Some(RuleSpec {
             rate: self.rate,
             burst: self.burst,
             unit: self.unit,
-            ..RuleSpec::of(self.target, self.action)
-        }
+            ..RuleSpec::of(self.target?, self.action?)
+        })
     }
+}
+
+/// What `rules add` prints: the id of the rule added, or of each of a
+/// file's.
+fn added_text(answer: &Value) -> String {
+    match answer["rules"].as_array() {
+        Some(rules) => {
+            let ids: Vec<String> = rules.iter().map(|r| r["id"].to_string()).collect();
+            format!("added {} rules: {}\n", ids.len(), ids.join(" "))
+        }
+        None => format!("added rule {}\n", answer["id"]),
+    }
+}
+
+/// The list of rules a file holds: a JSON list as it is, or one rule a
+/// line in the form `rules add` takes (each line checked here, so that an
+/// error names its line; the daemon checks the values).
+fn rules_of_file(text: &str) -> Result<Value, String> {
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(text).map_err(|e| format!("not a JSON list of rules: {e}"));
+    }
+    let mut rules = Vec::new();
+    for (number, line) in (1..).zip(text.lines()) {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parsed = <RuleLine as clap::Parser>::try_parse_from(line.split_whitespace())
+            .map_err(|e| format!("line {number}: {}", e.render().to_string().lines().next().unwrap_or("")))?;
+        let rule = parsed.rule.spec().ok_or_else(|| {
+            format!("line {number}: a rule is CIDR|@SET ACTION [--rate R] [--burst N] [--unit U]")
+        })?;
+        rules.push(serde_json::to_value(rule).expect("a rule serialises"));
+    }
+    if rules.is_empty() {
+        return Err("no rule in the file".to_owned());
+    }
+    Ok(Value::Array(rules))
 }
 
 /// `throttle capture`: dropped packets into a pcap file.
@@ -623,10 +691,8 @@ pub async fn run(args: &ClientArgs, command: ClientCommand) -> Result<String, Cl
             (client.call(Method::GET, "/v1/rules", None).await?, rules_table)
         }
         ClientCommand::Rules(RulesCommand::Add(rule)) => {
-            let body = serde_json::to_value(rule.spec()).expect("a rule serialises");
-            (client.call(Method::POST, "/v1/rules", Some(&body)).await?, |v| {
-                format!("added rule {}\n", v["id"])
-            })
+            let body = rule.body()?;
+            (client.call(Method::POST, "/v1/rules", Some(&body)).await?, added_text)
         }
         ClientCommand::Rules(RulesCommand::Rm { id }) => {
             (client.call(Method::DELETE, &format!("/v1/rules/{}", encode(&id)), None).await?, |_| {
@@ -1123,6 +1189,27 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_file_of_rules_is_read_a_line_a_rule_or_as_a_json_list() {
+        let text = "# blocklist\n203.0.113.0/24 deny\n\n2001:db8::/32 limit --rate 100/minute --burst 5  # v6\n@feed deny\n";
+        assert_eq!(
+            rules_of_file(text).unwrap(),
+            json!([
+                {"cidr": "203.0.113.0/24", "action": "deny"},
+                {"cidr": "2001:db8::/32", "action": "limit", "rate": "100/minute", "burst": 5},
+                {"set": "feed", "action": "deny"},
+            ])
+        );
+        let list = r#"[{"cidr": "10.0.0.0/8", "action": "deny"}]"#;
+        assert_eq!(rules_of_file(list).unwrap(), json!([{"cidr": "10.0.0.0/8", "action": "deny"}]));
+        let err = rules_of_file("10.0.0.0/8 deny\n10.1.0.0/16 drop\n").unwrap_err();
+        assert!(err.starts_with("line 2: ") && err.contains("drop"), "{err}");
+        let err = rules_of_file("010.0.0.0/8 deny\n").unwrap_err();
+        assert!(err.starts_with("line 1: ") && err.contains("leading zero"), "{err}");
+        assert_eq!(rules_of_file("# nothing\n").unwrap_err(), "no rule in the file");
+        assert!(rules_of_file("10.0.0.0/8\n").unwrap_err().starts_with("line 1: "));
+    }
 
     #[test]
     fn the_status_names_the_fleet_policy_version_in_a_fleet_only() {

@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what building and testing throttle needs, when it is missing:
-    /// rust-src for nightly, bpf-linker, Debian packages, bpffs.
+    /// rust-src for nightly, bpf-linker, Debian packages, schemathesis (in a
+    /// venv under ~/.cache/throttle), bpffs.
     Setup,
     /// Set up, then build the workspace (the eBPF program through
     /// throttle-userspace's build script).

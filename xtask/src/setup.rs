@@ -43,7 +43,16 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",      // the certificate of the fleet tests' Redis over TLS
     "util-linux",   // setpriv: the daemon as an unprivileged user with its capabilities
     "systemd",      // systemd-analyze: checks the service's unit
+    "python3-venv", // the virtual environment schemathesis is installed in
 ];
+
+/// schemathesis, from the Python Package Index: the admin API fuzzed from its own OpenAPI
+/// document (`tests/tests/api_fuzz.rs`). Pinned so that every machine runs
+/// the same checks; 4.32.5 is the newest release.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// What the privileged tests read to find schemathesis.
+pub const SCHEMATHESIS_ENV: &str = "THROTTLE_SCHEMATHESIS";
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -52,6 +61,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker(llvm_major)?;
     debian_packages()?;
+    schemathesis()?;
     bpffs()?;
     Ok(())
 }
@@ -248,6 +258,47 @@ fn missing_packages<'a>(wanted: &[&'a str], listing: &str) -> Vec<&'a str> {
             })
         })
         .collect()
+}
+
+/// The virtual environment schemathesis is installed in, one per version:
+/// `~/.cache/throttle/schemathesis-VERSION`.
+pub fn schemathesis_venv() -> Result<PathBuf> {
+    let cache = match env::var_os("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?)
+            .join(".cache"),
+    };
+    Ok(cache.join("throttle").join(format!("schemathesis-{SCHEMATHESIS_VERSION}")))
+}
+
+/// The schemathesis the privileged tests run.
+pub fn schemathesis_bin() -> Result<PathBuf> {
+    Ok(schemathesis_venv()?.join("bin").join("schemathesis"))
+}
+
+/// schemathesis in its virtual environment, made with Debian's Python (not
+/// whatever `python3` comes first on PATH) and pip-installed at the pinned
+/// version.
+fn schemathesis() -> Result<()> {
+    let what = format!("schemathesis {SCHEMATHESIS_VERSION}");
+    let bin = schemathesis_bin()?;
+    let version = |bin: &Path| cmd::output(Command::new(bin).arg("--version"));
+    if version(&bin).is_ok_and(|v| v.contains(SCHEMATHESIS_VERSION)) {
+        println!("{what}: ok");
+        return Ok(());
+    }
+    let venv = schemathesis_venv()?;
+    println!("{what}: installing into {}", venv.display());
+    cmd::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )?;
+    let found =
+        version(&bin).with_context(|| format!("{} was installed, but does not run", bin.display()))?;
+    println!("{what}: installed ({})", found.trim());
+    Ok(())
 }
 
 /// The daemon pins its maps and link under bpffs.

@@ -94,7 +94,10 @@ fn unprivileged_tests(args: &[String]) -> Command {
 /// through a `sudo -E` runner when we are not root already.
 fn privileged_tests(privilege: Privilege, in_ci: bool, args: &[String]) -> Result<Command> {
     let mut cargo = Command::new("cargo");
-    cargo.args(["test", "--package", PRIVILEGED_CRATE]).env("THROTTLE_BIN", build::daemon_binary(false)?);
+    cargo
+        .args(["test", "--package", PRIVILEGED_CRATE])
+        .env("THROTTLE_BIN", build::daemon_binary(false)?)
+        .env(setup::SCHEMATHESIS_ENV, setup::schemathesis_bin()?);
     if in_ci {
         // A test that cannot get root then fails instead of skipping.
         cargo.env("THROTTLE_REQUIRE_PRIVILEGED", "1");

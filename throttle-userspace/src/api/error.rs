@@ -99,8 +99,9 @@ impl From<ChangeError> for ApiError {
     fn from(err: ChangeError) -> Self {
         match err {
             ChangeError::Invalid(invalid) => invalid.into(),
-            err @ ChangeError::DuplicateRule { .. } => {
-                Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            ChangeError::DuplicateRule { ref key, .. } => {
+                let field = Some(key.clone());
+                Self { field, ..Self::new(StatusCode::CONFLICT, "conflict", err.to_string()) }
             }
             err @ ChangeError::NoSuchRule(_) => Self::not_found("rule_not_found", err.to_string()),
             err @ ChangeError::NoSuchSet(_) => {
@@ -191,36 +192,12 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !json_content_type(req.headers()) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be JSON, sent with `Content-Type: application/json`",
-            ));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the body is larger than {} bytes", super::MAX_BODY),
-                )
-            } else {
-                ApiError::bad_request("invalid_body", rejection.body_text())
-            }
-        })?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = json_bytes(req, super::MAX_BODY).await?;
         // Every body of this API is an object: a struct's fields must not be
         // taken from an array by position.
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            None => {
-                return Err(ApiError::bad_request(
-                    "malformed_json",
-                    "the body is empty; a JSON object is expected",
-                ))
-            }
-            Some(b'{') => {}
-            Some(_) => return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object")),
+        if first_byte(&bytes) != Some(b'{') {
+            return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
         }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = policy::parse(&mut deserializer, T::KEY).and_then(|value| {
@@ -229,6 +206,39 @@ where
         });
         value.map(Self).map_err(Into::into)
     }
+}
+
+/// The bytes of a JSON body of at most `limit` bytes: refused when it is
+/// not sent as JSON (`415`), larger (`413`) or empty.
+pub async fn json_bytes(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    if !json_content_type(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        ));
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|err| {
+        let err = err.into_inner();
+        if err.is::<http_body_util::LengthLimitError>() {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", format!("the body could not be read: {err}"))
+        }
+    })?;
+    if first_byte(&bytes).is_none() {
+        return Err(ApiError::bad_request("malformed_json", "the body is empty; a JSON object is expected"));
+    }
+    Ok(bytes)
+}
+
+/// The first byte of a body that is not white space.
+pub fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 /// `application/json`, or a `+json` type, as axum's `Json` accepts.

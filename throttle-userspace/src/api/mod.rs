@@ -151,19 +151,95 @@ struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The daemon's token (`--token-file`), needed by every endpoint but the \
+                         health checks when the daemon has one; a daemon without one (which then \
+                         listens on loopback only) needs none.",
+                    ))
+                    .build(),
+            ),
         );
-        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
     }
 }
 
 /// The router and its OpenAPI document.
 fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    routes::routes(OpenApiRouter::with_openapi(ApiDoc::openapi())).split_for_parts()
+    let (router, mut doc) = routes::routes(OpenApiRouter::with_openapi(ApiDoc::openapi())).split_for_parts();
+    document_common_answers(&mut doc);
+    (router, doc)
+}
+
+/// What the extractors and the middleware answer on every operation of a
+/// kind, written into each: the token (optional, as it is without one),
+/// `401` without it, `400` for a bad parameter or body, `413` and `415` for
+/// a body too large or not JSON, `500` when a change reaches the kernel or
+/// the state file and fails there (nothing changed).
+fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        path::HttpMethod, security::SecurityRequirement, ContentBuilder, Ref, RefOr, ResponseBuilder,
+    };
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build(),
+        )
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            (HttpMethod::Get, &mut item.get),
+            (HttpMethod::Put, &mut item.put),
+            (HttpMethod::Post, &mut item.post),
+            (HttpMethod::Patch, &mut item.patch),
+            (HttpMethod::Delete, &mut item.delete),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let answers = &mut operation.responses.responses;
+            // The health checks say `security(())`: open, token or not.
+            if operation.security.is_none() {
+                operation.security = Some(vec![
+                    SecurityRequirement::default(),
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                ]);
+                answers.entry("401".into()).or_insert_with(|| {
+                    error("`unauthorized`: the daemon has a token, and the request did not carry it")
+                });
+            }
+            let takes_input = operation.request_body.is_some()
+                || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            if takes_input {
+                answers.entry("400".into()).or_insert_with(|| {
+                    error("a parameter or the body refused, with its `code` and the `field` to blame")
+                });
+            }
+            if operation.request_body.is_some() {
+                answers.entry("413".into()).or_insert_with(|| error("`payload_too_large`"));
+                answers.entry("415".into()).or_insert_with(|| {
+                    error("`unsupported_media_type`: the body must be sent as `application/json`")
+                });
+            }
+            if !matches!(method, HttpMethod::Get) {
+                answers.entry("500".into()).or_insert_with(|| {
+                    error(
+                        "`kernel_error` or `store_error`: the maps or the state file refused the \
+                         change; the previous policy stays in force",
+                    )
+                });
+            }
+        }
+    }
 }
 
 /// The OpenAPI document of the API.

@@ -29,6 +29,28 @@ use crate::{
     },
 };
 
+/// What a change of the policy may also answer in fleet mode.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "the document's form of the answers; the errors are ApiError's")]
+enum FleetErrors {
+    /// `fleet_conflict`: another node's change came first;
+    /// `error.current_version` is the version that won.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// `fleet_unavailable`: Redis did not take the change; nothing changed.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What the controller's endpoints answer before it runs.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "the document's form of the answer; the error is ApiError's")]
+enum NoController {
+    /// `controller_unavailable`: the controller is not running yet.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// The key each body's fields are named under in errors.
 macro_rules! body_keys {
     ($($body:ty => $key:literal),* $(,)?) => {
@@ -107,7 +129,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 /// Prometheus metrics, text format.
-#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, body = String)))]
+#[utoipa::path(
+    get, path = "/metrics", tag = "metrics",
+    responses((status = 200, body = String, content_type = "application/openmetrics-text"))
+)]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let text = metrics::render(&state).await;
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
@@ -222,7 +247,7 @@ async fn get_limits(State(state): State<AppState>) -> Json<Limits> {
 /// Replaces every limit setting; a field left out takes its default.
 #[utoipa::path(
     put, path = "/v1/limits", tag = "limits", request_body = Limits,
-    responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Limits), (status = 400, body = ErrorBody))
 )]
 async fn put_limits(
     State(state): State<AppState>,
@@ -237,7 +262,7 @@ async fn put_limits(
 /// Changes the fields given.
 #[utoipa::path(
     patch, path = "/v1/limits", tag = "limits", request_body = LimitsPatch,
-    responses((status = 200, body = Limits), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Limits), (status = 400, body = ErrorBody))
 )]
 async fn patch_limits(
     State(state): State<AppState>,
@@ -257,7 +282,7 @@ async fn get_scope(State(state): State<AppState>) -> Json<Scope> {
 
 #[utoipa::path(
     put, path = "/v1/scope", tag = "scope", request_body = Scope,
-    responses((status = 200, body = Scope), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Scope), (status = 400, body = ErrorBody))
 )]
 async fn put_scope(State(state): State<AppState>, Body(scope): Body<Scope>) -> Result<Json<Scope>, ApiError> {
     state
@@ -297,7 +322,7 @@ async fn get_classes(State(state): State<AppState>) -> Json<ClassList> {
 /// Replaces the whole list of classes (checked whole, with the scope).
 #[utoipa::path(
     put, path = "/v1/classes", tag = "classes", request_body = ClassList,
-    responses((status = 200, body = ClassList), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = ClassList), (status = 400, body = ErrorBody))
 )]
 async fn put_classes(
     State(state): State<AppState>,
@@ -313,7 +338,7 @@ async fn put_classes(
 
 /// One class.
 #[utoipa::path(
-    get, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    get, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
     responses((status = 200, body = Class), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn get_class(
@@ -328,9 +353,9 @@ async fn get_class(
 /// others are left as they are. The body's `name` may be left out; given,
 /// it must be the path's.
 #[utoipa::path(
-    put, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
+    put, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
     request_body = Class,
-    responses((status = 200, body = Class), (status = 201, body = Class), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Class), (status = 201, body = Class), (status = 400, body = ErrorBody))
 )]
 async fn put_class(
     State(state): State<AppState>,
@@ -362,8 +387,8 @@ fn put_answer(created: bool, location: String, body: impl IntoResponse) -> Respo
 
 /// Removes a class; the others keep their order.
 #[utoipa::path(
-    delete, path = "/v1/classes/{name}", tag = "classes", params(("name" = String, Path, description = "The class's name")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    delete, path = "/v1/classes/{name}", tag = "classes", params(("name" = policy::Name, Path, description = "The class's name")),
+    responses(FleetErrors, (status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn remove_class(
     State(state): State<AppState>,
@@ -382,6 +407,7 @@ pub const MAX_EVENTS: usize = crate::runtime::RECENT;
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// How many of the last events (1..=1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub n: Option<usize>,
 }
 
@@ -399,8 +425,11 @@ pub struct EventsView {
 #[utoipa::path(
     get, path = "/v1/events", tag = "events", params(EventsQuery),
     responses(
-        (status = 200, body = EventsView, content_type = "application/json"),
-        (status = 200, description = "Server-Sent Events", content_type = "text/event-stream"),
+        (
+            status = 200,
+            description = "The events as JSON; with `Accept: text/event-stream`, a live stream of them",
+            content((EventsView = "application/json"), (String = "text/event-stream"))
+        ),
         (status = 400, body = ErrorBody)
     )
 )]
@@ -460,14 +489,19 @@ pub struct CaptureQuery {
     /// every drop reason).
     pub reason: Option<String>,
     /// Only sources in this prefix (`192.0.2.0/24`, `2001:db8::/32`).
+    #[param(
+        pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$"
+    )]
     pub source: Option<String>,
     /// Only packets of this class (`default` for `[limits]`).
     pub class: Option<String>,
     /// Stop after this many packets (default: when the client goes away).
+    #[param(minimum = 1)]
     pub count: Option<u64>,
     /// One in N matching packets, at random (`1/N` or `N`; default 1).
     pub sample: Option<String>,
     /// Bytes kept of each packet, 14 to 128 (default 128).
+    #[param(minimum = 14, maximum = 128)]
     pub snap: Option<u32>,
 }
 
@@ -519,9 +553,13 @@ fn capture_config(state: &AppState, q: &CaptureQuery) -> Result<throttle_common:
     }
     let mut config = CaptureConfig { reasons, sample, snap, ..CaptureConfig::default() };
     if let Some(text) = &q.source {
-        let net: ipnet::IpNet = text
-            .parse()
-            .map_err(|_| bad_query("source", format!("source {text:?}: not a prefix like 192.0.2.0/24")))?;
+        let net = policy::parse_prefix(text).map_err(|bad| {
+            let why = match bad {
+                policy::BadPrefix::LeadingZero { .. } => bad.to_string(),
+                policy::BadPrefix::Malformed => "not a prefix like 192.0.2.0/24".to_owned(),
+            };
+            bad_query("source", format!("source {text:?}: {why}"))
+        })?;
         let key = |addr, v4: u8, v6: u8| crate::kernel::masked_key(addr, 0, ipv4_mask(v4), &ipv6_mask(v6));
         match net {
             ipnet::IpNet::V4(n) => {
@@ -647,7 +685,7 @@ body_keys! { SetBody => "" }
 /// or JSON `{"prefixes": [...]}`. Lines that are no prefix are refused,
 /// counted and the first of them named; the rest is loaded.
 #[utoipa::path(
-    put, path = "/v1/sets/{name}", tag = "sets", params(("name" = String, Path, description = "The set's name")),
+    put, path = "/v1/sets/{name}", tag = "sets", params(("name" = policy::Name, Path, description = "The set's name")),
     request_body(content((String = "text/plain"), (SetBody = "application/json"))),
     responses(
         (status = 200, body = SetLoad), (status = 201, body = SetLoad), (status = 400, body = ErrorBody),
@@ -697,7 +735,7 @@ async fn put_set(
 
 /// Removes a set; refused (`409`) while a rule names it.
 #[utoipa::path(
-    delete, path = "/v1/sets/{name}", tag = "sets", params(("name" = String, Path, description = "The set's name")),
+    delete, path = "/v1/sets/{name}", tag = "sets", params(("name" = policy::Name, Path, description = "The set's name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
 async fn remove_set(
@@ -721,7 +759,7 @@ async fn get_unmatched(State(state): State<AppState>) -> Json<Unmatched> {
 
 #[utoipa::path(
     put, path = "/v1/unmatched", tag = "classes", request_body = Unmatched,
-    responses((status = 200, body = Unmatched), (status = 400, body = ErrorBody))
+    responses(FleetErrors, (status = 200, body = Unmatched), (status = 400, body = ErrorBody))
 )]
 async fn put_unmatched(
     State(state): State<AppState>,
@@ -744,20 +782,89 @@ async fn list_rules(State(state): State<AppState>) -> Json<RulesView> {
     Json(RulesView { rules: state.control(|c| c.rules()) })
 }
 
-/// Adds a rule; its id comes back.
+/// The largest body `POST /v1/rules` reads: room for both families' rule
+/// tries filled by one list.
+pub const MAX_RULES_BODY: usize = 4 << 20;
+
+/// The body of `POST /v1/rules`: one rule, or a list of them.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "the document's form of the body; the handler reads it itself")]
+enum RuleOrList {
+    One(RuleSpec),
+    List(Vec<RuleSpec>),
+}
+
+/// What `POST /v1/rules` answers: the rule made, or the rules of a list.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "the document's form of the answer")]
+enum RuleOrRules {
+    One(RuleView),
+    List(RulesView),
+}
+
+/// A list of rules as `POST /v1/rules` reads it, so that an item is named
+/// `rules[3].cidr`.
+#[derive(Deserialize)]
+struct RuleList {
+    rules: Vec<RuleSpec>,
+}
+
+/// Adds a rule, its id and a `Location` coming back; or a list of rules
+/// (a JSON array), checked whole (the first bad one named by its index,
+/// `rules[3].cidr`, and none added) and added in one change, the rules
+/// made coming back in the list's order.
 #[utoipa::path(
-    post, path = "/v1/rules", tag = "rules", request_body = RuleSpec,
-    responses((status = 201, body = RuleView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody))
+    post, path = "/v1/rules", tag = "rules", request_body = RuleOrList,
+    responses(
+        FleetErrors,
+        (status = 201, body = RuleOrRules), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`conflict`: a rule covers that prefix or set already")
+    )
 )]
-async fn add_rule(State(state): State<AppState>, Body(rule): Body<RuleSpec>) -> Result<Response, ApiError> {
-    let view = state
-        .with_control(move |c| {
-            let id = c.add_rule(rule)?;
-            Ok::<_, ChangeError>(c.rules().into_iter().find(|r| r.id == id).expect("just added"))
-        })
-        .await?;
-    let location = format!("/v1/rules/{}", view.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+async fn add_rule(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let bytes = super::error::json_bytes(request, MAX_RULES_BODY).await?;
+    match super::error::first_byte(&bytes) {
+        Some(b'[') => {
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}")))?;
+            let RuleList { rules } = policy::parse(serde_json::json!({ "rules": value }), "")?;
+            let views = state
+                .with_control(move |c| {
+                    let ids = c.add_rules(rules)?;
+                    let mut by_id: std::collections::HashMap<u32, RuleView> =
+                        c.rules().into_iter().map(|r| (r.id, r)).collect();
+                    Ok::<_, ChangeError>(
+                        ids.iter().map(|id| by_id.remove(id).expect("just added")).collect::<Vec<_>>(),
+                    )
+                })
+                .await?;
+            Ok((StatusCode::CREATED, Json(RulesView { rules: views })).into_response())
+        }
+        Some(b'{') => {
+            let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+            let rule: RuleSpec = policy::parse(&mut deserializer, RuleSpec::KEY)?;
+            deserializer.end().map_err(|source| {
+                ApiError::from(policy::ParseError::Format { path: String::new(), source })
+            })?;
+            let view = state
+                .with_control(move |c| {
+                    let id = c.add_rule(rule)?;
+                    Ok::<_, ChangeError>(c.rules().into_iter().find(|r| r.id == id).expect("just added"))
+                })
+                .await?;
+            let location = format!("/v1/rules/{}", view.id);
+            Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a rule (a JSON object) or a list of them",
+        )),
+    }
 }
 
 fn rule_id(text: &str) -> Result<u32, ApiError> {
@@ -772,7 +879,7 @@ fn rule_id(text: &str) -> Result<u32, ApiError> {
 /// Removes a rule.
 #[utoipa::path(
     delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = u32, Path, description = "The rule's id")),
-    responses((status = 204), (status = 404, body = ErrorBody))
+    responses(FleetErrors, (status = 204), (status = 404, body = ErrorBody))
 )]
 async fn remove_rule(
     State(state): State<AppState>,
@@ -789,8 +896,10 @@ async fn remove_rule(
 #[into_params(parameter_in = Query)]
 pub struct TopQuery {
     /// How many (1..=10000, default 10).
+    #[param(minimum = 1, maximum = 10_000)]
     pub top: Option<usize>,
     /// `dropped` (default) or `passed`.
+    #[param(inline)]
     pub by: Option<RankBy>,
 }
 
@@ -830,11 +939,14 @@ async fn top_sources(
 }
 
 fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
-    text.parse().map_err(|_| {
-        let mut err = ApiError::bad_request(
-            "invalid_path",
-            format!("{text:?} is not an IP address (a source is named by one address, like 192.0.2.7 or 2001:db8::7)"),
-        );
+    policy::parse_addr(text).map_err(|bad| {
+        let message = match bad {
+            policy::BadPrefix::LeadingZero { .. } => format!("{text:?} {bad}"),
+            policy::BadPrefix::Malformed => format!(
+                "{text:?} is not an IP address (a source is named by one address, like 192.0.2.7 or 2001:db8::7)"
+            ),
+        };
+        let mut err = ApiError::bad_request("invalid_path", message);
         err.field = Some("addr".into());
         err
     })
@@ -846,6 +958,9 @@ fn source_addr(text: &str) -> Result<IpAddr, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct ExplainQuery {
     /// Its source address.
+    #[param(
+        pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$"
+    )]
     pub source: String,
     /// `tcp` or `udp`; none: another protocol.
     pub proto: Option<Proto>,
@@ -892,7 +1007,7 @@ async fn list_bans(State(state): State<AppState>) -> Json<BansView> {
 
 /// Lifts a source's bans: it starts afresh, with a full burst.
 #[utoipa::path(
-    delete, path = "/v1/bans/{addr}", tag = "bans", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
+    delete, path = "/v1/bans/{addr}", tag = "bans", params(("addr" = String, Path, description = "An IPv4 or IPv6 address", pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn lift_ban(State(state): State<AppState>, PathParam(addr): PathParam) -> Result<StatusCode, ApiError> {
@@ -903,7 +1018,7 @@ async fn lift_ban(State(state): State<AppState>, PathParam(addr): PathParam) -> 
 
 /// One source's bucket.
 #[utoipa::path(
-    get, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
+    get, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address", pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")),
     responses((status = 200, body = SourceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn get_source(
@@ -916,7 +1031,7 @@ async fn get_source(
 
 /// Forgets one source's bucket: it starts afresh, with a full burst.
 #[utoipa::path(
-    delete, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address")),
+    delete, path = "/v1/sources/{addr}", tag = "sources", params(("addr" = String, Path, description = "An IPv4 or IPv6 address", pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 async fn reset_source(
@@ -1098,7 +1213,7 @@ fn controller_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
 /// decisions, and the configured and effective rates.
 #[utoipa::path(
     get, path = "/v1/controller", tag = "controller",
-    responses((status = 200, body = serde_json::Value))
+    responses(NoController, (status = 200, body = serde_json::Value))
 )]
 async fn get_controller(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     controller_view(&state).map(Json)
@@ -1108,7 +1223,7 @@ async fn get_controller(State(state): State<AppState>) -> Result<Json<serde_json
 /// off with `{"enabled": false}`; saved in the state directory.
 #[utoipa::path(
     put, path = "/v1/controller", tag = "controller", request_body = serde_json::Value,
-    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody))
+    responses(FleetErrors, NoController, (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody))
 )]
 async fn put_controller(
     State(state): State<AppState>,
@@ -1143,7 +1258,7 @@ pub struct Accepted {
 
 #[utoipa::path(
     post, path = "/v1/latency", tag = "controller", request_body = LatencySamples,
-    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody))
+    responses(NoController, (status = 202, body = Accepted), (status = 400, body = ErrorBody))
 )]
 async fn push_latency(
     State(state): State<AppState>,

@@ -682,6 +682,229 @@ async fn the_openapi_document_lists_every_route() {
     assert!(doc["components"]["schemas"]["Limits"]["properties"]["rate"].is_object());
 }
 
+/// Every `$ref` of `value` (a part of the document `doc`) that names no
+/// schema of the document.
+fn dangling_refs(doc: &Value, value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                let name = target.trim_start_matches("#/components/schemas/");
+                if doc["components"]["schemas"].get(name).is_none() {
+                    found.push(target.clone());
+                }
+            }
+            map.values().for_each(|v| dangling_refs(doc, v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| dangling_refs(doc, v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_says_what_the_server_does() {
+    let api = Api::new(None);
+    let doc = api.call(Method::GET, "/v1/openapi.json", None).await.1;
+    let mut dangling = Vec::new();
+    dangling_refs(&doc, &doc, &mut dangling);
+    assert!(dangling.is_empty(), "references to no schema: {dangling:?}");
+
+    // The token is optional (a daemon without one needs none), per
+    // operation; the health checks never need it.
+    assert!(doc.get("security").is_none(), "no security for the whole API: {}", doc["security"]);
+    assert!(doc["components"]["securitySchemes"]["bearer"]["description"].is_string());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let security = &operation["security"];
+            if path == "/healthz" || path == "/readyz" {
+                assert_eq!(security, &json!([{}]), "{method} {path}");
+                continue;
+            }
+            assert_eq!(security, &json!([{}, {"bearer": []}]), "{method} {path}");
+            let answers = &operation["responses"];
+            assert!(answers["401"].is_object(), "{method} {path}: 401");
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    assert!(answers[status].is_object(), "{method} {path}: {status}");
+                }
+            }
+            if operation.get("parameters").is_some() {
+                assert!(answers["400"].is_object(), "{method} {path}: 400");
+            }
+        }
+    }
+
+    let param = |path: &str, name: &str| {
+        let operation = &doc["paths"][path]["get"]
+            .as_object()
+            .cloned()
+            .unwrap_or_else(|| doc["paths"][path]["delete"].as_object().cloned().unwrap());
+        operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+            .clone()
+    };
+    let top = param("/v1/sources", "top");
+    assert_eq!((&top["schema"]["minimum"], &top["schema"]["maximum"]), (&json!(1), &json!(10_000)), "{top}");
+    let by = param("/v1/sources", "by");
+    assert_eq!(by["schema"]["enum"], json!(["dropped", "passed"]), "{by}");
+    let n = param("/v1/events", "n");
+    assert_eq!((&n["schema"]["minimum"], &n["schema"]["maximum"]), (&json!(1), &json!(1000)), "{n}");
+
+    // Addresses and prefixes have a pattern, without leading zeros.
+    let schemas = &doc["components"]["schemas"];
+    let cidr = &schemas["RuleSpec"]["properties"]["cidr"];
+    let prefix = cidr["pattern"].as_str().unwrap_or_else(|| panic!("RuleSpec.cidr has no pattern: {cidr}"));
+    assert!(prefix.starts_with('^') && prefix.ends_with('$') && prefix.contains("[1-9]?[0-9]"), "{prefix}");
+    assert_eq!(param("/v1/capture", "source")["schema"]["pattern"], prefix);
+    for (path, name) in
+        [("/v1/sources/{addr}", "addr"), ("/v1/bans/{addr}", "addr"), ("/v1/explain", "source")]
+    {
+        let pattern = &param(path, name)["schema"]["pattern"];
+        assert!(pattern.as_str().is_some_and(|p| p.starts_with('^')), "{path} {name}: {pattern}");
+    }
+
+    // The metrics are OpenMetrics, as served.
+    let metrics = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+    assert!(metrics["application/openmetrics-text"].is_object(), "{metrics}");
+    let request = Request::get("/metrics").body(Body::empty()).unwrap();
+    let (_, _, headers) = api.send(request).await;
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
+
+    // A change of the policy may meet the fleet; the controller may not run yet.
+    for (path, method, statuses) in [
+        ("/v1/limits", "put", &["409", "503"][..]),
+        ("/v1/rules", "post", &["409", "503"]),
+        ("/v1/rules/{id}", "delete", &["409", "503"]),
+        ("/v1/controller", "get", &["503"]),
+        ("/v1/latency", "post", &["503"]),
+    ] {
+        let answers = &doc["paths"][path][method]["responses"];
+        for status in statuses {
+            assert!(answers[status].is_object(), "{method} {path}: {status} in {answers}");
+        }
+    }
+
+    // The events are JSON or a stream, both answers of one 200.
+    let events = &doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"];
+    assert!(events["application/json"].is_object() && events["text/event-stream"].is_object(), "{events}");
+
+    // A rule as listed: its fields and its id, in one object that admits
+    // both (the rule's own schema admits no other field).
+    let view = &schemas["RuleView"];
+    assert!(view["properties"]["id"].is_object() && view["properties"]["cidr"].is_object(), "{view}");
+    assert!(view["required"].as_array().unwrap().contains(&json!("id")), "{view}");
+    assert!(view.get("allOf").is_none(), "{view}");
+
+    // `POST /v1/rules` takes one rule or a list, and says what comes back.
+    let post = &doc["paths"]["/v1/rules"]["post"];
+    let body = &post["requestBody"]["content"]["application/json"]["schema"];
+    let body = if let Some(name) = body["$ref"].as_str() {
+        &schemas[name.trim_start_matches("#/components/schemas/")]
+    } else {
+        body
+    };
+    assert_eq!(body["oneOf"].as_array().map(Vec::len), Some(2), "one rule or a list: {body}");
+}
+
+#[tokio::test]
+async fn a_list_of_rules_goes_in_whole_in_one_change_or_not_at_all() {
+    let api = Api::new(None);
+    let version = |api: &Api| api.kernel.0.lock().unwrap().writes;
+    let rules: Vec<Value> = (0..1000u32)
+        .map(|i| {
+            let cidr = format!("10.{}.{}.0/24", i / 256, i % 256);
+            if i % 2 == 0 {
+                json!({"cidr": cidr, "action": "deny"})
+            } else {
+                json!({"cidr": cidr, "action": "limit", "rate": 5})
+            }
+        })
+        .collect();
+
+    // One bad item: nothing changes, and the item is named.
+    let mut with_bad = rules.clone();
+    with_bad[637] = json!({"cidr": "10.2.125.1/24", "action": "deny"});
+    let before = api.snapshot().await;
+    let (status, body) = api.call(Method::POST, "/v1/rules", Some(Value::Array(with_bad))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "rules[637].cidr", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("10.2.125.1/24"), "{body}");
+    assert_eq!(api.snapshot().await, before, "a refused list changes nothing");
+
+    // A thousand: one write of the maps, one version.
+    let writes = version(&api);
+    let status_before = api.call(Method::GET, "/v1/status", None).await.1;
+    let (status, body) = api.call(Method::POST, "/v1/rules", Some(Value::Array(rules.clone()))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(version(&api), writes + 1, "one write of the maps for the whole list");
+    let status_after = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!(
+        status_after["config_version"].as_u64(),
+        status_before["config_version"].as_u64().map(|v| v + 1),
+        "one version"
+    );
+    assert_eq!(status_after["rules"], 1000);
+    let made = body["rules"].as_array().unwrap();
+    assert_eq!(made.len(), 1000);
+    for (made, asked) in made.iter().zip(&rules) {
+        assert_eq!(made["cidr"], asked["cidr"], "in the list's order");
+        assert!(made["id"].as_u64().is_some());
+    }
+    let listed = api.call(Method::GET, "/v1/rules", None).await.1;
+    assert_eq!(listed["rules"].as_array().unwrap().len(), 1000);
+
+    // Saved whole: the state file holds all of them, as a restart loads it.
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(api.dir.path().join("state.json")).unwrap()).unwrap();
+    assert_eq!(saved["rules"].as_array().map(Vec::len), Some(1000), "the state file has the list");
+    let restarted = Control::new(
+        Box::new(FakeKernel::default()),
+        Policy::default(),
+        Some(Store::open(api.dir.path()).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(serde_json::to_value(restarted.rules()).unwrap(), listed["rules"], "a restart loads the same");
+
+    // One already in force among new ones: refused whole, with its index.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/rules",
+            Some(json!([{"cidr": "172.16.0.0/12", "action": "deny"}, rules[3].clone()])),
+        )
+        .await;
+    assert_eq!((status, &body["error"]["field"]), (StatusCode::CONFLICT, &json!("rules[1].cidr")), "{body}");
+    assert_eq!(api.call(Method::GET, "/v1/status", None).await.1["rules"], 1000);
+}
+
+#[tokio::test]
+async fn sources_tracked_counts_each_source_once_and_never_past_the_capacity() {
+    let api = Api::new(None);
+    api.kernel.0.lock().unwrap().max_sources = Some(4);
+    let a = "192.0.2.1".parse().unwrap();
+    // A source met twice by one walk (it moved to a slot further on).
+    api.track(a, 1, 0);
+    api.track("192.0.2.2".parse().unwrap(), 1, 0);
+    api.track(a, 2, 0);
+    api.state.sample();
+    let status = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!(status["sources_tracked"], 2, "{status}");
+    // A walk under churn meets more sources than the table holds at once.
+    for i in 3..=8 {
+        api.track(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i)), 1, 0);
+    }
+    api.state.sample();
+    let status = api.call(Method::GET, "/v1/status", None).await.1;
+    assert_eq!((&status["sources_tracked"], &status["max_sources"]), (&json!(4), &json!(4)), "{status}");
+    let metrics = api.call(Method::GET, "/metrics", None).await.1;
+    let line =
+        metrics.as_str().unwrap().lines().find(|l| l.starts_with("throttle_sources_tracked ")).unwrap();
+    assert_eq!(line, "throttle_sources_tracked 4");
+}
+
 #[tokio::test]
 async fn the_token_guards_everything_but_the_health_checks() {
     let api = Api::new(Some("s3cret"));
@@ -967,6 +1190,86 @@ fn bad_inputs() -> Vec<Bad> {
             "conflict",
             "192.0.2.0/24",
         ),
+        // Leading zeros: refused, not read as decimal (or as octal).
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!({"cidr": "010.000.000.000/8", "action": "deny"}),
+            400,
+            "invalid_value",
+            "010.000.000.000/8",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!({"cidr": "10.0.0.0/08", "action": "deny"}),
+            400,
+            "invalid_value",
+            "`08`",
+        ),
+        bad(M::GET, "/v1/sources/010.0.0.1", &json!(null), 400, "invalid_path", "leading zero"),
+        bad(M::GET, "/v1/capture?source=010.0.0.0/8", &json!(null), 400, "invalid_query", "leading zero"),
+        // Lists of rules: one bad item refuses them all, named by its index.
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!([{"cidr": "10.1.0.0/16", "action": "deny"}, {"cidr": "10.2.0.1/16", "action": "deny"}]),
+            400,
+            "invalid_value",
+            "rules[1].cidr",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!([{"cidr": "10.1.0.0/16", "action": "deny"}, {"cidr": "10.2.0.0/16", "action": "drop"}]),
+            400,
+            "invalid_body",
+            "rules[1]",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!([{"cidr": "10.1.0.0/16", "action": "deny"}, {"cidr": "10.1.0.0/16", "action": "allow"}]),
+            400,
+            "invalid_value",
+            "`rules[0]` names it already",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!([{"cidr": "10.1.0.0/16", "action": "deny"}, {"cidr": "192.0.2.0/24", "action": "deny"}]),
+            409,
+            "conflict",
+            "rules[1].cidr",
+        ),
+        bad(
+            M::POST,
+            "/v1/rules",
+            &json!([{"cidr": "10.1.0.0/16", "action": "limit", "rate": 5}, {"set": "nosuch", "action": "deny"}]),
+            400,
+            "invalid_value",
+            "rules[1].set",
+        ),
+        bad(M::POST, "/v1/rules", &json!([]), 400, "invalid_value", "empty"),
+        bad(M::POST, "/v1/rules", &json!([1]), 400, "invalid_body", "rules[0]"),
+        bad(M::POST, "/v1/rules", &json!("10.0.0.0/8"), 400, "invalid_body", ""),
+        raw(
+            M::POST,
+            "/v1/rules",
+            JSON,
+            r#"[{"cidr": "10.1.0.0/16", "action": "deny"}"#,
+            400,
+            "malformed_json",
+        ),
+        raw(M::POST, "/v1/rules", Some("text/plain"), "10.0.0.0/8 deny", 415, "unsupported_media_type"),
+        raw(
+            M::POST,
+            "/v1/rules",
+            None,
+            r#"[{"cidr": "10.1.0.0/16", "action": "deny"}]"#,
+            415,
+            "unsupported_media_type",
+        ),
         bad(M::DELETE, "/v1/rules/abc", &json!(null), 400, "invalid_path", "abc"),
         bad(M::DELETE, "/v1/rules/-1", &json!(null), 400, "invalid_path", "-1"),
         bad(M::DELETE, "/v1/rules/9999", &json!(null), 404, "rule_not_found", "9999"),
@@ -1131,6 +1434,20 @@ fn bad_inputs() -> Vec<Bad> {
     ]
 }
 
+/// Whether the OpenAPI document has `status` among the answers of `method`
+/// on the route of `uri`; `None` when it has no such operation.
+fn documented(doc: &Value, method: &Method, uri: &str, status: StatusCode) -> Option<bool> {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let segments: Vec<&str> = path.split('/').collect();
+    let (_, item) = doc["paths"].as_object()?.iter().find(|(template, _)| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+    })?;
+    let operation = item.get(method.as_str().to_ascii_lowercase())?;
+    Some(operation["responses"].get(status.as_str()).is_some())
+}
+
 #[tokio::test]
 async fn bad_inputs_get_a_4xx_naming_the_value_and_change_nothing() {
     let api = Api::new(None);
@@ -1143,6 +1460,7 @@ async fn bad_inputs_get_a_4xx_naming_the_value_and_change_nothing() {
     assert_eq!(status, StatusCode::CREATED);
     let table = bad_inputs();
     assert!(table.len() >= 40, "{} bad inputs", table.len());
+    let doc = api.call(Method::GET, "/v1/openapi.json", None).await.1;
     let before = api.snapshot().await;
     let mut failures = Vec::new();
     println!("{:<7} {:<28} {:<58} {:>6}  {:<24} message", "method", "uri", "body", "status", "code");
@@ -1177,6 +1495,12 @@ async fn bad_inputs_get_a_4xx_naming_the_value_and_change_nothing() {
                     case.method, case.uri, case.body
                 ));
             }
+        }
+        if documented(&doc, &case.method, case.uri, status) == Some(false) {
+            failures.push(format!(
+                "{} {} {}: {status} is not among the operation's answers in the OpenAPI document",
+                case.method, case.uri, case.body
+            ));
         }
         let after = api.snapshot().await;
         if after != before {

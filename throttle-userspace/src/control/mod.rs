@@ -39,8 +39,8 @@ use crate::{
         Attachment, BucketWalk, Kernel, KernelError, SetPlace, XdpMode,
     },
     policy::{
-        validate_classes, validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch, Policy,
-        Rate, RuleSpec, Scope, SetName, Target, Unmatched, MAX_CLASSES,
+        key, validate_classes, validate_rules, Action, Class, ClassName, Invalid, Limits, LimitsPatch,
+        Policy, Rate, RuleSpec, Scope, SetName, Target, Unmatched, MAX_CLASSES,
     },
     store::{Committed, SavedClassId, SavedRuleId, Staged, State, Store, StoreError},
 };
@@ -52,8 +52,8 @@ pub enum ChangeError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     /// A rule for that prefix or set exists already.
-    #[error("rule {id} already covers {target}: delete it first to replace it")]
-    DuplicateRule { id: u32, target: Target },
+    #[error("`{key}`: rule {id} already covers {target}: delete it first to replace it")]
+    DuplicateRule { id: u32, target: Target, key: String },
     /// No rule has that id.
     #[error("no rule has id {0}")]
     NoSuchRule(u32),
@@ -193,11 +193,41 @@ impl ClassIds {
 }
 
 /// A rule with its id, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleView {
     pub id: u32,
     #[serde(flatten)]
     pub rule: RuleSpec,
+}
+
+impl utoipa::PartialSchema for RuleView {
+    /// The rule's fields and `id` in one object. Not an `allOf` of the
+    /// rule's schema: that one admits no field it does not name, as the
+    /// API admits none in a rule it is sent.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{
+            schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type},
+            RefOr,
+        };
+        let RefOr::T(Schema::Object(mut object)) = <RuleSpec as utoipa::PartialSchema>::schema() else {
+            unreachable!("a rule's schema is an object's")
+        };
+        let id = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(0))
+            .description(Some("The rule's id."));
+        object.properties.insert("id".to_owned(), id.into());
+        object.required.insert(0, "id".to_owned());
+        object.description = Some("A rule with its id, as the API shows it.".to_owned());
+        RefOr::T(Schema::Object(object))
+    }
+}
+
+impl utoipa::ToSchema for RuleView {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <RuleSpec as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 /// Which counter ranks sources.
@@ -741,32 +771,71 @@ impl Control {
         self.commit(state)
     }
 
-    /// `POST /v1/rules`: the new rule's id.
+    /// `POST /v1/rules` with one rule: its id.
     pub fn add_rule(&mut self, rule: RuleSpec) -> Result<u32, ChangeError> {
-        rule.validate("rule")?;
-        let target = rule.target().expect("validated");
-        if let Target::Set(name) = &target {
-            if !self.policy.sets.iter().any(|s| &s.name == name) {
+        let ids = self.add_rules_keyed(vec![rule], |_| "rule".to_owned())?;
+        Ok(ids[0])
+    }
+
+    /// `POST /v1/rules` with a list: every rule is checked, against the
+    /// rules in force and the others of the list, and then all are added in
+    /// one change (one write of the maps, one of the state file), or none
+    /// is. A bad one is named by its index (`rules[3].cidr`). The new ids,
+    /// in the list's order.
+    pub fn add_rules(&mut self, rules: Vec<RuleSpec>) -> Result<Vec<u32>, ChangeError> {
+        if rules.is_empty() {
+            return Err(Invalid::new("rules", "[]", "the list is empty: it adds no rule").into());
+        }
+        self.add_rules_keyed(rules, |i| format!("rules[{i}]"))
+    }
+
+    fn add_rules_keyed(
+        &mut self,
+        new: Vec<RuleSpec>,
+        key_of: impl Fn(usize) -> String,
+    ) -> Result<Vec<u32>, ChangeError> {
+        let in_force: HashMap<Target, u32> =
+            self.rules().into_iter().filter_map(|r| Some((r.rule.target()?, r.id))).collect();
+        let mut targets: Vec<Target> = Vec::with_capacity(new.len());
+        let mut seen: HashMap<Target, usize> = HashMap::with_capacity(new.len());
+        for (i, rule) in new.iter().enumerate() {
+            let at = key_of(i);
+            rule.validate(&at)?;
+            let target = rule.target().expect("validated");
+            let (field, value) = match &target {
+                Target::Cidr(net) => ("cidr", format!("{:?}", net.to_string())),
+                Target::Set(name) => ("set", format!("{:?}", name.as_str())),
+            };
+            if let Target::Set(name) = &target {
+                if !self.policy.sets.iter().any(|s| &s.name == name) {
+                    return Err(Invalid::new(
+                        key(&at, field),
+                        value,
+                        "no set has that name: the sets are listed by GET /v1/sets",
+                    )
+                    .into());
+                }
+            }
+            if let Some(&id) = in_force.get(&target) {
+                return Err(ChangeError::DuplicateRule { id, target, key: key(&at, field) });
+            }
+            if let Some(first) = seen.insert(target.clone(), i) {
                 return Err(Invalid::new(
-                    "rule.set",
-                    format!("{:?}", name.as_str()),
-                    "no set has that name: the sets are listed by GET /v1/sets",
+                    key(&at, field),
+                    value,
+                    format!("`{}` names it already: one rule per prefix or set", key_of(first)),
                 )
                 .into());
             }
-        }
-        if let Some(id) =
-            self.rules().iter().find(|r| r.rule.target().as_ref() == Some(&target)).map(|r| r.id)
-        {
-            return Err(ChangeError::DuplicateRule { id, target });
+            targets.push(target);
         }
         let mut rules = self.policy.rules.clone();
-        rules.push(rule);
+        rules.extend(new);
         validate_rules(&rules, &self.policy.sets, "rules")?;
         let mut state = self.state.clone();
         state.rules = Some(rules);
         self.commit(state)?;
-        Ok(self.ids.id(target))
+        Ok(targets.into_iter().map(|target| self.ids.id(target)).collect())
     }
 
     /// `DELETE /v1/rules/{id}`.
@@ -1283,6 +1352,8 @@ pub mod fake {
         pub default_share: u32,
         /// What the last `set_newcomers` set.
         pub newcomers: crate::kernel::NewcomerShare,
+        /// The bucket table's capacity, when not the default 2^20.
+        pub max_sources: Option<u32>,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1415,7 +1486,7 @@ pub mod fake {
         }
 
         fn max_sources(&self) -> u32 {
-            1 << 20
+            self.0.lock().unwrap().max_sources.unwrap_or(1 << 20)
         }
 
         fn version(&self) -> u64 {

@@ -9,6 +9,7 @@ mod classes;
 mod invalid;
 mod limits;
 mod narrow;
+mod prefix;
 mod rate;
 mod rules;
 mod scope;
@@ -31,6 +32,7 @@ pub use self::{
         Limits, LimitsPatch, Unit, DEFAULT_BURST, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX,
         DEFAULT_NEW_SOURCE_RATE, DEFAULT_RATE,
     },
+    prefix::{parse_addr, parse_prefix, BadPrefix},
     rate::{BadRate, Period, Rate},
     rules::{validate_rules, Action, RuleLimit, RuleSpec, Target, MAX_RULES},
     scope::{Proto, Scope, ScopePort, MAX_SCOPE},

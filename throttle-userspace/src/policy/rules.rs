@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     invalid::{check_burst, check_rate, key, refuse},
-    Invalid, Rate, SetName, SetSpec, Unit,
+    parse_prefix, BadPrefix, Invalid, Rate, SetName, SetSpec, Unit,
 };
 
 /// Most rules per address family (the capacity of each rule trie).
@@ -64,8 +64,11 @@ impl FromStr for Target {
         if let Some(name) = text.strip_prefix('@') {
             return name.parse().map(Self::Set).map_err(|err: Invalid| err.to_string());
         }
-        text.parse().map(Self::Cidr).map_err(|_| {
-            format!("{text:?} is not an address prefix like 10.0.0.0/8 or a set like @blocklist")
+        parse_prefix(text).map(Self::Cidr).map_err(|err| match err {
+            BadPrefix::LeadingZero { .. } => format!("{text:?} {err}"),
+            BadPrefix::Malformed => {
+                format!("{text:?} is not an address prefix like 10.0.0.0/8 or a set like @blocklist")
+            }
         })
     }
 }
@@ -77,7 +80,7 @@ impl FromStr for Target {
 pub struct RuleSpec {
     /// An address prefix without host bits: `10.0.0.0/8`, `2001:db8::/32`.
     #[serde(default, deserialize_with = "prefix", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "10.0.0.0/8")]
+    #[schema(value_type = Option<String>, example = "10.0.0.0/8", pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$")]
     pub cidr: Option<IpNet>,
     /// Or the name of a set (`[[sets]]`, `/v1/sets`): the sources in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,9 +102,7 @@ pub struct RuleSpec {
 /// An address prefix, refused by its key when it is none.
 fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpNet>, D::Error> {
     let text = String::deserialize(deserializer)?;
-    text.parse().map(Some).map_err(|_| {
-        refuse::<D::Error>(format!("{text:?}"), "not an address prefix like 10.0.0.0/8 or 2001:db8::/32")
-    })
+    parse_prefix(&text).map(Some).map_err(|err| refuse::<D::Error>(format!("{text:?}"), err))
 }
 
 /// A rule's limit, with the defaults filled in.

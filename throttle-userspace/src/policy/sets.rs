@@ -100,15 +100,16 @@ pub struct Parsed {
 
 /// The prefix a line names, or why it names none.
 fn prefix(text: &str) -> Result<IpNet, String> {
-    if let Ok(net) = text.parse::<IpNet>() {
-        if net.trunc() != net {
-            return Err(format!("has host bits set; the prefix is {}", net.trunc()));
+    let parsed =
+        if text.contains('/') { super::parse_prefix(text) } else { super::parse_addr(text).map(IpNet::from) };
+    match parsed {
+        Ok(net) if net.trunc() != net => Err(format!("has host bits set; the prefix is {}", net.trunc())),
+        Ok(net) => Ok(net),
+        Err(err @ super::BadPrefix::LeadingZero { .. }) => Err(err.to_string()),
+        Err(super::BadPrefix::Malformed) => {
+            Err("not an address or a prefix like 192.0.2.0/24 or 2001:db8::/32".to_owned())
         }
-        return Ok(net);
     }
-    text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| "not an address or a prefix like 192.0.2.0/24 or 2001:db8::/32".to_owned())
 }
 
 /// Reads a set from lines of text (the `.netset` form, or a JSON list,

@@ -72,8 +72,13 @@ impl Runtime {
         let mut peak: Option<f64> = None;
         let mut sources = 0u64;
         let mut owners: HashMap<u32, (u64, u64)> = HashMap::new();
-        let (walk, scaled, ticks) = self.control(|control| {
-            (control.bucket_walk(), control.scaled_limits(), control.kernel().now_ticks())
+        let (walk, scaled, ticks, capacity) = self.control(|control| {
+            (
+                control.bucket_walk(),
+                control.scaled_limits(),
+                control.kernel().now_ticks(),
+                control.kernel().max_sources(),
+            )
         });
         // The limits in a stable order (by the `rule` word), each with its
         // sources.
@@ -86,8 +91,13 @@ impl Runtime {
             })
             .collect();
         walk(&mut |key, bucket| {
+            // A source counts once, and only when the walk had not met it
+            // yet: one that moved to a slot further on while the walk went
+            // by is met twice.
+            if counts.insert(*key, (bucket.passed, bucket.dropped)).is_some() {
+                return;
+            }
             sources += 1;
-            counts.insert(*key, (bucket.passed, bucket.dropped));
             let owner = owners.entry(key.rule).or_default();
             owner.0 += bucket.passed;
             owner.1 += bucket.dropped;
@@ -117,7 +127,10 @@ impl Runtime {
         };
         let mut sampled = lock(&self.0.sampled);
         sampled.counts = counts;
-        sampled.sources = sources;
+        // The walk is no snapshot: under churn, a source that left a slot
+        // behind it and one that took a slot ahead of it are both met, and
+        // the count can pass the table's capacity, which it cannot hold.
+        sampled.sources = sources.min(u64::from(capacity));
         sampled.owners = owners;
         sampled.peak_ratio = if elapsed.is_some() { Some(peak.unwrap_or(0.0)) } else { None };
         sampled.limits = limits;
