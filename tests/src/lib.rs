@@ -36,7 +36,7 @@ use std::{
 pub use daemon::{start_daemon, Daemon, DaemonBuilder, DAEMON_CAPS};
 pub use measure::Checks;
 pub use netns::Netns;
-pub use traffic::{Arrival, Arrivals, Flood, Flow, FlowReport, Receiver};
+pub use traffic::{flood_once, Arrival, Arrivals, Flood, Flow, FlowReport, Receiver};
 pub use veth::{VethPair, VethPairBuilder};
 
 /// Set to `1` where privileged tests must run (CI): without root they fail
@@ -155,4 +155,24 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 #[expect(clippy::cast_precision_loss, reason = "nanosecond spans of a test fit in f64's 52-bit mantissa")]
 pub fn secs_between(from: u64, to: u64) -> f64 {
     (to as f64 - from as f64) / 1e9
+}
+
+/// Everything under `dir`, relative to it, sorted; empty when it is gone
+/// (a pin directory's maps and links, say).
+#[must_use]
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.map(|e| e.expect("a directory entry")) {
+            let path = entry.path();
+            out.push(path.strip_prefix(root).expect("under the root").display().to_string());
+            if entry.file_type().expect("a file type").is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
 }

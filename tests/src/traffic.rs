@@ -461,3 +461,23 @@ fn udp_drops() -> u64 {
         .unwrap_or(0);
     v4 + v6
 }
+
+/// One flow from `src`, a sender address of `pair`, to its receiver's
+/// `port` at `pps` for `duration`: the flow's report, and what arrived
+/// (once the receiver was quiet for `quiet`).
+#[must_use]
+pub fn flood_once(
+    pair: &crate::VethPair,
+    src: IpAddr,
+    port: u16,
+    pps: u64,
+    duration: Duration,
+    quiet: Duration,
+) -> (FlowReport, Arrivals) {
+    let receiver = Receiver::start(&pair.receiver, port);
+    let report =
+        Flood::start(&pair.sender, vec![Flow::new(src, pair.dst_for(src, port)).rate(pps)], Some(duration))
+            .join()
+            .remove(0);
+    (report, receiver.finish(quiet))
+}

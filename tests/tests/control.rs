@@ -763,15 +763,8 @@ fn a_clean_stop_removes_the_pins_and_keep_on_exit_keeps_them() {
     let left = pair.xdp_attachment();
     checks.that(!left.is_empty(), &format!("XDP stays attached: {left:?}"));
     // With no daemon at all, the program left behind still meters.
-    let receiver = Receiver::start(&pair.receiver, PORT);
-    let report = Flood::start(
-        &pair.sender,
-        vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)],
-        Some(Duration::from_millis(1_500)),
-    )
-    .join()
-    .remove(0);
-    let arrivals = receiver.finish(QUIET);
+    let (report, arrivals) =
+        throttle_tests::flood_once(&pair, src, PORT, offered, Duration::from_millis(1_500), QUIET);
     checks.offered(&src.to_string(), &report, 0.75 * as_f64(offered), OFFERED);
     checks.within(
         &format!("with no daemon running: arrived over {:.3} s (burst {burst} + {rate} * t)", report.secs()),
@@ -804,20 +797,7 @@ fn a_clean_stop_removes_the_pins_and_keep_on_exit_keeps_them() {
 
 /// Everything under `dir`, relative to it, sorted; empty when it is gone.
 fn pin_list(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = fs::read_dir(dir) else { return };
-        for entry in entries.map(|e| e.expect("a directory entry")) {
-            let path = entry.path();
-            out.push(path.strip_prefix(root).expect("under the root").display().to_string());
-            if entry.file_type().expect("a file type").is_dir() {
-                walk(root, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    throttle_tests::tree(dir)
 }
 
 /// The id of the XDP program `ip -d link` shows on `iface` in `ns`.
@@ -1105,15 +1085,8 @@ fn an_interface_deleted_and_made_again_is_reported_and_attached_again() {
 
     // Metered again: a flood over the limit is held to it.
     let src = pair.sender_ips()[0];
-    let receiver = Receiver::start(&pair.receiver, PORT);
-    let report = Flood::start(
-        &pair.sender,
-        vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)],
-        Some(Duration::from_secs(3)),
-    )
-    .join()
-    .remove(0);
-    let arrivals = receiver.finish(QUIET);
+    let (report, arrivals) =
+        throttle_tests::flood_once(&pair, src, PORT, offered, Duration::from_secs(3), QUIET);
     checks.offered(&src.to_string(), &report, 0.75 * as_f64(offered), OFFERED);
     checks.within(
         &format!("after the return: arrived over {:.3} s (burst {burst} + {rate} * t)", report.secs()),

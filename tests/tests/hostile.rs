@@ -11,10 +11,7 @@ use std::{
 
 use serde_json::Value;
 use throttle::api::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_PEER};
-use throttle_tests::{
-    measure::bucket_allowance, poll_until, require_root, Checks, Daemon, Flood, Flow, Netns, Receiver,
-    VethPair,
-};
+use throttle_tests::{measure::bucket_allowance, poll_until, require_root, Checks, Daemon, Netns, VethPair};
 
 /// The UDP port every flood goes to.
 const PORT: u16 = 9000;
@@ -117,15 +114,8 @@ fn a_closed_stderr_stops_neither_enforcement_nor_the_clean_exit() {
     );
 
     // Still enforcing, at the limit set after stderr closed.
-    let receiver = Receiver::start(&pair.receiver, PORT);
-    let report = Flood::start(
-        &pair.sender,
-        vec![Flow::new(src, pair.dst_for(src, PORT)).rate(offered)],
-        Some(Duration::from_millis(1_500)),
-    )
-    .join()
-    .remove(0);
-    let arrivals = receiver.finish(QUIET);
+    let (report, arrivals) =
+        throttle_tests::flood_once(&pair, src, PORT, offered, Duration::from_millis(1_500), QUIET);
     checks.within(
         &format!("arrived over {:.3} s with stderr closed (burst {burst} + {rate} * t)", report.secs()),
         bucket_allowance(rate, burst, report.secs()),

@@ -29,11 +29,10 @@ fn credentials(pid: u32) -> (u64, u32) {
 
 /// Datagrams from [`SOURCE`] at `pps` for `secs`: sent, and arrived.
 fn flood(pair: &VethPair, pps: u64, secs: f64) -> (u64, u64) {
-    let receiver = Receiver::start(&pair.receiver, PORT);
     let src: IpAddr = SOURCE.parse().expect("an address");
-    let flow = Flow::new(src, pair.dst_for(src, PORT)).rate(pps);
-    let reports = Flood::start(&pair.sender, vec![flow], Some(Duration::from_secs_f64(secs))).join();
-    (reports[0].sent, receiver.finish(QUIET).from_source(src))
+    let (report, arrivals) =
+        throttle_tests::flood_once(pair, src, PORT, pps, Duration::from_secs_f64(secs), QUIET);
+    (report.sent, arrivals.from_source(src))
 }
 
 #[test]

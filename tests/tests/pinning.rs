@@ -16,7 +16,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::IpAddr,
     os::unix::process::ExitStatusExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Stdio},
     sync::mpsc,
     thread,
@@ -75,20 +75,7 @@ impl PinDirGuard {
 
     /// Every name under the pin directory, relative to it, sorted.
     fn list(&self) -> Vec<String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            let Ok(entries) = fs::read_dir(dir) else { return };
-            for entry in entries.map(|e| e.expect("a directory entry")) {
-                let path = entry.path();
-                out.push(path.strip_prefix(root).expect("under the root").display().to_string());
-                if entry.file_type().expect("a file type").is_dir() {
-                    walk(root, &path, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.path, &self.path, &mut out);
-        out.sort();
-        out
+        throttle_tests::tree(&self.path)
     }
 }
 
