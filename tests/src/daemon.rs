@@ -116,6 +116,7 @@ pub struct DaemonBuilder<'a> {
     admin_port: u16,
     token: Option<String>,
     pin_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     user: Option<User>,
     stderr_pipe: bool,
     nofile: Option<u64>,
@@ -130,6 +131,14 @@ struct User {
 }
 
 impl DaemonBuilder<'_> {
+    /// Keeps its state under `dir` instead of a directory of its own (a
+    /// file system a test prepared).
+    #[must_use]
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Pins under `dir` instead of a directory of its own: the pin
     /// directory of an earlier daemon, to adopt what it left.
     #[must_use]
@@ -234,8 +243,10 @@ impl DaemonBuilder<'_> {
         ensure_bpffs();
         let id = unique_id();
         let workdir = std::env::temp_dir().join(format!("throttle-tests/{id}"));
-        let state_dir = workdir.join("state");
-        fs::create_dir_all(&state_dir).unwrap_or_else(|e| panic!("create {}: {e}", state_dir.display()));
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| workdir.join("state"));
+        for dir in [&workdir, &state_dir] {
+            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        }
         let config_path = self.config.as_ref().map(|toml| {
             let path = workdir.join("throttle.toml");
             write_atomically(&path, toml);
@@ -289,6 +300,7 @@ impl DaemonBuilder<'_> {
             log_path: workdir.join("daemon.log"),
             workdir,
             pin_dir,
+            state_dir: state_dir.clone(),
             config_path,
             token_file,
             admin,
@@ -331,6 +343,7 @@ pub struct Daemon {
     workdir: PathBuf,
     log_path: PathBuf,
     pin_dir: PathBuf,
+    state_dir: PathBuf,
     config_path: Option<PathBuf>,
     token_file: Option<PathBuf>,
     admin: SocketAddr,
@@ -360,6 +373,7 @@ impl Daemon {
             admin_port: ADMIN_PORT,
             token: None,
             pin_dir: None,
+            state_dir: None,
             user: None,
             stderr_pipe: false,
             nofile: None,
@@ -563,7 +577,7 @@ impl Daemon {
     /// The daemon's `--state-dir`.
     #[must_use]
     pub fn state_dir(&self) -> PathBuf {
-        self.workdir.join("state")
+        self.state_dir.clone()
     }
 
     /// The daemon's process id, while it runs.
