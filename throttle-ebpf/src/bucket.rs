@@ -95,16 +95,31 @@ fn tracked(key: &SlotKey, limit: &Limit, config: &Config, charge_of: &Charge) ->
     // controller reserves capacity for the sources known before an
     // overload, those that came since get a part of the limit too.
     //
-    // Without a branch: the verifier walks what follows once, not once for
-    // each way the share came about (and the limit is a copy whatever the
-    // share, for the same reason).
-    let share = slot.share();
-    let share = whole_if_zero(share + is_zero(share) * config.default_share);
-    let newcomer = charge_of.newcomer * at_or_after(slot.born(), config.known_before);
+    // The limit is a copy whatever the share: the verifier walks what
+    // follows once, not once for the limit and once for its part. Only a
+    // share to apply pays for working it out.
+    let own = slot.share();
+    let share = if own | config.default_share | charge_of.newcomer == 0 {
+        table::SHARE_ONE
+    } else {
+        share_of(own, config, charge_of.newcomer, slot.born())
+    };
+    let shared = limit.shared(share);
+    charge(slot, &arrival, &shared, key).unwrap_or(reason::UNTRACKED)
+}
+
+/// The part of its limit a source gets: its own share (`own`; 0: the
+/// default one, 0 there too: all of it) times the newcomers' share when the
+/// limit is one the controller moves (`newcomer` not 0) and the source came
+/// at or after `known_before` (`born`). Without branches, so that the
+/// verifier has one path through it.
+#[inline(always)]
+fn share_of(own: u32, config: &Config, newcomer: u32, born: u32) -> u32 {
+    let share = whole_if_zero(own + is_zero(own) * config.default_share);
+    let newcomer = newcomer * at_or_after(born, config.known_before);
     // A product of two at most 2^16, over 2^16.
     let share = ((u64::from(share) * u64::from(whole_if_zero(newcomer))) >> 16) as u32;
-    let shared = limit.shared(share + is_zero(share));
-    charge(slot, &arrival, &shared, key).unwrap_or(reason::UNTRACKED)
+    share + is_zero(share)
 }
 
 /// 1 when `x` is 0, else 0, without a branch.
