@@ -140,3 +140,49 @@ fn a_pin_directory_off_bpffs_is_refused_and_nothing_is_attached() {
     assert!(pair.xdp_attachment().is_empty(), "nothing attached: {}", pair.xdp_attachment());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigkills_at_random_moments_of_the_start_leave_a_clean_start_after_them() {
+    const TRIES: u64 = 12;
+    require_root!();
+    let mut checks = Checks::new("sigkills_at_random_moments_of_the_start_leave_a_clean_start_after_them");
+    let pair = VethPair::builder().sender_addr("10.99.8.2/16").build();
+    let mut daemon = Daemon::builder(&pair.receiver, &pair.rx_if)
+        .config("[limits]\nrate = 100\nburst = 100\nnew_source_rate = 0\n")
+        .start();
+    // Killed 0 to 330 ms into each start: before the maps, while loading,
+    // pinning, attaching, or once ready; each next start must cope.
+    let mut seed = throttle_tests::mono_ns() | 1;
+    let mut delays = Vec::new();
+    for _ in 0..TRIES {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 330);
+        thread::sleep(delay);
+        daemon.kill();
+        delays.push(delay.as_millis());
+        daemon.start_again(&pair.receiver);
+    }
+    daemon.wait_ready(Duration::from_secs(30));
+    let src: IpAddr = "10.99.8.2".parse().expect("an address");
+    let (flow, arrivals) = throttle_tests::flood_once(&pair, src, PORT, 1_000, Duration::from_secs(2), QUIET);
+    let arrived = arrivals.from_source(src);
+    let bound = bucket_allowance(100, 100, flow.secs());
+    report(&format!(
+        "{TRIES} SIGKILLs {delays:?} ms into the starts, then a start: ready, {arrived} of {} arrived (bound {bound:.0})",
+        flow.sent
+    ));
+    #[expect(clippy::cast_precision_loss, reason = "packet counts")]
+    let arrived_f = arrived as f64;
+    checks.that(
+        arrived_f <= bound * 1.02 + 2.0 && arrived_f >= 0.8 * (bound - 100.0),
+        &format!("metering: {arrived} arrived, bound {bound:.0}"),
+    );
+    checks.that(!pair.xdp_attachment().is_empty(), "attached");
+    checks.that(
+        daemon.api_get(&pair.receiver, "/v1/status")["interfaces"].as_array().is_some_and(|i| i.len() == 1),
+        "the status shows the one interface",
+    );
+    checks.assert_all();
+}
