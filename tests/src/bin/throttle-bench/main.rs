@@ -9,7 +9,10 @@
 //!    live frames out of the sending veth), the same references, and the
 //!    verdict counts that show every limiter did the same work;
 //! 5. the bucket map with many tracked sources: memory, top 20;
-//! 6. the admin API of the real daemon with many tracked sources.
+//! 6. the admin API of the real daemon with many tracked sources;
+//! 7. only when named (`--parts soak`, ten minutes): the daemon under
+//!    churn, its memory, descriptors and API p99 by thirds, a leak failing
+//!    the run.
 //!
 //! Prints the tables, writes `<out>/<timestamp>.json`, `<out>/latest.json`,
 //! `<out>/latest.md` and `<out>/flood.svg`, and copies the chart to
@@ -18,7 +21,7 @@
 //! no figure. Needs root.
 //!
 //! ```text
-//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,live,scale,admin]
+//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,live,scale,admin,soak]
 //! ```
 
 mod admin;
@@ -30,6 +33,7 @@ mod kernel;
 mod live;
 mod report;
 mod scale;
+mod soak;
 
 use std::{
     fs,
@@ -42,7 +46,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{kernel::Machine, report::Report};
 
 /// The parts, in the order they run.
-const PARTS: [&str; 5] = ["cost", "flood", "live", "scale", "admin"];
+const PARTS: [&str; 6] = ["cost", "flood", "live", "scale", "admin", "soak"];
 
 /// What to run and where to write.
 #[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
@@ -55,6 +59,8 @@ struct Options {
     live: bool,
     scale: bool,
     admin: bool,
+    /// Only when named: it takes ten minutes.
+    soak: bool,
 }
 
 fn options() -> Options {
@@ -67,6 +73,7 @@ fn options() -> Options {
         live: true,
         scale: true,
         admin: true,
+        soak: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,6 +95,7 @@ fn options() -> Options {
                 options.live = parts.contains(&"live");
                 options.scale = parts.contains(&"scale");
                 options.admin = parts.contains(&"admin");
+                options.soak = parts.contains(&"soak");
             }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
@@ -239,6 +247,9 @@ fn main() {
     if options.admin {
         steps += admin::STEPS;
     }
+    if options.soak {
+        steps += soak::STEPS;
+    }
     let progress = Progress::new(steps);
     let started = Instant::now();
     let taken_at = utc_now();
@@ -261,7 +272,11 @@ fn main() {
     }
     let live = options.live.then(|| run_live(&live_settings, &progress, &mut failures));
     let scale = options.scale.then(|| scale::run(scale_settings, &progress, &mut failures));
-    let admin = if options.admin { admin::run(admin_settings, &progress, &mut failures) } else { Vec::new() };
+    let mut admin =
+        if options.admin { admin::run(admin_settings, &progress, &mut failures) } else { Vec::new() };
+    if options.soak {
+        admin.extend(soak::run(soak::Settings::of(options.quick), &progress, &mut failures));
+    }
     progress.bar.finish_and_clear();
 
     let mut report = Report {
