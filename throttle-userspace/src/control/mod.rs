@@ -802,20 +802,8 @@ impl Control {
             let at = key_of(i);
             rule.validate(&at)?;
             let target = rule.target().expect("validated");
-            let (field, value) = match &target {
-                Target::Cidr(net) => ("cidr", format!("{:?}", net.to_string())),
-                Target::Set(name) => ("set", format!("{:?}", name.as_str())),
-            };
-            if let Target::Set(name) = &target {
-                if !self.policy.sets.iter().any(|s| &s.name == name) {
-                    return Err(Invalid::new(
-                        key(&at, field),
-                        value,
-                        "no set has that name: the sets are listed by GET /v1/sets",
-                    )
-                    .into());
-                }
-            }
+            target.check_known(&self.policy.sets, &at)?;
+            let (field, value) = target.key_and_value();
             if let Some(&id) = in_force.get(&target) {
                 return Err(ChangeError::DuplicateRule { id, target, key: key(&at, field) });
             }

@@ -207,15 +207,8 @@ impl Dataplane {
         let Some(pins) = self.pins.take() else {
             return Ok(());
         };
-        let mut result = Ok(());
-        let mut record = |step: Result<(), KernelError>| {
-            if let Err(err) = step {
-                tracing::warn!("{err}");
-                if result.is_ok() {
-                    result = Err(err);
-                }
-            }
-        };
+        let mut steps = Steps::default();
+        let mut record = |step| steps.record(step);
         let made: Vec<Attachment> = self.attachments.iter().filter(|a| !a.adopted).cloned().collect();
         for attachment in made {
             record(unpin_link(&pins.mode_dir(attachment.mode).join(link_pin_name(&attachment.iface))));
@@ -236,7 +229,7 @@ impl Dataplane {
             // there (without maps); the rest goes.
             let _ = pins.remove_dirs();
         }
-        result
+        steps.result()
     }
 
     /// How each attachment stands with its interface now: still there, gone
@@ -328,15 +321,8 @@ impl Dataplane {
         }
         // Every step is tried, so that one failure leaves as little behind
         // as possible; the first error is reported.
-        let mut result = Ok(());
-        let mut record = |step: Result<(), KernelError>| {
-            if let Err(err) = step {
-                tracing::warn!("{err}");
-                if result.is_ok() {
-                    result = Err(err);
-                }
-            }
-        };
+        let mut steps = Steps::default();
+        let mut record = |step| steps.record(step);
         match pins.links() {
             Ok(links) => {
                 for pin in links {
@@ -352,12 +338,33 @@ impl Dataplane {
             record(remove_pin(&maps.join(name)));
         }
         record(pins.remove_dirs());
-        result
+        steps.result()
     }
 
     /// Where the program is attached.
     #[must_use]
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+}
+
+/// The steps of a teardown: each is tried, so that one failure leaves as
+/// little behind as possible; each failure is logged and the first one
+/// reported.
+#[derive(Default)]
+struct Steps {
+    first: Option<KernelError>,
+}
+
+impl Steps {
+    fn record(&mut self, step: Result<(), KernelError>) {
+        if let Err(err) = step {
+            tracing::warn!("{err}");
+            self.first.get_or_insert(err);
+        }
+    }
+
+    fn result(self) -> Result<(), KernelError> {
+        self.first.map_or(Ok(()), Err)
     }
 }

@@ -46,6 +46,33 @@ pub enum Target {
     Set(SetName),
 }
 
+impl Target {
+    /// The key a rule names it under (`cidr` or `set`) and its value as an
+    /// error quotes it.
+    #[must_use]
+    pub fn key_and_value(&self) -> (&'static str, String) {
+        match self {
+            Self::Cidr(net) => ("cidr", format!("{:?}", net.to_string())),
+            Self::Set(name) => ("set", format!("{:?}", name.as_str())),
+        }
+    }
+
+    /// A set target must name one of `sets`; `at` is the rule's key.
+    pub fn check_known(&self, sets: &[SetSpec], at: &str) -> Result<(), Invalid> {
+        match self {
+            Self::Set(name) if !sets.iter().any(|s| &s.name == name) => {
+                let (field, value) = self.key_and_value();
+                Err(Invalid::new(
+                    key(at, field),
+                    value,
+                    "no set has that name: the sets are listed by GET /v1/sets",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for Target {
     /// As the CLI takes it: `10.0.0.0/8`, or `@blocklist` for a set.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,19 +246,8 @@ pub fn validate_rules(rules: &[RuleSpec], sets: &[SetSpec], prefix: &str) -> Res
         let at = format!("{prefix}[{i}]");
         rule.validate(&at)?;
         let target = rule.target().expect("validated");
-        let (field, value) = match &target {
-            Target::Cidr(net) => ("cidr", format!("{:?}", net.to_string())),
-            Target::Set(name) => ("set", format!("{:?}", name.as_str())),
-        };
-        if let Target::Set(name) = &target {
-            if !sets.iter().any(|s| &s.name == name) {
-                return Err(Invalid::new(
-                    key(&at, field),
-                    value,
-                    "no set has that name: the sets are listed by GET /v1/sets",
-                ));
-            }
-        }
+        target.check_known(sets, &at)?;
+        let (field, value) = target.key_and_value();
         if !seen.insert(target) {
             let what = if field == "cidr" { "prefix" } else { "set" };
             return Err(Invalid::new(key(&at, field), value, format!("another rule has the same {what}")));
