@@ -54,6 +54,11 @@ const SENDER_CPU: usize = 0;
 const WARM_UP: Duration = Duration::from_millis(400);
 /// How long the daemon gets to attach.
 const DAEMON_READY: Duration = Duration::from_secs(20);
+/// Times a flood is run again when its sender put nothing on the veth in the
+/// measured interval. That is the sender stalling (a veth transmit queue
+/// left stopped, seen once on a CI machine), not something the receiving
+/// end did; a run that stalls every time fails the part.
+const STALL_RETRIES: usize = 2;
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -211,6 +216,8 @@ pub struct Results {
     pub runs: Vec<Run>,
     pub summaries: Vec<Summary>,
     pub ratios: Vec<Ratio>,
+    /// Floods run again because their sender stalled, with what was seen.
+    pub stalls: Vec<String>,
     pub failures: Vec<String>,
 }
 
@@ -245,6 +252,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
 
     let mut runs = Vec::new();
     let mut failures = Vec::new();
+    let mut stalls = Vec::new();
     for round in 0..settings.rounds {
         for shape in Shape::ALL {
             for mode in Mode::ALL {
@@ -255,7 +263,28 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
                     shape.label(),
                     mode.label()
                 ));
-                let run = flood(&pair, &configs[shape.label()], shape, mode, round, settings.secs);
+                let mut attempt = 0;
+                let run = loop {
+                    let run = flood(&pair, &configs[shape.label()], shape, mode, round, settings.secs);
+                    if run.handled > 0 || attempt == STALL_RETRIES {
+                        break run;
+                    }
+                    attempt += 1;
+                    let stall = format!(
+                        "flood {} / {} (round {}): the sender put nothing on the veth in {:.1} s \
+                         (frames sent {}, refused {}, dropped by the mode {:?}); run again ({attempt} of \
+                         {STALL_RETRIES})",
+                        shape.label(),
+                        mode.label(),
+                        round + 1,
+                        run.secs,
+                        run.sent,
+                        run.tx_dropped,
+                        run.dropped_by_mode,
+                    );
+                    progress.println(&format!("warning: {stall}"));
+                    stalls.push(stall);
+                };
                 check(&run, &mut failures);
                 runs.push(run);
                 progress.inc();
@@ -271,6 +300,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
         runs,
         summaries,
         ratios,
+        stalls,
         failures,
     }
 }

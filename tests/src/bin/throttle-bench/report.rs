@@ -334,6 +334,14 @@ fn cost_tables(cost: &cost::Results) -> Vec<Table> {
     out
 }
 
+/// The flood table's note of runs repeated after their sender stalled.
+fn stalled(stalls: &[String]) -> String {
+    if stalls.is_empty() {
+        return String::new();
+    }
+    format!(". Run again after the sender stalled ({}): {}", stalls.len(), stalls.join("; "))
+}
+
 fn tables(report: &Report) -> Vec<Table> {
     let mut out = Vec::new();
     if let Some(cost) = &report.cost {
@@ -341,12 +349,12 @@ fn tables(report: &Report) -> Vec<Table> {
     }
     if let Some(flood) = &report.flood {
         let mut t = Table::new(
-            &format!(
+            &(format!(
                 "UDP flood on veth, one sending CPU ({:.0} s per run, median of {} rounds). ns/pkt: the sending \
                  CPU's time per packet (1 / rate; sender and receiving path together). CPU: kernel time on \
                  every CPU per packet. admitted: what reached the UDP socket",
                 flood.secs, flood.rounds
-            ),
+            ) + &stalled(&flood.stalls)),
             &["flood", "receiving end", "Mpps", "ns/pkt", "CPU ns/pkt", "admitted Mpps", "throttle ratio", "admitted/s/source"],
         );
         for s in &flood.summaries {
