@@ -12,6 +12,7 @@
 //! These tests need root. A test starts with [`require_root!`], which skips it
 //! loudly when not root, or fails it when `THROTTLE_REQUIRE_PRIVILEGED=1` (CI).
 
+pub mod chain;
 pub mod daemon;
 pub mod ethtool;
 pub mod frames;

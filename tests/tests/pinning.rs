@@ -83,7 +83,7 @@ impl PinDirGuard {
 /// make, with the directories `modes` (which stay once made).
 fn pinned_names(links: &[(&str, &str)], modes: &[&str]) -> Vec<String> {
     let mut names = vec!["maps".to_owned()];
-    names.extend(map_name::ALL.iter().map(|name| format!("maps/{name}")));
+    names.extend(map_name::pinned().map(|name| format!("maps/{name}")));
     if !modes.is_empty() {
         names.push("links".to_owned());
     }

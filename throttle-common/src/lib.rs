@@ -45,7 +45,10 @@ pub mod map_name {
     pub const CAPTURED: &str = "CAPTURED";
     pub const RULE_COUNTS: &str = "RULE_COUNTS";
     pub const BUCKET_LOCKS: &str = "BUCKET_LOCKS";
-    /// Every map, in the order the daemon pins and adopts them.
+    /// The program that passed packets continue into (`--chain`).
+    pub const CHAIN: &str = "CHAIN";
+    /// Every map an adoption needs, in the order the daemon pins and adopts
+    /// them.
     pub const ALL: [&str; 21] = [
         CONFIG,
         RULES_V4,
@@ -69,6 +72,15 @@ pub mod map_name {
         RULE_COUNTS,
         BUCKET_LOCKS,
     ];
+    /// Maps added since: pinned and adopted like the others, and made (and
+    /// pinned) when the pins of a build without them are adopted, so that
+    /// adopting those stays hitless.
+    pub const ADDED: [&str; 1] = [CHAIN];
+
+    /// Every map pinned: [`ALL`], then [`ADDED`].
+    pub fn pinned() -> impl Iterator<Item = &'static str> {
+        ALL.into_iter().chain(ADDED)
+    }
 }
 
 /// Name of the XDP program.
@@ -164,6 +176,9 @@ pub mod flags {
     pub const SETS_V6: u32 = 1 << 12;
     /// A capture of dropped packets runs ([`crate::CaptureConfig`]).
     pub const CAPTURE: u32 = 1 << 13;
+    /// A program follows (`--chain`): what passes is tail-called into slot
+    /// 0 of `CHAIN`, and passes if that slot is empty.
+    pub const CHAIN: u32 = 1 << 14;
 }
 
 /// Global settings: the single entry of the `CONFIG` array.

@@ -5,7 +5,8 @@
 //! bounded walk over extension headers), the class of its protocol and
 //! destination port (in none: passed unless a deny rule matches), the rules
 //! (longest prefix of the source: allow, deny or limit), the source's
-//! buckets (one per limit of its class), the verdict. Every verdict
+//! buckets (one per limit of its class), the verdict; what passes goes on
+//! into the program that follows, when one is chained. Every verdict
 //! reason has a per-CPU counter for each interface. The program fails open:
 //! whatever a packet contains, it returns `XDP_PASS` or `XDP_DROP`, never
 //! `XDP_ABORTED`.
@@ -37,7 +38,7 @@ use throttle_common::{
 
 use crate::{
     bucket::{Ban, Charge},
-    maps::{CLASSES, CONFIG},
+    maps::{CHAIN, CLASSES, CONFIG},
     rules::Selected,
     stats::count,
 };
@@ -52,20 +53,36 @@ pub fn throttle(ctx: XdpContext) -> u32 {
     let counters = stats::base_of(&ctx, config);
     let verdict = judge(&ctx, config);
     count(counters, verdict);
-    if !reason::drops(verdict) {
-        return XDP_PASS;
-    }
-    // Only the flags and the counters' slot live on past the capture call:
-    // the program's stack is near its bound.
+    // Only the flags and the counters' slot live on past the judgement and
+    // the capture call: the program's stack is near its bound.
     let config_flags = config.flags;
+    if !reason::drops(verdict) {
+        return pass(&ctx, config_flags);
+    }
     if config_flags & flags::CAPTURE != 0 {
         capture::dropped(ctx.ctx, verdict, config_flags);
     }
     if config_flags & flags::DRY_RUN != 0 {
         count(counters, reason::DRY_RUN_PASS);
-        return XDP_PASS;
+        return pass(&ctx, config_flags);
     }
     XDP_DROP
+}
+
+/// Passes a packet: into the program that follows when there is one
+/// ([`flags::CHAIN`]), to the stack otherwise. The tail call stays in the
+/// entry function: the verifier bounds the stack of the frames under a
+/// tail call made from a called function to 256 bytes, which this
+/// program's exceed. With a constant slot, the JIT makes it a direct jump.
+#[inline(always)]
+fn pass(ctx: &XdpContext, config_flags: u32) -> u32 {
+    if config_flags & flags::CHAIN != 0 {
+        // SAFETY: on success the program that follows returns the verdict
+        // in this program's place; nothing here is left to run or release.
+        // An empty slot returns here.
+        unsafe { CHAIN.tail_call(ctx, 0) };
+    }
+    XDP_PASS
 }
 
 /// The verdict reason for one packet.

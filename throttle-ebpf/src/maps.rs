@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, ProgramArray, RingBuf},
 };
 use throttle_common::{
     class_of, event, reason, rule_filter, set_rules, table, table::Slot, CaptureConfig, ClassConfig, Config,
@@ -91,6 +91,10 @@ pub static RULE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::
 /// When each deny rule (by id, modulo the slots) last dropped a packet, ns.
 #[map(name = "RULE_HITS")]
 pub static RULE_HITS: Array<u64> = Array::with_max_entries(event::HIT_SLOTS, 0);
+
+/// The program passed packets continue into, in slot 0 (`--chain`).
+#[map(name = "CHAIN")]
+pub static CHAIN: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// What a running capture copies ([`throttle_common::CaptureConfig`]).
 #[map(name = "CAPTURE")]

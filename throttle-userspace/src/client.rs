@@ -821,6 +821,12 @@ fn status_table(v: &Value) -> String {
         let row = vec![cell(&fleet["node"]), cell(&fleet["policy_version"]), cell(&fleet["state"])];
         out.push_str(&table(&["FLEET NODE", "POLICY VERSION", "STATE"], &[row]));
     }
+    if v["chain"].is_object() {
+        out.push('\n');
+        let chain = &v["chain"];
+        let row = vec![cell(&chain["name"]), cell(&chain["id"]), cell(&chain["path"])];
+        out.push_str(&table(&["PASSED PACKETS CONTINUE INTO", "PROGRAM ID", "PINNED AT"], &[row]));
+    }
     out
 }
 

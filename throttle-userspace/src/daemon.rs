@@ -65,6 +65,22 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             "adopted the pinned maps: buckets and counters carry on"
         );
     }
+    if let Err(err) = dataplane.set_chain(settings.chain.as_deref()) {
+        if let Err(undo) = dataplane.abandon() {
+            tracing::warn!("undoing the start: {undo}");
+        }
+        return Err(err.into());
+    }
+    if let Some(chained) = dataplane.chained() {
+        tracing::info!(
+            path = %chained.path.display(),
+            id = chained.id,
+            name = %chained.name,
+            "what throttle passes continues into XDP program {:?} (id {})",
+            chained.name,
+            chained.id
+        );
+    }
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(runtime::forward_ebpf_logs(logger));
     }

@@ -57,6 +57,9 @@ pub struct DaemonSection {
     pub token_file: Option<PathBuf>,
     /// Capacity of the bucket map: how many sources are tracked at once.
     pub max_sources: Option<u32>,
+    /// An XDP program pinned on bpffs that what throttle passes continues
+    /// into.
+    pub chain: Option<PathBuf>,
 }
 
 /// `redis` of `[cluster]`: one URL, or a list of seeds for Redis Cluster.
@@ -155,6 +158,11 @@ pub struct DaemonArgs {
     /// Capacity of the bucket map: sources tracked at once [default: 1048576].
     #[arg(long, value_name = "N")]
     pub max_sources: Option<u32>,
+    /// An XDP program pinned on bpffs (`bpftool prog load ... PATH`) that
+    /// what throttle passes continues into, on every interface, instead of
+    /// the stack.
+    #[arg(long, value_name = "PINNED_PROG")]
+    pub chain: Option<PathBuf>,
     /// Fleet mode on this Redis (`redis://HOST:PORT/DB`, `rediss://` for
     /// TLS), over `cluster.redis`; the password goes in `cluster.password_file`.
     #[arg(long, value_name = "URL")]
@@ -175,6 +183,8 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     pub token_file: Option<PathBuf>,
     pub max_sources: u32,
+    /// The pinned XDP program what passes continues into.
+    pub chain: Option<PathBuf>,
     pub policy: Policy,
     /// The adaptive controller's settings, when the file has `[adaptive]`.
     pub adaptive: Option<AdaptiveConfig>,
@@ -247,6 +257,13 @@ impl Settings {
                 format!("must be between {MIN_SOURCES} and {MAX_SOURCES_LIMIT}"),
             ));
         }
+        let chain = args.chain.clone().or(daemon.chain);
+        if let Some(path) = &chain {
+            let text = path.to_string_lossy();
+            if text.is_empty() || text.contains('\0') {
+                return Err(Invalid::new("daemon.chain", format!("{text:?}"), "not the path of a pinned program"));
+            }
+        }
         Ok(Self {
             interfaces,
             xdp_mode: args.xdp_mode.or(daemon.xdp_mode).unwrap_or_default(),
@@ -259,6 +276,7 @@ impl Settings {
             pin_dir: args.pin_dir.clone().or(daemon.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             token_file: args.token_file.clone().or(daemon.token_file),
             max_sources,
+            chain,
             policy,
             adaptive,
             cluster,

@@ -23,7 +23,7 @@ use crate::{
         top_buckets, BanView, ChangeError, ExplainView, RankBy, RuleView, SetLoad, SetsView, SourceView,
     },
     controller::ParamsUpdate,
-    kernel::{counters_label, explain::Probe, Counters, KernelError},
+    kernel::{counters_label, explain::Probe, Chained, Counters, KernelError},
     policy::{
         self, Action, Class, ClassName, Limits, LimitsPatch, Proto, Rate, RuleSpec, Scope, SetName, Unmatched,
     },
@@ -174,6 +174,10 @@ pub struct StatusView {
     /// stands with the fleet; none when the daemon runs alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// The XDP program what throttle passes continues into (`--chain`);
+    /// none: passed packets go to the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chained>,
 }
 
 /// A node's place in its fleet, as `GET /v1/status` shows it.
@@ -217,6 +221,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusView> {
             dry_run: c.limits().dry_run,
             scale: c.scale(),
             fleet: fleet.map(|(node, state)| FleetStatus { node, policy_version: c.fleet_version(), state }),
+            chain: c.kernel().chained(),
         }
     }))
 }

@@ -88,6 +88,8 @@ pub enum KernelError {
     Replace { path: PathBuf, source: ProgramError },
     #[error("the attachment to {iface} is not a bpf_link, which is what can be pinned: {source}")]
     Unpinnable { iface: String, source: LinkError },
+    #[error(transparent)]
+    Chain(#[from] super::chain::ChainError),
 }
 
 /// A layout version as read from pinned maps: `None` when the `CONFIG` map

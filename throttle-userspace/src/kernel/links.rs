@@ -222,7 +222,7 @@ impl Dataplane {
         }
         if !self.adopted() {
             let maps = pins.maps();
-            for name in map_name::ALL {
+            for name in map_name::pinned() {
                 record(remove_pin(&maps.join(name)));
             }
             // The link directories stay when an earlier daemon left links
@@ -334,7 +334,7 @@ impl Dataplane {
         // The links this process holds whose pin is gone already.
         self.links.clear();
         let maps = pins.maps();
-        for name in map_name::ALL {
+        for name in map_name::pinned() {
             record(remove_pin(&maps.join(name)));
         }
         record(pins.remove_dirs());

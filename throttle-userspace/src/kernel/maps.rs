@@ -20,7 +20,9 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{
+        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray, RingBuf,
+    },
     programs::{links::FdLink, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -32,13 +34,13 @@ use throttle_common::{
 
 use super::{
     error::{map_err, syscall_err, KernelError},
-    pins::{check_pinned, pin_exists, pin_new_maps, remove_pin, PinDir},
+    pins::{check_pinned, pin_added_maps, pin_exists, pin_new_maps, remove_pin, PinDir},
     plan::{Placement, Plan, TrieKey},
     rule_filter::Region,
     sets::SetTries,
     sys::{self, if_index},
     table::BucketTable,
-    Attachment, Counters, NewcomerShare,
+    Attachment, Chained, Counters, NewcomerShare,
 };
 
 /// The XDP object, built for the BPF target by `build.rs`.
@@ -102,6 +104,10 @@ pub struct Dataplane {
     capture: Array<MapData, CaptureConfig>,
     captured: Option<RingBuf<MapData>>,
     rule_counts: PerCpuArray<MapData, u64>,
+    /// The program passed packets continue into, in slot 0.
+    pub(super) chain: ProgramArray<MapData>,
+    /// What `chain` holds ([`Dataplane::set_chain`]).
+    pub(super) chained: Option<Chained>,
     /// What the maps hold, which the next write is diffed against.
     pub(super) held: Held,
     /// Whether this daemon wrote a plan yet (before, the configuration is
@@ -223,7 +229,7 @@ impl Dataplane {
             return Self::from_object(options.max_sources, Origin::Created(pins)).inspect_err(|_| {
                 // Whatever this load pinned before it failed goes (there was
                 // no map pinned here before it), and so do the directories.
-                for name in map_name::ALL {
+                for name in map_name::pinned() {
                     let _ = remove_pin(&made.maps().join(name));
                 }
                 let _ = made.remove_dirs();
@@ -258,6 +264,12 @@ impl Dataplane {
             for name in map_name::ALL {
                 loader.map_pin_path(name, pins.maps().join(name));
             }
+            for name in map_name::ADDED {
+                let path = pins.maps().join(name);
+                if pin_exists(&path)? {
+                    loader.map_pin_path(name, path);
+                }
+            }
         }
         let mut ebpf = loader.load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -281,7 +293,10 @@ impl Dataplane {
                 pin_new_maps(&mut ebpf, &pins)?;
                 (Some(pins), false)
             }
-            Origin::Adopted(pins) => (Some(pins), true),
+            Origin::Adopted(pins) => {
+                pin_added_maps(&mut ebpf, &pins)?;
+                (Some(pins), true)
+            }
         };
         let mut config: Array<MapData, Config> = take(&mut ebpf, map_name::CONFIG)?;
         let buckets = open_table(&mut ebpf, &mut config, adopted)?;
@@ -319,6 +334,8 @@ impl Dataplane {
             capture: take(&mut ebpf, map_name::CAPTURE)?,
             captured: Some(take(&mut ebpf, map_name::CAPTURED)?),
             rule_counts: take(&mut ebpf, map_name::RULE_COUNTS)?,
+            chain: take(&mut ebpf, map_name::CHAIN)?,
+            chained: None,
             held: Held::default(),
             written: false,
             slots,

@@ -8,10 +8,12 @@
 //! - `links.rs`: attaching, taking over pinned links, detaching;
 //! - `pins.rs`: the pin directory and the adoption checks;
 //! - `sets.rs`: the IP sets' prefixes into their tries, in batches;
+//! - `chain.rs`: the program that what passes continues into (`--chain`);
 //! - `sys.rs`: the system calls aya does not wrap.
 //!
 //! The control plane sees all of it through [`Kernel`].
 
+mod chain;
 mod error;
 pub mod explain;
 mod links;
@@ -29,6 +31,7 @@ use std::{fmt, sync::Arc};
 use throttle_common::{reason, Bucket, BucketKey};
 
 pub use self::{
+    chain::{ChainError, Chained},
     error::KernelError,
     maps::{bucket_key, masked_key, BucketWalker, Dataplane, EventStats, Options, ProgramLogger},
     plan::{compile, Plan, SetPlace},
@@ -159,6 +162,10 @@ pub trait Kernel: Send {
     /// its maps were adopted and nothing was written yet).
     fn set_slots_in_use(&self) -> Vec<u32>;
     fn attachments(&self) -> Vec<Attachment>;
+    /// The program what passes continues into (`--chain`), if one does.
+    fn chained(&self) -> Option<Chained> {
+        None
+    }
     fn max_sources(&self) -> u32;
     /// The version of the configuration in force.
     fn version(&self) -> u64;
@@ -247,6 +254,10 @@ impl Kernel for Dataplane {
 
     fn attachments(&self) -> Vec<Attachment> {
         Dataplane::attachments(self).to_vec()
+    }
+
+    fn chained(&self) -> Option<Chained> {
+        Dataplane::chained(self).cloned()
     }
 
     fn max_sources(&self) -> u32 {

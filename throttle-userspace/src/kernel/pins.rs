@@ -402,6 +402,15 @@ const EXPECTED: [Expected; map_name::ALL.len()] = [
     },
 ];
 
+/// The maps of [`map_name::ADDED`], checked when they are pinned.
+const ADDED_EXPECTED: [Expected; map_name::ADDED.len()] = [Expected {
+    name: map_name::CHAIN,
+    map_type: MapType::ProgramArray,
+    key_size: size_of::<u32>(),
+    value_size: size_of::<u32>(),
+    max_entries: Some(1),
+}];
+
 /// Checks that the maps pinned in `maps` (under `dir`) can be adopted: the
 /// layout version first, since under another one nothing else need match,
 /// then every map's type, key and value sizes and capacity.
@@ -419,39 +428,12 @@ pub(super) fn check_pinned(dir: &Path, maps: &Path) -> Result<(), KernelError> {
         });
     }
     for expected in &EXPECTED {
+        check_map(dir, &maps.join(expected.name), expected)?;
+    }
+    for expected in &ADDED_EXPECTED {
         let path = maps.join(expected.name);
-        let info = MapInfo::from_pin(&path)
-            .map_err(|source| KernelError::PinnedMap { path: path.clone(), source })?;
-        let mismatch = |property, found: String, wanted: String| KernelError::Incompatible {
-            dir: dir.to_path_buf(),
-            map: expected.name,
-            property,
-            found,
-            expected: wanted,
-        };
-        match info.map_type() {
-            Ok(found) if found == expected.map_type => {}
-            Ok(found) => {
-                return Err(mismatch("type", format!("{found:?}"), format!("{:?}", expected.map_type)));
-            }
-            Err(_) => {
-                return Err(mismatch("type", "an unknown one".to_owned(), format!("{:?}", expected.map_type)))
-            }
-        }
-        if info.key_size() as usize != expected.key_size {
-            return Err(mismatch("key size", info.key_size().to_string(), expected.key_size.to_string()));
-        }
-        if info.value_size() as usize != expected.value_size {
-            return Err(mismatch(
-                "value size",
-                info.value_size().to_string(),
-                expected.value_size.to_string(),
-            ));
-        }
-        if let Some(max_entries) = expected.max_entries {
-            if info.max_entries() != max_entries {
-                return Err(mismatch("capacity", info.max_entries().to_string(), max_entries.to_string()));
-            }
+        if pin_exists(&path)? {
+            check_map(dir, &path, expected)?;
         }
     }
     // The locks follow the table's capacity: a bit for each of its groups.
@@ -471,6 +453,38 @@ pub(super) fn check_pinned(dir: &Path, maps: &Path) -> Result<(), KernelError> {
             found: locks.to_string(),
             expected: needed.to_string(),
         });
+    }
+    Ok(())
+}
+
+/// Checks one pinned map against what this build expects of it.
+fn check_map(dir: &Path, path: &Path, expected: &Expected) -> Result<(), KernelError> {
+    let info =
+        MapInfo::from_pin(path).map_err(|source| KernelError::PinnedMap { path: path.to_path_buf(), source })?;
+    let mismatch = |property, found: String, wanted: String| KernelError::Incompatible {
+        dir: dir.to_path_buf(),
+        map: expected.name,
+        property,
+        found,
+        expected: wanted,
+    };
+    match info.map_type() {
+        Ok(found) if found == expected.map_type => {}
+        Ok(found) => {
+            return Err(mismatch("type", format!("{found:?}"), format!("{:?}", expected.map_type)));
+        }
+        Err(_) => return Err(mismatch("type", "an unknown one".to_owned(), format!("{:?}", expected.map_type))),
+    }
+    if info.key_size() as usize != expected.key_size {
+        return Err(mismatch("key size", info.key_size().to_string(), expected.key_size.to_string()));
+    }
+    if info.value_size() as usize != expected.value_size {
+        return Err(mismatch("value size", info.value_size().to_string(), expected.value_size.to_string()));
+    }
+    if let Some(max_entries) = expected.max_entries {
+        if info.max_entries() != max_entries {
+            return Err(mismatch("capacity", info.max_entries().to_string(), max_entries.to_string()));
+        }
     }
     Ok(())
 }
@@ -517,7 +531,7 @@ pub(super) fn pin_new_maps(ebpf: &mut Ebpf, pins: &PinDir) -> Result<(), KernelE
     }
     fs::create_dir(&staging).map_err(pin_dir_err(&staging))?;
     let pinned = (|| {
-        for name in map_name::ALL {
+        for name in map_name::pinned() {
             let map = ebpf.map(name).ok_or(KernelError::Missing { what: "map", name })?;
             let path = staging.join(name);
             map.pin(&path).map_err(|source| KernelError::Pin { path, source })?;
@@ -529,4 +543,17 @@ pub(super) fn pin_new_maps(ebpf: &mut Ebpf, pins: &PinDir) -> Result<(), KernelE
         let _ = fs::remove_dir_all(&staging);
     }
     pinned
+}
+
+/// Pins the maps of [`map_name::ADDED`] that adopted pins lack (left by a
+/// build without them), beside the others.
+pub(super) fn pin_added_maps(ebpf: &mut Ebpf, pins: &PinDir) -> Result<(), KernelError> {
+    for name in map_name::ADDED {
+        let path = pins.maps().join(name);
+        if !pin_exists(&path)? {
+            let map = ebpf.map(name).ok_or(KernelError::Missing { what: "map", name })?;
+            map.pin(&path).map_err(|source| KernelError::Pin { path, source })?;
+        }
+    }
+    Ok(())
 }

@@ -23,8 +23,8 @@ pub type TrieKey<const N: usize> = (u8, [u8; N]);
 /// policy decides. The writer adds the rest ([`Placement`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// [`flags`], less [`flags::ONE_IFACE`] (the attachments decide it) and
-    /// [`flags::CAPTURE`] (a capture's).
+    /// [`flags`], less [`flags::ONE_IFACE`] (the attachments decide it),
+    /// [`flags::CAPTURE`] (a capture's) and [`flags::CHAIN`] (`--chain`).
     pub flags: u32,
     pub new_source_limit: Limit,
 }
@@ -112,7 +112,7 @@ impl Plan {
     #[must_use]
     pub fn settings_of(config: &Config) -> Settings {
         Settings {
-            flags: config.flags & !(flags::ONE_IFACE | flags::CAPTURE),
+            flags: config.flags & !(flags::ONE_IFACE | flags::CAPTURE | flags::CHAIN),
             new_source_limit: config.new_source_limit,
         }
     }

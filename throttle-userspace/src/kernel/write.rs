@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{lpm_trie::Key, LpmTrie, MapData};
-use throttle_common::{map_name, rule_filter, set_rules, ClassConfig, Config, Rule, MAX_SETS};
+use throttle_common::{flags, map_name, rule_filter, set_rules, ClassConfig, Config, Rule, MAX_SETS};
 
 use super::{
     error::{map_err, KernelError},
@@ -165,6 +165,7 @@ impl Dataplane {
         let (bucket_seed, bucket_groups) = self.table_geometry();
         let NewcomerShare { known_before, share: newcomer_share } = self.newcomers;
         let config = Config {
+            flags: config.flags | if self.chained.is_some() { flags::CHAIN } else { 0 },
             bucket_seed,
             bucket_groups,
             default_share: self.default_share,
