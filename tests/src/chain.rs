@@ -34,7 +34,6 @@ pub enum Flavour {
 /// The counting program, pinned; the pin is removed on drop.
 pub struct CountingProgram {
     map: OwnedFd,
-    prog: OwnedFd,
     pin: PathBuf,
 }
 
@@ -96,12 +95,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 impl CountingProgram {
     /// Loads the program and pins it at `pin` (on bpffs).
     pub fn load(pin: &Path, flavour: Flavour) -> io::Result<Self> {
-        let map = Attr::new()
-            .u32(0, BPF_MAP_TYPE_ARRAY)
-            .u32(4, 4)
-            .u32(8, 8)
-            .u32(12, 1)
-            .fd(BPF_MAP_CREATE)?;
+        let map = Attr::new().u32(0, BPF_MAP_TYPE_ARRAY).u32(4, 4).u32(8, 8).u32(12, 1).fd(BPF_MAP_CREATE)?;
         let map_fd = map.as_raw_fd();
         let program: Vec<[u8; 8]> = vec![
             // *(u32 *)(r10 - 4) = 0: the key.
@@ -150,10 +144,12 @@ impl CountingProgram {
             .u64(0, path.as_ptr() as u64)
             .u32(8, u32::try_from(prog.as_raw_fd()).expect("a descriptor"))
             .call(BPF_OBJ_PIN)?;
-        Ok(Self { map, prog, pin: pin.to_path_buf() })
+        // The pin holds the program from here on.
+        Ok(Self { map, pin: pin.to_path_buf() })
     }
 
     /// Packets the program has seen.
+    #[must_use]
     pub fn count(&self) -> u64 {
         let key = 0u32;
         let mut value = 0u64;
@@ -167,13 +163,9 @@ impl CountingProgram {
     }
 
     /// Where it is pinned.
+    #[must_use]
     pub fn pin(&self) -> &Path {
         &self.pin
-    }
-
-    /// The program's descriptor (for `BPF_PROG_TEST_RUN`).
-    pub fn fd(&self) -> &OwnedFd {
-        &self.prog
     }
 }
 

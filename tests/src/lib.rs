@@ -16,6 +16,7 @@ pub mod chain;
 pub mod daemon;
 pub mod ethtool;
 pub mod frames;
+pub mod fuzz;
 mod http;
 pub mod measure;
 pub mod netns;

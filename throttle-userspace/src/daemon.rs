@@ -52,35 +52,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} for the admin API (--admin)", settings.admin))?;
     let store = Store::open(&settings.state_dir)?;
 
-    let mut dataplane = Dataplane::open(&Options {
-        max_sources: settings.max_sources,
-        pin_dir: Some(settings.pin_dir.clone()),
-    })
-    .context("loading the XDP program")?;
-    if dataplane.adopted() {
-        tracing::info!(
-            pin_dir = %settings.pin_dir.display(),
-            version = dataplane.version(),
-            max_sources = dataplane.max_sources(),
-            "adopted the pinned maps: buckets and counters carry on"
-        );
-    }
-    if let Err(err) = dataplane.set_chain(settings.chain.as_deref()) {
-        if let Err(undo) = dataplane.abandon() {
-            tracing::warn!("undoing the start: {undo}");
-        }
-        return Err(err.into());
-    }
-    if let Some(chained) = dataplane.chained() {
-        tracing::info!(
-            path = %chained.path.display(),
-            id = chained.id,
-            name = %chained.name,
-            "what throttle passes continues into XDP program {:?} (id {})",
-            chained.name,
-            chained.id
-        );
-    }
+    let mut dataplane = open_dataplane(&settings)?;
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(runtime::forward_ebpf_logs(logger));
     }
@@ -138,6 +110,41 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     state.with_control(move |c| c.release(keep)).await.context("detaching")?;
     Ok(())
+}
+
+/// Loads the program (or adopts the pinned one's maps) and sets the
+/// program that follows it; a chain refused undoes the load.
+fn open_dataplane(settings: &Settings) -> anyhow::Result<Dataplane> {
+    let mut dataplane = Dataplane::open(&Options {
+        max_sources: settings.max_sources,
+        pin_dir: Some(settings.pin_dir.clone()),
+    })
+    .context("loading the XDP program")?;
+    if dataplane.adopted() {
+        tracing::info!(
+            pin_dir = %settings.pin_dir.display(),
+            version = dataplane.version(),
+            max_sources = dataplane.max_sources(),
+            "adopted the pinned maps: buckets and counters carry on"
+        );
+    }
+    if let Err(err) = dataplane.set_chain(settings.chain.as_deref()) {
+        if let Err(undo) = dataplane.abandon() {
+            tracing::warn!("undoing the start: {undo}");
+        }
+        return Err(err.into());
+    }
+    if let Some(chained) = dataplane.chained() {
+        tracing::info!(
+            path = %chained.path.display(),
+            id = chained.id,
+            name = %chained.name,
+            "what throttle passes continues into XDP program {:?} (id {})",
+            chained.name,
+            chained.id
+        );
+    }
+    Ok(dataplane)
 }
 
 /// The part of the start that may fail once the maps are loaded: the fleet,

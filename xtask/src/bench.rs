@@ -26,7 +26,8 @@ pub struct Options {
     /// run, for CI. Leaves the README's chart alone.
     #[arg(long)]
     pub quick: bool,
-    /// Only these parts (comma-separated: cost, flood, live, scale, admin).
+    /// Only these parts (comma-separated: cost, flood, live, scale, admin, fuzz;
+    /// soak runs only when named).
     #[arg(long)]
     pub parts: Option<String>,
 }

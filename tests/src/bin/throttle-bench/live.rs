@@ -33,6 +33,7 @@ use std::{
     mem::size_of,
     net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -74,7 +75,7 @@ const TCP_SYN: u8 = 0x02;
 const FRAME_LEN: usize = 60;
 /// Frames per `BPF_PROG_TEST_RUN` call: the kernel averages its duration
 /// per call; several calls per run show the run is steady.
-const CALL_FRAMES: u32 = 1 << 20;
+pub const CALL_FRAMES: u32 = 1 << 20;
 /// Frames handed to the program per batch (`batch_size`; the kernel's
 /// default is 64 and its most 256).
 const BATCH: u32 = 64;
@@ -86,7 +87,7 @@ const DAEMON_READY: Duration = Duration::from_secs(30);
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// The verdicts the generator is told to return.
 const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
+pub const XDP_TX: u32 = 3;
 /// The parity bound: the share of frames a limiter dropped may differ from
 /// the median of its flood's limiters by this much.
 const PARITY: f64 = 0.02;
@@ -389,7 +390,7 @@ pub fn run(settings: &Settings, progress: &Progress) -> Results {
 /// sources have no route back, so what passes every filter ends in the
 /// routing step of `ip_rcv`, the same way for every system, and no reply
 /// goes back.
-fn prepare(pair: &VethPair) {
+pub fn prepare(pair: &VethPair) {
     for ns in [&pair.sender, &pair.receiver] {
         ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
     }
@@ -443,7 +444,7 @@ fn check(flood: &Flood, run: &Run, failures: &mut Vec<String>) {
 /// the sender's MAC to the receiver's, to [`DESTINATION`], padded to
 /// [`FRAME_LEN`]. The generator writes the source, the port, the flags and
 /// the IPv4 checksum. The TCP checksum is left 0: no frame reaches TCP.
-fn template(pair: &VethPair, flood: &Flood) -> Vec<u8> {
+pub fn template(pair: &VethPair, flood: &Flood) -> Vec<u8> {
     let mac = |m: &str| -> Vec<u8> {
         m.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address")).collect()
     };
@@ -487,7 +488,7 @@ fn template(pair: &VethPair, flood: &Flood) -> Vec<u8> {
 }
 
 /// The generator, loaded, with its maps.
-struct Generator {
+pub struct Generator {
     _ebpf: Ebpf,
     fd: i32,
     params: Array<MapData, [u32; 8]>,
@@ -508,7 +509,7 @@ struct Generated {
 }
 
 impl Generator {
-    fn load(cpu: usize) -> Self {
+    pub fn load(cpu: usize) -> Self {
         let mut ebpf = Ebpf::load(GENERATOR_OBJECT).unwrap_or_else(|e| panic!("loading the generator: {e}"));
         let program: &mut Xdp = ebpf
             .program_mut(GENERATOR_PROGRAM)
@@ -524,7 +525,7 @@ impl Generator {
         Self { _ebpf: ebpf, fd, params, sent, cpu, ksoftirqd: ksoftirqd(cpu) }
     }
 
-    fn sent(&self) -> u64 {
+    pub fn sent(&self) -> u64 {
         self.sent.get(&0, 0).unwrap_or_else(|e| panic!("reading {GENERATOR_SENT}: {e}")).iter().sum()
     }
 
@@ -537,10 +538,26 @@ impl Generator {
         ns
     }
 
-    /// Sends `frames` frames of `flood` (verdict `XDP_TX`) or makes and drops
-    /// them (`XDP_DROP`), from a thread in the sender namespace pinned to the
-    /// generator's CPU.
-    fn generate(&mut self, pair: &VethPair, flood: &Flood, frames: u64, verdict: u32) -> Generated {
+    /// Sends frames of `flood` out of the sending veth, [`CALL_FRAMES`] at a
+    /// time, from a thread in the sender namespace pinned to the
+    /// generator's CPU, until `stop` is set: how many it sent.
+    pub fn send_until(&mut self, pair: &VethPair, flood: &Flood, stop: &AtomicBool) -> u64 {
+        self.set_params(flood, XDP_TX);
+        let frame = template(pair, flood);
+        let (fd, cpu, tx_if) = (self.fd, self.cpu, pair.tx_if.clone());
+        let sent_before = self.sent();
+        pair.sender.run(move || {
+            pin_thread(cpu);
+            let ifindex = ifindex(&tx_if);
+            while !stop.load(Ordering::Relaxed) {
+                live_test_run(fd, &frame, ifindex, CALL_FRAMES)
+                    .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN with live frames on {tx_if}: {e}"));
+            }
+        });
+        self.sent() - sent_before
+    }
+
+    fn set_params(&mut self, flood: &Flood, verdict: u32) {
         let mut params = [0u32; 8];
         params[P_SRC_BASE] = u32::from(flood.base);
         params[P_SRC_MASK] = flood.sources - 1;
@@ -552,6 +569,13 @@ impl Generator {
         };
         params[P_VERDICT] = verdict;
         self.params.set(0, params, 0).unwrap_or_else(|e| panic!("writing {GENERATOR_PARAMS}: {e}"));
+    }
+
+    /// Sends `frames` frames of `flood` (verdict `XDP_TX`) or makes and drops
+    /// them (`XDP_DROP`), from a thread in the sender namespace pinned to the
+    /// generator's CPU.
+    fn generate(&mut self, pair: &VethPair, flood: &Flood, frames: u64, verdict: u32) -> Generated {
+        self.set_params(flood, verdict);
         let frame = template(pair, flood);
         let (fd, cpu, tx_if) = (self.fd, self.cpu, pair.tx_if.clone());
         let sent_before = self.sent();
@@ -656,12 +680,12 @@ fn set_affinity(set: &libc::cpu_set_t) {
 /// The calling thread bound to every CPU but the generator's while it
 /// lives (what it starts inherits that), and its former affinity restored
 /// on drop. On a machine of one CPU it changes nothing.
-struct Affinity {
+pub struct Affinity {
     saved: libc::cpu_set_t,
 }
 
 impl Affinity {
-    fn others(cpu: usize, cpus: usize) -> Self {
+    pub fn others(cpu: usize, cpus: usize) -> Self {
         // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
         let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: pid 0 is the calling thread; `saved` is writable.
@@ -748,7 +772,7 @@ impl<'a> Receiving<'a> {
 /// (`[limits]`, which takes a rate per second; a rate per minute goes in a
 /// class matching the flood's protocol and port), a bucket map sized for
 /// twice the sources, and the first-seen budget off or at [`BUDGET`].
-fn throttle_config(flood: &Flood, budget: bool) -> String {
+pub fn throttle_config(flood: &Flood, budget: bool) -> String {
     let budget = if budget {
         format!("new_source_rate = {BUDGET}\nnew_source_burst = {BUDGET}")
     } else {
@@ -783,7 +807,7 @@ fn throttle_config(flood: &Flood, budget: bool) -> String {
 const BUDGET: u64 = 10_000;
 
 /// Frames the receiving veth's XDP program got, and dropped.
-fn xdp_counts(pair: &VethPair) -> (u64, u64) {
+pub fn xdp_counts(pair: &VethPair) -> (u64, u64) {
     let stats = ethtool::stats(&pair.receiver, &pair.rx_if);
     let sum = |suffix: &str| stats.iter().filter(|(name, _)| name.ends_with(suffix)).map(|(_, v)| v).sum();
     (sum("_xdp_packets"), sum("_xdp_drops"))

@@ -10,7 +10,13 @@
 //!    verdict counts that show every limiter did the same work;
 //! 5. the bucket map with many tracked sources: memory, top 20;
 //! 6. the admin API of the real daemon with many tracked sources;
-//! 7. only when named (`--parts soak`, ten minutes): the daemon under
+//! 7. (`kills`) ten SIGKILLs in a row under the live generator's flood at
+//!    line rate: no frame unmetered, no fresh burst, exact counts;
+//! 8. (`fuzz`) differential fuzzing of the packet path: ten million
+//!    generated frames (`--quick`: 100 000), each verdict and the counters
+//!    against the reference model of `throttle_tests::fuzz`; a
+//!    disagreement fails the run;
+//! 9. only when named (`--parts soak`, ten minutes): the daemon under
 //!    churn, its memory, descriptors and API p99 by thirds, a leak failing
 //!    the run.
 //!
@@ -21,7 +27,7 @@
 //! no figure. Needs root.
 //!
 //! ```text
-//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,live,scale,admin,soak]
+//! throttle-bench [--quick] [--out DIR] [--chart-copy FILE] [--parts cost,flood,live,scale,admin,kills,fuzz,soak]
 //! ```
 
 mod admin;
@@ -30,6 +36,7 @@ mod chart;
 mod cost;
 mod flood;
 mod kernel;
+mod kills;
 mod live;
 mod report;
 mod scale;
@@ -46,7 +53,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{kernel::Machine, report::Report};
 
 /// The parts, in the order they run.
-const PARTS: [&str; 6] = ["cost", "flood", "live", "scale", "admin", "soak"];
+const PARTS: [&str; 8] = ["cost", "flood", "live", "scale", "admin", "kills", "fuzz", "soak"];
+/// Frames of the `fuzz` part, and with `--quick`.
+const FUZZ_FRAMES: usize = 10_000_000;
+const FUZZ_FRAMES_QUICK: usize = 100_000;
 
 /// What to run and where to write.
 #[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
@@ -59,6 +69,8 @@ struct Options {
     live: bool,
     scale: bool,
     admin: bool,
+    kills: bool,
+    fuzz: bool,
     /// Only when named: it takes ten minutes.
     soak: bool,
 }
@@ -73,6 +85,8 @@ fn options() -> Options {
         live: true,
         scale: true,
         admin: true,
+        kills: true,
+        fuzz: true,
         soak: false,
     };
     let mut args = std::env::args().skip(1);
@@ -95,6 +109,8 @@ fn options() -> Options {
                 options.live = parts.contains(&"live");
                 options.scale = parts.contains(&"scale");
                 options.admin = parts.contains(&"admin");
+                options.kills = parts.contains(&"kills");
+                options.fuzz = parts.contains(&"fuzz");
                 options.soak = parts.contains(&"soak");
             }
             "-h" | "--help" => usage(""),
@@ -231,25 +247,17 @@ fn main() {
         admin::Settings { sources: 1 << 20, requests: 5, wrk_secs: 5 }
     };
 
-    let mut steps = 0;
-    if options.cost {
-        steps += cost::steps(&cost_settings);
-    }
-    if options.flood {
-        steps += flood::steps(&flood_settings);
-    }
-    if options.live {
-        steps += live::steps(&live_settings);
-    }
-    if options.scale {
-        steps += scale::STEPS;
-    }
-    if options.admin {
-        steps += admin::STEPS;
-    }
-    if options.soak {
-        steps += soak::STEPS;
-    }
+    let steps = [
+        (options.cost, cost::steps(&cost_settings)),
+        (options.flood, flood::steps(&flood_settings)),
+        (options.live, live::steps(&live_settings)),
+        (options.scale, scale::STEPS),
+        (options.admin, admin::STEPS),
+        (options.kills, kills::STEPS),
+        (options.fuzz, 1),
+        (options.soak, soak::STEPS),
+    ];
+    let steps = steps.iter().filter(|(on, _)| *on).map(|(_, n)| n).sum();
     let progress = Progress::new(steps);
     let started = Instant::now();
     let taken_at = utc_now();
@@ -274,6 +282,11 @@ fn main() {
     let scale = options.scale.then(|| scale::run(scale_settings, &progress, &mut failures));
     let mut admin =
         if options.admin { admin::run(admin_settings, &progress, &mut failures) } else { Vec::new() };
+    let kills = options.kills.then(|| {
+        let settings = kills::Settings { kills: if options.quick { 3 } else { 10 } };
+        kills::run(settings, &progress, &mut failures)
+    });
+    let fuzz = options.fuzz.then(|| run_fuzz(options.quick, &progress, &mut failures));
     if options.soak {
         admin.extend(soak::run(soak::Settings::of(options.quick), &progress, &mut failures));
     }
@@ -289,6 +302,8 @@ fn main() {
         live,
         scale,
         admin,
+        kills,
+        fuzz,
         targets: Vec::new(),
         failures,
     };
@@ -303,6 +318,24 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// The `fuzz` part: frames through the program against the model, a
+/// disagreement failing the run.
+fn run_fuzz(quick: bool, progress: &Progress, failures: &mut Vec<String>) -> throttle_tests::fuzz::Outcome {
+    let frames = if quick { FUZZ_FRAMES_QUICK } else { FUZZ_FRAMES };
+    let seed = throttle_tests::mono_ns() | 1;
+    progress.message(&format!("fuzz: {frames} frames against the model (seed {seed})"));
+    let outcome = throttle_tests::fuzz::run(frames, seed);
+    progress.inc();
+    if !outcome.agreed() {
+        failures.push(format!(
+            "fuzz (seed {seed}): the program and the model disagree: {}{}",
+            outcome.counters.clone().unwrap_or_default(),
+            outcome.mismatches.join("; ")
+        ));
+    }
+    outcome
 }
 
 /// The `live` part, its runs logged.

@@ -11,7 +11,7 @@ use crate::{
     cost::{self, Path},
     flood::{self, Mode, Shape},
     kernel::Machine,
-    live, scale,
+    kills, live, scale,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +25,8 @@ pub struct Report {
     pub live: Option<live::Results>,
     pub scale: Option<scale::Results>,
     pub admin: Vec<admin::Row>,
+    pub kills: Option<kills::Results>,
+    pub fuzz: Option<throttle_tests::fuzz::Outcome>,
     pub targets: Vec<Target>,
     pub failures: Vec<String>,
 }
@@ -334,6 +336,56 @@ fn cost_tables(cost: &cost::Results) -> Vec<Table> {
     out
 }
 
+/// SIGKILLs under a line-rate flood: what was sent, seen and counted.
+fn kills_table(k: &kills::Results) -> Table {
+    #[expect(clippy::cast_precision_loss, reason = "frame counts")]
+    let mpps = k.generated as f64 / k.secs.max(1e-9) / 1e6;
+    let mut t = Table::new(
+        &format!(
+            "{} SIGKILLs in a row under the live generator's flood ({}), each daemon started again at once: \
+             {:.2} s, {mpps:.2} Mpps",
+            k.kills, k.flood, k.secs
+        ),
+        &["what", "frames"],
+    );
+    let rows = [
+        ("sent by the generator", k.generated.to_string()),
+        ("run through XDP on the receiving veth", k.received.to_string()),
+        ("counted by throttle's program", k.counted.to_string()),
+        ("unmetered (seen less counted)", k.received.abs_diff(k.counted).to_string()),
+        ("admitted from the source", k.passed.to_string()),
+        ("one bucket's bound over the run", format!("{:.0}", k.bound)),
+        ("a fresh burst at each start would add", k.fresh_bursts.to_string()),
+        ("starts that found the program detached", k.detached.to_string()),
+    ];
+    for (what, value) in rows {
+        t.row(vec![what.to_owned(), value]);
+    }
+    t
+}
+
+/// The differential fuzz: how many frames, how fast, what they were.
+fn fuzz_table(fuzz: &throttle_tests::fuzz::Outcome) -> Table {
+    #[expect(clippy::cast_precision_loss, reason = "frame counts")]
+    let rate = fuzz.frames as f64 / fuzz.secs.max(1e-9);
+    let mut t = Table::new(
+        &format!(
+            "Differential fuzz: {} generated frames through the program (BPF_PROG_TEST_RUN) in {:.1} s \
+             ({:.0} a second), each verdict and every 10 000 frames' counters against the reference model; \
+             seed {} (THROTTLE_FUZZ_SEED runs it again in tests/tests/fuzz.rs)",
+            fuzz.frames, fuzz.secs, rate, fuzz.seed
+        ),
+        &["what", "frames"],
+    );
+    for (name, n) in &fuzz.by_reason {
+        t.row(vec![format!("verdict {name}"), n.to_string()]);
+    }
+    t.row(vec!["judged on a token's edge (either verdict right)".to_owned(), fuzz.edges.to_string()]);
+    t.row(vec!["verdicts unlike the model's".to_owned(), fuzz.mismatches.len().to_string()]);
+    t.row(vec!["batches whose counters differ".to_owned(), usize::from(fuzz.counters.is_some()).to_string()]);
+    t
+}
+
 /// The flood table's note of runs repeated after their sender stalled.
 fn stalled(stalls: &[String]) -> String {
     if stalls.is_empty() {
@@ -399,6 +451,12 @@ fn tables(report: &Report) -> Vec<Table> {
             t.row(vec![what.to_owned(), value]);
         }
         out.push(t);
+    }
+    if let Some(kills) = &report.kills {
+        out.push(kills_table(kills));
+    }
+    if let Some(fuzz) = &report.fuzz {
+        out.push(fuzz_table(fuzz));
     }
     let mut t = Table::new("Against its targets", &["target", "bound", "measured", "verdict"]);
     for target in &report.targets {
