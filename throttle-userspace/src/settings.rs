@@ -421,6 +421,20 @@ mod tests {
     const CLASSES: &str = include_str!("../../docs/examples/classes.toml");
 
     #[test]
+    fn the_chained_program_from_the_file_or_the_flag() {
+        assert_eq!(parse("").unwrap().chain, None);
+        let file = "[daemon]\nchain = \"/sys/fs/bpf/next\"\n";
+        assert_eq!(parse(file).unwrap().chain.as_deref(), Some(Path::new("/sys/fs/bpf/next")));
+        let args = DaemonArgs { chain: Some("/sys/fs/bpf/other".into()), ..DaemonArgs::default() };
+        let settings = Settings::merge(FileConfig::parse(file).unwrap(), &args).unwrap();
+        assert_eq!(settings.chain.as_deref(), Some(Path::new("/sys/fs/bpf/other")), "the flag wins");
+        for bad in ["\"\"", "\"/sys/fs/bpf/a\\u0000b\""] {
+            let err = parse(&format!("[daemon]\nchain = {bad}\n")).unwrap_err();
+            assert!(err.contains("daemon.chain") && err.contains("pinned program"), "{err}");
+        }
+    }
+
+    #[test]
     fn the_classes_and_the_unmatched_section() {
         let settings = parse("").unwrap();
         assert!(settings.policy.classes.is_empty());
