@@ -139,6 +139,9 @@ pub enum Path {
     /// share of its limit in its bucket (fleet mode on, for that source).
     InBudgetShared,
     OverBudgetShared,
+    /// The in-budget pass into a count-and-pass program that follows
+    /// throttle's (`--chain`): the tail call and the next program's work.
+    InBudgetChained,
 }
 
 impl Path {
@@ -160,6 +163,7 @@ impl Path {
             Self::OverBudgetCaptured => "over-budget drop, capture of 1/100 running",
             Self::InBudgetShared => "in-budget pass, source with a fleet share",
             Self::OverBudgetShared => "over-budget drop, source with a fleet share",
+            Self::InBudgetChained => "in-budget pass into a chained count-and-pass",
         }
     }
 
@@ -171,6 +175,7 @@ impl Path {
             Self::DenyRule | Self::SetHit => reason::DENY_RULE,
             Self::InBudget
             | Self::InBudgetShared
+            | Self::InBudgetChained
             | Self::ClassOne
             | Self::ClassThree
             | Self::ClassTiers
@@ -200,6 +205,7 @@ impl Path {
             Self::ClassOne | Self::ClassThree | Self::ClassTiers => Setup::Classed,
             Self::SetHit | Self::SetMiss => Setup::Sets,
             Self::OverBudgetCaptured => Setup::Capturing,
+            Self::InBudgetChained => Setup::Chained,
         }
     }
 }
@@ -223,9 +229,11 @@ enum Setup {
     Sets,
     /// As `Tight`, with a capture of one in 100 drops running.
     Capturing,
+    /// As `Open`, with the baseline's count-and-pass program chained.
+    Chained,
 }
 
-const SETUPS: [Setup; 8] = [
+const SETUPS: [Setup; 9] = [
     Setup::Open,
     Setup::Scoped,
     Setup::Listed,
@@ -234,6 +242,7 @@ const SETUPS: [Setup; 8] = [
     Setup::Classed,
     Setup::Sets,
     Setup::Capturing,
+    Setup::Chained,
 ];
 
 /// One measured row.
@@ -390,6 +399,7 @@ fn specs() -> Vec<Spec> {
         Path::OverBudgetCaptured,
         Path::InBudgetShared,
         Path::OverBudgetShared,
+        Path::InBudgetChained,
     ] {
         for v4 in [true, false] {
             specs.push(Spec { path, family: Some(v4), rules: RuleSet::Empty });
@@ -541,7 +551,9 @@ impl Target {
             ..Limits::default()
         };
         let limits = match setup {
-            Setup::Open | Setup::Scoped | Setup::Listed | Setup::Classed | Setup::Sets => open,
+            Setup::Open | Setup::Scoped | Setup::Listed | Setup::Classed | Setup::Sets | Setup::Chained => {
+                open
+            }
             Setup::Tight | Setup::Capturing => Limits { rate: Rate::per_second(1), burst: 1, ..open },
             Setup::NewSourceBudget => Limits { new_source_rate: 1, new_source_burst: 1, ..open },
         };
@@ -592,6 +604,9 @@ impl Target {
             _ => {}
         }
         xdp::write(&mut dataplane, &mut ids, &policy);
+        if setup == Setup::Chained {
+            chain_count_and_pass(&mut dataplane);
+        }
         let new_sources = Array::try_from(Map::Array(map_of(dataplane.program(), map_name::NEW_SOURCES)))
             .expect("NEW_SOURCES is an array of u64");
         let captured = (setup == Setup::Capturing).then(|| {
@@ -645,7 +660,12 @@ impl Target {
     fn prepare(&mut self, spec: &Spec, frame: &[u8]) {
         let push = || ticks_from_ns(mono_ns() + PUSH_AHEAD_NS);
         match spec.path {
-            Path::InBudget | Path::ClassOne | Path::ClassThree | Path::ClassTiers | Path::SetMiss => {
+            Path::InBudget
+            | Path::InBudgetChained
+            | Path::ClassOne
+            | Path::ClassThree
+            | Path::ClassTiers
+            | Path::SetMiss => {
                 // Makes the bucket if there is none (a first-seen packet).
                 let _ = test_run(self.dataplane.program(), frame, 1);
             }
@@ -675,6 +695,24 @@ impl Target {
             _ => {}
         }
     }
+}
+
+/// Chains a count-and-pass program of its own (the baseline's) after
+/// `dataplane`'s, as `--chain` does: pinned for the moment the dataplane
+/// takes it, which then holds it in its program array.
+fn chain_count_and_pass(dataplane: &mut Dataplane) {
+    let mut ebpf = Ebpf::load(BASELINE_OBJECT).unwrap_or_else(|e| panic!("loading the baseline object: {e}"));
+    let program: &mut Xdp = ebpf
+        .program_mut(PASS_PROGRAM)
+        .expect("the count-and-pass program")
+        .try_into()
+        .expect("an XDP program");
+    program.load().unwrap_or_else(|e| panic!("loading {PASS_PROGRAM}: {e}"));
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/throttle-bench-chain-{}", std::process::id()));
+    program.pin(&pin).unwrap_or_else(|e| panic!("pinning {PASS_PROGRAM} at {}: {e}", pin.display()));
+    let chained = dataplane.set_chain(Some(&pin)).map(|c| c.is_some());
+    let _ = std::fs::remove_file(&pin);
+    assert!(chained.unwrap_or_else(|e| panic!("chaining {PASS_PROGRAM}: {e}")), "a program follows");
 }
 
 /// Over-budget drops from [`SPREAD_SOURCES`] tracked IPv4 sources
