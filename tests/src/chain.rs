@@ -96,12 +96,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 impl CountingProgram {
     /// Loads the program and pins it at `pin` (on bpffs).
     pub fn load(pin: &Path, flavour: Flavour) -> io::Result<Self> {
-        let map = Attr::new()
-            .u32(0, BPF_MAP_TYPE_ARRAY)
-            .u32(4, 4)
-            .u32(8, 8)
-            .u32(12, 1)
-            .fd(BPF_MAP_CREATE)?;
+        let map = Attr::new().u32(0, BPF_MAP_TYPE_ARRAY).u32(4, 4).u32(8, 8).u32(12, 1).fd(BPF_MAP_CREATE)?;
         let map_fd = map.as_raw_fd();
         let program: Vec<[u8; 8]> = vec![
             // *(u32 *)(r10 - 4) = 0: the key.

@@ -115,10 +115,14 @@ fn what_throttle_passes_and_only_that_goes_on_into_the_chained_program() {
     // the chain: it holds the program that follows.
     daemon.kill();
     let (sent, seen, arrived) = trickle(&pair, &chained, "10.99.8.3".parse().expect("an address"), 20);
-    report(&format!("--chain, no daemon running: {sent} sent, {arrived} arrived, the chained program saw {seen}"));
+    report(&format!(
+        "--chain, no daemon running: {sent} sent, {arrived} arrived, the chained program saw {seen}"
+    ));
     checks.that(
         arrived == sent && (sent..=sent + 4).contains(&seen),
-        &format!("with the daemon killed, what passes still goes on: {seen} seen, {arrived} of {sent} arrived"),
+        &format!(
+            "with the daemon killed, what passes still goes on: {seen} seen, {arrived} of {sent} arrived"
+        ),
     );
     daemon.start_again(&pair.receiver);
     daemon.wait_ready(Duration::from_secs(30));

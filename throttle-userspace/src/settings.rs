@@ -261,7 +261,11 @@ impl Settings {
         if let Some(path) = &chain {
             let text = path.to_string_lossy();
             if text.is_empty() || text.contains('\0') {
-                return Err(Invalid::new("daemon.chain", format!("{text:?}"), "not the path of a pinned program"));
+                return Err(Invalid::new(
+                    "daemon.chain",
+                    format!("{text:?}"),
+                    "not the path of a pinned program",
+                ));
             }
         }
         Ok(Self {

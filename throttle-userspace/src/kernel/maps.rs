@@ -21,7 +21,8 @@ use std::{
 
 use aya::{
     maps::{
-        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray, RingBuf,
+        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray,
+        RingBuf,
     },
     programs::{links::FdLink, Xdp},
     Ebpf, EbpfLoader,

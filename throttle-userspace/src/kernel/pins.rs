@@ -459,8 +459,8 @@ pub(super) fn check_pinned(dir: &Path, maps: &Path) -> Result<(), KernelError> {
 
 /// Checks one pinned map against what this build expects of it.
 fn check_map(dir: &Path, path: &Path, expected: &Expected) -> Result<(), KernelError> {
-    let info =
-        MapInfo::from_pin(path).map_err(|source| KernelError::PinnedMap { path: path.to_path_buf(), source })?;
+    let info = MapInfo::from_pin(path)
+        .map_err(|source| KernelError::PinnedMap { path: path.to_path_buf(), source })?;
     let mismatch = |property, found: String, wanted: String| KernelError::Incompatible {
         dir: dir.to_path_buf(),
         map: expected.name,
@@ -473,7 +473,9 @@ fn check_map(dir: &Path, path: &Path, expected: &Expected) -> Result<(), KernelE
         Ok(found) => {
             return Err(mismatch("type", format!("{found:?}"), format!("{:?}", expected.map_type)));
         }
-        Err(_) => return Err(mismatch("type", "an unknown one".to_owned(), format!("{:?}", expected.map_type))),
+        Err(_) => {
+            return Err(mismatch("type", "an unknown one".to_owned(), format!("{:?}", expected.map_type)))
+        }
     }
     if info.key_size() as usize != expected.key_size {
         return Err(mismatch("key size", info.key_size().to_string(), expected.key_size.to_string()));
