@@ -6,11 +6,13 @@
 //! - `run`: build, then the daemon, by default on a sandbox veth pair;
 //! - `test`: build, then the unprivileged and the privileged test tiers;
 //! - `bench`: build, then the benchmarks as root;
+//! - `fuzz`: the fuzz targets of the parsers of hostile input (cargo-fuzz);
 //! - `install`: build (release), then throttle as a systemd service.
 
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod install;
 mod out;
 mod run;
@@ -46,6 +48,11 @@ enum Command {
     /// flood drop rate against nftables and iptables, accuracy, scale.
     /// Results go to target/bench/ (JSON, Markdown, SVG chart).
     Bench(bench::Options),
+    /// Run the fuzz targets (cargo-fuzz, libFuzzer, with nightly) of what
+    /// throttle reads from outside: the configuration file, rates, set files,
+    /// the admin API's bodies. Installs cargo-fuzz when missing; each target
+    /// runs for `--secs`, and a failing input fails the command, named.
+    Fuzz(fuzz::Options),
     /// Build (release), then install throttle as a systemd service: the
     /// binary, the unit (an unprivileged user with `CAP_BPF`, `CAP_PERFMON` and
     /// `CAP_NET_ADMIN`), the user, a commented `/etc/throttle/throttle.toml`,
@@ -63,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::test(&options),
         Command::Bench(options) => bench::bench(&options),
+        Command::Fuzz(options) => fuzz::fuzz(&options),
         Command::Install(options) => install::install(&options),
         Command::Deb => install::deb(),
     };

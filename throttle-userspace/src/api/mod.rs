@@ -12,7 +12,11 @@ pub mod serve;
 #[cfg(test)]
 mod tests;
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, OnceLock},
+};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
@@ -248,10 +252,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     parts().1
 }
 
+/// The handlers' routes, before any state, and the OpenAPI document as
+/// served: both come from the handlers' annotations alone, so they are made
+/// once a process, however many routers are built over them (the
+/// in-process tests and the fuzz targets build one a case).
+fn stateless() -> &'static (Router<AppState>, Arc<String>) {
+    static PARTS: OnceLock<(Router<AppState>, Arc<String>)> = OnceLock::new();
+    PARTS.get_or_init(|| {
+        let (router, doc) = parts();
+        (router, Arc::new(doc.to_pretty_json().expect("the OpenAPI document serialises")))
+    })
+}
+
 /// The admin API over `state`.
 pub fn router(state: AppState) -> Router {
-    let (router, doc) = parts();
-    let doc = Arc::new(doc.to_pretty_json().expect("the OpenAPI document serialises"));
+    let (router, doc) = stateless();
+    let (router, doc) = (router.clone(), Arc::clone(doc));
     router
         .route(
             "/v1/openapi.json",

@@ -1261,9 +1261,11 @@ pub enum StartError {
     Kernel(#[from] KernelError),
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-kernel"))]
 pub mod fake {
-    //! An in-memory [`Kernel`] for tests of the control plane.
+    //! An in-memory [`Kernel`] for tests of the control plane, and (with
+    //! the `fake-kernel` feature) for the fuzz targets that drive the admin
+    //! API in-process (`throttle-userspace/fuzz`).
 
     use std::sync::{Arc, Barrier, Mutex};
 
