@@ -330,7 +330,7 @@ pub fn start_daemon(
 }
 
 /// The capabilities the daemon runs with as a service (`setpriv` names).
-pub const DAEMON_CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
+pub const DAEMON_CAPS: [&str; 2] = ["bpf", "net_admin"];
 
 /// A running `throttle daemon` in a namespace. Its stdout and stderr go to a
 /// log file, printed when a test fails. On drop: SIGTERM, SIGKILL after

@@ -15,6 +15,7 @@ use crate::{
 
 /// A class's ban, in ticks (`for_ticks` 0: none).
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct Ban {
     pub after: u64,
     pub for_ticks: u64,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
-use throttle_common::{event, Captured, Family, Reason, CAPTURE_SNAP, FAMILY_V4};
+use throttle_common::{event, Captured, Family, CAPTURE_SNAP, FAMILY_V4};
 
 use crate::{
     events,
@@ -19,21 +19,31 @@ use crate::{
     parse, rules,
 };
 
-/// Copies the packet to the capture ring if the capture asks for it. Takes
-/// the context's pointer, not a reference to it: the caller's stack has no
-/// room to spare for a copy.
+/// Copies the packet to the capture ring if the capture asks for it
+/// (`verdict`: the slot of the reason it was dropped for). Takes the
+/// context's pointer, not a reference to it: the caller's stack has no
+/// room to spare for a copy. A BPF global function (exported, so
+/// `BTF_FUNC_GLOBAL`), verified once on its own; it returns 0.
+#[unsafe(no_mangle)]
 #[inline(never)]
-pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
+pub extern "C" fn dropped(md: *mut xdp_md, verdict: u32, config_flags: u32) -> u32 {
+    copy_dropped(md, verdict, config_flags);
+    0
+}
+
+#[inline(always)]
+fn copy_dropped(md: *mut xdp_md, verdict: u32, config_flags: u32) {
     let ctx = &XdpContext::new(md);
     let Some(capture) = CAPTURE.get(0) else {
         return;
     };
-    if capture.reasons & (1 << (verdict.slot() & 31)) == 0 {
+    if capture.reasons & (1 << (verdict & 31)) == 0 {
         return;
     }
-    let Ok(packet) = parse::packet(ctx) else {
+    let mut packet = parse::Packet::EMPTY;
+    if parse::packet(ctx, &mut packet).is_err() {
         return;
-    };
+    }
     if capture.family != Family::default() && capture.family != packet.family {
         return;
     }
@@ -48,15 +58,14 @@ pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
     if !inside {
         return;
     }
-    if capture.class != 0 && rules::classify(ctx, &packet, config_flags).map_or(0, |c| c + 1) != capture.class
-    {
+    if capture.class != 0 && class_of(md, &packet, config_flags) != capture.class {
         return;
     }
     // SAFETY: a helper without arguments.
     if capture.sample > 1 && unsafe { bpf_get_prandom_u32() } % capture.sample != 0 {
         return;
     }
-    let len = (ctx.data_end() - ctx.data()) as u32;
+    let len = parse::frame_len(ctx) as u32;
     let snap = if capture.snap == 0 || capture.snap > CAPTURE_SNAP { CAPTURE_SNAP } else { capture.snap };
     let caplen = if len < snap { len } else { snap };
     if caplen == 0 || caplen > CAPTURE_SNAP {
@@ -75,7 +84,7 @@ pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
         addr_of_mut!((*e).at_ns).write(bpf_ktime_get_ns());
         addr_of_mut!((*e).len).write(len);
         addr_of_mut!((*e).caplen).write(caplen);
-        addr_of_mut!((*e).reason).write(verdict.slot());
+        addr_of_mut!((*e).reason).write(verdict);
         addr_of_mut!((*e).ifindex).write((*ctx.ctx).ingress_ifindex);
         bpf_xdp_load_bytes(ctx.ctx, 0, addr_of_mut!((*e).data).cast(), caplen)
     };
@@ -85,4 +94,13 @@ pub fn dropped(md: *mut xdp_md, verdict: Reason, config_flags: u32) {
     }
     entry.submit(0);
     events::count(event::CAPTURED);
+}
+
+/// The packet's class as a capture names it (0: none, else the class
+/// plus one). A call of its own, so that its registers do not spill over
+/// the slots of the capture's pointers, which the verifier of a loader
+/// without `CAP_PERFMON` refuses.
+#[inline(never)]
+fn class_of(md: *mut xdp_md, packet: &parse::Packet, config_flags: u32) -> u32 {
+    rules::classify(&XdpContext::new(md), packet, config_flags).map_or(0, |c| c + 1)
 }

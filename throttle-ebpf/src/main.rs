@@ -60,7 +60,7 @@ pub fn throttle(ctx: XdpContext) -> u32 {
         return pass(&ctx, config_flags);
     }
     if config_flags & flags::CAPTURE != 0 {
-        capture::dropped(ctx.ctx, verdict, config_flags);
+        capture::dropped(ctx.ctx, verdict.slot(), config_flags);
     }
     if config_flags & flags::DRY_RUN != 0 {
         count(counters, reason::DRY_RUN_PASS);
@@ -88,16 +88,16 @@ fn pass(ctx: &XdpContext, config_flags: u32) -> u32 {
 /// The verdict reason for one packet.
 #[inline(always)]
 fn judge(ctx: &XdpContext, config: &Config) -> Reason {
-    let packet = match parse::packet(ctx) {
-        Ok(packet) => packet,
-        Err(verdict) => return verdict,
-    };
+    let mut packet = parse::Packet::EMPTY;
+    if let Err(verdict) = parse::packet(ctx, &mut packet) {
+        return verdict;
+    }
     // The class first: it is an array lookup, the rules a trie walk, and
     // out of every class only a deny rule changes the verdict.
     let Some(class_id) = rules::classify(ctx, &packet, config.flags) else {
         return match rules::denied(&packet, config) {
             Some(id) => {
-                rules::decided(id, Some(&packet));
+                rules::decided(id, &raw const packet);
                 reason::DENY_RULE
             }
             None => reason::OUT_OF_SCOPE,
@@ -106,17 +106,17 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     let Some(class) = CLASSES.get(class_id) else {
         return reason::ERROR;
     };
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = parse::frame_len(ctx);
     // One bucket step here for every metered packet: a rule's limit, or
     // the first of its class's; the class's other limits and its tiers in
     // a call of their own, for the classes that have them.
     let (limit, owner, ban, by_rule) = match rules::select(&packet, config) {
         Selected::Allow(id) => {
-            rules::decided(id, None);
+            rules::decided(id, core::ptr::null());
             return reason::ALLOW_RULE;
         }
         Selected::Deny(id) => {
-            rules::decided(id, Some(&packet));
+            rules::decided(id, &raw const packet);
             return reason::DENY_RULE;
         }
         Selected::Rule(limit, rule) => (limit, rule, Ban::NONE, true),
@@ -134,11 +134,16 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     if reason::drops(verdict) || by_rule || (class.limit_count < 2 && class.tier_count == 0) {
         return verdict;
     }
-    let rest = meter_rest(&packet, class, &Rest { class_id, len, ban }, config);
-    if reason::drops(rest) {
-        rest
-    } else {
-        verdict
+    let rest = meter_rest(&raw const packet, class, &Rest { len, ban, class_id, _pad: 0 }, config);
+    // The global function returns a bare scalar (the verifier knows
+    // nothing of it); back to the reason it names, one constant on each
+    // path. Whatever does not drop leaves the first bucket's verdict.
+    match rest {
+        r if r == reason::OVER_LIMIT.slot() => reason::OVER_LIMIT,
+        r if r == reason::NEW_SOURCE_LIMIT.slot() => reason::NEW_SOURCE_LIMIT,
+        r if r == reason::CONTENDED.slot() => reason::CONTENDED,
+        r if r == reason::BANNED.slot() => reason::BANNED,
+        _ => verdict,
     }
 }
 
@@ -165,20 +170,47 @@ fn cost(limit: &Limit, len: u64) -> u64 {
 }
 
 /// What [`meter_rest`] needs besides the packet and its class (a BPF call
-/// takes five arguments at most).
+/// takes five arguments at most). Without implicit padding: the verifier
+/// of a loader without `CAP_PERFMON` wants every byte of what is passed to
+/// a global function written.
+#[repr(C)]
 struct Rest {
-    class_id: u32,
     len: u64,
     ban: Ban,
+    class_id: u32,
+    _pad: u32,
 }
 
 /// Meters the packet against its class's limits after the first, in turn,
 /// then against each of its prefix tiers; the first that refuses it drops
 /// it (those before it have counted it, which only makes them stricter,
 /// never looser). Only the first bucket draws on the first-seen budget.
+///
+/// A BPF global function (exported, so `BTF_FUNC_GLOBAL`): the verifier
+/// checks it once, on its own, instead of once per path that calls it. It
+/// sees each pointer argument as memory of its type's size that may be
+/// NULL, whose contents it knows nothing of; it returns a scalar (the
+/// reason's slot, [`reason::PASSED`]'s when an argument is NULL).
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn meter_rest(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, config: &Config) -> Reason {
-    let Rest { class_id, len, ban } = *rest;
+extern "C" fn meter_rest(
+    packet: *const parse::Packet,
+    class: *const ClassConfig,
+    rest: *const Rest,
+    config: *const Config,
+) -> u32 {
+    // SAFETY: each pointer is NULL or points at a live value of its type:
+    // the caller passes references.
+    let pointees = unsafe { (packet.as_ref(), class.as_ref(), rest.as_ref(), config.as_ref()) };
+    let (Some(packet), Some(class), Some(rest), Some(config)) = pointees else {
+        return reason::PASSED.slot();
+    };
+    meter_rest_of(packet, class, rest, config).slot()
+}
+
+#[inline(always)]
+fn meter_rest_of(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, config: &Config) -> Reason {
+    let Rest { len, ban, class_id, .. } = *rest;
     // One key and one charge, rewritten for each bucket: the stack of this
     // call is part of the deepest chain.
     let newcomer = newcomer_share(false, class, config);
@@ -196,7 +228,14 @@ fn meter_rest(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, config: 
             return next;
         }
     }
-    charge.ban = Ban::NONE;
+    // No ban for the tiers. Two stores, volatile: LLVM makes a call of
+    // `memset` of 16 bytes of zeros, a loop over a stack pointer plus a
+    // register that a loader without `CAP_PERFMON` may not run.
+    // SAFETY: aligned fields of a local.
+    unsafe {
+        core::ptr::write_volatile(&raw mut charge.ban.after, 0);
+        core::ptr::write_volatile(&raw mut charge.ban.for_ticks, 0);
+    }
     let family = if packet.family == FAMILY_V4 { TIER_V4 } else { TIER_V6 };
     for index in 0..MAX_TIERS {
         if index >= class.tier_count {

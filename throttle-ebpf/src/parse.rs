@@ -1,10 +1,18 @@
-//! Header parsing. Every read of packet memory goes through [`read`], which
-//! checks the bounds the verifier wants to see; the headers are typed views
-//! over the bytes it returns, with a named accessor for each field.
+//! Header parsing. Packet memory is read in place only at offsets fixed at
+//! compile time ([`fixed`]: the common case, an untagged packet without IPv4
+//! options or IPv6 extension headers); a header at an offset known only at
+//! run time is copied out by the kernel ([`copied`]). Neither adds a
+//! register to a packet pointer, which the verifier refuses a loader
+//! without `CAP_PERFMON`. The headers are typed views over the bytes read,
+//! with a named accessor for each field.
 
-use core::mem::size_of;
+use core::{marker::PhantomData, mem::MaybeUninit, ptr::addr_of};
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
 use throttle_common::{
     reason, Family, Reason, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, PROTO_TCP, PROTO_UDP,
 };
@@ -26,8 +34,6 @@ const IPV4_MIN_HLEN: usize = 20;
 /// Fragment offset bits of the IPv4 flags/offset field.
 const IPV4_OFFSET_MASK: u16 = 0x1FFF;
 const IPV6_HLEN: usize = 40;
-/// The fixed part of an IPv6 extension header: next header and length.
-const IPV6_EXT_HLEN: usize = 2;
 const IPV6_FRAG_HLEN: usize = 8;
 
 /// IPv6 extension headers that may precede L4
@@ -44,18 +50,52 @@ const UDP_THROUGH_DPORT: usize = 4;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 
-/// What the metering needs of an IP packet.
+/// What the metering needs of an IP packet. Without implicit padding, and
+/// every byte written by [`packet`]: the verifier of a loader without
+/// `CAP_PERFMON` refuses a read of stack bytes that were never written,
+/// which a copy of padding is.
+#[repr(C)]
 pub struct Packet {
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: Family,
     /// The source address in packet byte order; IPv4 uses `src[0]`.
     pub src: [u32; 4],
+    /// Offset of the L4 header, [`NO_L4`] when the packet carries none that
+    /// can be read (a non-first fragment, or more IPv6 extension headers
+    /// than [`MAX_IPV6_EXT_HEADERS`]).
+    l4: u32,
     /// The L4 protocol (the last next-header for IPv6).
     pub proto: u8,
-    /// Offset of the L4 header, `None` when the packet carries none that can
-    /// be read (a non-first fragment, or more IPv6 extension headers than
-    /// [`MAX_IPV6_EXT_HEADERS`]).
-    pub l4: Option<usize>,
+    _pad: [u8; 3],
+}
+
+/// [`Packet::l4`] of a packet whose L4 header cannot be read.
+const NO_L4: u32 = u32::MAX;
+
+impl Packet {
+    /// A packet before parsing (its family until then is a placeholder):
+    /// no source, no L4 header.
+    pub const EMPTY: Self = Self { family: FAMILY_V4, src: [0; 4], l4: NO_L4, proto: 0, _pad: [0; 3] };
+
+    /// The offset of the L4 header, if it can be read.
+    #[inline(always)]
+    fn l4(&self) -> Option<usize> {
+        (self.l4 != NO_L4).then_some(self.l4 as usize)
+    }
+
+    #[inline(always)]
+    fn set(&mut self, family: Family, src: [u32; 4], proto: u8, l4: Option<usize>) {
+        self.family = family;
+        self.src = src;
+        self.set_l4(proto, l4);
+    }
+
+    #[inline(always)]
+    fn set_l4(&mut self, proto: u8, l4: Option<usize>) {
+        self.proto = proto;
+        // Offsets into a frame are far below `NO_L4`.
+        self.l4 = l4.map_or(NO_L4, |l4| l4 as u32);
+    }
 }
 
 /// The L4 facts the scope looks at.
@@ -66,58 +106,131 @@ pub struct Ports {
     pub syn: bool,
 }
 
-/// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
+/// Where the L4 header is when there are no VLAN tags, no IPv4 options and
+/// no IPv6 extension headers: the common case, read in place.
+const L4_V4_UNTAGGED: usize = ETH_HLEN + IPV4_MIN_HLEN;
+const L4_V6_UNTAGGED: usize = ETH_HLEN + IPV6_HLEN;
+
+/// A header's bytes, where they were read: in the packet, or in a [`Room`]
+/// on the stack that they were copied to. Each field is one volatile load
+/// of its own size, so that the optimiser neither joins two of them into
+/// one misaligned wider load, which the verifier refuses on the stack, nor
+/// moves one before the bounds check.
+#[derive(Clone, Copy)]
+struct Bytes<'a> {
+    at: *const u8,
+    _of: PhantomData<&'a [u8]>,
 }
 
-/// The `N` bytes at `offset`.
+impl Bytes<'_> {
+    #[inline(always)]
+    fn get<const N: usize>(self, at: usize) -> [u8; N] {
+        // SAFETY: `Bytes` is made only over the checked bytes of a header
+        // (in the packet, or in its `Room`) and each accessor reads inside
+        // the header's length; `[u8; N]` needs no alignment.
+        unsafe { self.at.add(at).cast::<[u8; N]>().read_volatile() }
+    }
+
+    #[inline(always)]
+    fn u8(self, at: usize) -> u8 {
+        self.get::<1>(at)[0]
+    }
+
+    #[inline(always)]
+    fn be16(self, at: usize) -> u16 {
+        u16::from_be_bytes(self.get(at))
+    }
+
+    /// Four bytes as they are in the packet (an address word).
+    #[inline(always)]
+    fn word(self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.get(at))
+    }
+}
+
+/// Room on the stack for a header of `N` bytes copied out of the packet,
+/// aligned so that each of its fields is at an offset its size divides.
+#[repr(C, align(8))]
+struct Room<const N: usize>(MaybeUninit<[u8; N]>);
+
+impl<const N: usize> Room<N> {
+    #[inline(always)]
+    const fn new() -> Self {
+        Self(MaybeUninit::uninit())
+    }
+}
+
+/// The `N` bytes at the offset `OFF`, fixed at compile time, in place.
+///
+/// Packet memory is read only at constant offsets from the start of the
+/// packet: the verifier of a loader without `CAP_PERFMON` (the Spectre v1
+/// hardening) refuses a packet pointer plus a register. The start and the
+/// end are read from the context afresh, volatile, so that the optimiser
+/// cannot join two such reads into one at a register offset.
 #[inline(always)]
-fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let ptr = ptr_at::<[u8; N]>(ctx, offset)?;
-    // SAFETY: `ptr_at` checked that all `N` bytes lie inside the packet,
-    // and a byte array needs no alignment.
-    Some(unsafe { ptr.read_unaligned() })
+fn fixed<const OFF: usize, const N: usize>(ctx: &XdpContext) -> Option<Bytes<'_>> {
+    let md = ctx.ctx;
+    // SAFETY: `md` is the program's context; the kernel turns these two
+    // loads into the packet's bounds.
+    let (start, end) = unsafe {
+        (addr_of!((*md).data).read_volatile() as usize, addr_of!((*md).data_end).read_volatile() as usize)
+    };
+    if start + OFF + N > end {
+        return None;
+    }
+    Some(Bytes { at: (start + OFF) as *const u8, _of: PhantomData })
+}
+
+/// The `N` bytes at `offset`, known only at run time, copied into `room` by
+/// the kernel (`bpf_xdp_load_bytes`, which checks the bounds).
+#[inline(always)]
+fn copied<'a, const N: usize>(ctx: &XdpContext, offset: usize, room: &'a mut Room<N>) -> Option<Bytes<'a>> {
+    let offset = u32::try_from(offset).ok()?;
+    let to = room.0.as_mut_ptr();
+    // SAFETY: `room` has space for the `N` bytes the helper writes.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, offset, to.cast(), N as u32) } != 0 {
+        return None;
+    }
+    Some(Bytes { at: to.cast_const().cast(), _of: PhantomData })
 }
 
 /// Whether the packet holds the byte at `offset`: the end of a header of a
 /// length read from the packet.
 #[inline(always)]
 fn holds(ctx: &XdpContext, offset: usize) -> bool {
-    ptr_at::<u8>(ctx, offset).is_some()
+    (offset as u64) < frame_len(ctx)
 }
 
+/// The frame's length in bytes. The kernel's count, not the distance
+/// between the packet's bounds: a loader without `CAP_PERFMON` may not
+/// subtract one packet pointer from another.
 #[inline(always)]
-fn be16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: a helper that only reads the context.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
 }
 
-/// Four bytes as they are in the packet (an address word).
-#[inline(always)]
-fn word(bytes: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-}
-
-/// A typed view over a header's bytes as [`read`] returns them, with an
-/// accessor for each field that compiles to the load of the field's bytes.
+/// A typed view over a header's [`Bytes`], with an accessor for each field.
 macro_rules! header {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
         $(#[$doc])*
         #[derive(Clone, Copy)]
-        #[repr(transparent)]
-        struct $name([u8; $len]);
+        struct $name<'a>(Bytes<'a>);
 
-        impl $name {
-            /// The header at `offset`, `None` when the packet ends first.
+        #[allow(dead_code, reason = "not every header is read both ways")]
+        impl<'a> $name<'a> {
+            /// The header at `OFF`, read in place; `None` when the packet
+            /// ends first.
             #[inline(always)]
-            fn at(ctx: &XdpContext, offset: usize) -> Option<Self> {
-                read(ctx, offset).map(Self)
+            fn fixed<const OFF: usize>(ctx: &'a XdpContext) -> Option<Self> {
+                fixed::<OFF, { $len }>(ctx).map(Self)
+            }
+
+            /// The header at `offset`, copied into `room`; `None` when the
+            /// packet ends first.
+            #[inline(always)]
+            fn copied(ctx: &XdpContext, offset: usize, room: &'a mut Room<{ $len }>) -> Option<Self> {
+                copied(ctx, offset, room).map(Self)
             }
         }
     };
@@ -131,10 +244,10 @@ header!(
     2
 );
 
-impl EtherType {
+impl EtherType<'_> {
     #[inline(always)]
     fn get(self) -> u16 {
-        be16(&self.0, 0)
+        self.0.be16(0)
     }
 }
 
@@ -145,33 +258,33 @@ header!(
     IPV4_MIN_HLEN
 );
 
-impl Ipv4Hdr {
+impl Ipv4Hdr<'_> {
     #[inline(always)]
-    fn version(&self) -> u8 {
-        self.0[0] >> 4
+    fn version(self) -> u8 {
+        self.0.u8(0) >> 4
     }
 
     /// The header's length in 32-bit words, options included.
     #[inline(always)]
-    fn ihl(&self) -> u8 {
-        self.0[0] & 0x0F
+    fn ihl(self) -> u8 {
+        self.0.u8(0) & 0x0F
     }
 
     /// The fragment offset, in 8-octet units (0: the first fragment).
     #[inline(always)]
-    fn fragment_offset(&self) -> u16 {
-        be16(&self.0, 6) & IPV4_OFFSET_MASK
+    fn fragment_offset(self) -> u16 {
+        self.0.be16(6) & IPV4_OFFSET_MASK
     }
 
     #[inline(always)]
-    fn protocol(&self) -> u8 {
-        self.0[9]
+    fn protocol(self) -> u8 {
+        self.0.u8(9)
     }
 
     /// The source address in packet byte order.
     #[inline(always)]
-    fn src(&self) -> u32 {
-        word(&self.0, 12)
+    fn src(self) -> u32 {
+        self.0.word(12)
     }
 }
 
@@ -181,61 +294,50 @@ header!(
     IPV6_HLEN
 );
 
-impl Ipv6Hdr {
+impl Ipv6Hdr<'_> {
     #[inline(always)]
-    fn version(&self) -> u8 {
-        self.0[0] >> 4
+    fn version(self) -> u8 {
+        self.0.u8(0) >> 4
     }
 
     #[inline(always)]
-    fn next_header(&self) -> u8 {
-        self.0[6]
+    fn next_header(self) -> u8 {
+        self.0.u8(6)
     }
 
     /// The source address in packet byte order.
     #[inline(always)]
-    fn src(&self) -> [u32; 4] {
-        [word(&self.0, 8), word(&self.0, 12), word(&self.0, 16), word(&self.0, 20)]
+    fn src(self) -> [u32; 4] {
+        [self.0.word(8), self.0.word(12), self.0.word(16), self.0.word(20)]
     }
 }
 
 header!(
-    /// The first two bytes of an IPv6 extension header: next header, then
-    /// the length.
-    Ipv6ExtHdr,
-    IPV6_EXT_HLEN
-);
-
-impl Ipv6ExtHdr {
-    #[inline(always)]
-    fn next_header(self) -> u8 {
-        self.0[0]
-    }
-
-    /// The length field, in units that depend on the header.
-    #[inline(always)]
-    fn len(self) -> usize {
-        usize::from(self.0[1])
-    }
-}
-
-header!(
-    /// An IPv6 fragment header
+    /// The first 8 bytes of an IPv6 extension header: next header, then the
+    /// length (<https://www.rfc-editor.org/rfc/rfc8200#section-4.3>), or a
+    /// whole fragment header
     /// (<https://www.rfc-editor.org/rfc/rfc8200#section-4.5>).
     Ipv6FragHdr,
     IPV6_FRAG_HLEN
 );
 
-impl Ipv6FragHdr {
+impl Ipv6FragHdr<'_> {
     #[inline(always)]
     fn next_header(self) -> u8 {
-        self.0[0]
+        self.0.u8(0)
     }
 
-    /// The fragment offset, in 8-octet units (0: the first fragment).
+    /// The length field, in units that depend on the header.
+    #[inline(always)]
+    fn len_field(self) -> usize {
+        usize::from(self.0.u8(1))
+    }
+
+    /// A fragment header's fragment offset, in 8-octet units (0: the first
+    /// fragment).
     #[inline(always)]
     fn fragment_offset(self) -> u16 {
-        be16(&self.0, 2) >> 3
+        self.0.be16(2) >> 3
     }
 }
 
@@ -246,15 +348,20 @@ header!(
     TCP_THROUGH_FLAGS
 );
 
-impl TcpHdr {
+impl TcpHdr<'_> {
     #[inline(always)]
-    fn dst_port(&self) -> u16 {
-        be16(&self.0, 2)
+    fn ports(self) -> Ports {
+        Ports { dst: self.dst_port(), syn: self.flags() & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN }
     }
 
     #[inline(always)]
-    fn flags(&self) -> u8 {
-        self.0[13]
+    fn dst_port(self) -> u16 {
+        self.0.be16(2)
+    }
+
+    #[inline(always)]
+    fn flags(self) -> u8 {
+        self.0.u8(13)
     }
 }
 
@@ -264,44 +371,97 @@ header!(
     UDP_THROUGH_DPORT
 );
 
-impl UdpHdr {
+impl UdpHdr<'_> {
+    #[inline(always)]
+    fn ports(self) -> Ports {
+        Ports { dst: self.dst_port(), syn: false }
+    }
+
     #[inline(always)]
     fn dst_port(self) -> u16 {
-        be16(&self.0, 2)
+        self.0.be16(2)
     }
 }
 
-/// Parses L2 and L3. `Err` carries the verdict reason of a packet that is not
-/// IP ([`reason::NON_IP`]) or cannot be read ([`reason::MALFORMED`]).
+/// Parses L2 and L3 into `packet`. `Err` carries the verdict reason of a
+/// packet that is not IP ([`reason::NON_IP`]) or cannot be read
+/// ([`reason::MALFORMED`]). An untagged packet's L3 header is read in
+/// place, a tagged one's copied out.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
-    let (ethertype, l3) = ethernet(ctx)?;
+pub fn packet(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+    let ethertype = EtherType::fixed::<ETH_TYPE_OFFSET>(ctx).ok_or(reason::MALFORMED)?.get();
     match ethertype {
-        ETH_P_IP => ipv4(ctx, l3),
-        ETH_P_IPV6 => ipv6(ctx, l3),
+        ETH_P_IP => ipv4(ctx, ETH_HLEN, Ipv4Hdr::fixed::<ETH_HLEN>(ctx), packet),
+        ETH_P_IPV6 => ipv6(ctx, ETH_HLEN, Ipv6Hdr::fixed::<ETH_HLEN>(ctx), packet),
+        ETH_P_8021Q | ETH_P_8021AD => outcome(tagged(ctx.ctx, packet)),
         _ => Err(reason::NON_IP),
     }
 }
 
-/// The ethertype after up to [`MAX_VLAN_TAGS`] VLAN tags, and the offset of
-/// the L3 header.
+/// What a global function of the parser returns for a packet it parsed;
+/// otherwise the slot of the verdict reason.
+const PARSED: u32 = u32::MAX;
+
+/// The `Result` a global function's [`PARSED`] or reason slot stands for,
+/// one constant on each path.
 #[inline(always)]
-fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Reason> {
-    let mut ethertype = EtherType::at(ctx, ETH_TYPE_OFFSET).ok_or(reason::MALFORMED)?.get();
-    let mut offset = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        ethertype = EtherType::at(ctx, offset + VLAN_TYPE_OFFSET).ok_or(reason::MALFORMED)?.get();
-        offset += VLAN_HLEN;
+fn outcome(slot: u32) -> Result<(), Reason> {
+    match slot {
+        PARSED => Ok(()),
+        s if s == reason::NON_IP.slot() => Err(reason::NON_IP),
+        _ => Err(reason::MALFORMED),
     }
-    Ok((ethertype, offset))
+}
+
+/// A global function's return value for `result`.
+#[inline(always)]
+fn slot_of(result: Result<(), Reason>) -> u32 {
+    match result {
+        Ok(()) => PARSED,
+        Err(verdict) => verdict.slot(),
+    }
+}
+
+/// [`packet`] for a frame with a VLAN tag: up to [`MAX_VLAN_TAGS`] of them
+/// (802.1ad outer, 802.1Q inner), each of whose ethertypes is at an offset
+/// fixed at compile time.
+///
+/// A BPF global function (exported, so `BTF_FUNC_GLOBAL`), as the other
+/// rare paths: the verifier checks it once on its own, not once on every
+/// path that calls it. It sees a pointer argument as memory of its type's
+/// size that may be NULL and whose contents it knows nothing of, and wants
+/// a scalar back.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn tagged(md: *mut xdp_md, packet: *mut Packet) -> u32 {
+    // SAFETY: NULL or the caller's packet.
+    let Some(packet) = (unsafe { packet.as_mut() }) else {
+        return reason::MALFORMED.slot();
+    };
+    slot_of(tagged_of(&XdpContext::new(md), packet))
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Reason> {
-    let h = Ipv4Hdr::at(ctx, l3).ok_or(reason::MALFORMED)?;
+fn tagged_of(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+    const INNER: usize = ETH_HLEN + VLAN_TYPE_OFFSET;
+    const SECOND: usize = ETH_HLEN + VLAN_HLEN + VLAN_TYPE_OFFSET;
+    let mut ethertype = EtherType::fixed::<INNER>(ctx).ok_or(reason::MALFORMED)?.get();
+    let mut l3 = ETH_HLEN + VLAN_HLEN;
+    if MAX_VLAN_TAGS > 1 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        ethertype = EtherType::fixed::<SECOND>(ctx).ok_or(reason::MALFORMED)?.get();
+        l3 += VLAN_HLEN;
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, l3, Ipv4Hdr::copied(ctx, l3, &mut Room::new()), packet),
+        ETH_P_IPV6 => ipv6(ctx, l3, Ipv6Hdr::copied(ctx, l3, &mut Room::new()), packet),
+        _ => Err(reason::NON_IP),
+    }
+}
+
+/// An IPv4 packet whose header (`h`, as read) is at `l3`.
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize, h: Option<Ipv4Hdr<'_>>, packet: &mut Packet) -> Result<(), Reason> {
+    let h = h.ok_or(reason::MALFORMED)?;
     let hlen = usize::from(h.ihl()) * 4;
     if h.version() != 4 || hlen < IPV4_MIN_HLEN {
         return Err(reason::MALFORMED);
@@ -311,74 +471,158 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Reason> {
     if hlen > IPV4_MIN_HLEN && !holds(ctx, l3 + hlen - 1) {
         return Err(reason::MALFORMED);
     }
-    Ok(Packet {
-        family: FAMILY_V4,
-        src: [h.src(), 0, 0, 0],
-        proto: h.protocol(),
-        l4: if first_fragment { Some(l3 + hlen) } else { None },
-    })
+    packet.set(FAMILY_V4, [h.src(), 0, 0, 0], h.protocol(), first_fragment.then_some(l3 + hlen));
+    Ok(())
 }
 
+/// An IPv6 packet whose fixed header (`h`, as read) is at `l3`.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Reason> {
-    let h = Ipv6Hdr::at(ctx, l3).ok_or(reason::MALFORMED)?;
+fn ipv6(ctx: &XdpContext, l3: usize, h: Option<Ipv6Hdr<'_>>, packet: &mut Packet) -> Result<(), Reason> {
+    let h = h.ok_or(reason::MALFORMED)?;
     if h.version() != 6 {
         return Err(reason::MALFORMED);
     }
     let src = h.src();
-    let mut next = h.next_header();
-    let mut offset = l3 + IPV6_HLEN;
+    let next = h.next_header();
+    let offset = l3 + IPV6_HLEN;
+    if !matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT) {
+        packet.set(FAMILY_V6, src, next, Some(offset));
+        return Ok(());
+    }
+    packet.set(FAMILY_V6, src, next, None);
+    outcome(extensions(ctx.ctx, u32::from(next), offset as u32, packet))
+}
+
+/// Whether `next` is an IPv6 extension header that may precede L4.
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    const MASK: u64 = 1 << IPPROTO_HOPOPTS
+        | 1 << IPPROTO_ROUTING
+        | 1 << IPPROTO_FRAGMENT
+        | 1 << IPPROTO_AH
+        | 1 << IPPROTO_DSTOPTS;
+    next < 64 && (MASK >> next) & 1 != 0
+}
+
+/// The walk over IPv6 extension headers from the one of type `next` at
+/// `offset`: sets the packet's L4 protocol and where its header is (none
+/// past a non-first fragment, or still in extension headers after
+/// [`MAX_IPV6_EXT_HEADERS`] of them: the source is known, the ports are
+/// not).
+///
+/// Every extension header is at least 8 bytes long, so each is read as its
+/// first 8 (a fragment header whole), and its length worked out without a
+/// branch: each branch of this loop is one more path for the verifier to
+/// walk in every later turn of it, and the Spectre v1 hardening of a loader
+/// without `CAP_PERFMON` walks both sides of the branches it can decide.
+///
+/// A global function, as [`tagged`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn extensions(md: *mut xdp_md, next: u32, offset: u32, packet: *mut Packet) -> u32 {
+    // SAFETY: NULL or the caller's packet.
+    let Some(packet) = (unsafe { packet.as_mut() }) else {
+        return reason::MALFORMED.slot();
+    };
+    slot_of(extensions_of(&XdpContext::new(md), next as u8, offset as usize, packet))
+}
+
+#[inline(always)]
+fn extensions_of(
+    ctx: &XdpContext,
+    mut next: u8,
+    mut offset: usize,
+    packet: &mut Packet,
+) -> Result<(), Reason> {
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                // The length is in 8-octet units not counting the first 8.
-                let e = Ipv6ExtHdr::at(ctx, offset).ok_or(reason::MALFORMED)?;
-                next = e.next_header();
-                offset += (e.len() + 1) * 8;
-            }
-            IPPROTO_AH => {
-                // The length is in 4-octet units, less 2
-                // (<https://www.rfc-editor.org/rfc/rfc4302#section-2.2>).
-                let e = Ipv6ExtHdr::at(ctx, offset).ok_or(reason::MALFORMED)?;
-                next = e.next_header();
-                offset += (e.len() + 2) * 4;
-            }
-            IPPROTO_FRAGMENT => {
-                let e = Ipv6FragHdr::at(ctx, offset).ok_or(reason::MALFORMED)?;
-                if e.fragment_offset() != 0 {
-                    // A non-first fragment: no L4 header to read.
-                    return Ok(Packet { family: FAMILY_V6, src, proto: e.next_header(), l4: None });
-                }
-                next = e.next_header();
-                offset += IPV6_FRAG_HLEN;
-            }
-            _ => return Ok(Packet { family: FAMILY_V6, src, proto: next, l4: Some(offset) }),
+        if !is_extension(next) {
+            packet.set_l4(next, Some(offset));
+            return Ok(());
         }
+        let mut room = Room::new();
+        let e = Ipv6FragHdr::copied(ctx, offset, &mut room).ok_or(reason::MALFORMED)?;
+        let fragment = usize::from(next == IPPROTO_FRAGMENT);
+        if fragment != 0 && e.fragment_offset() != 0 {
+            // A non-first fragment: no L4 header to read.
+            packet.set_l4(e.next_header(), None);
+            return Ok(());
+        }
+        // Hop-by-hop, routing and destination options: in 8-octet units not
+        // counting the first 8; AH: in 4-octet units, less 2
+        // (<https://www.rfc-editor.org/rfc/rfc4302#section-2.2>); a
+        // fragment header: 8 bytes.
+        let ah = usize::from(next == IPPROTO_AH);
+        let units = e.len_field() + 1 + ah;
+        offset += (1 - fragment) * (units << (3 - ah)) + fragment * IPV6_FRAG_HLEN;
+        next = e.next_header();
         // The whole extension header must be there, not only its first bytes.
         if !holds(ctx, offset - 1) {
             return Err(reason::MALFORMED);
         }
     }
-    // Still in extension headers after the bounded walk: the source is known,
-    // the ports are not.
-    Ok(Packet { family: FAMILY_V6, src, proto: next, l4: None })
+    packet.set_l4(next, None);
+    Ok(())
 }
 
 /// The destination port (and SYN flag) of a TCP or UDP packet, `None` when
 /// the packet is neither, carries no readable L4 header, or is truncated
-/// within it.
+/// within it. The header is read in place where it is in an untagged
+/// packet without options or extension headers, and copied out by a call
+/// of its own elsewhere: each path reads the fields it needs, so that no
+/// pointer is either in the packet or on the stack, which a loader without
+/// `CAP_PERFMON` could not keep across a helper call.
 #[inline(always)]
 pub fn ports(ctx: &XdpContext, packet: &Packet) -> Option<Ports> {
-    let l4 = packet.l4?;
-    match packet.proto {
-        PROTO_TCP => {
-            let h = TcpHdr::at(ctx, l4)?;
-            Some(Ports { dst: h.dst_port(), syn: h.flags() & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN })
-        }
-        PROTO_UDP => {
-            let h = UdpHdr::at(ctx, l4)?;
-            Some(Ports { dst: h.dst_port(), syn: false })
-        }
-        _ => None,
+    let l4 = packet.l4()?;
+    let tcp = match packet.proto {
+        PROTO_TCP => true,
+        PROTO_UDP => false,
+        _ => return None,
+    };
+    match l4 {
+        L4_V4_UNTAGGED => ports_in_place::<L4_V4_UNTAGGED>(ctx, tcp),
+        L4_V6_UNTAGGED => ports_in_place::<L4_V6_UNTAGGED>(ctx, tcp),
+        _ => Ports::unpack(ports_copied(ctx.ctx, l4 as u32, u32::from(tcp))),
+    }
+}
+
+/// [`ports`] of a TCP (`tcp`) or UDP header at `OFF`.
+#[inline(always)]
+fn ports_in_place<const OFF: usize>(ctx: &XdpContext, tcp: bool) -> Option<Ports> {
+    if tcp {
+        TcpHdr::fixed::<OFF>(ctx).map(TcpHdr::ports)
+    } else {
+        UdpHdr::fixed::<OFF>(ctx).map(UdpHdr::ports)
+    }
+}
+
+/// [`ports`] of a TCP (`tcp` 1) or UDP header at `l4`, copied out; packed
+/// ([`Ports::pack`]). A global function, as [`tagged`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn ports_copied(md: *mut xdp_md, l4: u32, tcp: u32) -> u32 {
+    let ctx = &XdpContext::new(md);
+    let ports = if tcp != 0 {
+        TcpHdr::copied(ctx, l4 as usize, &mut Room::new()).map(TcpHdr::ports)
+    } else {
+        UdpHdr::copied(ctx, l4 as usize, &mut Room::new()).map(UdpHdr::ports)
+    };
+    Ports::pack(ports)
+}
+
+impl Ports {
+    /// Bit of [`Ports::pack`] for a header that was read.
+    const READ: u32 = 1 << 31;
+    const SYN: u32 = 1 << 16;
+
+    /// `ports` as a scalar: [`Ports::READ`] and [`Ports::SYN`] over the port.
+    #[inline(always)]
+    fn pack(ports: Option<Self>) -> u32 {
+        ports.map_or(0, |p| Self::READ | if p.syn { Self::SYN } else { 0 } | u32::from(p.dst))
+    }
+
+    #[inline(always)]
+    fn unpack(packed: u32) -> Option<Self> {
+        (packed & Self::READ != 0).then_some(Self { dst: packed as u16, syn: packed & Self::SYN != 0 })
     }
 }

@@ -80,21 +80,34 @@ fn in_sets(packet: &Packet, config: &Config, family: u32) -> Option<&'static Rul
 /// would be.
 #[inline(always)]
 fn put_word(data: &mut [u8; 5], word: u32) {
-    for (i, byte) in (1..).zip(word.to_ne_bytes()) {
-        // SAFETY: `i` is 1 to 4, inside `data`; volatile only so that the
-        // four stores stay four.
-        unsafe { core::ptr::write_volatile(data.as_mut_ptr().add(i), byte) };
-    }
+    put_bytes(data, 1, word);
 }
 
 /// [`put_word`] for the four words of an IPv6 address.
 #[inline(always)]
 fn put_words(data: &mut [u8; 17], words: &[u32; 4]) {
-    for (w, word) in words.iter().enumerate() {
-        for (i, byte) in word.to_ne_bytes().into_iter().enumerate() {
-            // SAFETY: `1 + 4 * w + i` is 1 to 16, inside `data`.
-            unsafe { core::ptr::write_volatile(data.as_mut_ptr().add(1 + 4 * w + i), byte) };
-        }
+    put_bytes(data, 1, words[0]);
+    put_bytes(data, 5, words[1]);
+    put_bytes(data, 9, words[2]);
+    put_bytes(data, 13, words[3]);
+}
+
+/// The four bytes of `word` at `at` of `data`, each a store at a constant
+/// offset (the callers' `at` are constants, and the four stores are
+/// written out): a stack pointer plus a register, as a loop would have,
+/// is refused a loader without `CAP_PERFMON`.
+#[inline(always)]
+fn put_bytes<const N: usize>(data: &mut [u8; N], at: usize, word: u32) {
+    assert!(at + 4 <= N);
+    let bytes = word.to_ne_bytes();
+    let to = data.as_mut_ptr();
+    // SAFETY: `at + 3 < N`, inside `data`; volatile only so that the four
+    // stores stay four.
+    unsafe {
+        core::ptr::write_volatile(to.add(at), bytes[0]);
+        core::ptr::write_volatile(to.add(at + 1), bytes[1]);
+        core::ptr::write_volatile(to.add(at + 2), bytes[2]);
+        core::ptr::write_volatile(to.add(at + 3), bytes[3]);
     }
 }
 
@@ -160,17 +173,24 @@ pub fn select(packet: &Packet, config: &Config) -> Selected {
 }
 
 /// Counts a packet an allow or deny rule (`id`) decided, on this CPU; for
-/// a deny rule (`denied`: the packet), its hit is an event after a quiet
-/// while. A call of its own: the main frame's stack has no room for it.
+/// a deny rule (`denied`: the packet; NULL for an allow rule), its hit is
+/// an event after a quiet while. A call of its own: the main frame's stack
+/// has no room for it. A BPF global function (exported, so
+/// `BTF_FUNC_GLOBAL`): the verifier checks it once, and lets it test its
+/// pointer for NULL, which it refuses of a pointer to the caller's stack
+/// in a loader without `CAP_PERFMON`. It returns 0.
+#[unsafe(no_mangle)]
 #[inline(never)]
-pub fn decided(id: u32, denied: Option<&Packet>) {
+pub extern "C" fn decided(id: u32, denied: *const Packet) -> u32 {
     if let Some(slot) = crate::maps::RULE_COUNTS.get_ptr_mut(id % throttle_common::event::HIT_SLOTS) {
         // SAFETY: this CPU's slot, from a successful lookup.
         unsafe { *slot += 1 };
     }
-    if let Some(packet) = denied {
+    // SAFETY: NULL or the caller's packet.
+    if let Some(packet) = unsafe { denied.as_ref() } {
         crate::events::deny_hit(id, &packet.src, packet.family);
     }
+    0
 }
 
 /// The `deny` rule that matches the source, if one does. The rules are only

@@ -131,36 +131,73 @@ pub fn insert(key: &SlotKey, one: u32, two: u32, fresh: Option<u64>, now: u64) -
     inserted
 }
 
+/// No slot chosen yet: above every slot index.
+const NO_VICTIM: u32 = u32::MAX;
+
+/// The slot an insert takes, as the walk over its groups stands.
+struct Choice {
+    victim: u32,
+    tag: u64,
+    oldest: u64,
+}
+
+const _: () = assert!(WAYS == 4, "Choice::consider is called once a way");
+
+impl Choice {
+    /// Looks at slot `at`: false ends the walk (a free slot, taken; or a
+    /// slot out of the table, which leaves none chosen).
+    #[inline(always)]
+    fn consider(&mut self, at: u32) -> bool {
+        let Some(slot) = slot(at) else {
+            self.victim = NO_VICTIM;
+            return false;
+        };
+        let tag = slot.tag().load();
+        if tag == 0 {
+            self.victim = at;
+            self.tag = 0;
+            return false;
+        }
+        if tag & BUSY != 0 {
+            // The daemon is filling it.
+            return true;
+        }
+        // A banned TAT has `BAN_MARK` (bit 63), above any other.
+        let tat = slot.tat().load();
+        if tat < self.oldest || self.victim == NO_VICTIM {
+            self.oldest = tat;
+            self.victim = at;
+            self.tag = tag;
+        }
+        true
+    }
+}
+
 /// [`insert`], the group's lock held.
 #[inline(always)]
 fn insert_locked(key: &SlotKey, one: u32, two: u32, fresh: Option<u64>, now: u64) -> Insert {
     if find(key, one, two).is_some() {
         return Insert::Present;
     }
-    let mut victim: Option<(SlotWords, u64)> = None;
-    let mut oldest = u64::MAX;
-    for index in 0..2 * WAYS {
-        let at = if index < WAYS { one + index } else { two + index - WAYS };
-        let Some(slot) = slot(at) else {
-            return Insert::Contended;
-        };
-        let tag = slot.tag().load();
-        if tag == 0 {
-            victim = Some((slot, 0));
-            break;
-        }
-        if tag & BUSY != 0 {
-            // The daemon is filling it.
-            continue;
-        }
-        // A banned TAT has `BAN_MARK` (bit 63), above any other.
-        let tat = slot.tat().load();
-        if tat < oldest || victim.is_none() {
-            oldest = tat;
-            victim = Some((slot, tag));
-        }
+    // The victim by its index and the tag it had: a pointer kept across
+    // the walk would be one the verifier of a loader without `CAP_PERFMON`
+    // sees unwritten on some paths. Looking it up again is a bound check
+    // and an add. The walk is written out, one step a slot: as a loop, the
+    // hardening's speculative paths lose its count and never end it.
+    let mut choice = Choice { victim: NO_VICTIM, tag: 0, oldest: u64::MAX };
+    let _walked_all = choice.consider(one)
+        && choice.consider(one + 1)
+        && choice.consider(one + 2)
+        && choice.consider(one + 3)
+        && choice.consider(two)
+        && choice.consider(two + 1)
+        && choice.consider(two + 2)
+        && choice.consider(two + 3);
+    let Choice { victim, tag, .. } = choice;
+    if victim == NO_VICTIM {
+        return Insert::Contended;
     }
-    let Some((slot, tag)) = victim else {
+    let Some(slot) = slot(victim) else {
         return Insert::Contended;
     };
     // Lookups stop matching it before its key changes.

@@ -37,10 +37,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let missing = crate::kernel::missing_capabilities();
     if !missing.is_empty() {
         bail!(
-            "the daemon needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and this process lacks {}: run it as \
-             root, or with those three (systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN, as \
-             throttle.service does; by hand: setpriv --inh-caps=+bpf,+perfmon,+net_admin \
-             --ambient-caps=+bpf,+perfmon,+net_admin)",
+            "the daemon needs CAP_BPF and CAP_NET_ADMIN, and this process lacks {}: run it as root, or \
+             with those two (systemd: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN, as throttle.service \
+             does; by hand: setpriv --inh-caps=+bpf,+net_admin --ambient-caps=+bpf,+net_admin)",
             missing.join(" and ")
         );
     }

@@ -54,7 +54,7 @@ enum Command {
     /// runs for `--secs`, and a failing input fails the command, named.
     Fuzz(fuzz::Options),
     /// Build (release), then install throttle as a systemd service: the
-    /// binary, the unit (an unprivileged user with `CAP_BPF`, `CAP_PERFMON` and
+    /// binary, the unit (an unprivileged user with `CAP_BPF` and
     /// `CAP_NET_ADMIN`), the user, a commented `/etc/throttle/throttle.toml`,
     /// the man pages and the shell completions.
     Install(install::Options),

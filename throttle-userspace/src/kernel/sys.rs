@@ -132,17 +132,15 @@ pub fn is_bpffs(dir: &Path) -> io::Result<bool> {
 
 /// The capabilities the daemon needs that this process lacks in its
 /// effective set (`CapEff` in `/proc/self/status`): `CAP_BPF` to make the
-/// maps and load the program, `CAP_PERFMON` for the verifier to accept its
-/// packet parsing (without it, the kernel's Spectre v1 hardening refuses a
-/// packet pointer plus a register offset: "pointer arithmetic with it
-/// prohibited for !root"), both of which `CAP_SYS_ADMIN` stands for on
-/// kernels before 5.8, and `CAP_NET_ADMIN` to attach it. Empty when the
-/// set cannot be read: the kernel says then.
+/// maps and load the program (which `CAP_SYS_ADMIN` stands for on kernels
+/// before 5.8) and `CAP_NET_ADMIN` to attach it. Not `CAP_PERFMON`: the
+/// program passes the verifier's Spectre v1 hardening that its absence
+/// turns on (docs/design.md, "Privileges"). Empty when the set cannot be
+/// read: the kernel says then.
 #[must_use]
 pub fn missing_capabilities() -> Vec<&'static str> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let effective = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
         status
@@ -157,9 +155,6 @@ pub fn missing_capabilities() -> Vec<&'static str> {
     let mut missing = Vec::new();
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_PERFMON");
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
