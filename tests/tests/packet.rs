@@ -961,7 +961,7 @@ fn explain_agrees_with_the_program_packet_by_packet() {
         name = "x"
         match = [{ proto = "udp", ports = 1 }]
         limits = [{ rate = 1 }]
-        ban = { after = "10ms", duration = "1m" }
+        ban = { after = "250ms", duration = "1m" }
         "#,
     )[0]
     .ban;
@@ -997,7 +997,10 @@ fn explain_agrees_with_the_program_packet_by_packet() {
     sequence.push(tcp("192.0.2.10", 22, TCP_SYN));
     for (i, (frame, source, proto, port, syn)) in sequence.into_iter().enumerate() {
         if i == pause {
-            std::thread::sleep(std::time::Duration::from_millis(30));
+            // Past the ban's `after` by far more than a tick of the coarse
+            // clock the program meters this class on, and that `after` far
+            // above the gaps of a loaded machine between the packets before.
+            std::thread::sleep(std::time::Duration::from_millis(400));
         }
         let probe = Probe { source, proto, port: Some(port), syn, len: frame.len() as u64 };
         let now = throttle_common::gcra::ticks_from_ns(throttle_tests::mono_ns());

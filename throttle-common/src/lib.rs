@@ -122,6 +122,11 @@ pub const MAX_IFINDEX: u32 = 65_536;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct Family(u32);
 
+impl Family {
+    /// No family: a zeroed key, or a packet not parsed yet.
+    pub const NONE: Self = Self(0);
+}
+
 pub const FAMILY_V4: Family = Family(4);
 pub const FAMILY_V6: Family = Family(6);
 

@@ -6,6 +6,8 @@
 
 use core::ptr::addr_of_mut;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::xdp_md,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
@@ -40,10 +42,12 @@ fn copy_dropped(md: *mut xdp_md, verdict: u32, config_flags: u32) {
     if capture.reasons & (1 << (verdict & 31)) == 0 {
         return;
     }
-    let mut packet = parse::Packet::EMPTY;
+    let mut packet = MaybeUninit::uninit();
     if parse::packet(ctx, &mut packet).is_err() {
         return;
     }
+    // SAFETY: a parse that succeeds writes the whole packet.
+    let packet = unsafe { packet.assume_init_ref() };
     if capture.family != Family::default() && capture.family != packet.family {
         return;
     }
@@ -58,7 +62,7 @@ fn copy_dropped(md: *mut xdp_md, verdict: u32, config_flags: u32) {
     if !inside {
         return;
     }
-    if capture.class != 0 && class_of(md, &packet, config_flags) != capture.class {
+    if capture.class != 0 && class_of(md, packet, config_flags) != capture.class {
         return;
     }
     // SAFETY: a helper without arguments.

@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![expect(internal_features, reason = "atomic_cxchg is the one way to a BPF cmpxchg")]
 #![allow(clippy::inline_always, reason = "BPF-to-BPF calls cost on every packet and weigh on the verifier")]
 
@@ -26,8 +27,13 @@ mod stats;
 mod table;
 mod word;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_md,
+    },
     macros::xdp,
     programs::XdpContext,
 };
@@ -88,16 +94,18 @@ fn pass(ctx: &XdpContext, config_flags: u32) -> u32 {
 /// The verdict reason for one packet.
 #[inline(always)]
 fn judge(ctx: &XdpContext, config: &Config) -> Reason {
-    let mut packet = parse::Packet::EMPTY;
+    let mut packet = MaybeUninit::uninit();
     if let Err(verdict) = parse::packet(ctx, &mut packet) {
         return verdict;
     }
+    // SAFETY: a parse that succeeds writes the whole packet.
+    let packet = unsafe { packet.assume_init_ref() };
     // The class first: it is an array lookup, the rules a trie walk, and
     // out of every class only a deny rule changes the verdict.
-    let Some(class_id) = rules::classify(ctx, &packet, config.flags) else {
-        return match rules::denied(&packet, config) {
+    let Some(class_id) = rules::classify(ctx, packet, config.flags) else {
+        return match rules::denied(packet, config) {
             Some(id) => {
-                rules::decided(id, &raw const packet);
+                rules::decided(id, core::ptr::from_ref(packet));
                 reason::DENY_RULE
             }
             None => reason::OUT_OF_SCOPE,
@@ -106,17 +114,16 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     let Some(class) = CLASSES.get(class_id) else {
         return reason::ERROR;
     };
-    let len = parse::frame_len(ctx);
     // One bucket step here for every metered packet: a rule's limit, or
     // the first of its class's; the class's other limits and its tiers in
     // a call of their own, for the classes that have them.
-    let (limit, owner, ban, by_rule) = match rules::select(&packet, config) {
+    let (limit, owner, ban, by_rule) = match rules::select(packet, config) {
         Selected::Allow(id) => {
             rules::decided(id, core::ptr::null());
             return reason::ALLOW_RULE;
         }
         Selected::Deny(id) => {
-            rules::decided(id, &raw const packet);
+            rules::decided(id, core::ptr::from_ref(packet));
             return reason::DENY_RULE;
         }
         Selected::Rule(limit, rule) => (limit, rule, Ban::NONE, true),
@@ -130,11 +137,12 @@ fn judge(ctx: &XdpContext, config: &Config) -> Reason {
     let key = bucket::key(packet.family, &packet.src, owner, class);
     let newcomer = newcomer_share(by_rule, class, config);
     let verdict =
-        bucket::meter(&key, limit, config, &Charge { cost: cost(limit, len), budget: true, newcomer, ban });
+        bucket::meter(&key, limit, config, &Charge { cost: cost(limit, ctx), budget: true, newcomer, ban });
     if reason::drops(verdict) || by_rule || (class.limit_count < 2 && class.tier_count == 0) {
         return verdict;
     }
-    let rest = meter_rest(&raw const packet, class, &Rest { len, ban, class_id, _pad: 0 }, config);
+    let rest =
+        meter_rest(ctx.ctx, core::ptr::from_ref(packet), class, &Rest { ban, class_id, _pad: 0 }, config);
     // The global function returns a bare scalar (the verifier knows
     // nothing of it); back to the reason it names, one constant on each
     // path. Whatever does not drop leaves the first bucket's verdict.
@@ -159,11 +167,12 @@ fn newcomer_share(by_rule: bool, class: &ClassConfig, config: &Config) -> u32 {
     }
 }
 
-/// The cost of a packet of `len` bytes under `limit`.
+/// The cost of the packet under `limit`: its frame's length for a limit in
+/// bytes (a helper call, made only then), else 1.
 #[inline(always)]
-fn cost(limit: &Limit, len: u64) -> u64 {
+fn cost(limit: &Limit, ctx: &XdpContext) -> u64 {
     if limit.unit == UNIT_BYTES {
-        len
+        parse::frame_len(ctx)
     } else {
         1
     }
@@ -175,7 +184,6 @@ fn cost(limit: &Limit, len: u64) -> u64 {
 /// a global function written.
 #[repr(C)]
 struct Rest {
-    len: u64,
     ban: Ban,
     class_id: u32,
     _pad: u32,
@@ -194,6 +202,7 @@ struct Rest {
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn meter_rest(
+    md: *mut xdp_md,
     packet: *const parse::Packet,
     class: *const ClassConfig,
     rest: *const Rest,
@@ -205,12 +214,18 @@ extern "C" fn meter_rest(
     let (Some(packet), Some(class), Some(rest), Some(config)) = pointees else {
         return reason::PASSED.slot();
     };
-    meter_rest_of(packet, class, rest, config).slot()
+    meter_rest_of(&XdpContext::new(md), packet, class, rest, config).slot()
 }
 
 #[inline(always)]
-fn meter_rest_of(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, config: &Config) -> Reason {
-    let Rest { len, ban, class_id, .. } = *rest;
+fn meter_rest_of(
+    ctx: &XdpContext,
+    packet: &parse::Packet,
+    class: &ClassConfig,
+    rest: &Rest,
+    config: &Config,
+) -> Reason {
+    let Rest { ban, class_id, .. } = *rest;
     // One key and one charge, rewritten for each bucket: the stack of this
     // call is part of the deepest chain.
     let newcomer = newcomer_share(false, class, config);
@@ -222,7 +237,7 @@ fn meter_rest_of(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, confi
         }
         let limit = &class.limits[slot as usize];
         key = bucket::key(packet.family, &packet.src, class_owner(class_id, slot), class);
-        charge.cost = cost(limit, len);
+        charge.cost = cost(limit, ctx);
         let next = bucket::meter(&key, limit, config, &charge);
         if reason::drops(next) {
             return next;
@@ -247,7 +262,7 @@ fn meter_rest_of(packet: &parse::Packet, class: &ClassConfig, rest: &Rest, confi
         }
         let owner = class_owner(class_id, TIER_SLOT + index);
         key = bucket::masked_key(packet.family, &packet.src, owner, tier.ipv4_mask, &tier.ipv6_mask);
-        charge.cost = cost(&tier.limit, len);
+        charge.cost = cost(&tier.limit, ctx);
         let next = bucket::meter(&key, &tier.limit, config, &charge);
         if reason::drops(next) {
             return next;

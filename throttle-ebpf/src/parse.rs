@@ -6,7 +6,12 @@
 //! without `CAP_PERFMON`. The headers are typed views over the bytes read,
 //! with a named accessor for each field.
 
-use core::{marker::PhantomData, mem::MaybeUninit, ptr::addr_of};
+use core::{
+    arch::asm,
+    marker::PhantomData,
+    mem::MaybeUninit,
+    ptr::{addr_of, addr_of_mut},
+};
 
 use aya_ebpf::{
     bindings::xdp_md,
@@ -66,16 +71,60 @@ pub struct Packet {
     l4: u32,
     /// The L4 protocol (the last next-header for IPv6).
     pub proto: u8,
-    _pad: [u8; 3],
+    // Padding made explicit, as scalars: a byte array of zeros would be
+    // a call of `memset`.
+    _pad: u8,
+    _pad_word: u16,
 }
 
-/// [`Packet::l4`] of a packet whose L4 header cannot be read.
-const NO_L4: u32 = u32::MAX;
+// The protocol and the padding after it are one aligned word, the last
+// ([`Packet::clear`] writes them as one).
+const _: () = assert!(
+    core::mem::offset_of!(Packet, proto) % 4 == 0
+        && core::mem::offset_of!(Packet, proto) + 4 == size_of::<Packet>()
+);
+
+/// [`Packet::l4`] of a packet whose L4 header cannot be read: 0, where no
+/// L4 header can be.
+const NO_L4: u32 = 0;
 
 impl Packet {
-    /// A packet before parsing (its family until then is a placeholder):
-    /// no source, no L4 header.
-    pub const EMPTY: Self = Self { family: FAMILY_V4, src: [0; 4], l4: NO_L4, proto: 0, _pad: [0; 3] };
+    /// Writes a whole packet into `out`: every byte of it.
+    #[inline(always)]
+    fn write(
+        out: &mut MaybeUninit<Self>,
+        family: Family,
+        src: [u32; 4],
+        proto: u8,
+        l4: Option<usize>,
+    ) -> &mut Self {
+        // An L4 header is never at 0, and offsets into a frame fit.
+        let l4 = l4.map_or(NO_L4, |l4| l4 as u32);
+        out.write(Self { family, src, l4, proto, _pad: 0, _pad_word: 0 })
+    }
+
+    /// A packet of zeros in `out` (no family, no source, no L4 header), one
+    /// store a field: for a global function, which the verifier wants to
+    /// find every byte of its argument written, and which LLVM would make a
+    /// call of `memset` of (a loop the verifier of a loader without
+    /// `CAP_PERFMON` refuses) if written as one.
+    #[inline(always)]
+    fn clear(out: &mut MaybeUninit<Self>) -> &mut Self {
+        let p = out.as_mut_ptr();
+        // SAFETY: aligned fields of `out`, each written; then all of it is.
+        unsafe {
+            addr_of_mut!((*p).family).write_volatile(Family::NONE);
+            addr_of_mut!((*p).src[0]).write_volatile(0);
+            addr_of_mut!((*p).src[1]).write_volatile(0);
+            addr_of_mut!((*p).src[2]).write_volatile(0);
+            addr_of_mut!((*p).src[3]).write_volatile(0);
+            addr_of_mut!((*p).l4).write_volatile(NO_L4);
+            // The protocol and the padding after it: one aligned word.
+            #[expect(clippy::cast_ptr_alignment, reason = "the word is aligned, as asserted after `Packet`")]
+            addr_of_mut!((*p).proto).cast::<u32>().write_volatile(0);
+            out.assume_init_mut()
+        }
+    }
 
     /// The offset of the L4 header, if it can be read.
     #[inline(always)]
@@ -84,16 +133,8 @@ impl Packet {
     }
 
     #[inline(always)]
-    fn set(&mut self, family: Family, src: [u32; 4], proto: u8, l4: Option<usize>) {
-        self.family = family;
-        self.src = src;
-        self.set_l4(proto, l4);
-    }
-
-    #[inline(always)]
     fn set_l4(&mut self, proto: u8, l4: Option<usize>) {
         self.proto = proto;
-        // Offsets into a frame are far below `NO_L4`.
         self.l4 = l4.map_or(NO_L4, |l4| l4 as u32);
     }
 }
@@ -112,10 +153,12 @@ const L4_V4_UNTAGGED: usize = ETH_HLEN + IPV4_MIN_HLEN;
 const L4_V6_UNTAGGED: usize = ETH_HLEN + IPV6_HLEN;
 
 /// A header's bytes, where they were read: in the packet, or in a [`Room`]
-/// on the stack that they were copied to. Each field is one volatile load
-/// of its own size, so that the optimiser neither joins two of them into
-/// one misaligned wider load, which the verifier refuses on the stack, nor
-/// moves one before the bounds check.
+/// on the stack that they were copied to. Each field is one load of its own
+/// size at a constant offset, in inline assembly: LLVM, which the build
+/// does not let assume misaligned access (it would join stack stores into
+/// misaligned ones, which the verifier refuses), would otherwise read a
+/// field of unknown alignment a byte at a time; and it cannot join two
+/// loads, nor move one before the bounds check.
 #[derive(Clone, Copy)]
 struct Bytes<'a> {
     at: *const u8,
@@ -123,28 +166,44 @@ struct Bytes<'a> {
 }
 
 impl Bytes<'_> {
+    /// The byte at `AT`: one load.
     #[inline(always)]
-    fn get<const N: usize>(self, at: usize) -> [u8; N] {
+    fn u8<const AT: usize>(self) -> u8 {
+        let value: u64;
         // SAFETY: `Bytes` is made only over the checked bytes of a header
-        // (in the packet, or in its `Room`) and each accessor reads inside
-        // the header's length; `[u8; N]` needs no alignment.
-        unsafe { self.at.add(at).cast::<[u8; N]>().read_volatile() }
+        // (in the packet, or in its `Room`), and each accessor reads inside
+        // the header's length; the load only reads.
+        unsafe {
+            asm!("{v} = *(u8 *)({p} + {at})", v = out(reg) value, p = in(reg) self.at, at = const AT,
+                 options(readonly, nostack, preserves_flags));
+        }
+        value as u8
     }
 
+    /// The big-endian `u16` at `AT`: one load and a byte swap.
     #[inline(always)]
-    fn u8(self, at: usize) -> u8 {
-        self.get::<1>(at)[0]
+    fn be16<const AT: usize>(self) -> u16 {
+        let value: u64;
+        // SAFETY: as in `u8`. In the packet, the verifier accepts a
+        // misaligned load where the CPU does; in a `Room`, every field is
+        // aligned.
+        unsafe {
+            asm!("{v} = *(u16 *)({p} + {at})", v = out(reg) value, p = in(reg) self.at, at = const AT,
+                 options(readonly, nostack, preserves_flags));
+        }
+        u16::from_be(value as u16)
     }
 
+    /// Four bytes as they are in the packet (an address word): one load.
     #[inline(always)]
-    fn be16(self, at: usize) -> u16 {
-        u16::from_be_bytes(self.get(at))
-    }
-
-    /// Four bytes as they are in the packet (an address word).
-    #[inline(always)]
-    fn word(self, at: usize) -> u32 {
-        u32::from_ne_bytes(self.get(at))
+    fn word<const AT: usize>(self) -> u32 {
+        let value: u64;
+        // SAFETY: as in `be16`.
+        unsafe {
+            asm!("{v} = *(u32 *)({p} + {at})", v = out(reg) value, p = in(reg) self.at, at = const AT,
+                 options(readonly, nostack, preserves_flags));
+        }
+        value as u32
     }
 }
 
@@ -247,7 +306,7 @@ header!(
 impl EtherType<'_> {
     #[inline(always)]
     fn get(self) -> u16 {
-        self.0.be16(0)
+        self.0.be16::<0>()
     }
 }
 
@@ -261,30 +320,30 @@ header!(
 impl Ipv4Hdr<'_> {
     #[inline(always)]
     fn version(self) -> u8 {
-        self.0.u8(0) >> 4
+        self.0.u8::<0>() >> 4
     }
 
     /// The header's length in 32-bit words, options included.
     #[inline(always)]
     fn ihl(self) -> u8 {
-        self.0.u8(0) & 0x0F
+        self.0.u8::<0>() & 0x0F
     }
 
     /// The fragment offset, in 8-octet units (0: the first fragment).
     #[inline(always)]
     fn fragment_offset(self) -> u16 {
-        self.0.be16(6) & IPV4_OFFSET_MASK
+        self.0.be16::<6>() & IPV4_OFFSET_MASK
     }
 
     #[inline(always)]
     fn protocol(self) -> u8 {
-        self.0.u8(9)
+        self.0.u8::<9>()
     }
 
     /// The source address in packet byte order.
     #[inline(always)]
     fn src(self) -> u32 {
-        self.0.word(12)
+        self.0.word::<12>()
     }
 }
 
@@ -297,18 +356,18 @@ header!(
 impl Ipv6Hdr<'_> {
     #[inline(always)]
     fn version(self) -> u8 {
-        self.0.u8(0) >> 4
+        self.0.u8::<0>() >> 4
     }
 
     #[inline(always)]
     fn next_header(self) -> u8 {
-        self.0.u8(6)
+        self.0.u8::<6>()
     }
 
     /// The source address in packet byte order.
     #[inline(always)]
     fn src(self) -> [u32; 4] {
-        [self.0.word(8), self.0.word(12), self.0.word(16), self.0.word(20)]
+        [self.0.word::<8>(), self.0.word::<12>(), self.0.word::<16>(), self.0.word::<20>()]
     }
 }
 
@@ -324,20 +383,20 @@ header!(
 impl Ipv6FragHdr<'_> {
     #[inline(always)]
     fn next_header(self) -> u8 {
-        self.0.u8(0)
+        self.0.u8::<0>()
     }
 
     /// The length field, in units that depend on the header.
     #[inline(always)]
     fn len_field(self) -> usize {
-        usize::from(self.0.u8(1))
+        usize::from(self.0.u8::<1>())
     }
 
     /// A fragment header's fragment offset, in 8-octet units (0: the first
     /// fragment).
     #[inline(always)]
     fn fragment_offset(self) -> u16 {
-        self.0.be16(2) >> 3
+        self.0.be16::<2>() >> 3
     }
 }
 
@@ -356,12 +415,12 @@ impl TcpHdr<'_> {
 
     #[inline(always)]
     fn dst_port(self) -> u16 {
-        self.0.be16(2)
+        self.0.be16::<2>()
     }
 
     #[inline(always)]
     fn flags(self) -> u8 {
-        self.0.u8(13)
+        self.0.u8::<13>()
     }
 }
 
@@ -379,7 +438,7 @@ impl UdpHdr<'_> {
 
     #[inline(always)]
     fn dst_port(self) -> u16 {
-        self.0.be16(2)
+        self.0.be16::<2>()
     }
 }
 
@@ -388,12 +447,12 @@ impl UdpHdr<'_> {
 /// ([`reason::MALFORMED`]). An untagged packet's L3 header is read in
 /// place, a tagged one's copied out.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+pub fn packet(ctx: &XdpContext, packet: &mut MaybeUninit<Packet>) -> Result<(), Reason> {
     let ethertype = EtherType::fixed::<ETH_TYPE_OFFSET>(ctx).ok_or(reason::MALFORMED)?.get();
     match ethertype {
         ETH_P_IP => ipv4(ctx, ETH_HLEN, Ipv4Hdr::fixed::<ETH_HLEN>(ctx), packet),
         ETH_P_IPV6 => ipv6(ctx, ETH_HLEN, Ipv6Hdr::fixed::<ETH_HLEN>(ctx), packet),
-        ETH_P_8021Q | ETH_P_8021AD => outcome(tagged(ctx.ctx, packet)),
+        ETH_P_8021Q | ETH_P_8021AD => outcome(tagged(ctx.ctx, Packet::clear(packet))),
         _ => Err(reason::NON_IP),
     }
 }
@@ -438,11 +497,13 @@ extern "C" fn tagged(md: *mut xdp_md, packet: *mut Packet) -> u32 {
     let Some(packet) = (unsafe { packet.as_mut() }) else {
         return reason::MALFORMED.slot();
     };
+    // SAFETY: a `Packet` is a `MaybeUninit<Packet>` that is initialised.
+    let packet = unsafe { &mut *core::ptr::from_mut(packet).cast::<MaybeUninit<Packet>>() };
     slot_of(tagged_of(&XdpContext::new(md), packet))
 }
 
 #[inline(always)]
-fn tagged_of(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+fn tagged_of(ctx: &XdpContext, packet: &mut MaybeUninit<Packet>) -> Result<(), Reason> {
     const INNER: usize = ETH_HLEN + VLAN_TYPE_OFFSET;
     const SECOND: usize = ETH_HLEN + VLAN_HLEN + VLAN_TYPE_OFFSET;
     let mut ethertype = EtherType::fixed::<INNER>(ctx).ok_or(reason::MALFORMED)?.get();
@@ -460,7 +521,12 @@ fn tagged_of(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
 
 /// An IPv4 packet whose header (`h`, as read) is at `l3`.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, h: Option<Ipv4Hdr<'_>>, packet: &mut Packet) -> Result<(), Reason> {
+fn ipv4(
+    ctx: &XdpContext,
+    l3: usize,
+    h: Option<Ipv4Hdr<'_>>,
+    packet: &mut MaybeUninit<Packet>,
+) -> Result<(), Reason> {
     let h = h.ok_or(reason::MALFORMED)?;
     let hlen = usize::from(h.ihl()) * 4;
     if h.version() != 4 || hlen < IPV4_MIN_HLEN {
@@ -471,13 +537,18 @@ fn ipv4(ctx: &XdpContext, l3: usize, h: Option<Ipv4Hdr<'_>>, packet: &mut Packet
     if hlen > IPV4_MIN_HLEN && !holds(ctx, l3 + hlen - 1) {
         return Err(reason::MALFORMED);
     }
-    packet.set(FAMILY_V4, [h.src(), 0, 0, 0], h.protocol(), first_fragment.then_some(l3 + hlen));
+    Packet::write(packet, FAMILY_V4, [h.src(), 0, 0, 0], h.protocol(), first_fragment.then_some(l3 + hlen));
     Ok(())
 }
 
 /// An IPv6 packet whose fixed header (`h`, as read) is at `l3`.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, h: Option<Ipv6Hdr<'_>>, packet: &mut Packet) -> Result<(), Reason> {
+fn ipv6(
+    ctx: &XdpContext,
+    l3: usize,
+    h: Option<Ipv6Hdr<'_>>,
+    packet: &mut MaybeUninit<Packet>,
+) -> Result<(), Reason> {
     let h = h.ok_or(reason::MALFORMED)?;
     if h.version() != 6 {
         return Err(reason::MALFORMED);
@@ -486,10 +557,10 @@ fn ipv6(ctx: &XdpContext, l3: usize, h: Option<Ipv6Hdr<'_>>, packet: &mut Packet
     let next = h.next_header();
     let offset = l3 + IPV6_HLEN;
     if !matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT) {
-        packet.set(FAMILY_V6, src, next, Some(offset));
+        Packet::write(packet, FAMILY_V6, src, next, Some(offset));
         return Ok(());
     }
-    packet.set(FAMILY_V6, src, next, None);
+    let packet = Packet::write(packet, FAMILY_V6, src, next, None);
     outcome(extensions(ctx.ctx, u32::from(next), offset as u32, packet))
 }
 
