@@ -4,9 +4,7 @@
 //! random) are copied to the `CAPTURED` ring buffer for the daemon to write
 //! as pcap.
 
-use core::ptr::addr_of_mut;
-
-use core::mem::MaybeUninit;
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use aya_ebpf::{
     bindings::xdp_md,
