@@ -243,14 +243,8 @@ fn meter_rest_of(
             return next;
         }
     }
-    // No ban for the tiers. Two stores, volatile: LLVM makes a call of
-    // `memset` of 16 bytes of zeros, a loop over a stack pointer plus a
-    // register that a loader without `CAP_PERFMON` may not run.
-    // SAFETY: aligned fields of a local.
-    unsafe {
-        core::ptr::write_volatile(&raw mut charge.ban.after, 0);
-        core::ptr::write_volatile(&raw mut charge.ban.for_ticks, 0);
-    }
+    // No ban for the tiers.
+    charge.ban.clear();
     let family = if packet.family == FAMILY_V4 { TIER_V4 } else { TIER_V6 };
     for index in 0..MAX_TIERS {
         if index >= class.tier_count {

@@ -98,9 +98,7 @@ impl Packet {
         proto: u8,
         l4: Option<usize>,
     ) -> &mut Self {
-        // An L4 header is never at 0, and offsets into a frame fit.
-        let l4 = l4.map_or(NO_L4, |l4| l4 as u32);
-        out.write(Self { family, src, l4, proto, _pad: 0, _pad_word: 0 })
+        out.write(Self { family, src, l4: l4_field(l4), proto, _pad: 0, _pad_word: 0 })
     }
 
     /// A packet of zeros in `out` (no family, no source, no L4 header), one
@@ -135,8 +133,15 @@ impl Packet {
     #[inline(always)]
     fn set_l4(&mut self, proto: u8, l4: Option<usize>) {
         self.proto = proto;
-        self.l4 = l4.map_or(NO_L4, |l4| l4 as u32);
+        self.l4 = l4_field(l4);
     }
+}
+
+/// [`Packet::l4`] for the L4 header at `l4`, if there is one. An L4 header
+/// is never at 0, and offsets into a frame fit.
+#[inline(always)]
+fn l4_field(l4: Option<usize>) -> u32 {
+    l4.map_or(NO_L4, |l4| l4 as u32)
 }
 
 /// The L4 facts the scope looks at.
